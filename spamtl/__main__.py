@@ -1,0 +1,5 @@
+"""Lets ``python -m spamtl`` work."""
+
+from spamtl.cli import main
+
+main()

@@ -1,0 +1,333 @@
+"""Loss and gradient of the multi-task logistic objective (numpy/scipy only).
+
+Notes
+-----
+Tasks t = 1..T, optional groups g(t), samples i with task t(i), label
+y_i in {-1, +1} and sample weight s_i (omega_t(i), the task weight).
+The score of sample i is::
+
+    f_i = (w0 + u_g(t) + v_t) . x_i + b0 + cg_g(t) + c_t
+
+and the objective is::
+
+    J = sum_i s_i log(1 + exp(-y_i f_i))
+        + alpha/2 (||w0||^2 + mu_g sum_g (||u_g||^2 + cg_g^2) + mu sum_t (||v_t||^2 + c_t^2))
+
+b0 is not penalised; the group and task intercept deviations are penalised
+like their weights, which makes them identifiable and matches the
+Evgeniou-Pontil feature map with a constant column per block.
+
+Compact parameterisation.  v_t is only ever non-zero on the columns that occur
+in task t's rows (its gradient is zero elsewhere), u_g on those of group g's
+rows and w0 on those of any row.  Every distinct (task, column) pair is a
+*key*; the data are re-indexed once as ``Xk`` with shape (n_samples, n_keys)
+and the same non-zeros as X.  With ``W[k] = w0[col(k)] + u[gcol(k)] + v[k]``
+the margins are ``Xk @ W`` and the loss gradient with respect to W is
+``G = Xk.T @ r``; the gradients of w0 and u are scatter-adds of G
+(``bincount``).  One forward and one backward sparse product per evaluation,
+O(nnz(X) + n_keys) memory: cost grows with the data, not with users x features.
+
+Conditioning.  L-BFGS is run in the coordinates ``theta' = sqrt(max(p, 1)) * theta``
+where p is each parameter's penalty factor (1, mu_g or mu).  For mu >= 1
+this is the Evgeniou-Pontil rescaling (isotropic penalty); for mu < 1 the
+original coordinates are kept.  Both limits (mu -> 0, mu -> inf) stay
+well-conditioned.  The objective is divided by sum(s) inside the solver,
+which does not move the optimum.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import minimize
+from scipy.special import expit
+
+__all__ = ["ConvergenceWarning", "TaskLayout", "MultiTaskLogisticLoss", "minimize_lbfgs", "fit_single_task"]
+
+
+class ConvergenceWarning(UserWarning):
+    """L-BFGS stopped before the gradient norm reached the tolerance."""
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """Index bookkeeping for the compact parameterisation.
+
+    Attributes
+    ----------
+    n_features : int
+        Width d of the original design.
+    shared_cols : ndarray of int64, shape (K0,)
+        Sorted columns that occur in any row (support of w0).
+    task_offsets : ndarray of int64, shape (T + 1,)
+        Keys of task t are ``task_offsets[t]:task_offsets[t+1]``.
+    key_cols : ndarray of int64, shape (n_keys,)
+        Original column of each key (sorted within each task).
+    key_shared : ndarray of int64, shape (n_keys,)
+        Position of each key's column in ``shared_cols``.
+    group_cols : ndarray of int64, shape (Kg,)
+        Original column of each group key; ``group_offsets`` delimit groups.
+    group_offsets : ndarray of int64, shape (G + 1,)
+    key_group : ndarray of int64, shape (n_keys,)
+        Position of each key in the group keys, or -1 for an ungrouped task.
+    Xk : csr_matrix, shape (n_samples, n_keys)
+        The data re-indexed by key.
+    """
+
+    n_features: int
+    shared_cols: np.ndarray
+    task_offsets: np.ndarray
+    key_cols: np.ndarray
+    key_shared: np.ndarray
+    group_cols: np.ndarray
+    group_offsets: np.ndarray
+    key_group: np.ndarray
+    Xk: sp.csr_matrix
+
+    @classmethod
+    def build(cls, X: sp.csr_matrix, task_index: np.ndarray, n_tasks: int,
+              task_group: np.ndarray, n_groups: int) -> TaskLayout:
+        """Index X (CSR, float64) by (task, column) keys.
+
+        ``task_index`` gives each row's task in 0..T-1; ``task_group`` each
+        task's group in 0..G-1 or -1.
+        """
+        d = X.shape[1]
+        X = X.tocsr()
+        X.sum_duplicates()
+        row_of_entry = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+        cols = X.indices.astype(np.int64)
+        key = task_index[row_of_entry].astype(np.int64) * d + cols
+        keys, inverse = np.unique(key, return_inverse=True)
+        key_task = keys // d
+        key_cols = keys - key_task * d
+        task_offsets = np.searchsorted(key_task, np.arange(n_tasks + 1)).astype(np.int64)
+        shared_cols, key_shared = np.unique(key_cols, return_inverse=True)
+        Xk = sp.csr_matrix((X.data, inverse.astype(np.int64), X.indptr), shape=(X.shape[0], len(keys)))
+
+        key_group = np.full(len(keys), -1, dtype=np.int64)
+        group_cols = np.zeros(0, np.int64)
+        group_offsets = np.zeros(n_groups + 1, np.int64)
+        if n_groups:
+            kg = task_group[key_task]
+            has = kg >= 0
+            gkey = kg[has] * d + key_cols[has]
+            gkeys, ginv = np.unique(gkey, return_inverse=True)
+            key_group[has] = ginv
+            group_cols = gkeys % d
+            group_offsets = np.searchsorted(gkeys // d, np.arange(n_groups + 1)).astype(np.int64)
+        return cls(d, shared_cols, task_offsets, key_cols, key_shared.astype(np.int64),
+                   group_cols, group_offsets, key_group, Xk)
+
+    @property
+    def n_keys(self) -> int:
+        return len(self.key_cols)
+
+
+class MultiTaskLogisticLoss:
+    """Objective J and its exact gradient on the compact parameter vector.
+
+    Parameters
+    ----------
+    layout : TaskLayout
+    y : ndarray of float64, shape (n_samples,)
+        Labels in {-1, +1}.
+    sample_weight : ndarray of float64, shape (n_samples,)
+        s_i = omega_t(i) (times any user-given sample weight).
+    task_index : ndarray of int64, shape (n_samples,)
+    task_group : ndarray of int64, shape (n_tasks,)
+        Group of each task, -1 if none.
+    alpha, mu, mu_group : float
+        Overall strength, task relatedness and group relatedness (> 0).
+    fixed_shared : ndarray or None, shape (n_keys,)
+        If given, w0 and u are not parameters: this vector (w0 + u on each
+        key) and ``fixed_intercept`` (b0 + cg per sample) are held fixed.
+
+    Notes
+    -----
+    Parameter vector theta, in order::
+
+        w0 (K0) | u (Kg) | v (n_keys) | b0 (1) | cg (G) | c (T)
+
+    (only ``v | c`` when the shared part is fixed).  See the module docstring
+    for J.
+    """
+
+    def __init__(self, layout: TaskLayout, y: np.ndarray, sample_weight: np.ndarray,
+                 task_index: np.ndarray, task_group: np.ndarray, *, alpha: float, mu: float,
+                 mu_group: float, fixed_shared: np.ndarray | None = None,
+                 fixed_intercept: np.ndarray | None = None) -> None:
+        self.layout = layout
+        self.y = y
+        self.s = sample_weight
+        self.ti = task_index
+        self.tg = task_group
+        self.n_tasks = len(task_group)
+        self.n_groups = len(layout.group_offsets) - 1
+        self.alpha = alpha
+        self.is_fixed = fixed_shared is not None
+        self.fixed_shared = fixed_shared
+        self.fixed_intercept = fixed_intercept
+        self.gi = np.where(task_group[task_index] >= 0, task_group[task_index], self.n_groups)
+        K0, Kg, Kv = len(layout.shared_cols), len(layout.group_cols), layout.n_keys
+        G, T = self.n_groups, self.n_tasks
+        if self.is_fixed:
+            self.sizes = dict(w0=0, u=0, v=Kv, b0=0, cg=0, c=T)
+        else:
+            self.sizes = dict(w0=K0, u=Kg, v=Kv, b0=1, cg=G, c=T)
+        factors = dict(w0=1.0, u=mu_group, v=mu, b0=0.0, cg=mu_group, c=mu)
+        self.slices: dict[str, slice] = {}
+        start = 0
+        for name, size in self.sizes.items():
+            self.slices[name] = slice(start, start + size)
+            start += size
+        self.n_params = start
+        self.penalty = np.concatenate([np.full(self.sizes[k], factors[k]) for k in self.sizes])
+        # Preconditioning: optimise theta' = scale * theta (see module Notes).
+        self.scale = np.sqrt(np.maximum(self.penalty, 1.0))
+        self.total_weight = float(self.s.sum())
+
+    def unpack(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: theta[sl] for k, sl in self.slices.items()}
+
+    def effective(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-key weights W and per-sample intercepts for parameter vector theta."""
+        p = self.unpack(theta)
+        lay = self.layout
+        if self.is_fixed:
+            W = self.fixed_shared + p["v"]
+            b = self.fixed_intercept + p["c"][self.ti]
+            return W, b
+        W = p["w0"][lay.key_shared] + p["v"]
+        if self.n_groups:
+            has = lay.key_group >= 0
+            W[has] += p["u"][lay.key_group[has]]
+        cg = np.append(p["cg"], 0.0)
+        b = p["b0"][0] + cg[self.gi] + p["c"][self.ti]
+        return W, b
+
+    def loss_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """J(theta) and dJ/dtheta in the original (unscaled, unnormalised) form."""
+        W, b = self.effective(theta)
+        z = self.layout.Xk @ W + b
+        yz = self.y * z
+        loss = float(self.s @ np.logaddexp(0.0, -yz))
+        r = -self.y * self.s * expit(-yz)  # dJ/dz
+        G = self.layout.Xk.T @ r
+        grad = np.empty_like(theta)
+        sl = self.slices
+        lay = self.layout
+        grad[sl["v"]] = G
+        if self.is_fixed:
+            grad[sl["c"]] = np.bincount(self.ti, weights=r, minlength=self.n_tasks)
+        else:
+            grad[sl["w0"]] = np.bincount(lay.key_shared, weights=G, minlength=self.sizes["w0"])
+            if self.n_groups:
+                has = lay.key_group >= 0
+                grad[sl["u"]] = np.bincount(lay.key_group[has], weights=G[has], minlength=self.sizes["u"])
+                grad[sl["cg"]] = np.bincount(self.gi, weights=r, minlength=self.n_groups + 1)[:-1]
+            grad[sl["b0"]] = r.sum()
+            grad[sl["c"]] = np.bincount(self.ti, weights=r, minlength=self.n_tasks)
+        pen = self.alpha * self.penalty
+        loss += 0.5 * float(theta @ (pen * theta))
+        grad += pen * theta
+        return loss, grad
+
+    def decision(self, theta: np.ndarray) -> np.ndarray:
+        W, b = self.effective(theta)
+        return self.layout.Xk @ W + b
+
+
+def minimize_lbfgs(objective: MultiTaskLogisticLoss, theta0: np.ndarray, *, tol: float,
+                   max_iter: int) -> tuple[np.ndarray, int, float]:
+    """Minimise with scipy's L-BFGS-B in scaled coordinates.
+
+    Returns
+    -------
+    theta : ndarray
+        The solution in original coordinates.
+    n_iter : int
+    grad_norm : float
+        Max-norm of the gradient of J / sum(s) at the solution, computed anew
+        (the solver's own stopping test is not trusted blindly).
+    """
+    scale = objective.scale
+    norm = objective.total_weight or 1.0
+
+    def fun(theta_scaled: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, grad = objective.loss_gradient(theta_scaled / scale)
+        return loss / norm, grad / (scale * norm)
+
+    result = minimize(fun, theta0 * scale, jac=True, method="L-BFGS-B",
+                      options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-14, "maxcor": 20})
+    theta = result.x / scale
+    _, grad = objective.loss_gradient(theta)
+    grad_norm = float(np.max(np.abs(grad / norm))) if grad.size else 0.0
+    if grad_norm > tol:
+        warnings.warn(
+            f"L-BFGS stopped after {result.nit} iterations with gradient norm {grad_norm:.2e} "
+            f"> tol={tol:.0e} ({result.message}); increase max_iter or tol",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return theta, int(result.nit), grad_norm
+
+
+def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray,
+                    offset_intercept: float, *, weight: float, alpha: float, mu: float,
+                    init_cols: np.ndarray | None = None, init_values: np.ndarray | None = None,
+                    init_intercept: float = 0.0, tol: float = 1e-6,
+                    max_iter: int = 500) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Fit one task's personal part (v_t, c_t) with the shared part fixed.
+
+    This is the feedback path: it needs no other task's data or weights, so
+    it touches no other task.
+
+    Parameters
+    ----------
+    X : csr_matrix, shape (m, n_features)
+        The task's rows.
+    y : ndarray, shape (m,)
+        Labels in {-1, +1}.
+    offset_weights : ndarray, shape (n_features,) or callable
+        w0 + u_g, dense, fixed.
+    offset_intercept : float
+        b0 + cg_g, fixed.
+    weight : float
+        omega_t, the weight of each of this task's samples.
+    alpha, mu : float
+        As in the joint objective.
+    init_cols, init_values, init_intercept : optional
+        The previous v_t (sparse) and c_t, for a warm start.
+
+    Returns
+    -------
+    cols : ndarray of int64
+        Support of the new v_t (columns occurring in X), sorted.
+    values : ndarray of float64
+        v_t on ``cols``.
+    intercept : float
+        c_t.
+    grad_norm : float
+    """
+    m = X.shape[0]
+    layout = TaskLayout.build(X, np.zeros(m, np.int64), 1, np.full(1, -1, np.int64), 0)
+    objective = MultiTaskLogisticLoss(
+        layout, y.astype(np.float64), np.full(m, float(weight)), np.zeros(m, np.int64),
+        np.full(1, -1, np.int64), alpha=alpha, mu=mu, mu_group=1.0,
+        fixed_shared=np.asarray(offset_weights, np.float64)[layout.key_cols],
+        fixed_intercept=np.full(m, float(offset_intercept)),
+    )
+    theta0 = np.zeros(objective.n_params)
+    if init_cols is not None and init_values is not None and len(init_cols):
+        pos = np.searchsorted(init_cols, layout.key_cols)
+        pos = np.minimum(pos, len(init_cols) - 1)
+        hit = init_cols[pos] == layout.key_cols
+        theta0[objective.slices["v"]][hit] = init_values[pos[hit]]
+    theta0[objective.slices["c"]] = init_intercept
+    theta, _, grad_norm = minimize_lbfgs(objective, theta0, tol=tol, max_iter=max_iter)
+    p = objective.unpack(theta)
+    return layout.key_cols.copy(), p["v"].copy(), float(p["c"][0]), grad_norm

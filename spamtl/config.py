@@ -1,0 +1,56 @@
+"""Settings: every tunable the services read, in one frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from dataclasses import dataclass, field
+
+from spamtl.features import FeatureConfig
+
+ENV_DATABASE_URL = "SPAMTL_DATABASE_URL"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a service needs to know; build one per command and pass it in.
+
+    ``spam_cutoff`` and ``ham_cutoff`` bound the *unsure* band: probability
+    >= spam_cutoff is spam, <= ham_cutoff is ham, anything between is unsure
+    (as SpamBayes does).  The defaults are justified in the README.
+    """
+
+    database_url: str
+    spam_cutoff: float = 0.90
+    ham_cutoff: float = 0.20
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    # Hyper-parameter grid searched at training time (see README, "Choosing mu").
+    alphas: tuple[float, ...] = (0.3, 1.0, 3.0)
+    mus: tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1)
+    cv_folds: int = 3
+    task_weighting: str = "sample"
+    holdout_fraction: float = 0.15
+    holdout_min: int = 2
+    promote_tolerance: float = 0.0
+    chunk_size: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ham_cutoff <= self.spam_cutoff <= 1.0:
+            raise ValueError("cutoffs must satisfy 0 <= ham_cutoff <= spam_cutoff <= 1")
+
+
+def database_url_from_env(explicit: str | None) -> str:
+    """``--db`` if given, else ``$SPAMTL_DATABASE_URL``, else the per-user default."""
+    if explicit:
+        return explicit
+    env = os.environ.get(ENV_DATABASE_URL)
+    if env:
+        return env
+    return default_database_url()
+
+
+def default_database_url() -> str:
+    """``sqlite:///`` URL of ``$XDG_DATA_HOME/spamtl/spamtl.sqlite3`` (``~/.local/share`` by default)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(base) / 'spamtl' / 'spamtl.sqlite3'}"

@@ -1,0 +1,32 @@
+"""Expected failures: each message says what to do next.
+
+The CLI catches :class:`SpamtlError` in one place and prints it as a single
+``Error: ...`` line; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SpamtlError(Exception):
+    """Base class of every expected, user-facing failure."""
+
+    exit_code = 1
+
+
+class UsageError(SpamtlError):
+    """Bad input from the user: an unknown label, a missing file, an unknown version."""
+
+
+class DatabaseError(SpamtlError):
+    """The database cannot be opened, is locked, or needs ``spamtl init``."""
+
+
+class NoModelError(SpamtlError):
+    """No trained model yet."""
+
+    def __init__(self, message: str = "no trained model yet; run `spamtl train` first") -> None:
+        super().__init__(message)
+
+
+class OptionalDependencyError(SpamtlError):
+    """An optional extra (e.g. matplotlib for plots) is not installed."""

@@ -1,0 +1,118 @@
+"""Per-user quality metrics (pure numpy).
+
+Spam is the positive class.  All functions take boolean ``is_spam`` truth and
+real-valued scores (probabilities or log-odds: only their order matters for
+AUC, while verdict metrics need a ``threshold`` on the same scale).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["roc_auc", "macro_auc_error", "roc_curve_points", "spam_caught_at_fpr", "binary_metrics"]
+
+
+def roc_auc(is_spam: Any, scores: Any) -> float:
+    """Area under the ROC curve, ties counted half; NaN unless both classes occur.
+
+    Parameters
+    ----------
+    is_spam : array-like of bool, shape (n,)
+    scores : array-like of float, shape (n,)
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> roc_auc([False, False, True, True], [0.1, 0.4, 0.35, 0.8])
+    0.75
+    """
+    y = np.asarray(is_spam, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    # Average ranks over ties (Mann-Whitney U).
+    ranks = np.empty(len(s))
+    start = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[start[1:], len(s)]
+    avg = (start + ends + 1) / 2.0
+    ranks[order] = np.repeat(avg, ends - start)
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def macro_auc_error(is_spam: Any, scores: Any, tasks: Any) -> float:
+    """Mean over tasks of 100 * (1 - ROC AUC), skipping tasks with one class (NaN if none)."""
+    y = np.asarray(is_spam, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(tasks)
+    errors = []
+    for task in np.unique(t):
+        m = t == task
+        auc = roc_auc(y[m], s[m])
+        if not np.isnan(auc):
+            errors.append(100.0 * (1.0 - auc))
+    return float(np.mean(errors)) if errors else float("nan")
+
+
+def roc_curve_points(is_spam: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """False-positive and true-positive rates at every distinct threshold (for plots)."""
+    y = np.asarray(is_spam, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    y, s = y[order], s[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
+    tp = np.cumsum(y)[last]
+    fp = np.cumsum(~y)[last]
+    tpr = np.r_[0.0, tp / max(int(y.sum()), 1)]
+    fpr = np.r_[0.0, fp / max(int((~y).sum()), 1)]
+    return fpr, tpr
+
+
+def spam_caught_at_fpr(is_spam: Any, scores: Any, max_fpr: float = 0.001) -> float:
+    """Largest spam recall with a threshold whose ham false-positive rate is <= max_fpr."""
+    y = np.asarray(is_spam, dtype=bool)
+    if not y.any() or y.all():
+        return float("nan")
+    fpr, tpr = roc_curve_points(y, scores)
+    ok = fpr <= max_fpr + 1e-12
+    return float(tpr[ok].max())
+
+
+def binary_metrics(is_spam: Any, scores: Any, threshold: float) -> dict[str, float]:
+    """ROC AUC, 1-AUC %, precision, recall, F1, ham FPR, spam caught at 0.1 % FPR.
+
+    A message is called spam when ``score > threshold``.  Undefined values
+    (e.g. precision with no spam verdicts) are NaN, never an exception.
+    """
+    y = np.asarray(is_spam, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    pred = s > threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    nan = float("nan")
+    precision = tp / (tp + fp) if tp + fp else nan
+    recall = tp / (tp + fn) if tp + fn else nan
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan
+    auc = roc_auc(y, s)
+    return {
+        "roc_auc": auc,
+        "auc_error_pct": 100.0 * (1.0 - auc) if not np.isnan(auc) else nan,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "ham_fpr": fp / (fp + tn) if fp + tn else nan,
+        "spam_at_0.1pct_fpr": spam_caught_at_fpr(y, s, 0.001),
+        "n_ham": int((~y).sum()),
+        "n_spam": int(y.sum()),
+    }

@@ -1,0 +1,1 @@
+"""The SQL store: tables (schema), engines and migrations (db), queries."""

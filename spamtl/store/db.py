@@ -1,0 +1,143 @@
+"""Engines, the default database location, schema upgrades and error translation."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from spamtl.errors import DatabaseError
+
+__all__ = [
+    "SCHEMA_REVISION",
+    "BUSY_TIMEOUT_S",
+    "make_engine",
+    "upgrade",
+    "schema_revision",
+    "check_schema",
+    "translate_errors",
+]
+
+SCHEMA_REVISION = "0001"
+"""Alembic head this code expects; a test checks it against migrations/."""
+BUSY_TIMEOUT_S = 30.0
+"""How long SQLite waits for another writer before 'database is locked'."""
+
+
+def _sqlite_path(url: str) -> str | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        return None
+    return u.database or ":memory:"
+
+
+def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float = BUSY_TIMEOUT_S) -> Engine:
+    """An engine for ``url``.  SQLite gets WAL, foreign keys and a busy timeout.
+
+    Raises
+    ------
+    DatabaseError
+        The URL is malformed or names a driver that is not installed.
+    """
+    try:
+        path = _sqlite_path(url)
+    except ArgumentError as exc:
+        raise DatabaseError(f"invalid database URL {url!r}: {exc}") from None
+    if path is not None and path != ":memory:":
+        folder = Path(path).expanduser().parent
+        if create_dir:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not Path(path).expanduser().exists():
+            raise DatabaseError(f"no database at {path}; run `spamtl init` first")
+    try:
+        engine = create_engine(url, connect_args={"timeout": busy_timeout} if path is not None else {})
+    except (ArgumentError, ImportError) as exc:
+        raise DatabaseError(f"cannot use database URL {url!r}: {exc}") from None
+    if path is not None:
+        event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
+    return engine
+
+
+def _sqlite_pragmas(busy_timeout: float) -> Any:
+    def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # Let SQLAlchemy's transaction handling drive BEGIN; pysqlite's own is buggy.
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        # WAL lets classifications read while train writes; NORMAL is durable in WAL.
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    return on_connect
+
+
+def _alembic_config(connection: Any) -> Any:
+    from importlib import resources
+
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("spamtl.migrations")))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the database to ``revision`` (Alembic), on a connection of this engine."""
+    from alembic import command
+
+    with translate_errors(), engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade the database to ``revision`` (Alembic)."""
+    from alembic import command
+
+    with translate_errors(), engine.begin() as connection:
+        command.downgrade(_alembic_config(connection), revision)
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at, or None for an empty database."""
+    with translate_errors(), engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise a clear error unless the database is at the schema this code expects."""
+    revision = schema_revision(engine)
+    if revision != SCHEMA_REVISION:
+        state = "is empty" if revision is None else f"is at schema {revision}, expected {SCHEMA_REVISION}"
+        raise DatabaseError(f"the database {state}; run `spamtl init` to create or upgrade it")
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors users can act on into one-line DatabaseErrors."""
+    try:
+        yield
+    except OperationalError as exc:
+        message = str(exc.orig) if exc.orig is not None else str(exc)
+        if "locked" in message or "busy" in message:
+            raise DatabaseError(
+                f"the database is locked by another process (waited {BUSY_TIMEOUT_S:.0f} s); try again later"
+            ) from None
+        if "no such table" in message:
+            raise DatabaseError("the database has no spamtl tables; run `spamtl init` first") from None
+        raise DatabaseError(f"database error: {message}") from None
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(f"database error: {exc}") from None
+    except SQLAlchemyError as exc:
+        if "file is not a database" in str(exc) or "unable to open" in str(exc):
+            raise DatabaseError(f"cannot open the database: {exc.__class__.__name__}: {exc}") from None
+        raise

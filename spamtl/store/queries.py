@@ -1,0 +1,234 @@
+"""Queries on the store.  Every function takes ``session`` as a keyword and never commits."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from spamtl.store.schema import (
+    Classification,
+    Label,
+    Message,
+    MessageFeatures,
+    ModelPart,
+    ModelVersion,
+    User,
+)
+
+__all__ = [
+    "UserCounts",
+    "LabelledMessage",
+    "get_user",
+    "get_or_create_user",
+    "message_ids_by_sha",
+    "insert_messages",
+    "latest_labels",
+    "add_labels",
+    "user_counts",
+    "compress",
+    "decompress",
+]
+
+# SQLite limits bound parameters per statement (32766 in modern builds, 999 in
+# old ones); keep IN lists well below the old limit.
+_IN_CHUNK = 900
+
+
+def compress(raw: bytes) -> bytes:
+    """Raw message bytes as stored (zlib level 6)."""
+    return zlib.compress(raw, 6)
+
+
+def decompress(data: bytes) -> bytes:
+    return zlib.decompress(data)
+
+
+def _pairs(result: Any) -> dict[Any, Any]:
+    """A two-column result as a dict (a Result has .keys(), so dict.update would misread it)."""
+    return {a: b for a, b in result}
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def get_user(*, session: Session, name: str) -> User | None:
+    return session.scalars(select(User).where(User.name == name)).one_or_none()
+
+
+def get_or_create_user(*, session: Session, name: str, group: str | None, now: datetime) -> User:
+    """The user called ``name``; created if new.  A given ``group`` replaces the stored one."""
+    user = get_user(session=session, name=name)
+    if user is None:
+        user = User(name=name, group_name=group, created_at=now)
+        session.add(user)
+        session.flush()
+    elif group is not None and user.group_name != group:
+        user.group_name = group
+    return user
+
+
+def message_ids_by_sha(*, session: Session, shas: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for chunk in _chunks(list(shas)):
+        out.update(_pairs(session.execute(select(Message.sha256, Message.id).where(Message.sha256.in_(chunk)))))
+    return out
+
+
+def message_ids_by_message_id(*, session: Session, message_id: str) -> list[int]:
+    return list(session.scalars(select(Message.id).where(Message.message_id == message_id)))
+
+
+def insert_messages(*, session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert message rows (keys as the Message columns; ``raw`` already compressed)."""
+    if rows:
+        session.execute(insert(Message), rows)
+
+
+def latest_labels(*, session: Session, user_id: int, message_ids: Sequence[int]) -> dict[int, str]:
+    """The current (latest) label of each given message for one user."""
+    out: dict[int, str] = {}
+    for chunk in _chunks(list(message_ids)):
+        latest = (select(func.max(Label.id)).where(Label.user_id == user_id, Label.message_id.in_(chunk))
+                  .group_by(Label.message_id))
+        out.update(_pairs(session.execute(select(Label.message_id, Label.label).where(Label.id.in_(latest)))))
+    return out
+
+
+def add_labels(*, session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(Label), rows)
+
+
+def _current_labels_subquery(user_ids: Sequence[int] | None = None) -> Any:
+    q = select(func.max(Label.id).label("id")).group_by(Label.user_id, Label.message_id)
+    if user_ids is not None:
+        q = q.where(Label.user_id.in_(user_ids))
+    return q.subquery()
+
+
+@dataclass(frozen=True)
+class UserCounts:
+    user: str
+    group: str | None
+    ham: int
+    spam: int
+
+
+def user_counts(*, session: Session) -> list[UserCounts]:
+    """Every user with the counts of their current ham and spam labels, by name."""
+    current = _current_labels_subquery()
+    counts = (select(Label.user_id, Label.label, func.count().label("n"))
+              .join(current, current.c.id == Label.id).group_by(Label.user_id, Label.label).subquery())
+    rows = session.execute(
+        select(User.name, User.group_name, counts.c.label, counts.c.n)
+        .outerjoin(counts, counts.c.user_id == User.id).order_by(User.name)
+    ).all()
+    table: dict[str, dict[str, Any]] = {}
+    for name, group, label, n in rows:
+        entry = table.setdefault(name, {"group": group, "ham": 0, "spam": 0})
+        if label is not None:
+            entry[label] = int(n)
+    return [UserCounts(name, e["group"], e["ham"], e["spam"]) for name, e in table.items()]
+
+
+@dataclass(frozen=True)
+class LabelledMessage:
+    """A current label: which user, which message, spam or not, and when."""
+
+    user: str
+    message_pk: int
+    is_spam: bool
+    date: datetime | None
+    labelled_at: datetime
+
+
+def current_labels(*, session: Session, users: Sequence[str] | None = None) -> list[LabelledMessage]:
+    """All current labels (latest per user and message), optionally for some users only."""
+    current = _current_labels_subquery()
+    q = (select(User.name, Label.message_id, Label.label, Message.date, Label.created_at)
+         .join(current, current.c.id == Label.id).join(User, User.id == Label.user_id)
+         .join(Message, Message.id == Label.message_id).order_by(User.name, Label.message_id))
+    if users is not None:
+        q = q.where(User.name.in_(users))
+    return [LabelledMessage(u, m, lab == "spam", d, c) for u, m, lab, d, c in session.execute(q)]
+
+
+def users_by_name(*, session: Session) -> dict[str, User]:
+    return {u.name: u for u in session.scalars(select(User))}
+
+
+def raw_messages(*, session: Session, message_pks: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+    """(id, raw bytes) of the given messages, decompressed, streamed in chunks."""
+    for chunk in _chunks(list(message_pks)):
+        for pk, data in session.execute(select(Message.id, Message.raw).where(Message.id.in_(chunk))):
+            yield pk, decompress(data)
+
+
+def cached_features(*, session: Session, message_pks: Sequence[int], feature_key: str) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for chunk in _chunks(list(message_pks)):
+        out.update(_pairs(session.execute(
+            select(MessageFeatures.message_id, MessageFeatures.data)
+            .where(MessageFeatures.feature_key == feature_key, MessageFeatures.message_id.in_(chunk)))))
+    return out
+
+
+def store_features(*, session: Session, rows: Iterable[tuple[int, bytes]], feature_key: str) -> None:
+    values = [{"message_id": pk, "feature_key": feature_key, "data": data} for pk, data in rows]
+    if values:
+        session.execute(insert(MessageFeatures).prefix_with("OR REPLACE", dialect="sqlite"), values)
+
+
+# ------------------------------------------------------------------- models
+def active_model(*, session: Session) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(ModelVersion.status == "active")).one_or_none()
+
+
+def model_versions(*, session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))
+
+
+def model_part(*, session: Session, version_id: int, kind: str, name: str = "") -> bytes | None:
+    return session.scalars(select(ModelPart.data).where(
+        ModelPart.model_version_id == version_id, ModelPart.kind == kind, ModelPart.name == name)).one_or_none()
+
+
+def model_parts(*, session: Session, version_id: int, kind: str) -> dict[str, bytes]:
+    return _pairs(session.execute(select(ModelPart.name, ModelPart.data).where(
+        ModelPart.model_version_id == version_id, ModelPart.kind == kind)))
+
+
+def add_model_parts(*, session: Session, version_id: int, parts: Iterable[tuple[str, str, bytes]]) -> None:
+    rows = [{"model_version_id": version_id, "kind": k, "name": n, "data": d} for k, n, d in parts]
+    if rows:
+        session.execute(insert(ModelPart), rows)
+
+
+def upsert_model_part(*, session: Session, version_id: int, kind: str, name: str, data: bytes) -> None:
+    existing = session.get(ModelPart, (version_id, kind, name))
+    if existing is None:
+        session.add(ModelPart(model_version_id=version_id, kind=kind, name=name, data=data))
+    else:
+        existing.data = data
+
+
+def set_active(*, session: Session, version_id: int) -> None:
+    """Make ``version_id`` the only active version (the previous one becomes retired)."""
+    session.execute(update(ModelVersion).where(ModelVersion.status == "active", ModelVersion.id != version_id)
+                    .values(status="retired"))
+    session.flush()
+    session.execute(update(ModelVersion).where(ModelVersion.id == version_id).values(status="active"))
+
+
+def add_classification(*, session: Session, user_id: int, message_pk: int, probability: float, verdict: str,
+                       model_version_id: int | None, now: datetime) -> None:
+    session.add(Classification(user_id=user_id, message_id=message_pk, probability=probability, verdict=verdict,
+                               model_version_id=model_version_id, created_at=now))
