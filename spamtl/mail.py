@@ -204,7 +204,11 @@ def _from_message(msg: Message, defects: list[str]) -> ParsedMessage:
         filename = _filename(part)
         disposition = _safe(part.get_content_disposition, None)
         maintype = ctype.split("/", 1)[0]
-        if maintype != "text" or disposition == "attachment":
+        if maintype == "multipart":
+            # A multipart without a usable boundary: its body is all we have, read it as text.
+            defects.append("multipart without parts; body read as text")
+            ctype = "text/plain"
+        elif maintype != "text" or disposition == "attachment":
             payload = part.get_payload()
             size = len(payload) if isinstance(payload, (str, bytes)) else 0
             attachments.append(Attachment(filename, ctype, size))
@@ -251,15 +255,39 @@ def _safe(fn, default):  # type: ignore[no-untyped-def]
 
 
 def _to_text(value: object) -> str:
-    """compat32 gives str with surrogate escapes for 8-bit bytes; undo that."""
+    """A header value as text.
+
+    compat32 returns ``str`` with surrogate escapes for 8-bit bytes, or a
+    ``Header`` whose chunks are raw bytes in an 'unknown-8bit' charset.
+    Either way the bytes are most often UTF-8 and otherwise Windows-1252.
+    """
     if isinstance(value, email.header.Header):
-        value = str(value)
+        pieces = []
+        for chunk, charset in email.header.decode_header(value):
+            if isinstance(chunk, bytes):
+                known = charset if charset and charset != "unknown-8bit" else None
+                pieces.append(_decode_guess(chunk, known))
+            else:
+                pieces.append(chunk)
+        return "".join(pieces)
     if not isinstance(value, str):
         return ""
     try:
-        return value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+        return _decode_guess(value.encode("ascii", "surrogateescape"), None)
     except UnicodeEncodeError:
         return value
+
+
+def _decode_guess(data: bytes, charset: str | None) -> str:
+    """Decode with the declared charset if it fits, else UTF-8, else Windows-1252 (never fails)."""
+    for candidate in (charset, "utf-8"):
+        if not candidate:
+            continue
+        try:
+            return data.decode(candidate)
+        except (LookupError, UnicodeDecodeError, TypeError, ValueError):
+            continue
+    return data.decode("cp1252", "replace")
 
 
 def _decode_header_value(value: object) -> str:
@@ -355,14 +383,19 @@ def _decode_text_part(part: Message, defects: list[str]) -> tuple[str, str]:
     charset = _safe(part.get_content_charset, None) or ""
     if charset:
         try:
-            return data.decode(charset, "replace"), charset
+            "".encode(charset)
         except (LookupError, TypeError, ValueError):
             defects.append(f"unknown charset {charset[:40]!r}")
-    try:
-        return data.decode("utf-8"), charset
-    except UnicodeDecodeError:
-        # Most undeclared 8-bit mail is Windows-1252; latin-1 never fails.
-        return data.decode("cp1252", "replace"), charset
+            charset_ok = False
+        else:
+            charset_ok = True
+        if charset_ok:
+            try:
+                return data.decode(charset), charset
+            except UnicodeDecodeError:
+                defects.append(f"text does not match its charset {charset[:40]!r}")
+    # Undeclared, unknown or wrong: UTF-8 if it decodes, else Windows-1252.
+    return _decode_guess(data, None), charset
 
 
 def _strip_html(text: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """A single message larger than this is reported unreadable rather than loaded."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# "From sender asctime": the envelope time and year tell a separator from body text.
+_SEPARATOR_RE = re.compile(rb"From \S+ +.*\d\d?:\d\d.*\d{4}")
 # Files that live in Maildirs but are not messages (Dovecot, Courier, mutt).
 _NOT_MAIL_PREFIXES = (".", "dovecot", "courier", "maildirfolder", "maildirsize", "subscriptions")
 
@@ -57,8 +60,9 @@ def _is_mbox(head: bytes) -> bool:
 def read_mbox(fh: BinaryIO, origin: str) -> Iterator[RawMail | Unreadable]:
     """Split an mbox stream into messages (mboxo/mboxrd; ``>From `` lines unquoted).
 
-    A line starting with ``From `` separates messages only at the start of the
-    file or after an empty line, which avoids splitting on unquoted body text.
+    A ``From `` line separates messages only at the start of the file, or
+    after an empty line when it carries the envelope date (``From sender
+    asctime``), which avoids splitting on unquoted body text.
     """
     lines: list[bytes] = []
     size = 0
@@ -79,7 +83,7 @@ def read_mbox(fh: BinaryIO, origin: str) -> Iterator[RawMail | Unreadable]:
         return RawMail(name, b"".join(body))
 
     for line in fh:
-        if line.startswith(b"From ") and previous_blank:
+        if line.startswith(b"From ") and ((previous_blank and _SEPARATOR_RE.match(line)) or not started):
             item = flush()
             if item is not None:
                 yield item

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,14 @@ __all__ = [
 SCHEMA_REVISION = "0001"
 """Alembic head this code expects; a test checks it against migrations/."""
 BUSY_TIMEOUT_S = 30.0
-"""How long SQLite waits for another writer before 'database is locked'."""
+"""How long SQLite waits for another writer before 'database is locked' (``SPAMTL_BUSY_TIMEOUT``)."""
+
+
+def _busy_timeout() -> float:
+    try:
+        return float(os.environ.get("SPAMTL_BUSY_TIMEOUT", BUSY_TIMEOUT_S))
+    except ValueError:
+        return BUSY_TIMEOUT_S
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -37,7 +45,7 @@ def _sqlite_path(url: str) -> str | None:
     return u.database or ":memory:"
 
 
-def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float = BUSY_TIMEOUT_S) -> Engine:
+def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | None = None) -> Engine:
     """An engine for ``url``.  SQLite gets WAL, foreign keys and a busy timeout.
 
     Raises
@@ -45,6 +53,8 @@ def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float = BUS
     DatabaseError
         The URL is malformed or names a driver that is not installed.
     """
+    if busy_timeout is None:
+        busy_timeout = _busy_timeout()
     try:
         path = _sqlite_path(url)
     except ArgumentError as exc:
@@ -129,9 +139,7 @@ def translate_errors() -> Iterator[None]:
     except OperationalError as exc:
         message = str(exc.orig) if exc.orig is not None else str(exc)
         if "locked" in message or "busy" in message:
-            raise DatabaseError(
-                f"the database is locked by another process (waited {BUSY_TIMEOUT_S:.0f} s); try again later"
-            ) from None
+            raise DatabaseError("the database is locked by another process; try again later") from None
         if "no such table" in message:
             raise DatabaseError("the database has no spamtl tables; run `spamtl init` first") from None
         raise DatabaseError(f"database error: {message}") from None

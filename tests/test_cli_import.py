@@ -1,0 +1,179 @@
+"""End to end through the CLI: init, import, users, and the expected failures."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from spamtl.cli import app
+
+from .conftest import make_mail, write_mbox
+
+runner = CliRunner()
+
+
+def run(db_url: str, *args: str, input: bytes | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, [*args, "--db", db_url], input=input, catch_exceptions=False)
+
+
+def users_json(db_url: str) -> list[dict[str, object]]:
+    result = run(db_url, "users", "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def mail_tree(tmp_path: Path) -> dict[str, Path]:
+    spam = [make_mail(f"cheap pills {i}", f"buy now offer {i}", sender=f"x{i}@spam.example") for i in range(6)]
+    ham = [make_mail(f"meeting {i}", f"agenda item {i}", sender="boss@work.example") for i in range(4)]
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    for i, raw in enumerate(ham[:2]):
+        (maildir / "cur" / f"{i}:2,S").write_bytes(raw)
+    (maildir / "new" / "2").write_bytes(ham[2])
+    eml = tmp_path / "one.eml"
+    eml.write_bytes(ham[3])
+    mbox = write_mbox(tmp_path / "spam.mbox", spam[:3])
+    gz = tmp_path / "more.mbox.gz"
+    gz.write_bytes(gzip.compress(write_mbox(tmp_path / "tmp.mbox", spam[3:]).read_bytes()))
+    return {"maildir": maildir, "eml": eml, "mbox": mbox, "gz": gz}
+
+
+def test_import_users_and_idempotence(tmp_path: Path, mail_tree: dict[str, Path]) -> None:
+    db = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    result = run(db, "init")
+    assert result.exit_code == 0 and "Database ready" in result.stdout
+    out = run(db, "import", "ann", str(mail_tree["maildir"]), str(mail_tree["eml"]), "--label", "ham",
+              "--group", "staff")
+    assert out.exit_code == 0, out.output
+    assert out.stdout.strip() == "ann (ham): 4 imported, 0 already known, 0 relabelled, 0 unreadable"
+    out = run(db, "import", "ann", str(mail_tree["mbox"]), str(mail_tree["gz"]), "-l", "spam")
+    assert "6 imported" in out.stdout
+    assert users_json(db) == [{"user": "ann", "group": "staff", "ham": 4, "spam": 6}]
+
+    again = run(db, "import", "ann", str(mail_tree["mbox"]), str(mail_tree["gz"]), "-l", "spam", "--format", "json")
+    summary = json.loads(again.stdout)
+    assert (summary["imported"], summary["already_known"], summary["relabelled"]) == (0, 6, 0)
+
+    relabel = run(db, "import", "ann", str(mail_tree["eml"]), "-l", "spam")
+    assert "0 imported, 0 already known, 1 relabelled" in relabel.stdout
+    assert users_json(db) == [{"user": "ann", "group": "staff", "ham": 3, "spam": 7}]
+
+    # Another user shares messages but not labels; messages are stored once.
+    run(db, "import", "bob", str(mail_tree["mbox"]), "-l", "ham")
+    assert users_json(db)[1] == {"user": "bob", "group": None, "ham": 3, "spam": 0}
+    con = sqlite3.connect(tmp_path / "cli.sqlite3")
+    assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 10
+    text_table = run(db, "users").stdout.splitlines()
+    assert text_table[0].split() == ["user", "group", "ham", "spam"]
+    assert text_table[1].split() == ["ann", "staff", "3", "7"]
+
+
+def test_interrupted_import_keeps_committed_chunks(db_url: str, tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from spamtl.services.importing import ImportInterrupted, import_mail
+    from spamtl.store.db import make_engine
+
+    mbox = write_mbox(tmp_path / "m.mbox", [make_mail(f"s{i}", f"b{i}") for i in range(10)])
+    calls = []
+
+    def interrupt_after_two_chunks(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    engine = make_engine(db_url)
+    with pytest.raises(ImportInterrupted) as info:
+        import_mail(engine, user="u", paths=[str(mbox)], label="spam", now=datetime(2026, 1, 1), chunk_size=3,
+                    progress=interrupt_after_two_chunks)
+    assert info.value.summary.imported == 6
+    assert users_json(db_url) == [{"user": "u", "group": None, "ham": 0, "spam": 6}]
+    summary = import_mail(engine, user="u", paths=[str(mbox)], label="spam", now=datetime(2026, 1, 1))
+    assert (summary.imported, summary.known) == (4, 6)
+
+
+def test_unreadable_file_is_reported(db_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "mail"
+    folder.mkdir()
+    (folder / "good.eml").write_bytes(make_mail("hi", "there"))
+    (folder / "bad.gz").write_bytes(b"\x1f\x8b garbage")
+    result = run(db_url, "import", "ann", str(folder), "-l", "ham")
+    assert result.exit_code == 0
+    assert "1 imported" in result.stdout and "1 unreadable" in result.stdout
+    assert f"unreadable: {folder / 'bad.gz'}: corrupt gzip data" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["import", "ann", "/no/such/file.mbox", "-l", "spam"], "Error: no such file or directory: /no/such/file.mbox"),
+        (["import", " ", "{eml}", "-l", "spam"], "Error: the user name must not be empty"),
+    ],
+    ids=["missing-file", "empty-user"],
+)
+def test_expected_errors_are_one_line(db_url: str, tmp_path: Path, args: list[str], message: str) -> None:
+    eml = tmp_path / "x.eml"
+    eml.write_bytes(make_mail("a", "b"))
+    result = run(db_url, *[a.format(eml=eml) for a in args])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == message
+    assert "Traceback" not in result.output
+
+
+def test_unknown_label_is_a_usage_error(db_url: str, tmp_path: Path) -> None:
+    result = run(db_url, "import", "ann", str(tmp_path), "--label", "eggs")
+    assert result.exit_code == 2
+    assert "'eggs' is not one of 'spam', 'ham'" in result.stderr
+
+
+def test_database_needing_init(tmp_path: Path) -> None:
+    missing = f"sqlite:///{tmp_path / 'none.sqlite3'}"
+    result = run(missing, "users")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: no database at {tmp_path / 'none.sqlite3'}; run `spamtl init` first"
+    empty = tmp_path / "empty.sqlite3"
+    sqlite3.connect(empty).execute("CREATE TABLE unrelated (x)").connection.commit()
+    result = run(f"sqlite:///{empty}", "users")
+    assert result.stderr.strip() == "Error: the database is empty; run `spamtl init` to create or upgrade it"
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"\x00garbage" * 1000)
+    result = run(f"sqlite:///{garbage}", "users")
+    assert result.exit_code == 1 and result.stderr.startswith("Error: ") and "not a database" in result.stderr
+
+
+def test_locked_database_is_one_line(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPAMTL_BUSY_TIMEOUT", "0.2")
+    eml = tmp_path / "x.eml"
+    eml.write_bytes(make_mail("a", "b"))
+    holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result = run(db_url, "import", "ann", str(eml), "-l", "ham")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: the database is locked by another process; try again later"
+
+
+def test_env_variable_selects_database(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPAMTL_DATABASE_URL", db_url)
+    result = runner.invoke(app, ["users", "--format", "json"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+
+
+def test_default_database_lives_in_xdg_data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spamtl.config import database_url_from_env
+
+    monkeypatch.delenv("SPAMTL_DATABASE_URL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert database_url_from_env(None) == f"sqlite:///{tmp_path / 'xdg' / 'spamtl' / 'spamtl.sqlite3'}"
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    assert (tmp_path / "xdg" / "spamtl" / "spamtl.sqlite3").exists()
