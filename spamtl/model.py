@@ -322,7 +322,8 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any, tasks: Any = None, groups: Any = None) -> np.ndarray:
         """The class with probability > 0.5."""
-        return self.classes_[(self.decision_function(X, tasks=tasks, groups=groups) > 0).astype(int)]
+        scores = self.decision_function(X, tasks=tasks, groups=groups)
+        return self.classes_[(scores > 0).astype(int)]
 
     # ----------------------------------------------------------- feedback
     def refit_task(self, X: Any, y: Any, task: Any, group: Any = None) -> MultiTaskLogisticRegression:

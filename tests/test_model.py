@@ -1,0 +1,325 @@
+"""The multi-task model against its mathematics (DESIGN.md §2) and scikit-learn."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.optimize import check_grad
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+
+from spamtl._objective import MultiTaskLogisticLoss, TaskLayout
+from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters, task_weights
+
+TASKS = np.array(["ann", "bob", "cat", "dan"])
+GROUPS = {"ann": "north", "bob": "north", "cat": "south", "dan": None}
+
+
+def make_problem(seed: int = 0, n_per_task: int = 40, d: int = 12, density: float = 0.4):
+    """Tasks share a common direction and each adds its own twist."""
+    rng = np.random.default_rng(seed)
+    n = n_per_task * len(TASKS)
+    X = sp.random(n, d, density=density, random_state=seed, format="csr")
+    tasks = np.repeat(TASKS, n_per_task)
+    common = rng.normal(size=d)
+    own = {t: rng.normal(size=d) for t in TASKS}
+    margin = X @ common + np.array([X[i] @ own[t] for i, t in enumerate(tasks)]).ravel()
+    y = (margin + 0.3 * rng.normal(size=n) > np.median(margin)).astype(int)
+    groups = np.array([GROUPS[t] for t in tasks], dtype=object)
+    return X, y, tasks, groups
+
+
+def augmented_design(X, tasks, groups, mu, mu_group):  # type: ignore[no-untyped-def]
+    """The Evgeniou-Pontil feature map, with a constant column per task and group block."""
+    blocks = [X]
+    names = sorted({g for g in groups if g is not None})
+    for g in names:
+        m = (groups == g).astype(float)
+        blocks += [sp.csr_matrix(X.multiply(m[:, None])) / np.sqrt(mu_group)]
+    for t in np.unique(tasks):
+        m = (tasks == t).astype(float)
+        blocks += [sp.csr_matrix(X.multiply(m[:, None])) / np.sqrt(mu)]
+    for g in names:
+        blocks.append(sp.csr_matrix(((groups == g).astype(float) / np.sqrt(mu_group))[:, None]))
+    for t in np.unique(tasks):
+        blocks.append(sp.csr_matrix(((tasks == t).astype(float) / np.sqrt(mu))[:, None]))
+    return sp.hstack(blocks).tocsr()
+
+
+def fit(X, y, tasks, groups=None, **params):  # type: ignore[no-untyped-def]
+    params.setdefault("tol", 1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return MultiTaskLogisticRegression(**params).fit(X, y, tasks=tasks, groups=groups)
+
+
+@pytest.mark.parametrize("use_groups", [False, True], ids=["tasks", "tasks+groups"])
+@pytest.mark.parametrize("weighting", ["sample", "task"])
+@pytest.mark.parametrize(("alpha", "mu", "mu_group"), [(1.0, 1.0, 1.0), (0.3, 4.0, 0.5), (3.0, 0.2, 2.0)])
+def test_equals_logistic_regression_on_augmented_design(use_groups, weighting, alpha, mu, mu_group) -> None:  # type: ignore[no-untyped-def]
+    X, y, tasks, groups = make_problem(n_per_task=30 + 10 * (weighting == "task"))
+    tasks = tasks.copy()
+    tasks[:15] = "ann"  # unequal task sizes make the weighting matter
+    g = groups if use_groups else np.full(len(y), None, dtype=object)
+    est = fit(X, y, tasks, g if use_groups else None, alpha=alpha, mu=mu, mu_group=mu_group,
+              task_weighting=weighting)
+    Z = augmented_design(X, tasks, g, mu, mu_group)
+    counts = dict(zip(*np.unique(tasks, return_counts=True)))
+    omega = task_weights(np.array([counts[t] for t in sorted(counts)]), weighting)
+    sw = dict(zip(sorted(counts), omega))
+    lr = LogisticRegression(C=1.0 / alpha, tol=1e-12, max_iter=20_000)
+    lr.fit(Z, y, sample_weight=np.array([sw[t] for t in tasks]))
+    np.testing.assert_allclose(est.decision_function(X, tasks=tasks), lr.decision_function(Z), atol=1e-4)
+    d = X.shape[1]
+    np.testing.assert_allclose(est.coef_shared_, lr.coef_[0, :d], atol=1e-4)
+    np.testing.assert_allclose(est.intercept_shared_, lr.intercept_[0], atol=1e-4)
+    # v_t in the model is theta_t / sqrt(mu) in the augmented design.
+    n_groups = len(est.groups_)
+    for i, t in enumerate(est.tasks_):
+        block = lr.coef_[0, d * (1 + n_groups + i): d * (2 + n_groups + i)] / np.sqrt(mu)
+        np.testing.assert_allclose(est.coef_tasks_[i].toarray().ravel(), block, atol=1e-4)
+
+
+def test_gradient_matches_finite_differences() -> None:
+    X, y, tasks, groups = make_problem(d=6, n_per_task=10)
+    _, tidx = np.unique(tasks, return_inverse=True)
+    names = sorted({g for g in groups if g is not None})
+    task_group = np.array([names.index(GROUPS[t]) if GROUPS[t] else -1 for t in TASKS])
+    layout = TaskLayout.build(sp.csr_matrix(X), tidx, len(TASKS), task_group, len(names))
+    rng = np.random.default_rng(1)
+    obj = MultiTaskLogisticLoss(layout, np.where(y == 1, 1.0, -1.0), rng.uniform(0.5, 2, len(y)), tidx,
+                                task_group, alpha=0.7, mu=2.5, mu_group=0.4)
+    theta = rng.normal(size=obj.n_params)
+    err = check_grad(lambda t: obj.loss_gradient(t)[0], lambda t: obj.loss_gradient(t)[1], theta)
+    assert err < 1e-5 * max(1.0, np.linalg.norm(obj.loss_gradient(theta)[1]))
+
+
+@pytest.mark.parametrize("weighting", ["sample", "task"])
+def test_gradient_norm_at_optimum_is_checked(weighting: str) -> None:
+    X, y, tasks, groups = make_problem()
+    est = MultiTaskLogisticRegression(tol=1e-7, task_weighting=weighting).fit(X, y, tasks=tasks, groups=groups)
+    assert est.gradient_norm_ < 1e-7
+    # An iteration budget that is too small is reported, not hidden.
+    with pytest.warns(UserWarning, match="gradient norm"):
+        MultiTaskLogisticRegression(max_iter=2).fit(X, y, tasks=tasks)
+
+
+def test_huge_mu_is_the_pooled_model() -> None:
+    X, y, tasks, _ = make_problem()
+    est = fit(X, y, tasks, alpha=1.0, mu=1e7)
+    pooled = LogisticRegression(C=1.0, tol=1e-12, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(est.coef_shared_, pooled.coef_[0], atol=1e-4)
+    np.testing.assert_allclose(est.decision_function(X, tasks=tasks), pooled.decision_function(X), atol=1e-4)
+    assert abs(est.coef_tasks_).max() < 1e-4
+
+
+def test_tiny_mu_is_independent_per_task_models() -> None:
+    """mu -> 0 with the per-task penalty alpha*mu held at 1: w0 -> 0 and each task fits alone.
+
+    The reference is scikit-learn on the block-diagonal design [x in block t |
+    one-hot t] (C = 1): per-task weights that share nothing but the free bias
+    b0, exactly the limit of the objective.  Truly separate per-task
+    LogisticRegressions (own free intercepts) agree closely too.
+    """
+    X, y, tasks, _ = make_problem()
+    mu = 1e-6
+    alpha = 1.0 / mu
+    est = fit(X, y, tasks, alpha=alpha, mu=mu)
+    blocks = [sp.csr_matrix(X.multiply((tasks == t).astype(float)[:, None])) for t in TASKS]
+    blocks += [sp.csr_matrix((tasks == t).astype(float)[:, None]) for t in TASKS]
+    Z = sp.hstack(blocks).tocsr()
+    independent = LogisticRegression(C=1.0, tol=1e-12, max_iter=20_000).fit(Z, y)
+    scores = est.decision_function(X, tasks=tasks)
+    np.testing.assert_allclose(scores, independent.decision_function(Z), atol=1e-3)
+    assert np.abs(est.coef_shared_).max() < 1e-4
+    for t in TASKS:
+        m = tasks == t
+        alone = LogisticRegression(C=1.0, tol=1e-12, max_iter=20_000).fit(X[m], y[m])
+        assert np.corrcoef(alone.decision_function(X[m]), scores[m])[0, 1] > 0.99
+
+
+def test_cold_start_uses_shared_and_group_parts() -> None:
+    X, y, tasks, groups = make_problem()
+    est = fit(X, y, tasks, groups)
+    shared = X @ est.coef_shared_ + est.intercept_shared_
+    np.testing.assert_allclose(est.decision_function(X, tasks=np.full(len(y), "newcomer")), shared)
+    np.testing.assert_allclose(est.decision_function(X), shared)
+    g = list(est.groups_).index("north")
+    with_group = shared + X @ est.coef_groups_[g].toarray().ravel() + est.intercept_groups_[g]
+    np.testing.assert_allclose(
+        est.decision_function(X, tasks=np.full(len(y), "newcomer"), groups=np.full(len(y), "north")), with_group)
+
+
+def test_refit_task_touches_no_other_task() -> None:
+    X, y, tasks, groups = make_problem()
+    est = fit(X, y, tasks, groups)
+    before = {t: (est.coef_tasks_[i].toarray().copy(), est.intercept_tasks_[i]) for i, t in enumerate(est.tasks_)}
+    shared = est.coef_shared_.copy()
+    others = tasks != "bob"
+    scores_before = est.decision_function(X[others], tasks=tasks[others])
+    m = tasks == "bob"
+    y_new = y.copy()
+    y_new[np.flatnonzero(m)[:5]] = 1 - y_new[np.flatnonzero(m)[:5]]  # bob changes his mind
+    est.refit_task(X[m], y_new[m], "bob")
+    for i, t in enumerate(est.tasks_):
+        if t != "bob":
+            np.testing.assert_array_equal(est.coef_tasks_[i].toarray(), before[t][0])
+            assert est.intercept_tasks_[i] == before[t][1]
+    np.testing.assert_array_equal(est.coef_shared_, shared)
+    np.testing.assert_array_equal(est.decision_function(X[others], tasks=tasks[others]), scores_before)
+    assert not np.allclose(est.coef_tasks_[list(est.tasks_).index("bob")].toarray(), before["bob"][0])
+
+
+def test_refit_task_equals_joint_fit_with_shared_part_fixed() -> None:
+    """Refitting bob on unchanged data from the joint optimum stays at the optimum."""
+    X, y, tasks, groups = make_problem()
+    est = fit(X, y, tasks, groups)
+    i = list(est.tasks_).index("bob")
+    v, c = est.coef_tasks_[i].toarray().copy(), est.intercept_tasks_[i]
+    m = tasks == "bob"
+    est.refit_task(X[m], y[m], "bob")
+    np.testing.assert_allclose(est.coef_tasks_[i].toarray(), v, atol=1e-5)
+    assert abs(est.intercept_tasks_[i] - c) < 1e-5
+
+
+def test_refit_new_task_adds_it() -> None:
+    X, y, tasks, groups = make_problem()
+    est = fit(X, y, tasks, groups)
+    m = tasks == "ann"
+    est.refit_task(X[m], 1 - y[m], "eve", group="south")
+    assert "eve" in list(est.tasks_)
+    eve = est.decision_function(X[m], tasks=np.full(m.sum(), "eve"))
+    ann = est.decision_function(X[m], tasks=tasks[m])
+    assert np.corrcoef(eve, ann)[0, 1] < 0.5  # eve learned the opposite of ann
+
+
+def test_save_load_round_trip_without_pickle() -> None:
+    X, y, tasks, groups = make_problem()
+    est = fit(X, y, tasks, groups)
+    buf = io.BytesIO()
+    est.save(buf)
+    buf.seek(0)
+    with np.load(io.BytesIO(buf.getvalue()), allow_pickle=False) as z:  # would raise if anything were pickled
+        assert "shared" in z.files
+    loaded = MultiTaskLogisticRegression.load(buf)
+    mixed = tasks.copy()
+    mixed[::7] = "stranger"
+    np.testing.assert_array_equal(loaded.decision_function(X, tasks=mixed), est.decision_function(X, tasks=mixed))
+    assert loaded.get_params() == est.get_params()
+    # The numpy-only scorer used by `spamtl classify` gives the same numbers.
+    from spamtl.features import FeatureRow
+
+    weights = est.to_weights()
+    Xc = sp.csr_matrix(X)
+    for i in range(0, len(y), 17):
+        row = FeatureRow(Xc[i].indices.astype(np.int32), Xc[i].data.astype(np.float32))
+        expected = est.decision_function(sp.csr_matrix((row.values.astype(float), row.indices, [0, len(row.indices)]),
+                                                       shape=(1, X.shape[1])), tasks=[tasks[i]])
+        np.testing.assert_allclose(weights.decision([row], tasks[i]), expected, rtol=1e-12)
+
+
+def test_integer_task_labels_survive_save_load() -> None:
+    X, y, tasks, _ = make_problem()
+    ints = np.unique(tasks, return_inverse=True)[1] + 10
+    est = fit(X, y, ints)
+    buf = io.BytesIO()
+    est.save(buf)
+    buf.seek(0)
+    loaded = MultiTaskLogisticRegression.load(buf)
+    np.testing.assert_array_equal(loaded.tasks_, est.tasks_)
+    np.testing.assert_array_equal(loaded.decision_function(X, tasks=ints), est.decision_function(X, tasks=ints))
+
+
+def test_row_and_task_order_do_not_matter() -> None:
+    X, y, tasks, groups = make_problem()
+    est = fit(X, y, tasks, groups)
+    perm = np.random.default_rng(3).permutation(len(y))
+    renamed = {"ann": "zed", "bob": "amy", "cat": "kim", "dan": "bea"}  # reverses the sorted task order
+    t2 = np.array([renamed[t] for t in tasks[perm]])
+    est2 = fit(X[perm], y[perm], t2, groups[perm])
+    np.testing.assert_allclose(est2.decision_function(X[perm], tasks=t2),
+                               est.decision_function(X, tasks=tasks)[perm], atol=1e-6)
+
+
+def test_warm_start_reaches_the_same_optimum_faster() -> None:
+    X, y, tasks, groups = make_problem(n_per_task=80)
+    cold = fit(X, y, tasks, groups, mu=1.0)
+    warm = fit(X, y, tasks, groups, mu=1.5)
+    warm.set_params(mu=1.0, warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warm.fit(X, y, tasks=tasks, groups=groups)
+    np.testing.assert_allclose(warm.decision_function(X, tasks=tasks), cold.decision_function(X, tasks=tasks),
+                               atol=1e-5)
+    assert warm.n_iter_ < cold.n_iter_
+
+
+def test_sklearn_conventions() -> None:
+    X, y, tasks, _ = make_problem()
+    est = MultiTaskLogisticRegression(alpha=2.0, mu=0.5)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    assert est.fit(X, y, tasks=tasks) is est
+    assert clone(est).get_params() == est.get_params()
+    proba = est.predict_proba(X, tasks=tasks)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(est.predict(X, tasks=tasks), est.classes_[(proba[:, 1] > 0.5).astype(int)])
+    labels = np.where(y == 1, "spam", "ham")
+    est_str = clone(est).fit(X.toarray(), labels, tasks=tasks)  # dense input and string labels work too
+    assert list(est_str.classes_) == ["ham", "spam"]
+    assert set(est_str.predict(X, tasks=tasks)) <= {"ham", "spam"}
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"alpha": 0.0}, "alpha"), ({"mu": -1.0}, "mu"), ({"task_weighting": "bogus"}, "task_weighting"),
+     ({"max_iter": 0}, "max_iter")],
+    ids=["alpha", "mu", "weighting", "max_iter"],
+)
+def test_bad_parameters_raise_value_error(params: dict[str, object], message: str) -> None:
+    X, y, tasks, _ = make_problem()
+    with pytest.raises(ValueError, match=message):
+        MultiTaskLogisticRegression(**params).fit(X, y, tasks=tasks)  # type: ignore[arg-type]
+
+
+def test_bad_inputs_raise_value_error() -> None:
+    X, y, tasks, groups = make_problem()
+    with pytest.raises(ValueError, match="two classes"):
+        MultiTaskLogisticRegression().fit(X, np.zeros(len(y)), tasks=tasks)
+    with pytest.raises(ValueError, match="tasks must have shape"):
+        MultiTaskLogisticRegression().fit(X, y, tasks=tasks[:-1])
+    bad_groups = groups.copy()
+    bad_groups[0] = "south"  # ann is in north everywhere else
+    with pytest.raises(ValueError, match="constant within each task"):
+        MultiTaskLogisticRegression().fit(X, y, tasks=tasks, groups=bad_groups)
+    est = fit(X, y, tasks)
+    with pytest.raises(ValueError, match="features"):
+        est.decision_function(X[:, :-1], tasks=tasks)
+
+
+def test_a_task_with_one_class_still_fits() -> None:
+    X, y, tasks, _ = make_problem()
+    y = y.copy()
+    y[tasks == "dan"] = 1
+    est = fit(X, y, tasks)
+    assert est.gradient_norm_ < 1e-6
+    assert est.intercept_tasks_[list(est.tasks_).index("dan")] > 0
+
+
+def test_select_hyperparameters_prefers_sharing_when_tasks_agree() -> None:
+    rng = np.random.default_rng(0)
+    d, n = 30, 240
+    X = sp.random(n, d, density=0.3, random_state=0, format="csr")
+    w = rng.normal(size=d)
+    y = (X @ w + 0.1 * rng.normal(size=n) > 0).astype(int)  # every task is the same task
+    tasks = np.repeat(["a", "b", "c", "d", "e", "f"], n // 6)
+    search = select_hyperparameters(X, y, tasks, alphas=(1.0,), mus=(100.0, 0.01), n_splits=3)
+    assert search.mu == 100.0
+    assert {(r["alpha"], r["mu"]) for r in search.table} == {(1.0, 100.0), (1.0, 0.01)}
+    scores = {r["mu"]: r["score"] for r in search.table}
+    assert scores[100.0] < scores[0.01]
