@@ -423,15 +423,22 @@ def _url_hosts(text: str) -> tuple[str, ...]:
     return tuple(hosts)
 
 
+_ENVELOPE_RE = re.compile(rb"^(message-id|date)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
 def parse_envelope(raw: bytes) -> tuple[str, datetime | None]:
-    """Message-ID and Date from the header block only (cheap; never raises)."""
+    """Message-ID and Date from the header block only (cheap: no MIME parse; never raises).
+
+    Used when storing a message, where only these two facts are needed.
+    """
     end = raw.find(b"\n\n", 0, 256 * 1024)
-    if end < 0:
-        end = raw.find(b"\r\n\r\n", 0, 256 * 1024)
+    crlf = raw.find(b"\r\n\r\n", 0, 256 * 1024)
+    if crlf >= 0 and (end < 0 or crlf < end):
+        end = crlf
     head = raw[: end if end >= 0 else 256 * 1024]
-    try:
-        msg = email.message_from_bytes(head.replace(b"\x00", b""), policy=_policy.compat32)
-        message_id = _header(msg, "message-id").strip().strip("<>").strip()
-        return message_id[:998], _date(_header(msg, "date"))
-    except Exception:  # noqa: BLE001
-        return "", None
+    found: dict[bytes, bytes] = {}
+    for match in _ENVELOPE_RE.finditer(head):
+        found.setdefault(match.group(1).lower(), match.group(2))
+    message_id = _decode_header_value(found.get(b"message-id", b"").decode("ascii", "surrogateescape"))
+    date = _date(_decode_header_value(found.get(b"date", b"").decode("ascii", "surrogateescape")))
+    return message_id.strip().strip("<>").strip()[:998], date

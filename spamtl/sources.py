@@ -24,7 +24,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # "From sender asctime": the envelope time and year tell a separator from body text.
-_SEPARATOR_RE = re.compile(rb"From \S+ +.*\d\d?:\d\d.*\d{4}")
+_SEPARATOR_RE = re.compile(rb"From \S+ +.*\d\d?:\d\d(?::\d\d)?\D.*\d")
 # Files that live in Maildirs but are not messages (Dovecot, Courier, mutt).
 _NOT_MAIL_PREFIXES = (".", "dovecot", "courier", "maildirfolder", "maildirsize", "subscriptions")
 
@@ -57,54 +57,82 @@ def _is_mbox(head: bytes) -> bool:
     return head.startswith(b"From ")
 
 
+_BLOCK = 1 << 20
+_UNQUOTE_RE = re.compile(rb"^>(>*From )", re.MULTILINE)
+
+
+def _finish(content: bytes) -> bytes:
+    """Drop the blank line that precedes the next separator and unquote ``>From `` lines (mboxrd)."""
+    if content.endswith(b"\r\n\r\n"):
+        content = content[:-2]
+    elif content.endswith(b"\n\n"):
+        content = content[:-1]
+    if b">From " in content:
+        content = _UNQUOTE_RE.sub(rb"\1", content)
+    return content
+
+
 def read_mbox(fh: BinaryIO, origin: str) -> Iterator[RawMail | Unreadable]:
     """Split an mbox stream into messages (mboxo/mboxrd; ``>From `` lines unquoted).
 
     A ``From `` line separates messages only at the start of the file, or
     after an empty line when it carries the envelope date (``From sender
-    asctime``), which avoids splitting on unquoted body text.
+    asctime``), which avoids splitting on unquoted body text.  The stream is
+    read in 1 MiB blocks; memory is bounded by the largest message kept
+    (``MAX_MESSAGE_BYTES``), not by the file.
     """
-    lines: list[bytes] = []
-    size = 0
+    buf = fh.read(_BLOCK)
+    eof = not buf
     count = 0
+    start = 0  # where the current message's content begins in buf
+    if buf.startswith(b"From "):
+        eol = buf.find(b"\n")
+        while eol < 0 and not eof:
+            more = fh.read(_BLOCK)
+            eof = not more
+            buf += more
+            eol = buf.find(b"\n")
+        start = len(buf) if eol < 0 else eol + 1
+    search = start
     too_big = False
-    previous_blank = True
-    started = False
 
-    def flush() -> RawMail | Unreadable | None:
+    def emit(content: bytes) -> RawMail | Unreadable:
         nonlocal count
-        if not started:
-            return None
         count += 1
         name = f"{origin}#{count}"
         if too_big:
             return Unreadable(name, f"message larger than {MAX_MESSAGE_BYTES // 2**20} MiB; skipped")
-        body = lines[:-1] if lines and lines[-1].strip() == b"" else lines  # separator blank line
-        return RawMail(name, b"".join(body))
+        return RawMail(name, _finish(content))
 
-    for line in fh:
-        if line.startswith(b"From ") and ((previous_blank and _SEPARATOR_RE.match(line)) or not started):
-            item = flush()
-            if item is not None:
-                yield item
-            lines, size, too_big, started = [], 0, False, True
-            previous_blank = False
+    while True:
+        i = buf.find(b"\nFrom ", search)
+        eol = buf.find(b"\n", i + 1) if i >= 0 else -1
+        if i < 0 or (eol < 0 and not eof):
+            if eof:
+                if buf[start:].strip():
+                    yield emit(buf[start:])
+                return
+            # Need more data: resume at the unfinished separator, or a few bytes
+            # back so that one split across two blocks is still found.
+            resume = i if i >= 0 else max(start, len(buf) - 8)
+            if len(buf) - start > MAX_MESSAGE_BYTES:
+                too_big = True
+                start = resume = max(start, len(buf) - 16)
+            buf, search, start = buf[start:], resume - start, 0
+            more = fh.read(_BLOCK)
+            eof = not more
+            buf += more
             continue
-        if not started:  # junk before the first separator: treat as a message anyway
-            started = True
-        previous_blank = line in (b"\n", b"\r\n")
-        if too_big:
-            continue
-        if line.startswith(b">") and line.lstrip(b">").startswith(b"From "):
-            line = line[1:]
-        size += len(line)
-        if size > MAX_MESSAGE_BYTES:
-            too_big, lines = True, []
-            continue
-        lines.append(line)
-    item = flush()
-    if item is not None:
-        yield item
+        line = buf[i + 1: eol + 1 if eol >= 0 else len(buf)]
+        blank_before = buf[i - 1:i] == b"\n" or buf[i - 2:i] == b"\n\r"
+        if blank_before and i >= start and _SEPARATOR_RE.match(line):
+            yield emit(buf[start:i + 1])
+            too_big = False
+            start = eol + 1 if eol >= 0 else len(buf)
+            buf = buf[start:]
+            start = search = 0
+        else:
+            search = i + 1
 
 
 def _read_file(path: Path) -> Iterator[RawMail | Unreadable]:

@@ -71,17 +71,47 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path: Path) -> None:
 
 
 def test_mbox_streams_without_loading_the_file() -> None:
-    """read_mbox pulls lines lazily: the first message comes out before the stream is exhausted."""
-    consumed = []
+    """read_mbox reads in blocks: the first message comes out long before the stream is exhausted."""
+    one = b"From x Thu Jan  1 00:00:00 2004\nSubject: s\n\n" + b"body line\n" * 100 + b"\n"
 
-    def lines():
-        for i in range(10_000):
-            consumed.append(i)
-            yield b"From x Thu Jan  1 00:00:00 2004\n" if i % 5 == 0 else (b"Subject: s\n" if i % 5 == 1 else b"\n")
+    class CountingStream(io.BytesIO):
+        consumed = 0
 
-    first = next(read_mbox(lines(), "gen"))  # type: ignore[arg-type]
-    assert isinstance(first, RawMail)
-    assert len(consumed) < 20
+        def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+            data = super().read(n)
+            self.consumed += len(data)
+            return data
+
+    stream = CountingStream(one * 20_000)  # about 20 MB
+    messages = read_mbox(stream, "big")  # type: ignore[arg-type]
+    first = next(messages)
+    assert isinstance(first, RawMail) and first.raw.startswith(b"Subject: s")
+    assert stream.consumed <= 2 * 1024 * 1024
+    assert sum(1 for _ in messages) == 20_000 - 1
+
+
+def test_mbox_separator_split_across_blocks() -> None:
+    from spamtl import sources
+
+    for pad in range(sources._BLOCK - 40, sources._BLOCK + 5):
+        data = b"From a Thu Jan  1 00:00:00 2004\nSubject: 1\n\n" + b"x" * pad + b"\n\n"
+        data += b"From b Thu Jan  1 00:00:00 2004\nSubject: 2\n\nlast\n"
+        raws = _raws(list(read_mbox(io.BytesIO(data), "m")))
+        assert [r[:10] for r in raws] == [b"Subject: 1", b"Subject: 2"], pad
+        assert raws[1] == b"Subject: 2\n\nlast\n"
+
+
+def test_oversized_mbox_message_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spamtl import sources
+
+    monkeypatch.setattr(sources, "MAX_MESSAGE_BYTES", 3 * sources._BLOCK)
+    sep = b"From a Thu Jan  1 00:00:00 2004\n"
+    data = sep + b"Subject: small\n\nok\n\n" + sep + b"Subject: huge\n\n" + b"y" * (5 * sources._BLOCK) + b"\n\n"
+    data += sep + b"Subject: after\n\nfine\n"
+    items = list(read_mbox(io.BytesIO(data), "m"))
+    assert isinstance(items[0], RawMail) and isinstance(items[2], RawMail)
+    assert isinstance(items[1], Unreadable) and "larger than" in items[1].reason
+    assert items[2].raw == b"Subject: after\n\nfine\n"
 
 
 @pytest.mark.parametrize("junk", [b"not an mbox at all\n", b"\x00\x01\x02"], ids=["text", "binary"])
