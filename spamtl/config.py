@@ -25,10 +25,11 @@ class Settings:
     ham_cutoff: float = 0.20
     features: FeatureConfig = field(default_factory=FeatureConfig)
     # Hyper-parameter grid searched at training time (see README, "Choosing mu").
-    alphas: tuple[float, ...] = (0.3, 1.0, 3.0)
-    mus: tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1)
-    cv_folds: int = 3
+    alphas: tuple[float, ...] = (0.01,)
+    mus: tuple[float, ...] = (10.0, 3.0, 1.0)
     task_weighting: str = "sample"
+    tol: float = 1e-5
+    max_iter: int = 500
     holdout_fraction: float = 0.15
     holdout_min: int = 2
     promote_tolerance: float = 0.0

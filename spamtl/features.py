@@ -15,7 +15,6 @@ so that classifying a single message stays cheap.
 
 from __future__ import annotations
 
-import math
 import re
 import zlib
 from collections import Counter
@@ -37,7 +36,7 @@ __all__ = [
     "rows_to_csr",
 ]
 
-DEFAULT_N_FEATURES = 2**20
+DEFAULT_N_FEATURES = 2**18
 FEATURE_VERSION = 1
 """Bump when tokens or weighting change: cached rows of another version are recomputed."""
 
@@ -58,13 +57,14 @@ class FeatureConfig:
     n_features : int
         Size of the hashed space, a power of two between 2**10 and 2**24.
     bigrams : bool
-        Add word bigrams of subject and body.
+        Add word bigrams of subject and body.  Off by default: on Enron-Spam
+        they made the model 2.5x larger and slower and no better (README).
     headers : bool
         Tokenise header names and values (``hdr:NAME:TOKEN``).
     """
 
     n_features: int = DEFAULT_N_FEATURES
-    bigrams: bool = True
+    bigrams: bool = False
     headers: bool = True
 
     def __post_init__(self) -> None:
@@ -100,14 +100,10 @@ class FeatureRow:
 
 
 def _words(text: str, limit: int) -> list[str]:
-    out = []
-    for match in _WORD_RE.finditer(text):
-        word = match.group().lower()
-        if len(word) <= 40:
-            out.append(word)
-            if len(out) >= limit:
-                break
-    return out
+    # Words average well under 12 characters; scanning a bounded prefix keeps
+    # the work per message bounded without cutting any realistic word list.
+    words = _WORD_RE.findall(text[: limit * 16].lower())
+    return [w for w in words if len(w) <= 40][:limit]
 
 
 def _domain_tokens(prefix: str, domain: str) -> list[str]:
@@ -151,7 +147,7 @@ def tokenize(msg: ParsedMessage, config: FeatureConfig = FeatureConfig()) -> lis
     >>> from spamtl.mail import parse_message
     >>> msg = parse_message(b"From: a@mail.example.org\\nSubject: Cheap pills\\n\\nbuy now")
     >>> [t for t in tokenize(msg) if not t.startswith("hdr:")]
-    ['subj:cheap', 'subj:pills', 'subj2:cheap pills', 'body:buy', 'body:now', 'body2:buy now', 'from:mail.example.org', 'from:example.org', 'fromaddr:a@mail.example.org', 'bodylen:1']
+    ['subj:cheap', 'subj:pills', 'body:buy', 'body:now', 'from:mail.example.org', 'from:example.org', 'fromaddr:a@mail.example.org', 'ct:text/plain', 'bodylen:2']
     """
     tokens: list[str] = []
     subj = _words(msg.subject, 50)
@@ -214,17 +210,27 @@ def hash_tokens(tokens: Iterable[str], n_features: int = DEFAULT_N_FEATURES) -> 
     counts = Counter(tokens)
     if not counts:
         return FeatureRow(np.zeros(0, np.int32), np.zeros(0, np.float32))
-    mask = n_features - 1
-    cols = np.fromiter(
-        (zlib.crc32(t.encode("utf-8", "surrogatepass")) & mask for t in counts),
-        dtype=np.int64,
-        count=len(counts),
-    )
-    weights = np.fromiter((1.0 + math.log(c) for c in counts.values()), dtype=np.float64, count=len(counts))
+    cache = _CRC_CACHE
+    if len(cache) > _CRC_CACHE_MAX:
+        cache.clear()
+    hashes = [cache.get(t) or _crc(t) for t in counts]
+    cols = np.array(hashes, dtype=np.int64) & (n_features - 1)
+    weights = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
     uniq, inverse = np.unique(cols, return_inverse=True)
     values = np.bincount(inverse, weights=weights, minlength=len(uniq))
     values /= np.sqrt(values @ values)
     return FeatureRow(uniq.astype(np.int32), values.astype(np.float32))
+
+
+_CRC_CACHE: dict[str, int] = {}
+_CRC_CACHE_MAX = 2_000_000
+
+
+def _crc(token: str) -> int:
+    """CRC-32 of the UTF-8 token, plus 2**32 so that a cached 0 is never mistaken for a miss."""
+    value = zlib.crc32(token.encode("utf-8", "surrogatepass")) | (1 << 32)
+    _CRC_CACHE[token] = value
+    return value
 
 
 def featurize(msg: ParsedMessage, config: FeatureConfig = FeatureConfig()) -> FeatureRow:

@@ -1,0 +1,132 @@
+"""Labelled data from the store as model inputs, with a feature cache.
+
+Feature rows are computed once per message and feature configuration and
+kept in ``message_features``; raw mail is read and featurised in chunks (with
+worker processes when there is much to do), so memory is bounded by the
+features, not by the raw corpus.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import scipy.sparse as sp
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from spamtl.features import FeatureConfig, FeatureRow, featurize, rows_to_csr
+from spamtl.mail import parse_message
+from spamtl.store import queries
+from spamtl.store.db import translate_errors
+
+__all__ = ["TrainingData", "load_training_data", "feature_rows", "featurize_raw"]
+
+_PARALLEL_MIN = 2000
+_CHUNK = 1000
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class TrainingData:
+    """Current labels as arrays, one row per (user, message) label."""
+
+    X: sp.csr_matrix
+    y: np.ndarray  # 1 = spam
+    users: np.ndarray  # str
+    groups: np.ndarray  # object: group name or None
+    message_pks: np.ndarray
+    recency: np.ndarray  # float: message date (or label time) as a POSIX timestamp
+
+    @property
+    def n_users(self) -> int:
+        return len(np.unique(self.users))
+
+    def subset(self, rows: np.ndarray) -> TrainingData:
+        return TrainingData(self.X[rows], self.y[rows], self.users[rows], self.groups[rows],
+                            self.message_pks[rows], self.recency[rows])
+
+
+def featurize_raw(raws: Sequence[bytes], config: FeatureConfig) -> list[bytes]:
+    """Serialised feature rows of raw messages (top level so worker processes can run it)."""
+    return [featurize(parse_message(raw), config).to_bytes() for raw in raws]
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def feature_rows(engine: Engine, message_pks: Sequence[int], config: FeatureConfig,
+                 progress: Progress | None = None) -> dict[int, FeatureRow]:
+    """Feature rows of the given messages, computing and caching the missing ones."""
+    wanted = sorted(set(int(p) for p in message_pks))
+    with translate_errors(), Session(engine) as session:
+        cached = queries.cached_features(session=session, message_pks=wanted, feature_key=config.key)
+    if progress is not None:
+        progress(len(cached))
+    missing = [p for p in wanted if p not in cached]
+    workers = min(os.cpu_count() or 1, 4)
+    pool = ProcessPoolExecutor(max_workers=workers) if len(missing) >= _PARALLEL_MIN and workers > 1 else None
+    try:
+        pending = []
+        for chunk in _chunks(missing, _CHUNK):
+            with translate_errors(), Session(engine) as session:
+                pairs = list(queries.raw_messages(session=session, message_pks=chunk))
+            pks = [pk for pk, _ in pairs]
+            raws = [raw for _, raw in pairs]
+            if pool is not None:
+                pending.append((pks, pool.submit(featurize_raw, raws, config)))
+                if len(pending) <= workers:
+                    continue
+                pks, future = pending.pop(0)
+                blobs = future.result()
+            else:
+                blobs = featurize_raw(raws, config)
+            _store(engine, pks, blobs, config, cached, progress)
+        for pks, future in pending:
+            _store(engine, pks, future.result(), config, cached, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return {pk: FeatureRow.from_bytes(blob) for pk, blob in cached.items()}
+
+
+def _store(engine: Engine, pks: list[int], blobs: list[bytes], config: FeatureConfig, cached: dict[int, bytes],
+           progress: Progress | None) -> None:
+    with translate_errors(), Session(engine) as session, session.begin():
+        queries.store_features(session=session, rows=zip(pks, blobs), feature_key=config.key)
+    cached.update(zip(pks, blobs))
+    if progress is not None:
+        progress(len(pks))
+
+
+def _timestamp(value: datetime | None, fallback: datetime) -> float:
+    moment = value or fallback
+    try:
+        return moment.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return fallback.timestamp()
+
+
+def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence[str] | None = None,
+                       progress: Progress | None = None) -> TrainingData:
+    """Every current label (optionally of some users) with its message's features."""
+    with translate_errors(), Session(engine) as session:
+        labels = queries.current_labels(session=session, users=users)
+        groups = {u.name: u.group_name for u in queries.users_by_name(session=session).values()}
+    rows = feature_rows(engine, [lab.message_pk for lab in labels], config, progress)
+    X = rows_to_csr([rows[lab.message_pk] for lab in labels], config.n_features)
+    return TrainingData(
+        X=X,
+        y=np.array([int(lab.is_spam) for lab in labels], dtype=np.int64),
+        users=np.array([lab.user for lab in labels], dtype=object).astype(str) if labels else np.zeros(0, str),
+        groups=np.array([groups.get(lab.user) for lab in labels], dtype=object),
+        message_pks=np.array([lab.message_pk for lab in labels], dtype=np.int64),
+        recency=np.array([_timestamp(lab.date, lab.labelled_at) for lab in labels], dtype=np.float64),
+    )

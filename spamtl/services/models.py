@@ -1,0 +1,135 @@
+"""Model versions in the store: save, load (one user's slice or everything), list, activate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from spamtl.errors import NoModelError, UsageError
+from spamtl.scoring import FORMAT_VERSION, ModelWeights, SparsePart
+from spamtl.store import queries
+from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.schema import ModelVersion
+
+__all__ = ["VersionInfo", "save_weights", "load_weights", "load_user_slice", "list_versions", "activate"]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    status: str
+    created_at: datetime
+    users: int
+    messages: int
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    note: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "status": self.status, "created_at": self.created_at.isoformat(),
+                "users": self.users, "messages": self.messages, "params": self.params, "metrics": self.metrics,
+                "note": self.note}
+
+
+def _info(v: ModelVersion) -> VersionInfo:
+    return VersionInfo(v.id, v.status, v.created_at, v.n_users, v.n_messages, dict(v.params), dict(v.metrics), v.note)
+
+
+def save_weights(*, session: Session, weights: ModelWeights, feature_key: str, status: str, now: datetime,
+                 metrics: dict[str, Any], n_messages: int, note: str | None = None) -> int:
+    """Store a model as one version row plus one row per part; returns the version number."""
+    version = ModelVersion(created_at=now, status="candidate", params=_jsonable(weights.params), metrics=metrics,
+                           feature_key=feature_key, n_features=weights.n_features, format_version=FORMAT_VERSION,
+                           n_users=len(weights.tasks), n_messages=n_messages, note=note)
+    session.add(version)
+    session.flush()
+    parts = [("shared", "", weights.shared.to_bytes())]
+    parts += [("group", name, part.to_bytes()) for name, part in weights.groups.items()]
+    parts += [("user", name, part.to_bytes()) for name, part in weights.tasks.items()]
+    queries.add_model_parts(session=session, version_id=version.id, parts=parts)
+    if status == "active":
+        queries.set_active(session=session, version_id=version.id)
+    elif status != "candidate":
+        version.status = status
+    return version.id
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    out = dict(params)
+    out["task_groups"] = params.get("task_groups")
+    return out
+
+
+def _version(session: Session, version: int | None) -> ModelVersion:
+    if version is None:
+        active = queries.active_model(session=session)
+        if active is None:
+            raise NoModelError()
+        return active
+    found = session.get(ModelVersion, version)
+    if found is None:
+        raise UsageError(f"no model version {version}; see `spamtl models`")
+    return found
+
+
+def load_weights(engine: Engine, version: int | None = None) -> tuple[int, str, ModelWeights]:
+    """All parts of a version (default: the active one): (version, feature_key, weights)."""
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session:
+        v = _version(session, version)
+        shared = queries.model_part(session=session, version_id=v.id, kind="shared")
+        groups = queries.model_parts(session=session, version_id=v.id, kind="group")
+        tasks = queries.model_parts(session=session, version_id=v.id, kind="user")
+        params = dict(v.params)
+        weights = ModelWeights(
+            n_features=v.n_features,
+            shared=SparsePart.from_bytes(shared or b""),
+            groups={k: SparsePart.from_bytes(b) for k, b in groups.items()},
+            tasks={k: SparsePart.from_bytes(b) for k, b in tasks.items()},
+            task_groups=dict(params.pop("task_groups", None) or {}),
+            params=params,
+        )
+        return v.id, v.feature_key, weights
+
+
+def load_user_slice(*, session: Session, user: str, group: str | None,
+                    version: int | None = None) -> tuple[ModelVersion, ModelWeights]:
+    """Only what scoring one user needs: the shared part, that user's group part and personal part."""
+    v = _version(session, version)
+    shared = queries.model_part(session=session, version_id=v.id, kind="shared")
+    user_part = queries.model_part(session=session, version_id=v.id, kind="user", name=user)
+    task_groups = (v.params or {}).get("task_groups") or {}
+    group = task_groups.get(user, group)
+    group_part = queries.model_part(session=session, version_id=v.id, kind="group", name=group) if group else None
+    weights = ModelWeights(
+        n_features=v.n_features,
+        shared=SparsePart.from_bytes(shared or b""),
+        groups={group: SparsePart.from_bytes(group_part)} if group and group_part else {},
+        tasks={user: SparsePart.from_bytes(user_part)} if user_part else {},
+        task_groups={user: group},
+        params={k: val for k, val in (v.params or {}).items() if k != "task_groups"},
+    )
+    return v, weights
+
+
+def list_versions(engine: Engine) -> list[VersionInfo]:
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session:
+        return [_info(v) for v in queries.model_versions(session=session)]
+
+
+def activate(engine: Engine, version: int) -> VersionInfo:
+    """Make ``version`` the active model (roll back or forward), in one transaction."""
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session, session.begin():
+        v = _version(session, version)
+        if v.status == "rejected" and not v.metrics:
+            raise UsageError(f"model version {version} was never completed")
+        queries.set_active(session=session, version_id=v.id)
+        session.flush()
+        session.refresh(v)
+        return _info(v)
