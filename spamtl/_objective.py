@@ -45,7 +45,28 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 from scipy.special import expit
 
-__all__ = ["ConvergenceWarning", "TaskLayout", "MultiTaskLogisticLoss", "minimize_lbfgs", "fit_single_task"]
+__all__ = ["TASK_WEIGHTINGS", "task_weights", "ConvergenceWarning", "TaskLayout", "MultiTaskLogisticLoss", "minimize_lbfgs", "fit_single_task"]
+
+
+TASK_WEIGHTINGS = ("sample", "task")
+
+
+def task_weights(counts: np.ndarray, weighting: str, scale: float | None = None) -> np.ndarray:
+    """omega_t for tasks with ``counts`` labelled samples.
+
+    ``'sample'``: 1 for every sample (tasks count by their size).
+    ``'task'``: ``scale / m_t`` with ``scale = n_samples / n_tasks`` by default,
+    so each task's samples add up to the same total and the overall weight
+    stays n_samples.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if weighting == "sample":
+        return np.ones_like(counts)
+    if weighting == "task":
+        if scale is None:
+            scale = counts.sum() / max(len(counts), 1)
+        return scale / np.maximum(counts, 1.0)
+    raise ValueError(f"task_weighting must be one of {TASK_WEIGHTINGS}, got {weighting!r}")
 
 
 class ConvergenceWarning(UserWarning):
@@ -254,8 +275,10 @@ def minimize_lbfgs(objective: MultiTaskLogisticLoss, theta0: np.ndarray, *, tol:
         The solution in original coordinates.
     n_iter : int
     grad_norm : float
-        Max-norm of the gradient of J / sum(s) at the solution, computed anew
-        (the solver's own stopping test is not trusted blindly).
+        Max-norm of the preconditioned gradient of J / sum(s), i.e.
+        ``max |dJ/dtheta / scale| / sum(s)``, recomputed at the solution (the
+        solver's own stopping test is not trusted blindly).  With mu <= 1 and
+        mu_group <= 1 the scale is 1 and this is the plain gradient.
     """
     scale = objective.scale
     norm = objective.total_weight or 1.0
@@ -271,7 +294,7 @@ def minimize_lbfgs(objective: MultiTaskLogisticLoss, theta0: np.ndarray, *, tol:
                       options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-14, "maxcor": 10})
     theta = result.x / scale
     _, grad = objective.loss_gradient(theta)
-    grad_norm = float(np.max(np.abs(grad / norm))) if grad.size else 0.0
+    grad_norm = float(np.max(np.abs(grad * grad_factor))) if grad.size else 0.0
     if grad_norm > tol:
         warnings.warn(
             f"L-BFGS stopped after {result.nit} iterations with gradient norm {grad_norm:.2e} "

@@ -201,6 +201,254 @@ def users(
             typer.echo(f"{r.user:<{width}}  {r.group or '-':<{gwidth}}  {r.ham:>7}  {r.spam:>7}")
 
 
+@app.command()
+def train(
+    output: Annotated[OutputFormat, typer.Option("--format", help="Result as text or JSON.")] = OutputFormat.text,
+    db: DbOption = None,
+) -> None:
+    """Retrain on all current labels (the nightly job).
+
+    Fits a candidate warm-started from the active model, compares both on each
+    user's most recent held-out mail and promotes the candidate only if it is
+    not worse.  A crash or kill leaves the active model untouched.
+
+    Example (cron, 03:15 every night): 15 3 * * *  spamtl train --format json >> /var/log/spamtl-train.log
+    """
+    with _errors():
+        from spamtl.services.training import train as run_training
+
+        settings = _settings(db)
+        progress = _Progress("loading features")
+
+        def stage(label: str, total: int | None) -> None:
+            progress.stage(label, total)
+            if progress.enabled:
+                sys.stderr.write(f"\r{label}...   ")
+                sys.stderr.flush()
+                progress.shown = time.monotonic()
+
+        result = run_training(_engine(settings), settings, now=_now(), stage=stage, progress=progress)
+        progress.finish()
+        if output is OutputFormat.json:
+            _print_json(result.as_dict())
+            return
+        verdict = "promoted to active" if result.promoted else "NOT promoted"
+        typer.echo(f"Model v{result.version} {verdict}: {result.reason}")
+        typer.echo(f"{result.users} users, {result.messages} labelled messages, {result.seconds:.1f} s")
+
+
+models_app = typer.Typer(help="List model versions or roll back/forward.", no_args_is_help=False,
+                         invoke_without_command=True, rich_markup_mode=None)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(
+    ctx: typer.Context,
+    output: Annotated[OutputFormat, typer.Option("--format", help="text table or JSON list.")] = OutputFormat.text,
+    db: DbOption = None,
+) -> None:
+    """List model versions with status and held-out metrics.
+
+    Example: spamtl models --format json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with _errors():
+        from spamtl.services.models import list_versions
+
+        versions = list_versions(_engine(_settings(db)))
+        if output is OutputFormat.json:
+            _print_json([v.as_dict() for v in versions])
+            return
+        if not versions:
+            typer.echo("No models yet; run `spamtl train`.")
+            return
+        typer.echo(f"{'version':>7}  {'status':<9}  {'created (UTC)':<19}  {'users':>5}  {'messages':>8}  "
+                   f"{'1-AUC %':>8}  note")
+        for v in versions:
+            err = v.metrics.get("candidate_auc_error_pct")
+            err_text = f"{err:8.4f}" if isinstance(err, (int, float)) else f"{'-':>8}"
+            typer.echo(f"{v.version:>7}  {v.status:<9}  {v.created_at:%Y-%m-%d %H:%M:%S}  {v.users:>5}  "
+                       f"{v.messages:>8}  {err_text}  {v.note or ''}")
+
+
+@models_app.command("activate")
+def models_activate(
+    version: Annotated[int, typer.Argument(metavar="VERSION", help="The model version to make active.")],
+    db: DbOption = None,
+) -> None:
+    """Make VERSION the active model (roll back or forward).
+
+    Example: spamtl models activate 3
+    """
+    with _errors():
+        from spamtl.services.models import activate
+
+        info = activate(_engine(_settings(db)), version)
+        typer.echo(f"Model v{info.version} is now active.")
+
+
+EXIT_FILTER_ERROR = 1
+EXIT_FILTER_BUG = 70  # EX_SOFTWARE
+
+
+def _with_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
+    """The message unchanged, with headers added at the top (after an mbox ``From `` line, if any)."""
+    eol = b"\r\n" if b"\r\n" in raw[:2000].split(b"\n\n", 1)[0] + b"\n" and raw.find(b"\r\n") >= 0 else b"\n"
+    block = b"".join(f"{name}: {value}".encode("ascii", "replace") + eol for name, value in headers)
+    if raw.startswith(b"From "):
+        end = raw.find(b"\n") + 1 or len(raw)
+        return raw[:end] + block + raw[end:]
+    return block + raw
+
+
+def _filter_one(settings: Settings, user: str, raw: bytes) -> int:
+    """Filter mode: write the message back with verdict headers; on any failure write it unchanged."""
+    from spamtl.services.classify import classify_messages
+    from spamtl.sources import RawMail
+
+    try:
+        [verdict] = list(classify_messages(_engine(settings), settings, user=user,
+                                           mails=[RawMail("<stdin>", raw)], now=_now()))
+        headers = [("X-Spamtl-Status", f"{verdict.verdict}, probability={verdict.probability:.4f}, "
+                                       f"version={verdict.model_version}")]
+        if verdict.verdict == "spam":
+            headers.append(("X-Spam-Flag", "YES"))
+        code = 0
+    except SpamtlError as exc:
+        typer.echo(f"Error: {exc} (message passed through unfiltered)", err=True)
+        headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_ERROR
+    except Exception as exc:  # noqa: BLE001 - never lose mail, whatever went wrong
+        typer.echo(f"Error: internal error {exc.__class__.__name__}: {exc} (message passed through unfiltered)",
+                   err=True)
+        headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_BUG
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    data = _with_headers(raw, headers)
+    if out is not None:
+        out.write(data)
+        out.flush()
+    else:  # pragma: no cover - only under unusual stdout replacements
+        typer.echo(data.decode("utf-8", "surrogateescape"), nl=False)
+    return code
+
+
+@app.command()
+def classify(
+    user: Annotated[str, typer.Argument(metavar="USER", help="Whose filter to use.")],
+    paths: Annotated[list[str] | None, typer.Argument(metavar="[PATH|-]...",
+                                                      help="Message files, Maildirs or mboxes; - or nothing reads one message from stdin.")] = None,
+    output: Annotated[OutputFormat, typer.Option("--format", help="text, or JSON lines (one object per message).")] = OutputFormat.text,
+    filter_mode: Annotated[bool, typer.Option("--filter", help="Read one message on stdin and write it back with "
+                                              "X-Spamtl-Status (and X-Spam-Flag: YES for spam) headers.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Classify mail for USER: spam, ham or unsure, with the spam probability.
+
+    In --filter mode the message is always written back, even when something
+    fails (then with "X-Spamtl-Status: error"); exit code 0 means classified,
+    1 an expected error (e.g. no model yet), 70 an internal error.
+
+    Example: spamtl classify alice --filter < message.eml > tagged.eml
+    """
+    settings = _settings(db)
+    if filter_mode:
+        if paths and paths != ["-"]:
+            with _errors():
+                from spamtl.errors import UsageError
+
+                raise UsageError("--filter reads one message from stdin; give no PATH")
+        raise typer.Exit(_filter_one(settings, user, sys.stdin.buffer.read()))
+    with _errors():
+        from spamtl.errors import UsageError
+        from spamtl.services.classify import classify_messages, load_user_model
+        from spamtl.sources import RawMail, Unreadable, iter_mail
+
+        if not paths or paths == ["-"]:
+            mails: Any = [RawMail("<stdin>", sys.stdin.buffer.read())]
+        else:
+            missing = [p for p in paths if p != "-" and not Path(p).exists()]
+            if missing:
+                raise UsageError(f"no such file or directory: {missing[0]}")
+            mails = iter_mail(paths)
+        engine = _engine(settings)
+        from sqlalchemy.orm import Session
+
+        from spamtl.store.db import check_schema
+
+        check_schema(engine)
+        with Session(engine) as session:
+            model = load_user_model(session, user)
+        if not model.is_known_user:
+            typer.echo(f"note: {user!r} has no personal model yet; scored by the shared model", err=True)
+        counts: dict[str, int] = {}
+        for item in classify_messages(engine, settings, user=user, mails=mails, now=_now()):
+            if isinstance(item, Unreadable):
+                typer.echo(f"unreadable: {item.origin}: {item.reason}", err=True)
+                continue
+            counts[item.verdict] = counts.get(item.verdict, 0) + 1
+            if output is OutputFormat.json:
+                typer.echo(json.dumps(item.as_dict()))
+            else:
+                mid = f" <{item.message_id}>" if item.message_id else ""
+                typer.echo(f"{item.origin}{mid}: {item.verdict} (probability {item.probability:.4f}, "
+                           f"model v{item.model_version})")
+            for warning in item.warnings:
+                typer.echo(f"warning: {item.origin}: {warning} (scored from the text recovered)", err=True)
+
+
+@app.command()
+def feedback(
+    user: Annotated[str, typer.Argument(metavar="USER", help="Who is correcting the filter.")],
+    path: Annotated[str | None, typer.Argument(metavar="[PATH|-]", help="The message (file or - for stdin).")] = None,
+    spam: Annotated[bool, typer.Option("--spam", help="The message is spam.")] = False,
+    ham: Annotated[bool, typer.Option("--ham", help="The message is not spam.")] = False,
+    ref: Annotated[str | None, typer.Option("--id", metavar="SHA256_OR_MESSAGE_ID",
+                                            help="Refer to a stored message instead of passing it.")] = None,
+    output: Annotated[OutputFormat, typer.Option("--format", help="Result as text or JSON.")] = OutputFormat.text,
+    db: DbOption = None,
+) -> None:
+    """Tell the filter a message was spam or ham for USER; their model is refitted at once.
+
+    Only USER's personal weights change; every other user's scores stay the same.
+
+    Example: spamtl feedback alice --spam < missed-spam.eml
+    """
+    with _errors():
+        from spamtl.errors import UsageError
+        from spamtl.services.feedback import record_feedback
+
+        if spam == ham:
+            raise UsageError("say either --spam or --ham")
+        if ref is not None and path is not None:
+            raise UsageError("give either a message or --id, not both")
+        raw = None
+        if ref is None:
+            if path in (None, "-"):
+                raw = sys.stdin.buffer.read()
+            else:
+                try:
+                    raw = Path(path).read_bytes()
+                except OSError as exc:
+                    raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+            if not raw.strip():
+                raise UsageError("the message is empty")
+        settings = _settings(db)
+        result = record_feedback(_engine(settings), settings, user=user, label="spam" if spam else "ham",
+                                 raw=raw, ref=ref, now=_now())
+        if output is OutputFormat.json:
+            _print_json(result.as_dict())
+            return
+        was = f" (was {result.previous_label})" if result.previous_label else ""
+        typer.echo(f"Recorded {result.label}{was} for {user}: message {result.sha256[:16]}...")
+        if result.model_version is None:
+            typer.echo("No model yet: the label will be used by the next `spamtl train`.")
+        else:
+            typer.echo(f"Refitted {user}'s personal weights in model v{result.model_version} on "
+                       f"{result.user_labels} labels: spam probability {result.probability_before:.4f} -> "
+                       f"{result.probability_after:.4f}")
+
+
 def main() -> None:
     """Entry point of the ``spamtl`` script."""
     app()

@@ -77,6 +77,14 @@ class FeatureConfig:
         """A short string that identifies this configuration for caches."""
         return f"v{FEATURE_VERSION}:n{self.n_features}:b{int(self.bigrams)}:h{int(self.headers)}"
 
+    @classmethod
+    def from_key(cls, key: str) -> FeatureConfig:
+        """The configuration a :attr:`key` was made from (raises ValueError for other versions)."""
+        parts = dict((p[0], p[1:]) for p in key.split(":") if p)
+        if parts.get("v") != str(FEATURE_VERSION):
+            raise ValueError(f"features {key!r} were made by another version of spamtl")
+        return cls(n_features=int(parts["n"]), bigrams=parts["b"] == "1", headers=parts["h"] == "1")
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureRow:

@@ -126,6 +126,11 @@ class ParsedMessage:
     is_html_only: bool = False
     defects: tuple[str, ...] = field(default=())
 
+    @property
+    def is_damaged(self) -> bool:
+        """True when the bytes were not recognisably mail (no headers, or unparseable)."""
+        return any(d.startswith(("unparseable", "no headers found")) for d in self.defects)
+
 
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse raw RFC 5322 / MIME bytes into a :class:`ParsedMessage`.

@@ -19,11 +19,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from spamtl._objective import (
+    TASK_WEIGHTINGS,
     ConvergenceWarning,
     MultiTaskLogisticLoss,
     TaskLayout,
     fit_single_task,
     minimize_lbfgs,
+    task_weights,
 )
 from spamtl.metrics import macro_auc_error
 from spamtl.scoring import ModelWeights, SparsePart
@@ -31,25 +33,6 @@ from spamtl.scoring import ModelWeights, SparsePart
 __all__ = ["ConvergenceWarning", "MultiTaskLogisticRegression", "HyperparameterSearch",
            "select_hyperparameters", "task_weights"]
 
-TASK_WEIGHTINGS = ("sample", "task")
-
-
-def task_weights(counts: np.ndarray, weighting: str, scale: float | None = None) -> np.ndarray:
-    """omega_t for tasks with ``counts`` labelled samples.
-
-    ``'sample'``: 1 for every sample (tasks count by their size).
-    ``'task'``: ``scale / m_t`` with ``scale = n_samples / n_tasks`` by default,
-    so each task's samples add up to the same total and the overall weight
-    stays n_samples.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    if weighting == "sample":
-        return np.ones_like(counts)
-    if weighting == "task":
-        if scale is None:
-            scale = counts.sum() / max(len(counts), 1)
-        return scale / np.maximum(counts, 1.0)
-    raise ValueError(f"task_weighting must be one of {TASK_WEIGHTINGS}, got {weighting!r}")
 
 
 def _sparse_rows(offsets: np.ndarray, cols: np.ndarray, values: np.ndarray, n_features: int) -> sp.csr_matrix:
@@ -77,7 +60,8 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
     max_iter : int, default=1000
         L-BFGS iterations.
     tol : float, default=1e-6
-        Max-norm of the gradient of J / sum(weights) at which to stop.
+        Stop when the max-norm of the (preconditioned, see
+        :mod:`spamtl._objective`) gradient of J / sum(weights) is below tol.
     warm_start : bool, default=False
         Start ``fit`` from the current fitted parameters (matched by task and
         group label and by feature column).
@@ -106,7 +90,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     n_iter_ : int
     gradient_norm_ : float
-        Max-norm of the gradient of J / sum(weights) at the solution.
+        Max-norm of the preconditioned gradient of J / sum(weights) at the solution.
 
     Notes
     -----

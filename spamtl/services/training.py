@@ -118,7 +118,12 @@ def _select(data: TrainingData, settings: Settings, base: dict[str, Any]) -> tup
 
 def train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | None = None,
           progress: Callable[[int], None] | None = None) -> TrainResult:
-    """Fit on all current labels, evaluate against the active model on recent held-out mail, maybe promote.
+    """Fit on current labels, evaluate against the active model on recent held-out mail, maybe promote.
+
+    The most recent share of each user's ham and spam is held out; neither the
+    candidate nor (being an earlier candidate) the active model was trained on
+    it, so the comparison is fair.  Feedback refits of a user's personal part
+    use all of that user's labels, so recent corrections still count at once.
 
     Nothing is written until the very end, where the new version (and, if it
     wins, its promotion) is one transaction: a crash at any point leaves the
@@ -182,11 +187,10 @@ def train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | N
     elif active_version is not None:
         reason = "too little labelled mail to hold any out; promoting the model trained on everything"
 
-    final = candidate
-    if promoted and len(hold_idx):
-        say("refitting on all labels")
-        final = fit_model(data, params, candidate)  # warm start: cheap
-    weights = final.to_weights()
+    # The stored model is exactly the evaluated candidate, trained without the
+    # recent held-out mail.  Refitting on everything would let tomorrow's
+    # comparison score the active model on mail it has already seen.
+    weights = candidate.to_weights()
     say("saving")
     with translate_errors(), Session(engine) as session, session.begin():
         version = save_weights(session=session, weights=weights, feature_key=settings.features.key,
