@@ -1,5 +1,5 @@
-"""Lets ``python -m spamtl`` work."""
+"""Lets ``python -m spamtl`` work (same dispatch as the ``spamtl`` script)."""
 
-from spamtl.cli import main
+from spamtl._entry import main
 
 main()

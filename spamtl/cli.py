@@ -293,16 +293,6 @@ EXIT_FILTER_ERROR = 1
 EXIT_FILTER_BUG = 70  # EX_SOFTWARE
 
 
-def _with_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
-    """The message unchanged, with headers added at the top (after an mbox ``From `` line, if any)."""
-    eol = b"\r\n" if b"\r\n" in raw[:2000].split(b"\n\n", 1)[0] + b"\n" and raw.find(b"\r\n") >= 0 else b"\n"
-    block = b"".join(f"{name}: {value}".encode("ascii", "replace") + eol for name, value in headers)
-    if raw.startswith(b"From "):
-        end = raw.find(b"\n") + 1 or len(raw)
-        return raw[:end] + block + raw[end:]
-    return block + raw
-
-
 def _filter_one(settings: Settings, user: str, raw: bytes) -> int:
     """Filter mode: write the message back with verdict headers; on any failure write it unchanged."""
     from spamtl.services.classify import classify_messages
@@ -324,7 +314,9 @@ def _filter_one(settings: Settings, user: str, raw: bytes) -> int:
                    err=True)
         headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_BUG
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-    data = _with_headers(raw, headers)
+    from spamtl.mail import add_headers
+
+    data = add_headers(raw, headers)
     if out is not None:
         out.write(data)
         out.flush()

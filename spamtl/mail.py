@@ -34,6 +34,7 @@ __all__ = [
     "ParsedMessage",
     "parse_message",
     "parse_envelope",
+    "add_headers",
 ]
 
 MAX_PARSE_BYTES = 4 * 1024 * 1024
@@ -447,3 +448,19 @@ def parse_envelope(raw: bytes) -> tuple[str, datetime | None]:
     message_id = _decode_header_value(found.get(b"message-id", b"").decode("ascii", "surrogateescape"))
     date = _date(_decode_header_value(found.get(b"date", b"").decode("ascii", "surrogateescape")))
     return message_id.strip().strip("<>").strip()[:998], date
+
+
+def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
+    """The message byte for byte, with header lines added at the top.
+
+    They go after an mbox ``From `` envelope line if there is one (procmail
+    passes it), and use the message's own line ending (CRLF or LF).
+    """
+    head_end = raw.find(b"\n\n")
+    first_lines = raw[: head_end if head_end >= 0 else 2000]
+    eol = b"\r\n" if b"\r\n" in first_lines else b"\n"
+    block = b"".join(f"{name}: {value}".encode("ascii", "replace") + eol for name, value in headers)
+    if raw.startswith(b"From "):
+        end = raw.find(b"\n") + 1 or len(raw)
+        return raw[:end] + block + raw[end:]
+    return block + raw
