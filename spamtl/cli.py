@@ -212,7 +212,7 @@ def train(
     user's most recent held-out mail and promotes the candidate only if it is
     not worse.  A crash or kill leaves the active model untouched.
 
-    Example (cron, 03:15 every night): 15 3 * * *  spamtl train --format json >> /var/log/spamtl-train.log
+    Example: spamtl train --format json   (cron: 15 3 * * *  spamtl train --format json >> /var/log/spamtl-train.log)
     """
     with _errors():
         from spamtl.services.training import train as run_training
@@ -237,7 +237,7 @@ def train(
         typer.echo(f"{result.users} users, {result.messages} labelled messages, {result.seconds:.1f} s")
 
 
-models_app = typer.Typer(help="List model versions or roll back/forward.", no_args_is_help=False,
+models_app = typer.Typer(no_args_is_help=False,
                          invoke_without_command=True, rich_markup_mode=None)
 app.add_typer(models_app, name="models")
 
@@ -248,7 +248,7 @@ def models(
     output: Annotated[OutputFormat, typer.Option("--format", help="text table or JSON list.")] = OutputFormat.text,
     db: DbOption = None,
 ) -> None:
-    """List model versions with status and held-out metrics.
+    """List model versions with status and held-out metrics; `models activate` rolls back or forward.
 
     Example: spamtl models --format json
     """
@@ -287,6 +287,100 @@ def models_activate(
 
         info = activate(_engine(_settings(db)), version)
         typer.echo(f"Model v{info.version} is now active.")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+@app.command()
+def evaluate(
+    users_: Annotated[list[str] | None, typer.Option("--users", metavar="USER",
+                                                     help="Report these users (repeatable); all are used for training.")] = None,
+    folds: Annotated[int, typer.Option("--folds", help="K for task-stratified K-fold cross-validation.")] = 3,
+    chronological: Annotated[bool, typer.Option("--chronological", help="Train on each user's older mail, "
+                                                "test on the newest 30 % instead of K-fold.")] = False,
+    output: Annotated[TableFormat, typer.Option("--format", help="table, json or csv.")] = TableFormat.table,
+    plot: Annotated[Path | None, typer.Option("--plot", metavar="FILE.png",
+                                              help="Draw per-user ROC curves (needs matplotlib).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Compare the multi-task model with one pooled model and per-user models, per user.
+
+    All three are trained and tested on identical splits of the labelled mail;
+    the active model is not touched.  Lower 1-AUC % is better.
+
+    Example: spamtl evaluate --chronological --format json
+    """
+    with _errors():
+        from spamtl.services.evaluate import SYSTEMS
+        from spamtl.services.evaluate import evaluate as run_evaluation
+
+        if plot is not None:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                from spamtl.errors import OptionalDependencyError
+
+                raise OptionalDependencyError("--plot needs matplotlib; install it with "
+                                              "`pip install 'spamtl[plot]'`") from None
+        settings = _settings(db)
+        progress = _Progress("evaluating")
+        result = run_evaluation(_engine(settings), settings, users=users_, folds=folds, chronological=chronological,
+                                stage=lambda label, total: progress.stage(label, total), with_curves=plot is not None)
+        progress.finish()
+        if plot is not None:
+            _plot_curves(result.curves, plot)
+        if output is TableFormat.json:
+            _print_json(result.as_dict())
+            return
+        if output is TableFormat.csv:
+            typer.echo("user,system,metric,value")
+            for user, entry in [*result.users.items(), ("MACRO", result.macro)]:
+                for system in SYSTEMS:
+                    for metric, value in entry[system].items():
+                        typer.echo(f"{user},{system},{metric},{'' if value != value else value}")
+            return
+        typer.echo(f"1-AUC % per user ({result.splits}); * marks the best system in each row")
+        typer.echo(f"{'user':<14} {'train':>6} {'test':>6}  {'mtl':>9} {'pooled':>9} {'per_user':>9}   "
+                   f"{'mtl ham FPR':>11} {'mtl recall':>10}")
+        rows = [(u, e, e["n_train"], e["n_test"]) for u, e in result.users.items()]
+        rows.append(("macro", result.macro, "", ""))
+        for user, entry, n_train, n_test in rows:
+            errs = {s: entry[s]["auc_error_pct"] for s in SYSTEMS}
+            finite = [v for v in errs.values() if v == v]
+            best = min(finite) if finite else None
+            cells = [f"{_fmt(errs[s])}{'*' if best is not None and errs[s] == best else ' '}" for s in SYSTEMS]
+            typer.echo(f"{user:<14} {n_train!s:>6} {n_test!s:>6}  {cells[0]:>9} {cells[1]:>9} {cells[2]:>9}   "
+                       f"{_fmt(entry['mtl']['ham_fpr']):>11} {_fmt(entry['mtl']['recall']):>10}")
+            if isinstance(entry.get("note"), str):
+                typer.echo(f"  note: {entry['note']}")
+
+
+def _plot_curves(curves: dict[str, dict[str, tuple[list[float], list[float]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(curves))
+    cols = min(3, n)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4 * cols, 3.6 * ((n + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, (user, systems) in zip(axes.ravel(), sorted(curves.items())):
+        for system, (fpr, tpr) in systems.items():
+            ax.plot(fpr, tpr, label=system)
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_title(user)
+        ax.set_xlabel("ham false-positive rate")
+        ax.set_ylabel("spam caught")
+        ax.legend(loc="lower right")
+    for ax in axes.ravel()[len(curves):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 EXIT_FILTER_ERROR = 1

@@ -21,7 +21,7 @@ from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.models import load_weights, save_weights
 from spamtl.store.db import check_schema, translate_errors
 
-__all__ = ["TrainResult", "train", "holdout_split", "fit_model", "min_df_mask"]
+__all__ = ["TrainResult", "train", "holdout_split", "fit_model", "min_df_mask", "choose_params"]
 
 Stage = Callable[[str, int | None], None]
 
@@ -100,7 +100,7 @@ def _per_user_auc(y: np.ndarray, scores: np.ndarray, users: np.ndarray) -> dict[
     return out
 
 
-def _select(data: TrainingData, settings: Settings, base: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+def choose_params(data: TrainingData, settings: Settings, base: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
     """Choose alpha and mu on a chronological validation split of the training part."""
     from spamtl.model import select_hyperparameters
 
@@ -157,7 +157,7 @@ def train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | N
     train_part, hold = data.subset(train_idx), data.subset(hold_idx)
     base = {"task_weighting": settings.task_weighting, "tol": settings.tol, "max_iter": settings.max_iter}
     say("choosing hyper-parameters")
-    params, table = _select(train_part, settings, base)
+    params, table = choose_params(train_part, settings, base)
     say(f"fitting candidate (alpha={params['alpha']:g}, mu={params['mu']:g})")
     warm = _copy(active_est)
     candidate = fit_model(train_part, params, warm)
