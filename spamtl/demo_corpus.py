@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -86,7 +86,7 @@ USERS = (
     DemoUser("hugo", "shop", ("shop", "russian"), ("rusdigest",), ("rusdigest", "promo"), 50, 60),
 )
 HELD_BACK = 4
-_START = datetime(2025, 1, 6, 8, 0, tzinfo=timezone.utc)
+_START = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
 _SENDERS = {
     "pills": ["sales@rx-{n}.example.biz", "pharmacy{n}@meds-deal.example"],
     "lottery": ["claims{n}@intl-lotto.example", "barrister.{n}@legal-fund.example"],

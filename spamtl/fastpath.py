@@ -20,7 +20,7 @@ import os
 import sqlite3
 import sys
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = ["run"]
@@ -110,7 +110,7 @@ def _score(con: sqlite3.Connection, user: str, raw: bytes) -> dict[str, object]:
     verdict = ("spam" if probability >= settings.spam_cutoff else
                "ham" if probability <= settings.ham_cutoff else "unsure")
     sha = hashlib.sha256(raw).hexdigest()
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     with con:  # one transaction: the message (if new), the user (if new) and the verdict
         con.execute("BEGIN IMMEDIATE")
         user_id = user_row[0] if user_row else con.execute(
@@ -123,7 +123,7 @@ def _score(con: sqlite3.Connection, user: str, raw: bytes) -> dict[str, object]:
             stored_date = None
             if date is not None:
                 try:
-                    stored_date = _timestamp(date.astimezone(timezone.utc).replace(tzinfo=None))
+                    stored_date = _timestamp(date.astimezone(UTC).replace(tzinfo=None))
                 except (OverflowError, ValueError, OSError):
                     stored_date = None
             message_pk = con.execute(

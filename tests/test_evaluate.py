@@ -13,8 +13,11 @@ from spamtl.cli import app
 from spamtl.services.evaluate import SYSTEMS
 
 from .conftest import write_mbox
-from .test_cli_loop import _mails, run
-from .test_cli_loop import store  # noqa: F401 - module-scoped trained store
+from .test_cli_loop import (
+    _mails,
+    run,
+    store,  # noqa: F401 - module-scoped trained store
+)
 
 runner = CliRunner()
 METRICS = {"roc_auc", "auc_error_pct", "precision", "recall", "f1", "ham_fpr", "spam_at_0.1pct_fpr"}

@@ -80,7 +80,7 @@ def test_equals_logistic_regression_on_augmented_design(use_groups, weighting, a
     np.testing.assert_allclose(est.intercept_shared_, lr.intercept_[0], atol=1e-4)
     # v_t in the model is theta_t / sqrt(mu) in the augmented design.
     n_groups = len(est.groups_)
-    for i, t in enumerate(est.tasks_):
+    for i in range(len(est.tasks_)):
         block = lr.coef_[0, d * (1 + n_groups + i): d * (2 + n_groups + i)] / np.sqrt(mu)
         np.testing.assert_allclose(est.coef_tasks_[i].toarray().ravel(), block, atol=1e-4)
 
