@@ -82,3 +82,21 @@ def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0
     assert "Example:" in result.stdout
+
+
+def test_plot_without_matplotlib_is_a_clear_error(evaluated, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    db, _ = evaluated
+    result = run(db, "evaluate", "--plot", str(tmp_path / "roc.png"))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: --plot needs matplotlib; install it with `pip install 'spamtl[plot]'`")
+    assert not (tmp_path / "roc.png").exists()
