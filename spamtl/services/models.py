@@ -42,7 +42,8 @@ def _info(v: ModelVersion) -> VersionInfo:
 def save_weights(*, session: Session, weights: ModelWeights, feature_key: str, status: str, now: datetime,
                  metrics: dict[str, Any], n_messages: int, note: str | None = None) -> int:
     """Store a model as one version row plus one row per part; returns the version number."""
-    version = ModelVersion(created_at=now, status="candidate", params=_jsonable(weights.params), metrics=metrics,
+    params = {**weights.params, "task_groups": dict(weights.task_groups)}
+    version = ModelVersion(created_at=now, status="candidate", params=params, metrics=metrics,
                            feature_key=feature_key, n_features=weights.n_features, format_version=FORMAT_VERSION,
                            n_users=len(weights.tasks), n_messages=n_messages, note=note)
     session.add(version)
@@ -56,12 +57,6 @@ def save_weights(*, session: Session, weights: ModelWeights, feature_key: str, s
     elif status != "candidate":
         version.status = status
     return version.id
-
-
-def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    out = dict(params)
-    out["task_groups"] = params.get("task_groups")
-    return out
 
 
 def _version(session: Session, version: int | None) -> ModelVersion:
