@@ -99,6 +99,7 @@ def _score(con: sqlite3.Connection, user: str, raw: bytes) -> dict[str, object]:
                             (version, kind, name)).fetchone()
         return SparsePart.from_bytes(found[0]) if found else None
 
+    # Only this user's slice of the model: shared, their group's and their own part.
     parts = [p for p in (part("shared", ""), part("group", group) if group else None, part("user", user)) if p]
     is_known = con.execute("SELECT 1 FROM model_parts WHERE model_version_id = ? AND kind = 'user' AND name = ?",
                            (version, user)).fetchone() is not None

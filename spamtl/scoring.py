@@ -90,8 +90,8 @@ class ModelWeights:
     task_groups: dict[str, str | None] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
 
-    def decision(self, rows: Sequence[FeatureRow], task: str | None, group: str | None = None) -> np.ndarray:
-        """Scores f_t(x) of rows for one task; an unknown task gets shared (+ group) only."""
+    def parts_for(self, task: str | None, group: str | None = None) -> list[SparsePart]:
+        """The parts that score ``task``: shared, its group's (if any), its own (if known)."""
         parts = [self.shared]
         if task is not None and task in self.task_groups:
             group = self.task_groups[task]
@@ -99,7 +99,11 @@ class ModelWeights:
             parts.append(self.groups[group])
         if task is not None and task in self.tasks:
             parts.append(self.tasks[task])
-        return score_rows(rows, parts)
+        return parts
+
+    def decision(self, rows: Sequence[FeatureRow], task: str | None, group: str | None = None) -> np.ndarray:
+        """Scores f_t(x) of rows for one task; an unknown task gets shared (+ group) only."""
+        return score_rows(rows, self.parts_for(task, group))
 
     def save(self, file: Any) -> None:
         """Write everything to one ``.npz`` file (path or binary file object)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -52,11 +53,24 @@ class UserModel:
     config: FeatureConfig
     is_known_user: bool
     group: str | None
+    _dense: tuple[np.ndarray, float] | None = None
+
+    def _effective(self) -> tuple[np.ndarray, float]:
+        """w0 + u_g + v_t as one dense vector (2**18 floats) and the summed intercept, built once."""
+        if self._dense is None:
+            dense = np.zeros(self.weights.n_features)
+            intercept = 0.0
+            for part in self.weights.parts_for(self.user, self.group):
+                dense[part.cols] += part.values  # columns are unique within a part
+                intercept += part.intercept
+            self._dense = (dense, intercept)
+        return self._dense
 
     def probability(self, raw: bytes) -> tuple[float, list[str], str]:
         parsed = parse_message(raw)
         row = featurize(parsed, self.config)
-        score = float(self.weights.decision([row], self.user, self.group)[0])
+        dense, intercept = self._effective()
+        score = intercept + float(dense[row.indices] @ row.values.astype(np.float64))
         warnings = ["; ".join(parsed.defects)] if parsed.is_damaged else []
         return sigmoid(score), warnings, parsed.message_id
 
