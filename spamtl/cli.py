@@ -425,11 +425,11 @@ def demo(
         counts = summary(report)
         typer.echo(f"\n4. Classified {counts['messages']} held-back messages: {counts['correct']} right, "
                    f"{counts['unsure']} unsure. A few:")
-        shown: set[str] = set()
-        for user, truth, v in report.incoming:
-            if user in shown:
+        shown: set[tuple[str, str]] = set()
+        for user, truth, v in report.incoming:  # one ham and one spam per user
+            if (user, truth) in shown:
                 continue
-            shown.add(user)
+            shown.add((user, truth))
             typer.echo(f"   {user:<7} {v.verdict:<6} p={v.probability:.3f}  (really {truth})")
         if report.feedback is not None and report.feedback_before and report.feedback_after:
             b, a = report.feedback_before, report.feedback_after
