@@ -4,7 +4,7 @@ Every token says where it came from (``subj:``, ``body:``, ``from:``,
 ``url:``, ``hdr:x-mailer:`` ...), so that "free" in a subject and "free" in a
 body are different evidence.  Tokens are hashed with CRC-32 (``zlib.crc32``):
 stable across processes, machines and Python versions, unlike the salted
-built-in ``hash()``, and fast because it runs in C.
+built-in string hash, and fast because it runs in C.
 
 The vector of a message uses sublinear term frequency ``1 + log(count)`` and
 is scaled to unit L2 norm, so long and short messages live on one scale.
