@@ -376,8 +376,11 @@ def _plot_curves(curves: dict[str, dict[str, tuple[list[float], list[float]]]], 
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4 * cols, 3.6 * ((n + cols - 1) // cols)),
                              squeeze=False)
     for ax, (user, systems) in zip(axes.ravel(), sorted(curves.items())):
-        for system, (fpr, tpr) in systems.items():
-            ax.plot(fpr, tpr, label=system)
+        # The multi-task model last and thicker, so it stays visible where curves coincide.
+        for system in sorted(systems, key=lambda name: name == "mtl"):
+            fpr, tpr = systems[system]
+            ax.plot(fpr, tpr, label=system, linewidth=2.6 if system == "mtl" else 1.4,
+                    linestyle="-" if system == "mtl" else "--")
         ax.set_xscale("symlog", linthresh=1e-3)
         ax.set_title(user)
         ax.set_xlabel("ham false-positive rate")

@@ -100,3 +100,11 @@ def test_plot_without_matplotlib_is_a_clear_error(evaluated, tmp_path, monkeypat
     assert result.exit_code == 1
     assert result.stderr.strip() == ("Error: --plot needs matplotlib; install it with `pip install 'spamtl[plot]'`")
     assert not (tmp_path / "roc.png").exists()
+
+
+def test_plot_writes_a_png(evaluated, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("matplotlib")
+    db, _ = evaluated
+    result = run(db, "evaluate", "--folds", "2", "--plot", str(tmp_path / "roc.png"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
