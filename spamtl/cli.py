@@ -453,12 +453,14 @@ EXIT_FILTER_BUG = 70  # EX_SOFTWARE
 
 def _filter_one(settings: Settings, user: str, raw: bytes) -> int:
     """Filter mode: write the message back with verdict headers; on any failure write it unchanged."""
-    from spamtl.services.classify import classify_messages
+    from spamtl.services.classify import Verdict, classify_messages
     from spamtl.sources import RawMail
 
     try:
         [verdict] = list(classify_messages(_engine(settings), settings, user=user,
                                            mails=[RawMail("<stdin>", raw)], now=_now()))
+        if not isinstance(verdict, Verdict):  # only an unreadable input could yield otherwise
+            raise TypeError(f"no verdict for the message: {verdict}")
         headers = [("X-Spamtl-Status", f"{verdict.verdict}, probability={verdict.probability:.4f}, "
                                        f"version={verdict.model_version}")]
         if verdict.verdict == "spam":

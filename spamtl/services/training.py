@@ -48,7 +48,8 @@ def holdout_split(data: TrainingData, fraction: float, minimum: int) -> tuple[np
     where one class is all newer than the other.  A (user, label) with fewer
     than 2 * minimum messages stays entirely in training.
     """
-    train, hold = [], []
+    train: list[int] = []
+    hold: list[int] = []
     for user in np.unique(data.users):
         for label in (0, 1):
             idx = np.flatnonzero((data.users == user) & (data.y == label))
