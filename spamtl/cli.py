@@ -513,7 +513,7 @@ def classify(
         raise typer.Exit(_filter_one(settings, user, sys.stdin.buffer.read()))
     with _errors():
         from spamtl.errors import UsageError
-        from spamtl.services.classify import classify_messages, load_user_model
+        from spamtl.services.classify import classify_messages, open_user_model
         from spamtl.sources import RawMail, Unreadable, iter_mail
 
         if not paths or paths == ["-"]:
@@ -524,17 +524,11 @@ def classify(
                 raise UsageError(f"no such file or directory: {missing[0]}")
             mails = iter_mail(paths)
         engine = _engine(settings)
-        from sqlalchemy.orm import Session
-
-        from spamtl.store.db import check_schema
-
-        check_schema(engine)
-        with Session(engine) as session:
-            model = load_user_model(session, user)
+        model = open_user_model(engine, user)
         if not model.is_known_user:
             typer.echo(f"note: {user!r} has no personal model yet; scored by the shared model", err=True)
         counts: dict[str, int] = {}
-        for item in classify_messages(engine, settings, user=user, mails=mails, now=_now()):
+        for item in classify_messages(engine, settings, user=user, mails=mails, now=_now(), model=model):
             if isinstance(item, Unreadable):
                 typer.echo(f"unreadable: {item.origin}: {item.reason}", err=True)
                 continue

@@ -40,6 +40,14 @@ class Settings:
         if not 0.0 <= self.ham_cutoff <= self.spam_cutoff <= 1.0:
             raise ValueError("cutoffs must satisfy 0 <= ham_cutoff <= spam_cutoff <= 1")
 
+    def verdict(self, probability: float) -> str:
+        """spam at or above spam_cutoff, ham at or below ham_cutoff, unsure between."""
+        if probability >= self.spam_cutoff:
+            return "spam"
+        if probability <= self.ham_cutoff:
+            return "ham"
+        return "unsure"
+
 
 def database_url_from_env(explicit: str | None) -> str:
     """``--db`` if given, else ``$SPAMTL_DATABASE_URL``, else the per-user default."""

@@ -61,11 +61,9 @@ def _parse_args(argv: list[str]) -> dict[str, object] | None:
 
 
 def _sqlite_file(url: str | None) -> str | None:
-    if url is None:
-        url = os.environ.get("SPAMTL_DATABASE_URL")
-    if url is None:
-        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return str(Path(base) / "spamtl" / "spamtl.sqlite3")
+    from spamtl.config import database_url_from_env
+
+    url = database_url_from_env(url)
     prefix = "sqlite:///"
     if not url.startswith(prefix) or "?" in url or len(url) == len(prefix):
         return None
@@ -81,7 +79,7 @@ def _score(con: sqlite3.Connection, user: str, raw: bytes) -> dict[str, object]:
     from spamtl.config import Settings
     from spamtl.features import FeatureConfig, featurize
     from spamtl.mail import parse_envelope, parse_message
-    from spamtl.scoring import SparsePart, sigmoid
+    from spamtl.scoring import SparsePart, score_rows, sigmoid
 
     (revision,) = con.execute("SELECT version_num FROM alembic_version").fetchone()
     if revision != _SCHEMA_REVISION:
@@ -105,11 +103,8 @@ def _score(con: sqlite3.Connection, user: str, raw: bytes) -> dict[str, object]:
                            (version, user)).fetchone() is not None
     parsed = parse_message(raw)
     row_features = featurize(parsed, FeatureConfig.from_key(feature_key))
-    z = sum(p.intercept + p.dot(row_features) for p in parts)
-    probability = sigmoid(z)
-    settings = Settings(database_url="")
-    verdict = ("spam" if probability >= settings.spam_cutoff else
-               "ham" if probability <= settings.ham_cutoff else "unsure")
+    probability = sigmoid(float(score_rows([row_features], parts)[0]))
+    verdict = Settings(database_url="").verdict(probability)
     sha = hashlib.sha256(raw).hexdigest()
     now = datetime.now(UTC).replace(tzinfo=None)
     with con:  # one transaction: the message (if new), the user (if new) and the verdict

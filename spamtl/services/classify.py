@@ -22,7 +22,7 @@ from spamtl.sources import RawMail, Unreadable
 from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
 
-__all__ = ["Verdict", "UserModel", "load_user_model", "verdict_for", "classify_messages"]
+__all__ = ["Verdict", "UserModel", "load_user_model", "open_user_model", "classify_messages"]
 
 _LOG_CHUNK = 500
 
@@ -75,15 +75,6 @@ class UserModel:
         return sigmoid(score), warnings, parsed.message_id
 
 
-def verdict_for(probability: float, settings: Settings) -> str:
-    """spam at or above spam_cutoff, ham at or below ham_cutoff, unsure between."""
-    if probability >= settings.spam_cutoff:
-        return "spam"
-    if probability <= settings.ham_cutoff:
-        return "ham"
-    return "unsure"
-
-
 def load_user_model(session: Session, user: str) -> UserModel:
     """Load only this user's slice of the active model (never every user's weights)."""
     found = queries.get_user(session=session, name=user)
@@ -97,16 +88,23 @@ def load_user_model(session: Session, user: str) -> UserModel:
                      is_known_user=user in weights.tasks, group=weights.task_groups.get(user))
 
 
+def open_user_model(engine: Engine, user: str) -> UserModel:
+    """Check the schema and load ``user``'s slice of the active model."""
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session:
+        return load_user_model(session, user)
+
+
 def classify_messages(engine: Engine, settings: Settings, *, user: str, mails: Iterable[RawMail | Unreadable],
-                      now: datetime, log: bool = True) -> Iterator[Verdict | Unreadable]:
+                      now: datetime, log: bool = True, model: UserModel | None = None) -> Iterator[Verdict | Unreadable]:
     """Score each message for ``user`` and log the verdicts (in chunks, one transaction each).
 
     A user the model has never seen is scored by the shared (and group) part;
-    check ``UserModel.is_known_user`` through :func:`load_user_model` to say so.
+    pass a ``model`` from :func:`open_user_model` to check ``is_known_user``
+    first without loading it twice.
     """
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session:
-        model = load_user_model(session, user)
+    if model is None:
+        model = open_user_model(engine, user)
     pending: list[tuple[bytes, Verdict]] = []
     for item in mails:
         if isinstance(item, Unreadable):
@@ -114,7 +112,7 @@ def classify_messages(engine: Engine, settings: Settings, *, user: str, mails: I
             continue
         probability, defects, message_id = model.probability(item.raw)
         verdict = Verdict(user=user, origin=item.origin, message_id=message_id, sha256=sha256_hex(item.raw),
-                          verdict=verdict_for(probability, settings), probability=probability,
+                          verdict=settings.verdict(probability), probability=probability,
                           model_version=model.version, warnings=defects)
         pending.append((item.raw, verdict))
         if len(pending) >= _LOG_CHUNK:

@@ -33,10 +33,6 @@ class ImportSummary:
     relabelled: int = 0
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
-    @property
-    def seen(self) -> int:
-        return self.imported + self.known + self.relabelled + len(self.unreadable)
-
     def as_dict(self) -> dict[str, Any]:
         return {"user": self.user, "label": self.label, "imported": self.imported, "already_known": self.known,
                 "relabelled": self.relabelled,
