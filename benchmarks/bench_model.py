@@ -6,7 +6,12 @@ per user are used for training.  Reports macro-averaged 1-AUC % (100 x (1 -
 ROC AUC), averaged over the six users) per system and n, the mean over
 seeds, and the full-data fit time (median of runs) and peak memory.
 
-    python benchmarks/bench_model.py [--seeds 3] [--ns 20,50,200,all]
+Every logistic system sees the same features: binary token presence
+reweighted by IDF learned from that system's own training rows (what spamtl
+trains with).  ``--tf log --no-idf`` reproduces the first release's features
+(1 + log tf, no IDF) for comparison.
+
+    python benchmarks/bench_model.py [--seeds 3] [--ns 20,50,200,all] [--tf log] [--no-idf]
 
 Writes benchmarks/results/model.json.
 """
@@ -30,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _enron  # noqa: E402
 
+from spamtl.features import FeatureConfig, IdfWeights  # noqa: E402
 from spamtl.metrics import macro_auc_error  # noqa: E402
 from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters  # noqa: E402
 from spamtl.services.training import min_df_mask  # noqa: E402
@@ -37,6 +43,16 @@ from spamtl.services.training import min_df_mask  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ALPHAS = (0.01, 0.1, 1.0)
 MUS = (1000.0, 100.0, 10.0, 3.0, 1.0, 0.3)
+USE_IDF = True  # set from --no-idf in main()
+
+
+def _logistic(alpha, X, y):  # type: ignore[no-untyped-def]
+    """Single-task L2 logistic regression on the same features as the MTL model; returns a scorer."""
+    from sklearn.linear_model import LogisticRegression
+
+    idf = IdfWeights.fit(X) if USE_IDF else None
+    model = LogisticRegression(C=1 / alpha, max_iter=2000).fit(idf.transform(X) if idf else X, y)
+    return lambda Z: model.decision_function(idf.transform(Z) if idf else Z)
 
 
 def _loss(y, scores, tasks) -> float:  # type: ignore[no-untyped-def]
@@ -60,19 +76,14 @@ def _cv_pick(fit_score, grid, X, y, tasks, seed: int) -> float:  # type: ignore[
 
 
 def pooled(Xtr, ytr, ttr, Xte, seed):  # type: ignore[no-untyped-def]
-    from sklearn.linear_model import LogisticRegression
-
     def fs(alpha, X1, y1, t1, X2, y2, t2):  # type: ignore[no-untyped-def]
-        m = LogisticRegression(C=1 / alpha, max_iter=2000).fit(X1, y1)
-        return _loss(y2, m.decision_function(X2), t2)
+        return _loss(y2, _logistic(alpha, X1, y1)(X2), t2)
 
     alpha = _cv_pick(fs, ALPHAS, Xtr, ytr, ttr, seed)
-    return LogisticRegression(C=1 / alpha, max_iter=2000).fit(Xtr, ytr).decision_function(Xte), {"alpha": alpha}
+    return _logistic(alpha, Xtr, ytr)(Xte), {"alpha": alpha}
 
 
 def per_user(Xtr, ytr, ttr, Xte, tte, seed):  # type: ignore[no-untyped-def]
-    from sklearn.linear_model import LogisticRegression
-
     out = np.zeros(Xte.shape[0])
     chosen = {}
     for user in np.unique(ttr):
@@ -81,12 +92,11 @@ def per_user(Xtr, ytr, ttr, Xte, tte, seed):  # type: ignore[no-untyped-def]
         def fs(alpha, X1, y1, t1, X2, y2, t2):  # type: ignore[no-untyped-def]
             if len(np.unique(y1)) < 2:
                 return np.nan
-            model = LogisticRegression(C=1 / alpha, max_iter=2000).fit(X1, y1)
-            return _loss(y2, model.decision_function(X2), t2)
+            return _loss(y2, _logistic(alpha, X1, y1)(X2), t2)
 
         alpha = _cv_pick(fs, ALPHAS, Xtr[m], ytr[m], ttr[m], seed)
         chosen[str(user)] = alpha
-        out[mt] = LogisticRegression(C=1 / alpha, max_iter=2000).fit(Xtr[m], ytr[m]).decision_function(Xte[mt])
+        out[mt] = _logistic(alpha, Xtr[m], ytr[m])(Xte[mt])
     return out, {"alpha": chosen}
 
 
@@ -96,8 +106,8 @@ def mtl(Xtr, ytr, ttr, Xte, tte, seed):  # type: ignore[no-untyped-def]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         search = select_hyperparameters(Xtr, ytr, ttr, alphas=alphas, mus=MUS, n_splits=3, random_state=seed,
-                                        estimator=MultiTaskLogisticRegression(tol=1e-5, max_iter=500))
-        est = MultiTaskLogisticRegression(alpha=search.alpha, mu=search.mu, tol=1e-5, max_iter=500)
+                                        estimator=MultiTaskLogisticRegression(tol=1e-5, max_iter=500, idf=USE_IDF))
+        est = MultiTaskLogisticRegression(alpha=search.alpha, mu=search.mu, tol=1e-5, max_iter=500, idf=USE_IDF)
         est.fit(Xtr, ytr, tasks=ttr)
     return est.decision_function(Xte, tasks=tte), {"alpha": search.alpha, "mu": search.mu}
 
@@ -139,19 +149,20 @@ def bogofilter(raws, train, test, users, y, tmp: Path):  # type: ignore[no-untyp
     return scores
 
 
-def full_fit(params: dict[str, float], runs: int) -> dict[str, float]:
+def full_fit(params: dict[str, float], runs: int, tf: str, idf: bool) -> dict[str, float]:
     """Fit on all 33,716 messages in a fresh process per run; median seconds and peak RSS."""
     times, rss = [], []
     for _ in range(runs):
         code = ("import sys,time,json,resource,warnings; sys.path.insert(0, %r); import _enron;"
                 "from spamtl.model import MultiTaskLogisticRegression;"
                 "from spamtl.services.training import min_df_mask;"
-                "c=_enron.load(); X=min_df_mask(c.X); warnings.simplefilter('ignore');"
-                "t=time.perf_counter(); m=MultiTaskLogisticRegression(alpha=%r, mu=%r, tol=1e-5, max_iter=500)"
+                "from spamtl.features import FeatureConfig;"
+                "c=_enron.load(FeatureConfig(tf=%r)); X=min_df_mask(c.X); warnings.simplefilter('ignore');"
+                "t=time.perf_counter(); m=MultiTaskLogisticRegression(alpha=%r, mu=%r, tol=1e-5, max_iter=500, idf=%r)"
                 ".fit(X, c.y, tasks=c.users); d=time.perf_counter()-t;"
                 "print(json.dumps({'seconds': d, 'n_iter': m.n_iter_,"
                 "'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))") % (
-            str(HERE), params["alpha"], params["mu"])
+            str(HERE), tf, params["alpha"], params["mu"], idf)
         out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                         check=True).stdout.splitlines()[-1])
         times.append(out["seconds"])
@@ -165,8 +176,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--ns", default="20,50,200,all")
     parser.add_argument("--fit-runs", type=int, default=3)
+    parser.add_argument("--tf", choices=("binary", "log"), default="binary", help="token values (default binary)")
+    parser.add_argument("--no-idf", action="store_true", help="no IDF reweighting (the first release's features)")
+    parser.add_argument("--out", default=str(HERE / "results" / "model.json"), help="where to write the JSON")
     args = parser.parse_args()
-    corpus = _enron.load(keep_raw=True)
+    global USE_IDF
+    USE_IDF = not args.no_idf
+    corpus = _enron.load(FeatureConfig(tf=args.tf), keep_raw=True)
     ns = [None if n == "all" else int(n) for n in args.ns.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="spamtl-bench-model-"))
     rows = []
@@ -208,12 +224,13 @@ def main() -> None:
     fit = None
     if all_rows:
         params = all_rows[0]["mtl_params"]
-        fit = full_fit(params, args.fit_runs)
+        fit = full_fit(params, args.fit_runs, args.tf, USE_IDF)
         print(f"\nfull-data fit (33,716 messages, alpha={params['alpha']}, mu={params['mu']}): "
               f"median {fit['median_seconds']:.1f} s over {args.fit_runs} runs, peak RSS {fit['peak_rss_mib']:.0f} MiB")
-    out = HERE / "results" / "model.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"table": table, "rows": rows, "full_fit": fit,
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"features": {"tf": args.tf, "idf": USE_IDF}, "table": table, "rows": rows,
+                               "full_fit": fit,
                                "self_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
                               indent=2, default=str) + "\n")
 

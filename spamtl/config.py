@@ -26,8 +26,9 @@ class Settings:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     # Hyper-parameter grid searched at training time (see README, "Choosing mu").
     alphas: tuple[float, ...] = (0.01,)
-    mus: tuple[float, ...] = (10.0, 3.0, 1.0)
+    mus: tuple[float, ...] = (100.0, 10.0, 3.0, 1.0)
     task_weighting: str = "sample"
+    idf: bool = True  # reweight rows by inverse document frequency (see README, "Features")
     tol: float = 1e-5
     max_iter: int = 500
     holdout_fraction: float = 0.15

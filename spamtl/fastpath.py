@@ -25,7 +25,7 @@ from pathlib import Path
 
 __all__ = ["run"]
 
-_SCHEMA_REVISION = "0001"  # = spamtl.store.db.SCHEMA_REVISION (a test keeps them equal)
+_SCHEMA_REVISION = "0002"  # = spamtl.store.db.SCHEMA_REVISION (a test keeps them equal)
 _EXIT_OK = 0
 
 
@@ -77,7 +77,7 @@ def _timestamp(moment: datetime) -> str:
 
 def _score(con: sqlite3.Connection, user: str, raw: bytes) -> dict[str, object]:
     from spamtl.config import Settings
-    from spamtl.features import FeatureConfig, featurize
+    from spamtl.features import FeatureConfig, IdfWeights, featurize
     from spamtl.mail import parse_envelope, parse_message
     from spamtl.scoring import SparsePart, score_rows, sigmoid
 
@@ -92,10 +92,14 @@ def _score(con: sqlite3.Connection, user: str, raw: bytes) -> dict[str, object]:
     task_groups = (json.loads(params) if params else {}).get("task_groups") or {}
     group = task_groups.get(user, user_row[1] if user_row else None)
 
-    def part(kind: str, name: str) -> SparsePart | None:
+    def blob(kind: str, name: str) -> bytes | None:
         found = con.execute("SELECT data FROM model_parts WHERE model_version_id = ? AND kind = ? AND name = ?",
                             (version, kind, name)).fetchone()
-        return SparsePart.from_bytes(found[0]) if found else None
+        return found[0] if found else None
+
+    def part(kind: str, name: str) -> SparsePart | None:
+        data = blob(kind, name)
+        return SparsePart.from_bytes(data) if data is not None else None
 
     # Only this user's slice of the model: shared, their group's and their own part.
     parts = [p for p in (part("shared", ""), part("group", group) if group else None, part("user", user)) if p]
@@ -103,6 +107,9 @@ def _score(con: sqlite3.Connection, user: str, raw: bytes) -> dict[str, object]:
                            (version, user)).fetchone() is not None
     parsed = parse_message(raw)
     row_features = featurize(parsed, FeatureConfig.from_key(feature_key))
+    idf = blob("idf", "")
+    if idf is not None:
+        row_features = IdfWeights.from_bytes(idf).apply(row_features)
     probability = sigmoid(float(score_rows([row_features], parts)[0]))
     verdict = Settings(database_url="").verdict(probability)
     sha = hashlib.sha256(raw).hexdigest()

@@ -27,6 +27,7 @@ from spamtl._objective import (
     minimize_lbfgs,
     task_weights,
 )
+from spamtl.features import IdfWeights
 from spamtl.metrics import macro_auc_error
 from spamtl.scoring import ModelWeights, SparsePart
 
@@ -65,6 +66,15 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
     warm_start : bool, default=False
         Start ``fit`` from the current fitted parameters (matched by task and
         group label and by feature column).
+    idf : bool, default=False
+        For bag-of-words rows (spamtl's features): learn inverse document
+        frequencies from the rows given to ``fit`` and reweight every row
+        with them (then rescale it to unit L2 norm) before it enters the
+        objective, in ``fit``, ``refit_task`` and scoring alike.  This is a
+        fixed, label-free transform of X; the objective below is unchanged
+        in the transformed rows.  spamtl's training always sets it: on
+        Enron-Spam it halves the error at every training-set size (README).
+        Leave it off for general real-valued features.
 
     Attributes
     ----------
@@ -91,6 +101,8 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
     n_iter_ : int
     gradient_norm_ : float
         Max-norm of the preconditioned gradient of J / sum(weights) at the solution.
+    idf_ : IdfWeights or None
+        The document frequencies learned by ``fit`` when ``idf=True``.
 
     Notes
     -----
@@ -120,7 +132,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def __init__(self, alpha: float = 1.0, mu: float = 1.0, mu_group: float = 1.0,
                  task_weighting: str = "sample", max_iter: int = 1000, tol: float = 1e-6,
-                 warm_start: bool = False) -> None:
+                 warm_start: bool = False, idf: bool = False) -> None:
         self.alpha = alpha
         self.mu = mu
         self.mu_group = mu_group
@@ -128,6 +140,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.warm_start = warm_start
+        self.idf = idf
 
     # ------------------------------------------------------------------ fit
     def _check_params(self) -> None:
@@ -168,6 +181,9 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != n:
             raise ValueError(f"y must have shape ({n},), got {y.shape}")
+        idf = IdfWeights.fit(X) if self.idf else None
+        if idf is not None:
+            X = idf.transform(X)
         classes = np.unique(y)
         if len(classes) != 2:
             raise ValueError(f"y must contain exactly two classes, got {len(classes)}: {classes[:5]!r}")
@@ -214,7 +230,16 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         self.weight_scale_ = n / T
         self.n_iter_ = n_iter
         self.gradient_norm_ = grad_norm
+        self.idf_ = idf
         return self
+
+    def _rows(self, X: Any) -> sp.csr_matrix:
+        """Validated CSR rows, reweighted by the fitted idf if there is one."""
+        X = sp.csr_matrix(check_array(X, accept_sparse="csr", dtype=np.float64))
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, the model was fitted with {self.n_features_in_}")
+        idf = getattr(self, "idf_", None)
+        return idf.transform(X) if idf is not None else X
 
     @staticmethod
     def _task_groups(groups: Any, tidx: np.ndarray, T: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -277,9 +302,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         shared part, plus its group's part when ``groups`` names a known group.
         """
         check_is_fitted(self, "coef_shared_")
-        X = sp.csr_matrix(check_array(X, accept_sparse="csr", dtype=np.float64))
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, the model was fitted with {self.n_features_in_}")
+        X = self._rows(X)
         n = X.shape[0]
         out = X @ self.coef_shared_ + self.intercept_shared_
         t = self._indices(tasks, self.tasks_, n, "tasks")
@@ -315,10 +338,10 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         known group).
         """
         check_is_fitted(self, "coef_shared_")
-        X = sp.csr_matrix(check_array(X, accept_sparse="csr", dtype=np.float64))
+        X = self._rows(X)
         y = np.asarray(y)
-        if X.shape[1] != self.n_features_in_ or len(y) != X.shape[0]:
-            raise ValueError("X and y must match each other and the fitted feature count")
+        if len(y) != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels")
         unknown = set(np.unique(y)) - set(self.classes_)
         if unknown:
             raise ValueError(f"y has labels not seen in fit: {sorted(unknown)!r}")
@@ -371,6 +394,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             groups=rows(self.coef_groups_, self.intercept_groups_, self.groups_),
             tasks=rows(self.coef_tasks_, self.intercept_tasks_, self.tasks_),
             task_groups={str(t): (groups[g] if g >= 0 else None) for t, g in zip(self.tasks_, self.task_groups_)},
+            idf=getattr(self, "idf_", None),
             params={**self.get_params(), "classes": [_plain(c) for c in self.classes_],
                     "task_kind": "int" if np.asarray(self.tasks_).dtype.kind in "iu" else "str",
                     "weight_scale": self.weight_scale_, "n_iter": self.n_iter_,
@@ -412,6 +436,8 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         est.weight_scale_ = float(p.get("weight_scale", 1.0))
         est.n_iter_ = int(p.get("n_iter", 0))
         est.gradient_norm_ = float(p.get("gradient_norm", 0.0))
+        est.idf_ = weights.idf
+        est.idf = weights.idf is not None
         return est
 
     def save(self, file: Any) -> None:
@@ -466,8 +492,14 @@ class HyperparameterSearch:
     alpha: float
     mu: float
     score: float
-    """Mean over folds of the selection criterion (see ``scoring``); lower is better."""
+    """Mean over folds of the selection criterion (see ``scoring``) of the chosen setting; lower is better."""
     table: list[dict[str, float]] = field(default_factory=list)
+    best_alpha: float = float("nan")
+    best_mu: float = float("nan")
+    """The setting with the lowest score (the choice under ``rule='min'``)."""
+
+
+SELECTION_RULES = ("one_se", "min")
 
 
 def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
@@ -476,13 +508,12 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
                            n_splits: int = 3, random_state: int = 0,
                            estimator: MultiTaskLogisticRegression | None = None,
                            cv: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
-                           scoring: str = "log_loss") -> HyperparameterSearch:
+                           scoring: str = "log_loss", rule: str = "one_se") -> HyperparameterSearch:
     """Choose alpha and mu by task-stratified K-fold cross-validation.
 
     Folds are stratified on (task, label), so every fold holds a share of
-    every user's ham and spam.  The score is the macro average over tasks of
-    1 - ROC AUC on the held-out fold.  Within a fold the grid is walked from
-    strong to weak regularisation (large alpha, large mu first), each fit
+    every user's ham and spam.  Within a fold the grid is walked from strong
+    to weak regularisation (large alpha, large mu first), each fit
     warm-started from the previous one, which makes the whole search cost a
     few full fits.  ``cv`` may give the (train, test) index pairs instead,
     e.g. one chronological split for a quick nightly search.
@@ -494,10 +525,19 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     loss, a proper scoring rule, uses every message's margin.  The table
     reports both.
 
+    ``rule='one_se'`` (default) takes the most shared setting (largest mu,
+    then largest alpha) whose log loss is within one standard error of the
+    best one's; ``'min'`` takes the best.  The standard error is that of the
+    paired, per-message difference to the best setting, weighted as the
+    criterion weighs messages.  With a few dozen messages per user, settings
+    that let users stray (small mu) often win a fold by chance and lose on
+    new mail; the rule prefers sharing unless the data clearly ask for less
+    (README, "Choosing mu").  It needs ``scoring='log_loss'``.
+
     Returns
     -------
     HyperparameterSearch
-        The best (alpha, mu), its score and the full table.
+        The chosen (alpha, mu), its score, the best setting and the full table.
     """
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
@@ -516,28 +556,58 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     mus = sorted(mus, reverse=True)
     if scoring not in ("log_loss", "auc"):
         raise ValueError(f"scoring must be 'log_loss' or 'auc', got {scoring!r}")
-    scores: dict[tuple[float, float], list[float]] = {(a, m): [] for a in alphas for m in mus}
-    aucs: dict[tuple[float, float], list[float]] = {(a, m): [] for a in alphas for m in mus}
-    splits = cv if cv is not None else splitter.split(X, strata_idx)
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"rule must be one of {SELECTION_RULES}, got {rule!r}")
+    if rule == "one_se" and scoring != "log_loss":
+        raise ValueError("rule='one_se' needs scoring='log_loss' (AUC has no per-message terms)")
+    grid = [(a, m) for a in alphas for m in mus]
+    scores: dict[tuple[float, float], list[float]] = {g: [] for g in grid}
+    aucs: dict[tuple[float, float], list[float]] = {g: [] for g in grid}
+    # Per held-out message, over all folds: its weight in the criterion and its loss under each setting.
+    message_weights: list[np.ndarray] = []
+    message_losses: dict[tuple[float, float], list[np.ndarray]] = {g: [] for g in grid}
+    splits = list(cv) if cv is not None else list(splitter.split(X, strata_idx))
     for train, test in splits:
         est = clone(base).set_params(warm_start=True)
-        for a in alphas:
-            for m in mus:
-                est.set_params(alpha=a, mu=m)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    est.fit(X[train], y[train], tasks=tasks[train],
-                            groups=None if garr is None else garr[train])
-                p = est.decision_function(X[test], tasks=tasks[test],
-                                          groups=None if garr is None else garr[test])
-                positive = y[test] == est.classes_[1]
-                aucs[(a, m)].append(macro_auc_error(positive, p, tasks[test]))
-                scores[(a, m)].append(_macro_log_loss(positive, p, tasks[test]) if scoring == "log_loss"
-                                      else aucs[(a, m)][-1])
-    table = [{"alpha": a, "mu": m, "score": float(np.nanmean(v)), "auc_error_pct": float(np.nanmean(aucs[(a, m)]))}
-             for (a, m), v in scores.items()]
-    best = min(table, key=lambda r: (r["score"], -r["alpha"], -r["mu"]))
-    return HyperparameterSearch(alpha=best["alpha"], mu=best["mu"], score=best["score"], table=table)
+        positive = None
+        for a, m in grid:
+            est.set_params(alpha=a, mu=m)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                est.fit(X[train], y[train], tasks=tasks[train], groups=None if garr is None else garr[train])
+            p = est.decision_function(X[test], tasks=tasks[test], groups=None if garr is None else garr[test])
+            positive = y[test] == est.classes_[1]
+            losses = np.logaddexp(0.0, -np.where(positive, 1.0, -1.0) * p)
+            message_losses[(a, m)].append(losses)
+            aucs[(a, m)].append(macro_auc_error(positive, p, tasks[test]))
+            scores[(a, m)].append(_macro_log_loss(positive, p, tasks[test]) if scoring == "log_loss"
+                                  else aucs[(a, m)][-1])
+        message_weights.append(_macro_weights(tasks[test]) / len(splits))
+    weights = np.concatenate(message_weights) if message_weights else np.zeros(0)
+    mean = {g: float(np.nanmean(v)) for g, v in scores.items()}
+    best = min(grid, key=lambda g: (mean[g], -g[0], -g[1]))
+    best_losses = np.concatenate(message_losses[best])
+    table = []
+    for g in grid:
+        diff = np.concatenate(message_losses[g]) - best_losses
+        gap = float(weights @ diff)
+        se = float(np.sqrt(np.sum(weights**2 * (diff - gap) ** 2)))
+        table.append({"alpha": g[0], "mu": g[1], "score": mean[g], "auc_error_pct": float(np.nanmean(aucs[g])),
+                      "gap_to_best": gap, "gap_se": se})
+    chosen = best
+    if rule == "one_se":
+        # Most shared first: largest mu, then the strongest regularisation.
+        eligible = [r for r in table if r["gap_to_best"] <= r["gap_se"]]
+        pick = max(eligible, key=lambda r: (r["mu"], r["alpha"]))
+        chosen = (pick["alpha"], pick["mu"])
+    return HyperparameterSearch(alpha=chosen[0], mu=chosen[1], score=mean[chosen], table=table,
+                                best_alpha=best[0], best_mu=best[1])
+
+
+def _macro_weights(tasks: np.ndarray) -> np.ndarray:
+    """Per-sample weights that make a weighted sum the mean over tasks of each task's mean."""
+    _, index, counts = np.unique(tasks, return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[index])
 
 
 def _macro_log_loss(positive: np.ndarray, scores: np.ndarray, tasks: np.ndarray) -> float:

@@ -2,7 +2,8 @@
 
 A fitted multi-task model is a shared part (w0, b0), optional group parts
 (u_g, cg) and one personal part per task (v_t, c_t), each a sparse vector
-plus an intercept.  :class:`ModelWeights` holds them; :func:`score_rows`
+plus an intercept, and optionally the :class:`~spamtl.features.IdfWeights`
+that rows are reweighted with before they are scored.  :class:`ModelWeights` holds them; :func:`score_rows`
 scores feature rows for one task.  This module imports numpy only, so the
 classification path of a mail pipeline starts fast (no scikit-learn, no scipy).
 
@@ -23,11 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from spamtl.features import FeatureRow
+from spamtl.features import FeatureRow, IdfWeights
 
 __all__ = ["FORMAT_VERSION", "SparsePart", "ModelWeights", "score_rows", "sigmoid"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2 added the optional idf weights; files and store rows of format 1 still load."""
+_READABLE_FORMATS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class ModelWeights:
         Each task's group.
     params : dict
         Hyper-parameters and anything else JSON-serialisable (meta data).
+    idf : IdfWeights or None
+        Applied to every row before the parts score it.
     """
 
     n_features: int
@@ -89,6 +94,11 @@ class ModelWeights:
     tasks: dict[str, SparsePart] = field(default_factory=dict)
     task_groups: dict[str, str | None] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    idf: IdfWeights | None = None
+
+    def prepare(self, row: FeatureRow) -> FeatureRow:
+        """The row as the parts expect it: reweighted by :attr:`idf`, if any."""
+        return self.idf.apply(row) if self.idf is not None else row
 
     def parts_for(self, task: str | None, group: str | None = None) -> list[SparsePart]:
         """The parts that score ``task``: shared, its group's (if any), its own (if known)."""
@@ -103,7 +113,7 @@ class ModelWeights:
 
     def decision(self, rows: Sequence[FeatureRow], task: str | None, group: str | None = None) -> np.ndarray:
         """Scores f_t(x) of rows for one task; an unknown task gets shared (+ group) only."""
-        return score_rows(rows, self.parts_for(task, group))
+        return score_rows([self.prepare(r) for r in rows], self.parts_for(task, group))
 
     def save(self, file: Any) -> None:
         """Write everything to one ``.npz`` file (path or binary file object)."""
@@ -112,6 +122,8 @@ class ModelWeights:
                                           "params": self.params, "task_groups": self.task_groups})),
             "shared": np.frombuffer(self.shared.to_bytes(), np.uint8),
         }
+        if self.idf is not None:
+            arrays["idf"] = np.frombuffer(self.idf.to_bytes(), np.uint8)
         for kind, parts in (("group", self.groups), ("task", self.tasks)):
             names = sorted(parts)
             arrays[f"{kind}_names"] = np.array(names, dtype=str)
@@ -125,7 +137,7 @@ class ModelWeights:
         """Read a file written by :meth:`save`; never unpickles anything."""
         with np.load(file, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            if meta.get("format_version") != FORMAT_VERSION:
+            if meta.get("format_version") not in _READABLE_FORMATS:
                 raise ValueError(f"unsupported model format {meta.get('format_version')!r}")
             parts: dict[str, dict[str, SparsePart]] = {}
             for kind in ("group", "task"):
@@ -135,8 +147,9 @@ class ModelWeights:
                 parts[kind] = {n: SparsePart.from_bytes(blob[offsets[i]:offsets[i + 1]])
                                for i, n in enumerate(names)}
             shared = SparsePart.from_bytes(z["shared"].tobytes())
+            idf = IdfWeights.from_bytes(z["idf"].tobytes()) if "idf" in z.files else None
         return cls(int(meta["n_features"]), shared, parts["group"], parts["task"],
-                   dict(meta["task_groups"]), dict(meta["params"]))
+                   dict(meta["task_groups"]), dict(meta["params"]), idf)
 
 
 def score_rows(rows: Sequence[FeatureRow], parts: Sequence[SparsePart]) -> np.ndarray:

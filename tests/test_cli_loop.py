@@ -171,7 +171,7 @@ def test_classify_loads_only_one_users_weights(store: dict[str, object], monkeyp
     monkeypatch.setattr(queries, "model_part", spy)
     monkeypatch.setattr(queries, "model_parts", forbidden)
     classify_json(str(store["db"]), "bob", str(store["test_mail"]))
-    assert sorted(set(loaded)) == [("shared", ""), ("user", "bob")]
+    assert sorted(set(loaded)) == [("idf", ""), ("shared", ""), ("user", "bob")]
 
 
 def test_feedback_changes_that_user_only_then_train_and_models(store: dict[str, object]) -> None:

@@ -8,8 +8,9 @@ import zlib
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
-from spamtl.features import FeatureConfig, FeatureRow, featurize, hash_tokens, rows_to_csr, tokenize
+from spamtl.features import FeatureConfig, FeatureRow, IdfWeights, featurize, hash_tokens, rows_to_csr, tokenize
 from spamtl.mail import parse_message
 
 RAW = (b"From: Promo <deals@mail.shop.example.com>\nReply-To: x@other.example\nSubject: Free pills, FREE!\n"
@@ -28,13 +29,83 @@ def test_columns_are_crc32_of_the_token() -> None:
     assert zlib.crc32(b"body:free") % 2**18 == 34199
 
 
-def test_sublinear_tf_and_unit_norm() -> None:
-    row = hash_tokens(["a", "a", "a", "b"], 2**10)
+@pytest.mark.parametrize(("tf", "ratio"), [("binary", 1.0), ("log", 1 + np.log(3))])
+def test_term_values_and_unit_norm(tf: str, ratio: float) -> None:
+    row = hash_tokens(["a", "a", "a", "b"], 2**10, tf)
     values = dict(zip(row.indices.tolist(), row.values.tolist()))
     a, b = values[zlib.crc32(b"a") % 2**10], values[zlib.crc32(b"b") % 2**10]
-    assert a / b == pytest.approx(1 + np.log(3), rel=1e-6)
+    assert a / b == pytest.approx(ratio, rel=1e-6)
     assert float(np.sqrt((row.values.astype(float) ** 2).sum())) == pytest.approx(1.0, rel=1e-6)
-    assert len(hash_tokens([], 2**10).indices) == 0
+    assert len(hash_tokens([], 2**10, tf).indices) == 0
+
+
+def test_unknown_tf_is_refused() -> None:
+    with pytest.raises(ValueError, match="tf must be one of"):
+        FeatureConfig(tf="tfidf")
+    with pytest.raises(ValueError, match="tf must be one of"):
+        hash_tokens(["a"], 2**10, "raw")
+
+
+def test_feature_keys_round_trip_and_old_keys_still_mean_log_tf() -> None:
+    for config in (FeatureConfig(), FeatureConfig(tf="log"), FeatureConfig(n_features=2**20, bigrams=True,
+                                                                           headers=False, tf="binary")):
+        assert FeatureConfig.from_key(config.key) == config
+    # Models stored by the first release carry keys without a t-part; they must keep scoring as they were trained.
+    assert FeatureConfig.from_key("v1:n262144:b0:h1") == FeatureConfig(tf="log")
+    assert FeatureConfig().key != FeatureConfig(tf="log").key  # so cached rows of the other kind are not reused
+    for bad in ("v9:n262144:b0:h1", "v1:n262144:b0:h1:tcubic", "v1:b0:h1"):
+        with pytest.raises(ValueError, match="another version"):
+            FeatureConfig.from_key(bad)
+
+
+def _random_counts(seed: int, n: int = 30, d: int = 64) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    dense = rng.poisson(0.3, size=(n, d)).astype(float)
+    dense[3] = 0.0  # an empty row
+    dense[:, 5] = 0.0  # a column no row has
+    dense[:, 7] = 1.0  # a column every row but the empty one has
+    dense[3, 7] = 0.0
+    return sp.csr_matrix(dense)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_idf_weights_equal_scikit_learn_tfidf(seed: int) -> None:
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    X = _random_counts(seed)
+    reference = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=False).fit(X)
+    weights = IdfWeights.fit(X)
+    dense = weights.dense(X.shape[1])
+    seen = np.asarray((X > 0).sum(axis=0)).ravel() > 0
+    np.testing.assert_allclose(dense[seen], reference.idf_[seen], rtol=1e-12)
+    assert weights.default == pytest.approx(reference.idf_[5], rel=1e-12)  # df = 0 gets the largest idf
+    np.testing.assert_allclose(weights.transform(X).toarray(), reference.transform(X).toarray(), atol=1e-12)
+    # New rows, with columns unseen in training, and one row at a time.
+    Z = _random_counts(seed + 100).tolil()
+    Z[0, 5] = 2.0
+    Z = Z.tocsr()
+    np.testing.assert_allclose(weights.transform(Z).toarray(), reference.transform(Z).toarray(), atol=1e-12)
+    for i in range(Z.shape[0]):
+        row = FeatureRow(Z[i].indices.astype(np.int32), Z[i].data.astype(np.float32))
+        out = weights.apply(row)
+        np.testing.assert_array_equal(out.indices, row.indices)
+        np.testing.assert_allclose(out.values, reference.transform(Z[i]).toarray().ravel()[row.indices],
+                                   atol=1e-6)
+
+
+def test_idf_transform_leaves_its_input_alone_and_round_trips_bytes() -> None:
+    X = _random_counts(7)
+    before = X.copy()
+    weights = IdfWeights.fit(X)
+    weights.transform(X)
+    assert (X != before).nnz == 0
+    again = IdfWeights.from_bytes(weights.to_bytes())
+    np.testing.assert_array_equal(again.cols, weights.cols)
+    np.testing.assert_array_equal(again.values, weights.values)
+    assert (again.default, again.n_documents) == (weights.default, weights.n_documents) == (weights.default, 30)
+    assert b"pickle" not in weights.to_bytes().lower()
+    empty = IdfWeights.fit(sp.csr_matrix((0, 16)))
+    assert len(empty.cols) == 0 and empty.transform(sp.csr_matrix((2, 16))).nnz == 0
 
 
 def test_same_vector_in_every_process() -> None:

@@ -323,3 +323,162 @@ def test_select_hyperparameters_prefers_sharing_when_tasks_agree() -> None:
     assert {(r["alpha"], r["mu"]) for r in search.table} == {(1.0, 100.0), (1.0, 0.01)}
     scores = {r["mu"]: r["score"] for r in search.table}
     assert scores[100.0] < scores[0.01]
+
+
+def test_select_hyperparameters_follows_the_data_when_tasks_disagree() -> None:
+    # Half the tasks label by +w, half by -w: sharing is wrong, and the rule must not force it.
+    rng = np.random.default_rng(1)
+    d, n = 20, 480
+    X = sp.random(n, d, density=0.4, random_state=1, format="csr")
+    w = rng.normal(size=d)
+    tasks = np.repeat(["a", "b", "c", "d"], n // 4)
+    sign = np.where(np.isin(tasks, ["a", "b"]), 1.0, -1.0)
+    y = (sign * (X @ w) > 0).astype(int)
+    for rule in ("one_se", "min"):
+        search = select_hyperparameters(X, y, tasks, alphas=(0.3,), mus=(100.0, 1.0, 0.03), rule=rule)
+        assert search.mu < 100.0, rule
+    assert search.best_mu == search.mu  # 'min' takes the best
+
+
+def _table(search):  # type: ignore[no-untyped-def]
+    return {(r["alpha"], r["mu"]): r for r in search.table}
+
+
+def test_one_standard_error_rule_prefers_the_most_shared_setting_within_noise() -> None:
+    # Tasks that really are one task, few samples each: every setting's held-out loss is noisy.
+    # On this draw the minimum falls on mu=1, a fluke of 12 samples per task.
+    rng = np.random.default_rng(12)
+    d, n = 40, 72
+    X = sp.random(n, d, density=0.3, random_state=12, format="csr")
+    w = rng.normal(size=d)
+    y = (X @ w + 0.8 * rng.normal(size=n) > 0).astype(int)
+    tasks = np.repeat(["a", "b", "c", "d", "e", "f"], n // 6)
+    grid = {"alphas": (1.0,), "mus": (100.0, 3.0, 1.0, 0.3)}
+    best = select_hyperparameters(X, y, tasks, rule="min", **grid)
+    chosen = select_hyperparameters(X, y, tasks, rule="one_se", **grid)
+    table = _table(chosen)
+    row = table[(chosen.alpha, chosen.mu)]
+    # The choice is within one standard error of the best ...
+    assert row["gap_to_best"] <= row["gap_se"]
+    assert (best.alpha, best.mu) == (chosen.best_alpha, chosen.best_mu)
+    assert table[(best.alpha, best.mu)]["gap_to_best"] == 0.0
+    # ... and no more-shared setting was.
+    for (a, m), r in table.items():
+        if (m, a) > (chosen.mu, chosen.alpha):
+            assert r["gap_to_best"] > r["gap_se"]
+    assert (best.mu, chosen.mu) == (1.0, 100.0)
+
+
+def test_one_standard_error_is_the_paired_weighted_standard_error() -> None:
+    # Recompute the table's gap and standard error by hand on one split.
+    X, y, tasks, _ = make_problem(seed=4, n_per_task=30)
+    train = np.arange(len(y)) % 3 != 0
+    test = ~train
+    split = [(np.flatnonzero(train), np.flatnonzero(test))]
+    est = MultiTaskLogisticRegression(tol=1e-8)
+    search = select_hyperparameters(X, y, tasks, alphas=(1.0,), mus=(10.0, 0.5), cv=split, estimator=est)
+    losses = {}
+    for mu in (10.0, 0.5):
+        m = fit(X[train], y[train], tasks[train], alpha=1.0, mu=mu, tol=1e-8)
+        s = m.decision_function(X[test], tasks=tasks[test])
+        losses[mu] = np.logaddexp(0, -np.where(y[test] == 1, 1.0, -1.0) * s)
+    counts = {t: (tasks[test] == t).sum() for t in TASKS}
+    weights = np.array([1.0 / (len(TASKS) * counts[t]) for t in tasks[test]])
+    best_mu = min(losses, key=lambda mu: weights @ losses[mu])
+    other = 0.5 if best_mu == 10.0 else 10.0
+    diff = losses[other] - losses[best_mu]
+    gap = weights @ diff
+    row = _table(search)[(1.0, other)]
+    assert row["gap_to_best"] == pytest.approx(gap, rel=1e-4)
+    assert row["gap_se"] == pytest.approx(np.sqrt(np.sum(weights**2 * (diff - gap) ** 2)), rel=1e-4)
+
+
+def test_selection_rule_is_checked() -> None:
+    X, y, tasks, _ = make_problem()
+    with pytest.raises(ValueError, match="rule must be one of"):
+        select_hyperparameters(X, y, tasks, rule="smallest")
+    with pytest.raises(ValueError, match="needs scoring='log_loss'"):
+        select_hyperparameters(X, y, tasks, scoring="auc")
+    assert select_hyperparameters(X, y, tasks, scoring="auc", rule="min", alphas=(1.0,), mus=(1.0,)).mu == 1.0
+
+
+def _word_counts(seed: int, n: int = 160, d: int = 50) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Bag-of-words-like rows: non-negative counts, some columns common, some rare."""
+    rng = np.random.default_rng(seed)
+    rates = rng.gamma(0.4, 0.5, size=d)
+    counts = rng.poisson(rates, size=(n, d)).astype(float)
+    tasks = np.repeat(TASKS, n // len(TASKS))
+    w = rng.normal(size=d)
+    y = (counts @ w + rng.normal(size=n) > np.median(counts @ w)).astype(int)
+    return sp.csr_matrix(counts), y, tasks
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_idf_option_equals_fitting_on_scikit_learn_tfidf_rows(seed: int) -> None:
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    X, y, tasks = _word_counts(seed)
+    train, test = np.arange(len(y)) % 4 != 0, np.arange(len(y)) % 4 == 0
+    tfidf = TfidfTransformer(norm="l2", smooth_idf=True).fit(X[train])
+    with_idf = fit(X[train], y[train], tasks[train], alpha=0.5, mu=2.0, idf=True)
+    on_tfidf = fit(tfidf.transform(X[train]), y[train], tasks[train], alpha=0.5, mu=2.0)
+    np.testing.assert_allclose(with_idf.coef_shared_, on_tfidf.coef_shared_, atol=1e-7)
+    np.testing.assert_allclose(with_idf.decision_function(X[test], tasks=tasks[test]),
+                               on_tfidf.decision_function(tfidf.transform(X[test]), tasks=tasks[test]), atol=1e-7)
+    # The idf is learned from the rows given to fit, not from the rows being scored.
+    np.testing.assert_allclose(with_idf.idf_.dense(X.shape[1])[with_idf.idf_.cols], tfidf.idf_[with_idf.idf_.cols])
+
+
+def test_idf_is_kept_by_refit_save_load_and_the_numpy_scorer() -> None:
+    from spamtl.features import FeatureRow
+
+    X, y, tasks = _word_counts(2)
+    est = fit(X, y, tasks, alpha=0.5, mu=2.0, idf=True)
+    idf_before = est.idf_
+    m = tasks == "bob"
+    est.refit_task(X[m][::2], y[m][::2], "bob")
+    assert est.idf_ is idf_before  # a refit never relearns the idf: the other users' scores depend on it
+    buf = io.BytesIO()
+    est.save(buf)
+    buf.seek(0)
+    loaded = MultiTaskLogisticRegression.load(buf)
+    assert loaded.idf is True and loaded.idf_ is not None
+    np.testing.assert_array_equal(loaded.decision_function(X, tasks=tasks), est.decision_function(X, tasks=tasks))
+    weights = est.to_weights()
+    for i in range(0, len(y), 13):
+        row = FeatureRow(X[i].indices.astype(np.int32), X[i].data.astype(np.float32))
+        np.testing.assert_allclose(weights.decision([row], tasks[i]), est.decision_function(X[i], tasks=[tasks[i]]),
+                                   rtol=1e-6)
+    plain = fit(X, y, tasks, alpha=0.5, mu=2.0)
+    assert plain.idf_ is None and plain.to_weights().idf is None
+
+
+def test_model_files_of_the_first_format_still_load() -> None:
+    import json
+
+    from spamtl.scoring import ModelWeights
+
+    X, y, tasks, _ = make_problem()
+    est = fit(X, y, tasks)
+    buf = io.BytesIO()
+    est.save(buf)
+    with np.load(io.BytesIO(buf.getvalue()), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    assert meta["format_version"] == 2
+    meta["format_version"] = 1
+    arrays["meta"] = np.array(json.dumps(meta))
+    old = io.BytesIO()
+    np.savez(old, **arrays)
+    old.seek(0)
+    loaded = ModelWeights.load(old)
+    assert loaded.idf is None
+    np.testing.assert_array_equal(MultiTaskLogisticRegression.from_weights(loaded).decision_function(X, tasks=tasks),
+                                  est.decision_function(X, tasks=tasks))
+    meta["format_version"] = 99
+    arrays["meta"] = np.array(json.dumps(meta))
+    future = io.BytesIO()
+    np.savez(future, **arrays)
+    future.seek(0)
+    with pytest.raises(ValueError, match="unsupported model format 99"):
+        ModelWeights.load(future)

@@ -1,7 +1,7 @@
 """initial schema: users, messages, labels, classifications, models, feature cache
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 19:20:46.967295
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
 
 revision = '0001'
 down_revision = None

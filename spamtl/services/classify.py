@@ -68,7 +68,7 @@ class UserModel:
 
     def probability(self, raw: bytes) -> tuple[float, list[str], str]:
         parsed = parse_message(raw)
-        row = featurize(parsed, self.config)
+        row = self.weights.prepare(featurize(parsed, self.config))
         dense, intercept = self._effective()
         score = intercept + float(dense[row.indices] @ row.values.astype(np.float64))
         warnings = ["; ".join(parsed.defects)] if parsed.is_damaged else []

@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from sqlalchemy import Engine
 
 from spamtl.config import Settings
 from spamtl.errors import UsageError
+from spamtl.features import IdfWeights
 from spamtl.metrics import binary_metrics, roc_curve_points
 from spamtl.services.dataset import TrainingData, load_training_data
-from spamtl.services.training import choose_params, fit_model, holdout_split, min_df_mask
+from spamtl.services.training import base_params, choose_params, fit_model, holdout_split, min_df_mask
 from spamtl.store.db import check_schema
 
 __all__ = ["SYSTEMS", "Evaluation", "evaluate"]
@@ -57,15 +59,19 @@ def _splits(data: TrainingData, folds: int, chronological: bool, seed: int) -> l
     return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(idx)), idx))
 
 
-def _logistic(alpha: float) -> Any:
+def _logistic(alpha: float, X: sp.csr_matrix, y: np.ndarray, X_test: sp.csr_matrix, idf: bool) -> np.ndarray:
+    """Scores of X_test by a single-task L2 logistic regression on the same features as the MTL model."""
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=1.0 / alpha, max_iter=2000)
+    weighting = IdfWeights.fit(X) if idf else None
+    if weighting is not None:
+        X, X_test = weighting.transform(X), weighting.transform(X_test)
+    return np.asarray(LogisticRegression(C=1.0 / alpha, max_iter=2000).fit(X, y).decision_function(X_test))
 
 
-def _fit_baselines(train: TrainingData, test: TrainingData, alpha: float) -> dict[str, np.ndarray]:
+def _fit_baselines(train: TrainingData, test: TrainingData, alpha: float, idf: bool) -> dict[str, np.ndarray]:
     X = min_df_mask(train.X)
-    out = {"pooled": _logistic(alpha).fit(X, train.y).decision_function(test.X)}
+    out = {"pooled": _logistic(alpha, X, train.y, test.X, idf)}
     per_user = np.zeros(len(test.y))
     for user in np.unique(test.users):
         rows, test_rows = train.users == user, test.users == user
@@ -73,7 +79,7 @@ def _fit_baselines(train: TrainingData, test: TrainingData, alpha: float) -> dic
         if len(labels) < 2:  # one class only: all a per-user model can say is that class
             per_user[test_rows] = 10.0 if len(labels) and labels[0] == 1 else -10.0
             continue
-        per_user[test_rows] = _logistic(alpha).fit(X[rows], train.y[rows]).decision_function(test.X[test_rows])
+        per_user[test_rows] = _logistic(alpha, X[rows], train.y[rows], test.X[test_rows], idf)
     out["per_user"] = per_user
     return out
 
@@ -98,7 +104,7 @@ def evaluate(engine: Engine, settings: Settings, *, users: Sequence[str] | None 
     scores = {s: np.full(len(data.y), np.nan) for s in SYSTEMS}
     n_train = {u: 0 for u in wanted}
     splits = _splits(data, folds, chronological, settings.seed)
-    base = {"task_weighting": settings.task_weighting, "tol": settings.tol, "max_iter": settings.max_iter}
+    base = base_params(settings)
     for k, (train_idx, test_idx) in enumerate(splits):
         if stage is not None:
             stage(f"fold {k + 1}/{len(splits)}: fitting three systems", None)
@@ -113,7 +119,7 @@ def evaluate(engine: Engine, settings: Settings, *, users: Sequence[str] | None 
             model = fit_model(train, params)
             groups = test.groups if any(g is not None for g in test.groups) else None
             scores["mtl"][test_idx] = model.decision_function(test.X, tasks=test.users, groups=groups)
-            for name, s in _fit_baselines(train, test, params["alpha"]).items():
+            for name, s in _fit_baselines(train, test, params["alpha"], settings.idf).items():
                 scores[name][test_idx] = s
     n_train = {u: round(n / len(splits)) for u, n in n_train.items()}
     cutoff = float(np.log(settings.spam_cutoff / (1 - settings.spam_cutoff)))  # probability -> log-odds

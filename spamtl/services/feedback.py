@@ -103,6 +103,8 @@ def _refit_user(engine: Engine, result: FeedbackResult, *, user: str, user_id: i
     result.probability_before = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
     y = np.array([1.0 if lab.is_spam else -1.0 for lab in labels])
     X = rows_to_csr([rows[lab.message_pk] for lab in labels], config.n_features)
+    if weights.idf is not None:  # the version's own idf: fixed until the next training
+        X = weights.idf.transform(X)
     # Offsets: the fixed shared (+ group) part, dense over the hashed space.
     offset = np.zeros(config.n_features)
     offset[weights.shared.cols] += weights.shared.values

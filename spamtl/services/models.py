@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from spamtl.errors import NoModelError, UsageError
+from spamtl.features import IdfWeights
 from spamtl.scoring import FORMAT_VERSION, ModelWeights, SparsePart
 from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
@@ -51,6 +52,8 @@ def save_weights(*, session: Session, weights: ModelWeights, feature_key: str, s
     parts = [("shared", "", weights.shared.to_bytes())]
     parts += [("group", name, part.to_bytes()) for name, part in weights.groups.items()]
     parts += [("user", name, part.to_bytes()) for name, part in weights.tasks.items()]
+    if weights.idf is not None:
+        parts.append(("idf", "", weights.idf.to_bytes()))
     queries.add_model_parts(session=session, version_id=version.id, parts=parts)
     if status == "active":
         queries.set_active(session=session, version_id=version.id)
@@ -79,6 +82,7 @@ def load_weights(engine: Engine, version: int | None = None) -> tuple[int, str, 
         shared = queries.model_part(session=session, version_id=v.id, kind="shared")
         groups = queries.model_parts(session=session, version_id=v.id, kind="group")
         tasks = queries.model_parts(session=session, version_id=v.id, kind="user")
+        idf = queries.model_part(session=session, version_id=v.id, kind="idf")
         params = dict(v.params)
         weights = ModelWeights(
             n_features=v.n_features,
@@ -87,19 +91,21 @@ def load_weights(engine: Engine, version: int | None = None) -> tuple[int, str, 
             tasks={k: SparsePart.from_bytes(b) for k, b in tasks.items()},
             task_groups=dict(params.pop("task_groups", None) or {}),
             params=params,
+            idf=IdfWeights.from_bytes(idf) if idf else None,
         )
         return v.id, v.feature_key, weights
 
 
 def load_user_slice(*, session: Session, user: str, group: str | None,
                     version: int | None = None) -> tuple[ModelVersion, ModelWeights]:
-    """Only what scoring one user needs: the shared part, that user's group part and personal part."""
+    """Only what scoring one user needs: the shared part, that user's group and personal parts, the idf."""
     v = _version(session, version)
     shared = queries.model_part(session=session, version_id=v.id, kind="shared")
     user_part = queries.model_part(session=session, version_id=v.id, kind="user", name=user)
     task_groups = (v.params or {}).get("task_groups") or {}
     group = task_groups.get(user, group)
     group_part = queries.model_part(session=session, version_id=v.id, kind="group", name=group) if group else None
+    idf = queries.model_part(session=session, version_id=v.id, kind="idf")
     weights = ModelWeights(
         n_features=v.n_features,
         shared=SparsePart.from_bytes(shared or b""),
@@ -107,6 +113,7 @@ def load_user_slice(*, session: Session, user: str, group: str | None,
         tasks={user: SparsePart.from_bytes(user_part)} if user_part else {},
         task_groups={user: group},
         params={k: val for k, val in (v.params or {}).items() if k != "task_groups"},
+        idf=IdfWeights.from_bytes(idf) if idf else None,
     )
     return v, weights
 

@@ -74,6 +74,12 @@ def min_df_mask(X: sp.csr_matrix, min_df: int = 2) -> sp.csr_matrix:
     return X
 
 
+def base_params(settings: Settings) -> dict[str, Any]:
+    """The estimator settings that do not depend on the data (alpha and mu are chosen per fit)."""
+    return {"task_weighting": settings.task_weighting, "tol": settings.tol, "max_iter": settings.max_iter,
+            "idf": settings.idf}
+
+
 def fit_model(data: TrainingData, params: dict[str, Any], warm: Any = None) -> Any:
     """Fit MultiTaskLogisticRegression on ``data`` (optionally warm-started from a fitted estimator)."""
     from spamtl.model import MultiTaskLogisticRegression
@@ -156,7 +162,7 @@ def train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | N
 
     train_idx, hold_idx = holdout_split(data, settings.holdout_fraction, settings.holdout_min)
     train_part, hold = data.subset(train_idx), data.subset(hold_idx)
-    base = {"task_weighting": settings.task_weighting, "tol": settings.tol, "max_iter": settings.max_iter}
+    base = base_params(settings)
     say("choosing hyper-parameters")
     params, table = choose_params(train_part, settings, base)
     say(f"fitting candidate (alpha={params['alpha']:g}, mu={params['mu']:g})")

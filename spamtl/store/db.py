@@ -25,7 +25,7 @@ __all__ = [
     "translate_errors",
 ]
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 """Alembic head this code expects; a test checks it against migrations/."""
 BUSY_TIMEOUT_S = 30.0
 """How long SQLite waits for another writer before 'database is locked' (``SPAMTL_BUSY_TIMEOUT``)."""

@@ -38,7 +38,7 @@ LABELS = ("ham", "spam")
 LABEL_SOURCES = ("import", "feedback")
 VERDICTS = ("spam", "ham", "unsure", "error")
 MODEL_STATUSES = ("candidate", "active", "retired", "rejected")
-PART_KINDS = ("shared", "group", "user")
+PART_KINDS = ("shared", "group", "user", "idf")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
