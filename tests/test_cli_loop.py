@@ -239,7 +239,7 @@ def test_kill_during_train_leaves_active_model_usable(store: dict[str, object]) 
         # Either nothing changed, or one complete new version appeared (the kill came after the commit).
         assert after[:len(before)] == before or len(after) == len(before) + 1
         for version, _ in after:
-            assert parts[version] == 4  # shared + ann + bob + cat: never a half-written model
+            assert parts[version] == 5  # shared + idf + ann + bob + cat: never a half-written model
         assert classify_json(db, "ann", str(store["test_mail"]))[0]["verdict"] in {"spam", "ham", "unsure"}
 
 
