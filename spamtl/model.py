@@ -437,7 +437,6 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         est.n_iter_ = int(p.get("n_iter", 0))
         est.gradient_norm_ = float(p.get("gradient_norm", 0.0))
         est.idf_ = weights.idf
-        est.idf = weights.idf is not None
         return est
 
     def save(self, file: Any) -> None:
@@ -569,7 +568,7 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     splits = list(cv) if cv is not None else list(splitter.split(X, strata_idx))
     for train, test in splits:
         est = clone(base).set_params(warm_start=True)
-        positive = None
+        fold_weights = _macro_weights(tasks[test])
         for a, m in grid:
             est.set_params(alpha=a, mu=m)
             with warnings.catch_warnings():
@@ -580,9 +579,8 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
             losses = np.logaddexp(0.0, -np.where(positive, 1.0, -1.0) * p)
             message_losses[(a, m)].append(losses)
             aucs[(a, m)].append(macro_auc_error(positive, p, tasks[test]))
-            scores[(a, m)].append(_macro_log_loss(positive, p, tasks[test]) if scoring == "log_loss"
-                                  else aucs[(a, m)][-1])
-        message_weights.append(_macro_weights(tasks[test]) / len(splits))
+            scores[(a, m)].append(float(fold_weights @ losses) if scoring == "log_loss" else aucs[(a, m)][-1])
+        message_weights.append(fold_weights / len(splits))
     weights = np.concatenate(message_weights) if message_weights else np.zeros(0)
     mean = {g: float(np.nanmean(v)) for g, v in scores.items()}
     best = min(grid, key=lambda g: (mean[g], -g[0], -g[1]))
@@ -612,6 +610,5 @@ def _macro_weights(tasks: np.ndarray) -> np.ndarray:
 
 def _macro_log_loss(positive: np.ndarray, scores: np.ndarray, tasks: np.ndarray) -> float:
     """Mean over tasks of the mean logistic loss of the task's samples."""
-    y = np.where(positive, 1.0, -1.0)
-    losses = np.logaddexp(0.0, -y * scores)
-    return float(np.mean([losses[tasks == t].mean() for t in np.unique(tasks)]))
+    losses = np.logaddexp(0.0, -np.where(positive, 1.0, -1.0) * scores)
+    return float(_macro_weights(tasks) @ losses)

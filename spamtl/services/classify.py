@@ -53,30 +53,24 @@ class UserModel:
     config: FeatureConfig
     is_known_user: bool
     group: str | None
-    _dense: tuple[np.ndarray, float, np.ndarray | None] | None = None
+    _dense: tuple[np.ndarray, float] | None = None
 
-    def _effective(self) -> tuple[np.ndarray, float, np.ndarray | None]:
-        """w0 + u_g + v_t as one dense vector (2**18 floats), the summed intercept and the dense idf, built once."""
+    def _effective(self) -> tuple[np.ndarray, float]:
+        """w0 + u_g + v_t as one dense vector (2**18 floats) and the summed intercept, built once."""
         if self._dense is None:
             dense = np.zeros(self.weights.n_features)
             intercept = 0.0
             for part in self.weights.parts_for(self.user, self.group):
                 dense[part.cols] += part.values  # columns are unique within a part
                 intercept += part.intercept
-            idf = self.weights.idf.dense(self.weights.n_features) if self.weights.idf is not None else None
-            self._dense = (dense, intercept, idf)
+            self._dense = (dense, intercept)
         return self._dense
 
     def probability(self, raw: bytes) -> tuple[float, list[str], str]:
         parsed = parse_message(raw)
-        row = featurize(parsed, self.config)
-        dense, intercept, idf = self._effective()
-        values = row.values.astype(np.float64)
-        if idf is not None:  # as IdfWeights.apply, with the idf looked up densely
-            values *= idf[row.indices]
-            norm = float(np.sqrt(values @ values))
-            values = values / norm if norm > 0 else values
-        score = intercept + float(dense[row.indices] @ values)
+        row = self.weights.prepare(featurize(parsed, self.config))
+        dense, intercept = self._effective()
+        score = intercept + float(dense[row.indices] @ row.values.astype(np.float64))
         warnings = ["; ".join(parsed.defects)] if parsed.is_damaged else []
         return sigmoid(score), warnings, parsed.message_id
 
