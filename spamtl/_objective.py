@@ -27,11 +27,16 @@ the margins are ``Xk @ W`` and the loss gradient with respect to W is
 (``bincount``).  One forward and one backward sparse product per evaluation,
 O(nnz(X) + n_keys) memory: cost grows with the data, not with users x features.
 
-Conditioning.  L-BFGS is run in the coordinates ``theta' = sqrt(max(p, 1)) * theta``
-where p is each parameter's penalty factor (1, mu_g or mu).  For mu >= 1
-this is the Evgeniou-Pontil rescaling (isotropic penalty); for mu < 1 the
-original coordinates are kept.  Both limits (mu -> 0, mu -> inf) stay
-well-conditioned.  The objective is divided by sum(s) inside the solver,
+Conditioning.  L-BFGS is run in the coordinates ``theta' = sqrt(max(p / p_min, 1)) * theta``
+where p is each parameter's penalty factor (1, mu_g or mu) and p_min the
+smallest of them, capped at 1.  This is the Evgeniou-Pontil rescaling: the
+penalty becomes isotropic, ``alpha * p_min * ||theta'||^2``.  With
+mu, mu_g >= 1 (p_min = 1) it scales v by sqrt(mu); with mu < 1 it scales w0
+by sqrt(1 / mu) instead.  Keeping the original coordinates for mu < 1 (as the
+first release did) leaves w0 with curvature 1/mu times that of v: at
+mu = 1e-6 L-BFGS ran into max_iter with the gradient 1e6 times above the
+tolerance, or stopped on its relative-reduction rule (SciPy >= 1.15) well
+before it.  Both limits (mu -> 0, mu -> inf) are now well-conditioned.  The objective is divided by sum(s) inside the solver,
 which does not move the optimum.
 """
 
@@ -208,7 +213,9 @@ class MultiTaskLogisticLoss:
         self.n_params = start
         self.penalty = np.concatenate([np.full(self.sizes[k], factors[k]) for k in self.sizes])
         # Preconditioning: optimise theta' = scale * theta (see module Notes).
-        self.scale = np.sqrt(np.maximum(self.penalty, 1.0))
+        penalised = self.penalty[self.penalty > 0]
+        reference = min(1.0, float(penalised.min())) if len(penalised) else 1.0
+        self.scale = np.sqrt(np.maximum(self.penalty / reference, 1.0))
         self.total_weight = float(self.s.sum())
         self.alpha_penalty = alpha * self.penalty
         # The backward product X^T r as a CSR mat-vec is faster than a CSC one.
