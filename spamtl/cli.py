@@ -135,7 +135,8 @@ def import_(
     user: Annotated[str, typer.Argument(metavar="USER", help="The user (mailbox owner) the labels belong to.")],
     paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help=".eml files, Maildir folders, directories, mbox or mbox.gz files.")],
     label: Annotated[LabelChoice, typer.Option("--label", "-l", help="What these messages are for this user.")],
-    group: Annotated[str | None, typer.Option(help="Put the user in this group (an organisation, a domain).")] = None,
+    group: Annotated[str | None, typer.Option(help="Put a new user in this group (an organisation, a domain).")] = None,
+    move_group: Annotated[bool, typer.Option("--move-group", help="Move an existing user to --group.")] = False,
     output: Annotated[OutputFormat, typer.Option("--format", help="Summary as text or JSON.")] = OutputFormat.text,
     db: DbOption = None,
 ) -> None:
@@ -154,7 +155,8 @@ def import_(
         progress = _Progress(f"importing for {user}")
         try:
             summary = import_mail(_engine(settings), user=user, paths=[str(p) for p in paths], label=label.value,
-                                  group=group, now=_now(), chunk_size=settings.chunk_size, progress=progress)
+                                  group=group, now=_now(), chunk_size=settings.chunk_size, progress=progress,
+                                  move_group=move_group)
         except ImportInterrupted as exc:
             progress.finish()
             _print_import(exc.summary, output)
@@ -449,23 +451,31 @@ def demo(
 
 EXIT_FILTER_ERROR = 1
 EXIT_FILTER_BUG = 70  # EX_SOFTWARE
+_STREAM_CHUNK = 1 << 16
 
 
-def _filter_one(settings: Settings, user: str, raw: bytes) -> int:
-    """Filter mode: write the message back with verdict headers; on any failure write it unchanged."""
-    from spamtl.services.classify import Verdict, classify_messages
-    from spamtl.sources import RawMail
+def _filter_one(settings: Settings, user: str) -> int:
+    """Filter mode: write the message back with verdict headers; on any failure write it unchanged.
 
+    At most ``settings.max_message_bytes`` are read before deciding: a larger
+    message is passed through unscanned (``X-Spamtl-Status: skipped``), streamed
+    from stdin to stdout in blocks, never held in memory whole.
+    """
+    from spamtl.mail import add_headers
+
+    stdin = sys.stdin.buffer
+    limit = settings.max_message_bytes
+    raw = stdin.read(limit + 1)
+    out = sys.stdout.buffer
+    if len(raw) > limit:
+        out.write(add_headers(raw, [("X-Spamtl-Status", f"skipped, larger than {limit} bytes")]))
+        while block := stdin.read(_STREAM_CHUNK):
+            out.write(block)
+        out.flush()
+        return 0
+    code = 0
     try:
-        [verdict] = list(classify_messages(_engine(settings), settings, user=user,
-                                           mails=[RawMail("<stdin>", raw)], now=_now()))
-        if not isinstance(verdict, Verdict):  # only an unreadable input could yield otherwise
-            raise TypeError(f"no verdict for the message: {verdict}")
-        headers = [("X-Spamtl-Status", f"{verdict.verdict}, probability={verdict.probability:.4f}, "
-                                       f"version={verdict.model_version}")]
-        if verdict.verdict == "spam":
-            headers.append(("X-Spam-Flag", "YES"))
-        code = 0
+        headers = _filter_headers(settings, user, raw)
     except SpamtlError as exc:
         typer.echo(f"Error: {exc} (message passed through unfiltered)", err=True)
         headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_ERROR
@@ -473,16 +483,40 @@ def _filter_one(settings: Settings, user: str, raw: bytes) -> int:
         typer.echo(f"Error: internal error {exc.__class__.__name__}: {exc} (message passed through unfiltered)",
                    err=True)
         headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_BUG
-    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    out.write(add_headers(raw, headers))
+    out.flush()
+    return code
+
+
+def pass_through(code: int) -> int:
+    """Write stdin to stdout marked ``X-Spamtl-Status: error`` (a pipeline whose command line is wrong)."""
     from spamtl.mail import add_headers
 
-    data = add_headers(raw, headers)
-    if out is not None:
-        out.write(data)
-        out.flush()
-    else:  # pragma: no cover - only under unusual stdout replacements
-        typer.echo(data.decode("utf-8", "surrogateescape"), nl=False)
+    raw = sys.stdin.buffer.read(_STREAM_CHUNK)
+    sys.stdout.buffer.write(add_headers(raw, [("X-Spamtl-Status", "error")]))
+    while block := sys.stdin.buffer.read(_STREAM_CHUNK):
+        sys.stdout.buffer.write(block)
+    sys.stdout.flush()
     return code
+
+
+def _filter_headers(settings: Settings, user: str, raw: bytes) -> list[tuple[str, str]]:
+    from spamtl.config import validate_name
+    from spamtl.services.classify import VerdictLogger, open_reader, prepare
+
+    validate_name(user)
+    reader = open_reader(settings)
+    try:
+        model = reader.user_model(user)
+        message = prepare(raw)
+        verdict = reader.classify(model, message, "<stdin>")
+        VerdictLogger(reader.store, create_users=settings.auto_create_users).log(model, [(message, verdict)], _now())
+    finally:
+        reader.store.close()
+    headers = [("X-Spamtl-Status", verdict.header_value())]
+    if verdict.verdict == "spam":
+        headers.append(("X-Spam-Flag", "YES"))
+    return headers
 
 
 @app.command()
@@ -498,24 +532,27 @@ def classify(
     """Classify mail for USER: spam, ham or unsure, with the spam probability.
 
     In --filter mode the message is always written back, even when something
-    fails (then with "X-Spamtl-Status: error"); exit code 0 means classified,
-    1 an expected error (e.g. no model yet), 70 an internal error.
+    fails (then with "X-Spamtl-Status: error"); exit code 0 means classified
+    (or passed through unscanned because it is larger than the size limit:
+    "X-Spamtl-Status: skipped"), 1 an expected error (e.g. no model yet),
+    70 an internal error.  The id= in the header works with `feedback --id`.
 
-    Example: spamtl classify alice --filter < message.eml > tagged.eml
+    Example: spamtl classify --filter -- alice < message.eml > tagged.eml
     """
     settings = _settings(db)
     if filter_mode:
         if paths and paths != ["-"]:
-            with _errors():
-                from spamtl.errors import UsageError
-
-                raise UsageError("--filter reads one message from stdin; give no PATH")
-        raise typer.Exit(_filter_one(settings, user, sys.stdin.buffer.read()))
+            typer.echo(f"Error: --filter reads one message from stdin; unexpected {paths[0]!r} "
+                       "(message passed through unfiltered)", err=True)
+            raise typer.Exit(pass_through(EXIT_FILTER_ERROR))
+        raise typer.Exit(_filter_one(settings, user))
     with _errors():
+        from spamtl.config import validate_name
         from spamtl.errors import UsageError
-        from spamtl.services.classify import classify_messages, open_user_model
+        from spamtl.services.classify import classify_messages, open_reader
         from spamtl.sources import RawMail, Unreadable, iter_mail
 
+        validate_name(user)
         if not paths or paths == ["-"]:
             mails: Any = [RawMail("<stdin>", sys.stdin.buffer.read())]
         else:
@@ -523,24 +560,29 @@ def classify(
             if missing:
                 raise UsageError(f"no such file or directory: {missing[0]}")
             mails = iter_mail(paths)
-        engine = _engine(settings)
-        model = open_user_model(engine, user)
-        if not model.is_known_user:
-            typer.echo(f"note: {user!r} has no personal model yet; scored by the shared model", err=True)
-        counts: dict[str, int] = {}
-        for item in classify_messages(engine, settings, user=user, mails=mails, now=_now(), model=model):
-            if isinstance(item, Unreadable):
-                typer.echo(f"unreadable: {item.origin}: {item.reason}", err=True)
-                continue
-            counts[item.verdict] = counts.get(item.verdict, 0) + 1
-            if output is OutputFormat.json:
-                typer.echo(json.dumps(item.as_dict()))
-            else:
-                mid = f" <{item.message_id}>" if item.message_id else ""
-                typer.echo(f"{item.origin}{mid}: {item.verdict} (probability {item.probability:.4f}, "
-                           f"model v{item.model_version})")
-            for warning in item.warnings:
-                typer.echo(f"warning: {item.origin}: {warning} (scored from the text recovered)", err=True)
+        reader = open_reader(settings)
+        try:
+            model = reader.user_model(user)
+            if model.user_id is None:
+                stored = " (their verdicts are not stored)" if not settings.auto_create_users else ""
+                typer.echo(f"note: no user {user!r} in the store; scored by the shared model{stored}", err=True)
+            elif not model.is_known_user:
+                typer.echo(f"note: {user!r} has no personal model yet; scored by the shared model", err=True)
+            for item in classify_messages(reader, user=user, mails=mails, now=_now(), model=model):
+                if isinstance(item, Unreadable):
+                    typer.echo(f"unreadable: {item.origin}: {item.reason}", err=True)
+                    continue
+                if output is OutputFormat.json:
+                    typer.echo(json.dumps(item.as_dict()))
+                else:
+                    mid = f" <{item.message_id}>" if item.message_id else ""
+                    why = ", your label" if item.reason == "label" else ""
+                    typer.echo(f"{item.origin}{mid}: {item.verdict} (probability {item.probability:.4f}, "
+                               f"cutoff {item.spam_cutoff:.4f}{why}, model v{item.model_version}, id {item.short_id})")
+                for warning in item.warnings:
+                    typer.echo(f"warning: {item.origin}: {warning} (scored from the text recovered)", err=True)
+        finally:
+            reader.store.close()
 
 
 @app.command()

@@ -36,6 +36,12 @@ class Settings:
     promote_tolerance: float = 0.0
     chunk_size: int = 1000
     seed: int = 0
+    # Filter mode passes larger messages through unscanned (spamc's --max-size default is 500 KB).
+    max_message_bytes: int = 512_000
+    # classify registers a user it does not know (and logs their verdicts) only when this is set.
+    auto_create_users: bool = False
+    # Per-user cutoffs from the configuration: user -> (spam_cutoff, ham_cutoff).
+    user_cutoffs: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ham_cutoff <= self.spam_cutoff <= 1.0:
@@ -48,6 +54,33 @@ class Settings:
         if probability <= self.ham_cutoff:
             return "ham"
         return "unsure"
+
+
+NAME_MAX_CHARS = 255
+"""Longest user or group name (the store's column width)."""
+
+
+def validate_name(name: str, what: str = "user") -> str:
+    """``name`` if it is a usable user or group name, else a UsageError saying why.
+
+    Printable characters only (no control characters or newlines, which would
+    forge log lines and headers), 1 to 255 of them, no surrounding spaces, and
+    not starting with ``-`` (it would read as an option).
+    """
+    from spamtl.errors import UsageError
+
+    shown = repr(name[:40]) + ("..." if len(name) > 40 else "")
+    if not name:
+        raise UsageError(f"the {what} name must not be empty")
+    if len(name) > NAME_MAX_CHARS:
+        raise UsageError(f"the {what} name {shown} is longer than {NAME_MAX_CHARS} characters")
+    if not name.isprintable():
+        raise UsageError(f"the {what} name {shown} has control characters; use printable characters only")
+    if name != name.strip():
+        raise UsageError(f"the {what} name {shown} starts or ends with a space")
+    if name.startswith("-"):
+        raise UsageError(f"the {what} name {shown} starts with '-'; names must not look like options")
+    return name
 
 
 def database_url_from_env(explicit: str | None) -> str:

@@ -464,3 +464,30 @@ def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
         end = raw.find(b"\n") + 1 or len(raw)
         return raw[:end] + block + raw[end:]
     return block + raw
+
+
+_FILTER_HEADER_RE = re.compile(rb"(?i)(x-spamtl-|x-spam-|x-bogosity|x-spamd-|x-rspamd-)")
+
+
+def strip_own_headers(raw: bytes) -> bytes:
+    """The message without header fields that spam filters add (X-Spamtl-*, X-Spam-*, ...).
+
+    Only the top-level header block is looked at; everything else stays byte for byte.
+    """
+    head_end = raw.find(b"\n\n", 0, 256 * 1024)
+    if head_end < 0:
+        head_end = min(len(raw), 256 * 1024)
+    lines = raw[:head_end].split(b"\n")
+    out: list[bytes] = []
+    dropping = False
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and out:
+            if not dropping:
+                out.append(line)
+            continue
+        dropping = bool(_FILTER_HEADER_RE.match(line)) and b":" in line[:80]
+        if not dropping:
+            out.append(line)
+    if len(out) == len(lines):
+        return raw
+    return b"\n".join(out) + raw[head_end:]

@@ -114,7 +114,7 @@ def test_unreadable_file_is_reported(db_url: str, tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["import", "ann", "/no/such/file.mbox", "-l", "spam"], "Error: no such file or directory: /no/such/file.mbox"),
-        (["import", " ", "{eml}", "-l", "spam"], "Error: the user name must not be empty"),
+        (["import", " ", "{eml}", "-l", "spam"], "Error: the user name ' ' starts or ends with a space"),
     ],
     ids=["missing-file", "empty-user"],
 )

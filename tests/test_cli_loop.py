@@ -83,7 +83,9 @@ def test_train_json_shape(store: dict[str, object]) -> None:
 def test_classify_users_differ_and_every_verdict_is_logged(store: dict[str, object]) -> None:
     db, mail = str(store["db"]), str(store["test_mail"])
     ann, bob = classify_json(db, "ann", mail)[0], classify_json(db, "bob", mail)[0]
-    assert set(ann) == {"user", "message_id", "sha256", "verdict", "probability", "model_version"}
+    assert set(ann) == {"user", "message_id", "sha256", "id", "verdict", "probability", "model_version",
+                        "spam_cutoff", "reason"}
+    assert ann["id"] == ann["sha256"][:12] and ann["reason"] == "model"
     assert ann["probability"] > 0.5 > bob["probability"]  # the same newsletter, two users, two verdicts
     spam = store["tmp"] / "spam.eml"  # type: ignore[operator]
     spam.write_bytes(_mails(9, "spam", 1)[0])
@@ -91,13 +93,15 @@ def test_classify_users_differ_and_every_verdict_is_logged(store: dict[str, obje
         assert classify_json(db, user, str(spam))[0]["probability"] > 0.5  # shared spam, everyone
     con = sqlite3.connect(db.removeprefix("sqlite:///"))
     logged = con.execute("SELECT count(*) FROM classifications").fetchone()[0]
-    assert logged >= 6
+    assert logged == 5  # ann, bob, then ann, bob, cat: 'stranger' is no user, so nothing of theirs is stored
+    assert con.execute("SELECT count(*) FROM users WHERE name = 'stranger'").fetchone()[0] == 0
 
 
 def test_unknown_user_note_and_stdin(store: dict[str, object]) -> None:
     result = run(str(store["db"]), "classify", "nobody", "-", input=Path(store["test_mail"]).read_bytes())
     assert result.exit_code == 0
-    assert result.stderr.strip() == "note: 'nobody' has no personal model yet; scored by the shared model"
+    assert result.stderr.strip() == ("note: no user 'nobody' in the store; scored by the shared model "
+                                     "(their verdicts are not stored)")
     assert "(probability" in result.stdout and "model v" in result.stdout
 
 
@@ -116,7 +120,7 @@ def test_filter_output_is_the_message_plus_headers(store: dict[str, object]) -> 
     head, _, rest = result.stdout_bytes.partition(b"From: ")
     assert b"From: " + rest == raw
     lines = head.decode().splitlines()
-    assert lines[0].startswith("X-Spamtl-Status: spam, probability=0.") and lines[0].endswith(", version=1")
+    assert lines[0].startswith("X-Spamtl-Status: spam, probability=0.") and ", version=1, id=" in lines[0]
     assert lines[1:] == ["X-Spam-Flag: YES"]
 
 
@@ -141,7 +145,7 @@ def test_filter_survives_a_bug(store: dict[str, object], monkeypatch: pytest.Mon
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(classify_service, "classify_messages", broken)
+    monkeypatch.setattr(classify_service.ModelReader, "classify", broken)
     result = run(str(store["db"]), "classify", "ann", "--filter", input=b"Subject: x\n\nbody")
     assert result.exit_code == 70
     assert result.stdout_bytes == b"X-Spamtl-Status: error\nSubject: x\n\nbody"
@@ -156,20 +160,16 @@ def test_no_model_is_a_clear_error(db_url: str, tmp_path: Path) -> None:
 
 
 def test_classify_loads_only_one_users_weights(store: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
-    from spamtl.store import queries
+    from spamtl.services.classify import ModelReader
 
     loaded: list[tuple[str, str]] = []
-    original = queries.model_part
+    original = ModelReader._part_bytes
 
-    def spy(*, session, version_id, kind, name=""):  # type: ignore[no-untyped-def]
+    def spy(self, version, kind, name):  # type: ignore[no-untyped-def]
         loaded.append((kind, name))
-        return original(session=session, version_id=version_id, kind=kind, name=name)
+        return original(self, version, kind, name)
 
-    def forbidden(**kwargs: object) -> None:
-        raise AssertionError("classify must not load every user's weights")
-
-    monkeypatch.setattr(queries, "model_part", spy)
-    monkeypatch.setattr(queries, "model_parts", forbidden)
+    monkeypatch.setattr(ModelReader, "_part_bytes", spy)
     classify_json(str(store["db"]), "bob", str(store["test_mail"]))
     assert sorted(set(loaded)) == [("idf", ""), ("shared", ""), ("user", "bob")]
 
@@ -197,7 +197,7 @@ def test_feedback_changes_that_user_only_then_train_and_models(store: dict[str, 
     ref = run(db, "feedback", "cat", "--ham", "--id", fb["sha256"], "--format", "json")
     assert ref.exit_code == 0 and json.loads(ref.stdout)["sha256"] == fb["sha256"]
     assert run(db, "feedback", "cat", "--ham", "--id", "nope").stderr.strip() == (
-        "Error: no stored message has sha256 or Message-ID 'nope'; pass the message itself")
+        "Error: no stored message has id or Message-ID 'nope'; pass the message itself")
     assert run(db, "feedback", "cat", mail).stderr.strip() == "Error: say either --spam or --ham"
 
     second = json.loads(run(db, "train", "--format", "json").stdout)

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy.orm import Session
 
 from spamtl.config import Settings
-from spamtl.services.classify import load_user_model
+from spamtl.services.classify import open_reader
 from spamtl.services.importing import import_mail
 from spamtl.services.models import load_weights
 from spamtl.services.training import train
@@ -30,8 +29,9 @@ def test_groups_survive_save_and_load(engine, tmp_path: Path) -> None:  # type: 
     _, _, weights = load_weights(engine, result.version)
     assert weights.task_groups == groups
     assert set(weights.groups) == {"north", "south"}
-    with Session(engine) as session:
-        model = load_user_model(session, "bob")
+    reader = open_reader(settings)
+    model = reader.user_model("bob")
+    reader.store.close()
     assert model.group == "north" and set(model.weights.groups) == {"north"}
     # The group part contributes to bob's score.
     from spamtl.model import MultiTaskLogisticRegression
@@ -50,11 +50,13 @@ def _import_three_users(engine, tmp_path: Path) -> None:  # type: ignore[no-unty
 
 
 def _probabilities(engine, settings: Settings, raws: list[bytes]) -> list[float]:  # type: ignore[no-untyped-def]
-    from spamtl.services.classify import classify_messages
+    from spamtl.services.classify import classify_messages, open_reader
     from spamtl.sources import RawMail
 
-    out = classify_messages(engine, settings, user="bob", now=NOW, log=False,
-                            mails=[RawMail(f"m{i}", raw) for i, raw in enumerate(raws)])
+    reader = open_reader(settings)
+    out = list(classify_messages(reader, user="bob", now=NOW, log=False,
+                                 mails=[RawMail(f"m{i}", raw) for i, raw in enumerate(raws)]))
+    reader.store.close()
     return [v.probability for v in out]  # type: ignore[union-attr]
 
 
@@ -109,7 +111,8 @@ def test_upgrade_from_the_first_schema_keeps_old_models_working(engine, tmp_path
         kinds = {k for (k,) in conn.execute(text("SELECT DISTINCT kind FROM model_parts"))}
         assert kinds == {"shared", "user", "idf"}
         with pytest.raises(IntegrityError):
-            conn.execute(text("INSERT INTO model_parts VALUES (:v, 'bogus', '', x'00')"), {"v": new.version})
+            conn.execute(text("INSERT INTO model_parts (model_version_id, kind, name, data) "
+                              "VALUES (:v, 'bogus', '', x'00')"), {"v": new.version})
         conn.rollback()
     # Downgrading retires the models that need idf rather than leave one active that scores wrongly.
     downgrade(engine, "0001")

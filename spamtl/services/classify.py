@@ -1,30 +1,63 @@
-"""Classify mail for one user with the active model, and log every verdict."""
+"""Classify mail for one user: one model reader and one verdict logger for every caller.
+
+The CLI (one message or a mailbox), ``spamtl serve`` and the demo all score
+through :class:`ModelReader` and log through :class:`VerdictLogger`, on a
+:class:`~spamtl.store.lite.Store` (DB-API; no SQLAlchemy on the SQLite path).
+
+- A message is known by the sha256 of its bytes *without* the headers that
+  spamtl and other filters add (:func:`spamtl.mail.strip_own_headers`), so a
+  delivered copy is the same message as the one that was classified, and a
+  forged ``X-Spamtl-Status`` cannot change a score.
+- A correction sticks: when the user has labelled the message, the verdict
+  is the user's label, whatever the model says (``reason = "label"``).
+- Each user's cutoffs come from, in order: an administrator's per-user
+  setting (``spamtl users set-cutoff``), the active version's cutoffs for the
+  user (set at training), the global settings.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from spamtl.config import Settings
-from spamtl.errors import DatabaseError
-from spamtl.features import FeatureConfig, featurize
-from spamtl.mail import parse_message
-from spamtl.scoring import ModelWeights, sigmoid
-from spamtl.services.importing import sha256_hex, store_messages
-from spamtl.services.models import load_user_slice
+from spamtl.errors import DatabaseError, NoModelError
+from spamtl.features import FeatureConfig, IdfWeights, featurize
+from spamtl.mail import parse_message, strip_own_headers
+from spamtl.scoring import ModelWeights, SparsePart, sigmoid
 from spamtl.sources import RawMail, Unreadable
-from spamtl.store import queries
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store import lite
 
-__all__ = ["Verdict", "UserModel", "load_user_model", "open_user_model", "classify_messages"]
+__all__ = ["SHORT_ID_CHARS", "Prepared", "Verdict", "UserModel", "ModelReader", "VerdictLogger",
+           "prepare", "classify_messages", "open_reader"]
 
+SHORT_ID_CHARS = 12
+"""Hex characters of the sha256 shown as a message's id (48 bits: unambiguous in any real store)."""
 _LOG_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message as spamtl knows it: its bytes without filter headers and their sha256."""
+
+    raw: bytes
+    sha256: str
+
+    @property
+    def short_id(self) -> str:
+        return self.sha256[:SHORT_ID_CHARS]
+
+
+def prepare(raw: bytes) -> Prepared:
+    """Strip filter headers (spamtl's own and other filters') and hash what is left."""
+    clean = strip_own_headers(raw)
+    return Prepared(clean, hashlib.sha256(clean).hexdigest())
 
 
 @dataclass
@@ -36,16 +69,31 @@ class Verdict:
     verdict: str
     probability: float
     model_version: int
+    spam_cutoff: float = 0.9
+    ham_cutoff: float = 0.2
+    reason: str = "model"  # or "label": the user labelled this message, which decides
+    subject: str = ""
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def short_id(self) -> str:
+        return self.sha256[:SHORT_ID_CHARS]
+
     def as_dict(self) -> dict[str, Any]:
-        return {"user": self.user, "message_id": self.message_id, "sha256": self.sha256, "verdict": self.verdict,
-                "probability": round(self.probability, 6), "model_version": self.model_version}
+        return {"user": self.user, "message_id": self.message_id, "sha256": self.sha256, "id": self.short_id,
+                "verdict": self.verdict, "probability": round(self.probability, 6),
+                "model_version": self.model_version, "spam_cutoff": self.spam_cutoff, "reason": self.reason}
+
+    def header_value(self) -> str:
+        """The ``X-Spamtl-Status`` value: verdict first, then key=value facts (id works with --id)."""
+        label = ", label" if self.reason == "label" else ""
+        return (f"{self.verdict}, probability={self.probability:.4f}, cutoff={self.spam_cutoff:.4f}, "
+                f"version={self.model_version}, id={self.short_id}{label}")
 
 
 @dataclass
 class UserModel:
-    """What scoring one user needs: the shared, group and personal parts of one version."""
+    """What scoring one user needs: the shared, group and personal parts of one version, and cutoffs."""
 
     user: str
     version: int
@@ -53,6 +101,10 @@ class UserModel:
     config: FeatureConfig
     is_known_user: bool
     group: str | None
+    user_id: int | None = None
+    spam_cutoff: float = 0.9
+    ham_cutoff: float = 0.2
+    cutoff_source: str = "global"
     _dense: tuple[np.ndarray, float] | None = None
 
     def _effective(self) -> tuple[np.ndarray, float]:
@@ -67,68 +119,276 @@ class UserModel:
         return self._dense
 
     def probability(self, raw: bytes) -> tuple[float, list[str], str]:
+        """Spam probability of (already prepared) message bytes, parse warnings, Message-ID."""
+        p, warnings, parsed = self.score(raw)
+        return p, warnings, parsed.message_id
+
+    def score(self, raw: bytes) -> tuple[float, list[str], Any]:
         parsed = parse_message(raw)
         row = self.weights.prepare(featurize(parsed, self.config))
         dense, intercept = self._effective()
-        score = intercept + float(dense[row.indices] @ row.values.astype(np.float64))
+        z = intercept + float(dense[row.indices] @ row.values.astype(np.float64))
         warnings = ["; ".join(parsed.defects)] if parsed.is_damaged else []
-        return sigmoid(score), warnings, parsed.message_id
+        return sigmoid(z), warnings, parsed
+
+    def verdict(self, probability: float) -> str:
+        """spam at or above this user's spam cutoff, ham at or below the ham cutoff, unsure between."""
+        if probability >= self.spam_cutoff:
+            return "spam"
+        if probability <= self.ham_cutoff:
+            return "ham"
+        return "unsure"
 
 
-def load_user_model(session: Session, user: str) -> UserModel:
-    """Load only this user's slice of the active model (never every user's weights)."""
-    found = queries.get_user(session=session, name=user)
-    group = found.group_name if found is not None else None
-    version, weights = load_user_slice(session=session, user=user, group=group)
+@dataclass
+class _VersionParts:
+    version: int
+    config: FeatureConfig
+    n_features: int
+    shared: SparsePart
+    idf: IdfWeights | None
+    task_groups: dict[str, str | None]
+    params: dict[str, Any]
+    groups: dict[str, SparsePart | None] = field(default_factory=dict)
+
+
+class ModelReader:
+    """Loads users' slices of the active model, and keeps them while nothing changes.
+
+    A one-shot CLI reads one slice.  A daemon keeps a reader for its lifetime
+    and calls :meth:`refresh` before each request (cheap: one row): when the
+    store generation moved, it drops exactly what changed, so a promotion,
+    ``models activate`` or a feedback refit is seen at once.  Every
+    :class:`UserModel` comes from a single version: never two in one verdict.
+    """
+
+    def __init__(self, store: lite.Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._generation: int | None = None
+        self._version: _VersionParts | None = None
+        self._users: dict[str, UserModel] = {}
+
+    def check_schema(self) -> None:
+        try:
+            row = self.store.one(lite.SCHEMA)
+        except DatabaseError as exc:
+            if "no spamtl tables" in str(exc):
+                raise DatabaseError("the database is empty; run `spamtl init` to create it") from None
+            raise
+        revision = row[0] if row else None
+        if revision != lite.SCHEMA_REVISION:
+            raise DatabaseError(f"the database is at schema {revision}, expected {lite.SCHEMA_REVISION}; "
+                                "run `spamtl init` to upgrade it")
+
+    def refresh(self) -> bool:
+        """Drop cached parts that changed since the last call; True if anything was dropped."""
+        row = self.store.one(lite.GENERATION)
+        generation = int(row[0]) if row else 0
+        if generation == self._generation:
+            self.store.finish_read()
+            return False
+        previous, self._generation = self._generation, generation
+        dropped = bool(self._users) or self._version is not None
+        active = self.store.one(lite.ACTIVE_VERSION)
+        if previous is None or self._version is None or active is None or active[0] != self._version.version:
+            self._version = None
+            self._users.clear()
+        else:
+            changed = self.store.all(lite.CHANGED_PARTS, {"version": self._version.version, "generation": previous})
+            if any(kind != "user" for kind, _ in changed):
+                self._version = None
+                self._users.clear()
+            elif changed:
+                for _, name in changed:
+                    self._users.pop(name, None)
+            else:  # a cutoff or a user row changed: user slices are small, reload them all
+                self._users.clear()
+        self.store.finish_read()
+        return dropped
+
+    def _version_parts(self) -> _VersionParts:
+        if self._version is None:
+            row = self.store.one(lite.ACTIVE_VERSION)
+            if row is None:
+                raise NoModelError()
+            version, feature_key, n_features, params = row
+            params = json.loads(params) if isinstance(params, str) else dict(params or {})
+            try:
+                config = FeatureConfig.from_key(feature_key)
+            except ValueError as exc:
+                raise DatabaseError(f"{exc}; run `spamtl train` to retrain") from None
+            shared = self._part(version, "shared", "")
+            idf = self._part_bytes(version, "idf", "")
+            self._version = _VersionParts(
+                version=version, config=config, n_features=int(n_features),
+                shared=shared or SparsePart.empty(), idf=IdfWeights.from_bytes(idf) if idf else None,
+                task_groups=dict(params.pop("task_groups", None) or {}), params=params)
+        return self._version
+
+    def _part_bytes(self, version: int, kind: str, name: str) -> bytes | None:
+        row = self.store.one(lite.PART, {"version": version, "kind": kind, "name": name})
+        return bytes(row[0]) if row else None
+
+    def _part(self, version: int, kind: str, name: str) -> SparsePart | None:
+        data = self._part_bytes(version, kind, name)
+        return SparsePart.from_bytes(data) if data is not None else None
+
+    def user_model(self, user: str) -> UserModel:
+        """``user``'s slice of the active model (the shared part alone for a user it does not know)."""
+        cached = self._users.get(user)
+        if cached is not None:
+            return cached
+        if self._generation is None:
+            self.refresh()
+        v = self._version_parts()
+        user_row = self.store.one(lite.USER, {"name": user})
+        user_id, stored_group, spam_override, ham_override = user_row if user_row else (None, None, None, None)
+        group = v.task_groups.get(user, stored_group)
+        if group and group not in v.groups:
+            v.groups[group] = self._part(v.version, "group", group)
+        personal = self._part(v.version, "user", user)
+        group_part = v.groups.get(group) if group else None
+        weights = ModelWeights(
+            n_features=v.n_features, shared=v.shared,
+            groups={group: group_part} if group and group_part is not None else {},
+            tasks={user: personal} if personal is not None else {},
+            task_groups={user: group}, params=v.params, idf=v.idf)
+        spam_cutoff, ham_cutoff, source = self.settings.spam_cutoff, self.settings.ham_cutoff, "global setting"
+        trained = self.store.one(lite.USER_CUTOFF, {"version": v.version, "name": user})
+        if trained is not None:
+            spam_cutoff, ham_cutoff, source = float(trained[0]), float(trained[1]), f"model v{v.version}: {trained[2]}"
+        override = self.settings.user_cutoffs.get(user)
+        if override is not None:
+            spam_cutoff, ham_cutoff, source = override[0], override[1], "configuration"
+        if spam_override is not None:
+            spam_cutoff, source = float(spam_override), "set by administrator"
+        if ham_override is not None:
+            ham_cutoff = float(ham_override)
+        ham_cutoff = min(ham_cutoff, spam_cutoff)
+        model = UserModel(user=user, version=v.version, weights=weights, config=v.config,
+                          is_known_user=personal is not None, group=group, user_id=user_id,
+                          spam_cutoff=spam_cutoff, ham_cutoff=ham_cutoff, cutoff_source=source)
+        self.store.finish_read()
+        self._users[user] = model
+        return model
+
+    def current_label(self, model: UserModel, sha256: str) -> str | None:
+        if model.user_id is None:
+            return None
+        row = self.store.one(lite.CURRENT_LABEL, {"user_id": model.user_id, "sha256": sha256})
+        self.store.finish_read()
+        return str(row[0]) if row else None
+
+    def classify(self, model: UserModel, message: Prepared, origin: str) -> Verdict:
+        """The verdict for one prepared message: the model's, unless the user labelled it."""
+        probability, warnings, parsed = model.score(message.raw)
+        verdict, reason = model.verdict(probability), "model"
+        label = self.current_label(model, message.sha256)
+        if label is not None:
+            verdict, reason = label, "label"
+        return Verdict(user=model.user, origin=origin, message_id=parsed.message_id, sha256=message.sha256,
+                       verdict=verdict, probability=probability, model_version=model.version,
+                       spam_cutoff=model.spam_cutoff, ham_cutoff=model.ham_cutoff, reason=reason,
+                       subject=parsed.subject, warnings=warnings)
+
+
+class VerdictLogger:
+    """Stores what was said about which message (the classification log), in one transaction per batch.
+
+    A user the store does not know is registered only when ``create_users``
+    is set (``auto_create_users`` in the settings); otherwise their verdicts
+    are given but not stored, so a typo in a user name leaves no trace.
+    """
+
+    def __init__(self, store: lite.Store, *, create_users: bool = False) -> None:
+        self.store = store
+        self.create_users = create_users
+
+    def log(self, model: UserModel, items: list[tuple[Prepared, Verdict]], now: datetime) -> bool:
+        """Log a batch of verdicts for one user; False when the user is unknown and not created."""
+        if not items:
+            return True
+        from spamtl.mail import parse_envelope
+
+        store = self.store
+        stamp = store.value(now)
+        with store.transaction():
+            user_id = model.user_id
+            if user_id is None:
+                if not self.create_users:
+                    return False
+                store.execute(lite.CREATE_USER, {"name": model.user, "now": stamp})
+                row = store.one(lite.USER, {"name": model.user})
+                user_id = model.user_id = int(row[0]) if row else None
+            for message, verdict in items:
+                row = store.one(lite.MESSAGE_PK, {"sha256": message.sha256})
+                if row is None:
+                    message_id, date = parse_envelope(message.raw)
+                    store.execute(lite.STORE_MESSAGE, {
+                        "sha256": message.sha256, "message_id": message_id or None,
+                        "raw": _compress(message.raw), "size": len(message.raw),
+                        "date": store.value(_naive_utc(date)), "now": stamp,
+                        "subject": verdict.subject[:255] or None})
+                    row = store.one(lite.MESSAGE_PK, {"sha256": message.sha256})
+                assert row is not None
+                store.execute(lite.LOG_VERDICT, {
+                    "user_id": user_id, "message_pk": int(row[0]), "probability": verdict.probability,
+                    "verdict": verdict.verdict, "version": verdict.model_version, "now": stamp})
+        return True
+
+
+def _compress(raw: bytes) -> bytes:
+    import zlib
+
+    return zlib.compress(raw, 6)
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    if value is None:
+        return None
     try:
-        config = FeatureConfig.from_key(version.feature_key)
-    except ValueError as exc:
-        raise DatabaseError(f"{exc}; run `spamtl train` to retrain") from None
-    return UserModel(user=user, version=version.id, weights=weights, config=config,
-                     is_known_user=user in weights.tasks, group=weights.task_groups.get(user))
+        return value.astimezone(UTC).replace(tzinfo=None)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
-def open_user_model(engine: Engine, user: str) -> UserModel:
-    """Check the schema and load ``user``'s slice of the active model."""
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session:
-        return load_user_model(session, user)
+def open_reader(settings: Settings) -> ModelReader:
+    """A reader on the settings' database, schema checked."""
+    reader = ModelReader(lite.open_store(settings.database_url), settings)
+    try:
+        reader.check_schema()
+    except BaseException:
+        reader.store.close()
+        raise
+    return reader
 
 
-def classify_messages(engine: Engine, settings: Settings, *, user: str, mails: Iterable[RawMail | Unreadable],
-                      now: datetime, log: bool = True, model: UserModel | None = None) -> Iterator[Verdict | Unreadable]:
+def classify_messages(reader: ModelReader, *, user: str, mails: Iterable[RawMail | Unreadable], now: datetime,
+                      log: bool = True, model: UserModel | None = None,
+                      logger: VerdictLogger | None = None) -> Iterator[Verdict | Unreadable]:
     """Score each message for ``user`` and log the verdicts (in chunks, one transaction each).
 
-    A user the model has never seen is scored by the shared (and group) part;
-    pass a ``model`` from :func:`open_user_model` to check ``is_known_user``
-    first without loading it twice.
+    A user the model has never seen is scored by the shared (and group) part.
     """
     if model is None:
-        model = open_user_model(engine, user)
-    pending: list[tuple[bytes, Verdict]] = []
+        model = reader.user_model(user)
+    if logger is None:
+        logger = VerdictLogger(reader.store, create_users=reader.settings.auto_create_users)
+    pending: list[tuple[Prepared, Verdict]] = []
     for item in mails:
         if isinstance(item, Unreadable):
             yield item
             continue
-        probability, defects, message_id = model.probability(item.raw)
-        verdict = Verdict(user=user, origin=item.origin, message_id=message_id, sha256=sha256_hex(item.raw),
-                          verdict=settings.verdict(probability), probability=probability,
-                          model_version=model.version, warnings=defects)
-        pending.append((item.raw, verdict))
+        message = prepare(item.raw)
+        pending.append((message, reader.classify(model, message, item.origin)))
         if len(pending) >= _LOG_CHUNK:
-            yield from _flush(engine, pending, log, now)
+            if log:
+                logger.log(model, pending, now)
+            yield from (v for _, v in pending)
             pending = []
-    yield from _flush(engine, pending, log, now)
-
-
-def _flush(engine: Engine, pending: list[tuple[bytes, Verdict]], log: bool, now: datetime) -> Iterator[Verdict]:
-    if log and pending:
-        with translate_errors(), Session(engine) as session, session.begin():
-            user_id = queries.get_or_create_user(session=session, name=pending[0][1].user, group=None, now=now).id
-            pks = store_messages(session=session, raws=[raw for raw, _ in pending], now=now)
-            for pk, (_, v) in zip(pks, pending):
-                queries.add_classification(session=session, user_id=user_id, message_pk=pk,
-                                           probability=v.probability, verdict=v.verdict,
-                                           model_version_id=v.model_version, now=now)
-    for _, verdict in pending:
-        yield verdict
+    if log:
+        logger.log(model, pending, now)
+    yield from (v for _, v in pending)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spamtl.config import Settings
-from spamtl.services.classify import Verdict, classify_messages
+from spamtl.services.classify import Verdict, classify_messages, open_reader
 from spamtl.services.evaluate import Evaluation, evaluate
 from spamtl.services.feedback import FeedbackResult, record_feedback
 from spamtl.services.importing import ImportSummary, import_mail
@@ -75,10 +75,11 @@ def run_demo(database_url: str, *, now: datetime, corpus: Path | None = None, fo
     say("evaluating against single-task learning")
     report.evaluation = evaluate(engine, settings, folds=folds)
     say("classifying held-back mail")
+    reader = open_reader(settings)
     for user in names:
         mails = [m for m in iter_mail([folder / user / "incoming.mbox"]) if isinstance(m, RawMail)]
         truths = meta[user]["incoming_truth"]
-        for truth, verdict in zip(truths, classify_messages(engine, settings, user=user, mails=mails, now=now)):
+        for truth, verdict in zip(truths, classify_messages(reader, user=user, mails=mails, now=now)):
             assert isinstance(verdict, Verdict)
             report.incoming.append((user, truth, verdict))
     # The correction: the held-back message that a user's filter let through as ham (or unsure)
@@ -90,19 +91,21 @@ def run_demo(database_url: str, *, now: datetime, corpus: Path | None = None, fo
         say(f"feedback: {user} marks a message as spam")
         report.feedback_before = before
         report.feedback = record_feedback(engine, settings, user=user, label="spam", raw=raw, now=now)
-        [after] = list(classify_messages(engine, settings, user=user, mails=[RawMail(before.origin, raw)], now=now))
+        reader.refresh()  # the refit is seen at once, as a daemon would see it
+        [after] = list(classify_messages(reader, user=user, mails=[RawMail(before.origin, raw)], now=now))
         assert isinstance(after, Verdict)
         report.feedback_after = after
+    reader.store.close()
     engine.dispose()
     report.seconds = time.monotonic() - started
     return report
 
 
 def _raw_of(mbox: Path, sha256: str) -> bytes:
-    from spamtl.services.importing import sha256_hex
+    from spamtl.services.classify import prepare
 
     for item in iter_mail([mbox]):
-        if isinstance(item, RawMail) and sha256_hex(item.raw) == sha256:
+        if isinstance(item, RawMail) and prepare(item.raw).sha256 == sha256:
             return item.raw
     raise LookupError(sha256)
 

@@ -11,7 +11,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.config import Settings
+from spamtl.config import Settings, validate_name
 from spamtl.errors import NoModelError, UsageError
 from spamtl.features import FeatureConfig, rows_to_csr
 from spamtl.scoring import SparsePart, sigmoid
@@ -24,7 +24,9 @@ from spamtl.store.schema import LABELS, Message
 
 __all__ = ["FeedbackResult", "record_feedback"]
 
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_HEX_RE = re.compile(r"[0-9a-f]{1,64}")
+MIN_PREFIX_CHARS = 12
+"""Shortest sha256 prefix accepted as a message id (filter mode shows 12)."""
 
 
 @dataclass
@@ -46,16 +48,28 @@ def _resolve(session: Session, raw: bytes | None, ref: str | None, now: datetime
     if raw is not None:
         return store_messages(session=session, raws=[raw], now=now)[0]
     assert ref is not None
+    return resolve_reference(session, ref)
+
+
+def resolve_reference(session: Session, ref: str) -> int:
+    """The stored message a user means by ``ref``: a sha256 or a prefix of it, or a Message-ID.
+
+    A prefix needs at least 12 hex characters (the id that filter mode's header
+    shows) and must name one message.
+    """
     ref = ref.strip()
-    if _SHA256_RE.fullmatch(ref.lower()):
-        found = queries.message_ids_by_sha(session=session, shas=[ref.lower()])
+    if _HEX_RE.fullmatch(ref.lower()) and len(ref) >= MIN_PREFIX_CHARS:
+        found = queries.message_ids_by_sha_prefix(session=session, prefix=ref.lower(), limit=2)
+        if len(found) > 1:
+            raise UsageError(f"{len(found)} or more stored messages have an id starting with {ref!r}; "
+                             "give more characters")
         if found:
-            return next(iter(found.values()))
+            return found[0]
     pks = queries.message_ids_by_message_id(session=session, message_id=ref.strip("<>"))
     if len(pks) > 1:
-        raise UsageError(f"{len(pks)} stored messages have Message-ID {ref!r}; give the sha256 instead")
+        raise UsageError(f"{len(pks)} stored messages have Message-ID {ref!r}; give the id (sha256) instead")
     if not pks:
-        raise UsageError(f"no stored message has sha256 or Message-ID {ref!r}; pass the message itself")
+        raise UsageError(f"no stored message has id or Message-ID {ref!r}; pass the message itself")
     return pks[0]
 
 
@@ -71,6 +85,7 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
         raise UsageError(f"unknown label {label!r}; use one of: {', '.join(LABELS)}")
     if (raw is None) == (ref is None):
         raise UsageError("give either the message or --id, not both or neither")
+    validate_name(user)
     check_schema(engine)
     with translate_errors(), Session(engine) as session, session.begin():
         db_user = queries.get_or_create_user(session=session, name=user, group=None, now=now)

@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from spamtl.config import validate_name
 from spamtl.errors import SpamtlError, UsageError
-from spamtl.mail import parse_envelope
+from spamtl.mail import parse_envelope, strip_own_headers
 from spamtl.sources import RawMail, Unreadable, iter_mail
 from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
@@ -64,7 +65,12 @@ def _naive_utc(value: datetime | None) -> datetime | None:
 
 
 def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) -> list[int]:
-    """Primary keys of these messages, storing those not yet known (dedup by sha256)."""
+    """Primary keys of these messages, storing those not yet known (dedup by sha256).
+
+    Headers that spam filters add are stripped first (:func:`spamtl.mail.strip_own_headers`):
+    a copy delivered with spamtl's verdict is the same message, and the verdict is never learned.
+    """
+    raws = [strip_own_headers(r) for r in raws]
     shas = [sha256_hex(r) for r in raws]
     known = queries.message_ids_by_sha(session=session, shas=shas)
     rows: dict[str, dict[str, Any]] = {}
@@ -92,7 +98,7 @@ def _batches(items: Iterable[RawMail | Unreadable], size: int) -> Iterable[list[
 
 
 def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, group: str | None = None,
-                now: datetime, chunk_size: int = 1000,
+                now: datetime, chunk_size: int = 1000, move_group: bool = False,
                 progress: Callable[[int], None] | None = None) -> ImportSummary:
     """Import every message under ``paths`` as ``label`` for ``user``.
 
@@ -102,14 +108,19 @@ def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, 
     """
     if label not in LABELS:
         raise UsageError(f"unknown label {label!r}; use one of: {', '.join(LABELS)}")
-    if not user.strip():
-        raise UsageError("the user name must not be empty")
+    validate_name(user)
+    if group is not None:
+        validate_name(group, "group")
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or directory: {missing[0]}")
     check_schema(engine)
     summary = ImportSummary(user=user, label=label)
     with translate_errors(), Session(engine) as session, session.begin():
+        existing = queries.get_user(session=session, name=user)
+        if (existing is not None and group is not None and existing.group_name not in (None, group)
+                and not move_group):
+            raise UsageError(f"{user} is in group {existing.group_name!r}; add --move-group to move them to {group!r}")
         user_id = queries.get_or_create_user(session=session, name=user, group=group, now=now).id
     try:
         for batch in _batches(iter_mail(paths), chunk_size):

@@ -25,8 +25,8 @@ __all__ = [
     "translate_errors",
 ]
 
-SCHEMA_REVISION = "0002"
-"""Alembic head this code expects; a test checks it against migrations/."""
+from spamtl.store.lite import SCHEMA_REVISION  # noqa: E402 - the one definition, importable without SQLAlchemy
+
 BUSY_TIMEOUT_S = 30.0
 """How long SQLite waits for another writer before 'database is locked' (``SPAMTL_BUSY_TIMEOUT``)."""
 
@@ -99,20 +99,41 @@ def _alembic_config(connection: Any) -> Any:
     return cfg
 
 
+def _migrate(engine: Engine, step: Any) -> None:
+    """Run an Alembic command on one connection of ``engine``, in one transaction.
+
+    SQLite batch migrations recreate tables: with foreign keys on, dropping the
+    old ``messages`` table would cascade into labels and classifications.  The
+    pragma only takes effect outside a transaction, so it is switched off before
+    the migration's transaction and on again after it (as Alembic's batch-mode
+    documentation recommends).
+    """
+    with translate_errors(), engine.connect() as connection:
+        is_sqlite = connection.dialect.name == "sqlite"
+        if is_sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                step(_alembic_config(connection))
+        finally:
+            if is_sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+                connection.commit()
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the database to ``revision`` (Alembic), on a connection of this engine."""
     from alembic import command
 
-    with translate_errors(), engine.begin() as connection:
-        command.upgrade(_alembic_config(connection), revision)
+    _migrate(engine, lambda cfg: command.upgrade(cfg, revision))
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Downgrade the database to ``revision`` (Alembic)."""
     from alembic import command
 
-    with translate_errors(), engine.begin() as connection:
-        command.downgrade(_alembic_config(connection), revision)
+    _migrate(engine, lambda cfg: command.downgrade(cfg, revision))
 
 
 def schema_revision(engine: Engine) -> str | None:

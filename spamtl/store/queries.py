@@ -18,6 +18,7 @@ from spamtl.store.schema import (
     MessageFeatures,
     ModelPart,
     ModelVersion,
+    StoreState,
     User,
 )
 
@@ -80,6 +81,13 @@ def message_ids_by_sha(*, session: Session, shas: Sequence[str]) -> dict[str, in
     for chunk in _chunks(list(shas)):
         out.update(_pairs(session.execute(select(Message.sha256, Message.id).where(Message.sha256.in_(chunk)))))
     return out
+
+
+def message_ids_by_sha_prefix(*, session: Session, prefix: str, limit: int = 2) -> list[int]:
+    """Ids of messages whose sha256 starts with ``prefix`` (a range scan on the unique index)."""
+    upper = prefix + "g"  # 'g' sorts after every hex digit
+    return list(session.scalars(select(Message.id).where(Message.sha256 >= prefix, Message.sha256 < upper)
+                                .order_by(Message.sha256).limit(limit)))
 
 
 def message_ids_by_message_id(*, session: Session, message_id: str) -> list[int]:
@@ -206,18 +214,37 @@ def model_parts(*, session: Session, version_id: int, kind: str) -> dict[str, by
         ModelPart.model_version_id == version_id, ModelPart.kind == kind)))
 
 
+def bump_generation(*, session: Session) -> int:
+    """Advance the store generation (see ``StoreState``) in this transaction; returns the new value.
+
+    Call it in every transaction that changes what a score or verdict would be,
+    so that a running ``spamtl serve`` reloads what changed.
+    """
+    session.execute(update(StoreState).where(StoreState.key == "generation").values(value=StoreState.value + 1))
+    value = session.scalars(select(StoreState.value).where(StoreState.key == "generation")).one_or_none()
+    if value is None:  # a store migrated without the row (never by spamtl's migrations): start it
+        session.add(StoreState(key="generation", value=1))
+        session.flush()
+        value = 1
+    return int(value)
+
+
 def add_model_parts(*, session: Session, version_id: int, parts: Iterable[tuple[str, str, bytes]]) -> None:
-    rows = [{"model_version_id": version_id, "kind": k, "name": n, "data": d} for k, n, d in parts]
-    if rows:
-        session.execute(insert(ModelPart), rows)
+    parts = list(parts)
+    if parts:
+        revision = bump_generation(session=session)
+        session.execute(insert(ModelPart), [{"model_version_id": version_id, "kind": k, "name": n, "data": d,
+                                             "revision": revision} for k, n, d in parts])
 
 
 def upsert_model_part(*, session: Session, version_id: int, kind: str, name: str, data: bytes) -> None:
+    revision = bump_generation(session=session)
     existing = session.get(ModelPart, (version_id, kind, name))
     if existing is None:
-        session.add(ModelPart(model_version_id=version_id, kind=kind, name=name, data=data))
+        session.add(ModelPart(model_version_id=version_id, kind=kind, name=name, data=data, revision=revision))
     else:
         existing.data = data
+        existing.revision = revision
 
 
 def set_active(*, session: Session, version_id: int) -> None:
@@ -226,6 +253,7 @@ def set_active(*, session: Session, version_id: int) -> None:
                     .values(status="retired"))
     session.flush()
     session.execute(update(ModelVersion).where(ModelVersion.id == version_id).values(status="active"))
+    bump_generation(session=session)
 
 
 def add_classification(*, session: Session, user_id: int, message_pk: int, probability: float, verdict: str,

@@ -57,6 +57,9 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     group_name: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # An administrator's cutoffs for this user (None: the model version's cutoffs, then the global ones).
+    spam_cutoff: Mapped[float | None] = mapped_column(Float)
+    ham_cutoff: Mapped[float | None] = mapped_column(Float)
 
 
 class Message(Base):
@@ -70,6 +73,8 @@ class Message(Base):
     size: Mapped[int] = mapped_column(Integer)
     date: Mapped[datetime | None] = mapped_column(DateTime)
     received_at: Mapped[datetime] = mapped_column(DateTime)
+    # For `spamtl history` and `review`: the decoded subject, cut to 255 characters (never the body).
+    subject: Mapped[str | None] = mapped_column(String(255))
 
 
 class Label(Base):
@@ -121,6 +126,35 @@ class ModelPart(Base):
     kind: Mapped[str] = mapped_column(String(6), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    # The store generation (see StoreState) at which this part was last written: a daemon that
+    # has seen generation g reloads exactly the parts with revision > g.
+    revision: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+
+class UserCutoff(Base):
+    """A user's spam and ham cutoffs as set by one training (rolled back with its version)."""
+
+    __tablename__ = "user_cutoffs"
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    spam_cutoff: Mapped[float] = mapped_column(Float)
+    ham_cutoff: Mapped[float] = mapped_column(Float)
+    # How the cutoff was set, e.g. 'target 0.1% ham FPR on 412 ham' or 'shared (12 ham)'.
+    source: Mapped[str] = mapped_column(String(255))
+
+
+class StoreState(Base):
+    """Named counters; ``generation`` grows with every change that can change a score.
+
+    A promotion, ``models activate``, a feedback refit, a cutoff change and a
+    user's deletion each bump it in the same transaction, so a long-running
+    reader (``spamtl serve``) polls one row to know when to reload.
+    """
+
+    __tablename__ = "store_state"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
 
 
 class Classification(Base):
