@@ -65,6 +65,28 @@ def _errors() -> Iterator[None]:
     except SpamtlError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:
+        problem = _database_problem(exc)
+        if problem is None:
+            raise  # a bug: keep the traceback
+        typer.echo(f"Error: {problem}", err=True)
+        raise typer.Exit(problem.exit_code) from None
+
+
+def _database_problem(exc: BaseException) -> SpamtlError | None:
+    """A driver error that escaped the services (a damaged file, a full disk) as a one-line error."""
+    import sqlite3
+
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.exc import DBAPIError
+
+        if isinstance(exc, DBAPIError):
+            exc = exc.orig if exc.orig is not None else exc
+    if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
+        from spamtl.store.lite import translate
+
+        return translate(exc)
+    return None
 
 
 class _Progress:

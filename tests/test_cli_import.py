@@ -177,3 +177,59 @@ def test_default_database_lives_in_xdg_data_home(tmp_path: Path, monkeypatch: py
     assert database_url_from_env(None) == f"sqlite:///{tmp_path / 'xdg' / 'spamtl' / 'spamtl.sqlite3'}"
     assert runner.invoke(app, ["init"]).exit_code == 0
     assert (tmp_path / "xdg" / "spamtl" / "spamtl.sqlite3").exists()
+
+
+def test_a_full_disk_says_how_many_labels_were_saved(db_url: str, tmp_path: Path) -> None:
+    """SQLite's page limit stands in for a full disk: the same SQLITE_FULL error, without filling one."""
+    from sqlalchemy import event
+
+    from spamtl.errors import DatabaseError
+    from spamtl.services.importing import import_mail
+    from spamtl.store.db import make_engine
+
+    from .conftest import NOW
+
+    import random
+
+    rng = random.Random(0)
+    box = write_mbox(tmp_path / "big.mbox", [make_mail(f"note {i}", "%x" % rng.getrandbits(40_000))
+                                             for i in range(300)])  # ~10 KB each, incompressible
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+
+    @event.listens_for(engine, "connect")
+    def _cap(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages + 150}")
+
+    engine.dispose()
+    with pytest.raises(DatabaseError) as caught:
+        import_mail(engine, user="ann", paths=[str(box)], label="ham", now=NOW, chunk_size=50)
+    message = str(caught.value)
+    assert message.startswith("database error: database or disk is full") or message.startswith("the disk is full")
+    saved = int(message.split("; ")[-1].split(" labels were saved")[0])
+    assert 0 < saved < 300 and saved % 50 == 0
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM labels").scalar() == saved
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "truncated"])
+@pytest.mark.parametrize("command", [["users"], ["train"], ["models"], ["evaluate"], ["classify", "ann", "{eml}"],
+                                     ["feedback", "ann", "--spam", "{eml}"], ["import", "ann", "{eml}", "-l", "ham"]],
+                         ids=lambda c: c[0] if isinstance(c, list) else c)
+def test_a_damaged_database_is_one_line(db_url: str, tmp_path: Path, command: list[str], damage: str) -> None:
+    eml = tmp_path / "x.eml"
+    eml.write_bytes(make_mail("a", "b"))
+    assert run(db_url, "import", "ann", str(eml), "-l", "ham").exit_code == 0
+    path = Path(db_url.removeprefix("sqlite:///"))
+    data = bytearray(path.read_bytes())
+    if damage == "overwritten":
+        data[100:4000] = b"\xff" * 3900  # the schema page is garbage
+    else:
+        data = data[:3000]  # cut inside the first page
+    path.write_bytes(bytes(data))
+    for wal in path.parent.glob(path.name + "-*"):
+        wal.unlink()
+    result = run(db_url, *[str(eml) if a == "{eml}" else a for a in command])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: the database file is damaged"), result.stderr

@@ -149,4 +149,10 @@ def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, 
                 progress(len(batch))
     except KeyboardInterrupt:
         raise ImportInterrupted(summary) from None
+    except SpamtlError as exc:
+        # A full disk or a lost lock half-way: say what is safely stored, so the user knows
+        # that running the same import again finishes the job (it is idempotent).
+        saved = summary.imported + summary.relabelled
+        raise type(exc)(f"{exc}; {saved} labels were saved before it stopped, and running the same "
+                        "import again adds the rest") from None
     return summary

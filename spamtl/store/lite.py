@@ -98,7 +98,7 @@ class Store:
             cursor.execute(self._sql(statement), params or {})
             return cursor
         except Exception as exc:  # noqa: BLE001 - every driver has its own error classes
-            raise _translate(exc) from None
+            raise translate(exc) from None
 
     def one(self, statement: str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
         row = self.execute(statement, params).fetchone()
@@ -125,7 +125,7 @@ class Store:
         try:
             self.connection.commit()
         except Exception as exc:  # noqa: BLE001
-            raise _translate(exc) from None
+            raise translate(exc) from None
 
     def finish_read(self) -> None:
         """End the implicit read transaction (PostgreSQL keeps one open after a SELECT)."""
@@ -141,7 +141,8 @@ class Store:
                 self._owner.dispose()
 
 
-def _translate(exc: BaseException) -> DatabaseError:
+def translate(exc: BaseException) -> DatabaseError:
+    """A driver error as a one-line DatabaseError that says what to do."""
     if isinstance(exc, DatabaseError):
         return exc
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
@@ -150,9 +151,10 @@ def _translate(exc: BaseException) -> DatabaseError:
     if "no such table" in message or "does not exist" in message and "relation" in message:
         return DatabaseError("the database has no spamtl tables; run `spamtl init` first")
     if "not a database" in message or "malformed" in message or "disk image" in message:
-        return DatabaseError(f"the database file is damaged ({message}); restore it from a backup")
-    if "disk is full" in message or "No space left" in message:
-        return DatabaseError("the disk is full; nothing was written (free some space and try again)")
+        return DatabaseError(f"the database file is damaged ({message}); restore it from a backup "
+                             "(or check it with `sqlite3 FILE 'PRAGMA integrity_check'`)")
+    if "disk is full" in message or "No space left" in message or "could not extend" in message:
+        return DatabaseError("the disk is full; the last change was not written (free some space and try again)")
     return DatabaseError(f"database error: {message}")
 
 
@@ -188,7 +190,7 @@ def open_store(url: str) -> Store:
             con.execute("PRAGMA foreign_keys = ON")
             con.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
-            raise _translate(exc) from None
+            raise translate(exc) from None
         # isolation_level=None: autocommit, so SELECTs leave no transaction open and
         # Store.transaction issues its own BEGIN IMMEDIATE ... COMMIT.
         return _SqliteStore(con)
