@@ -181,6 +181,8 @@ def test_default_database_lives_in_xdg_data_home(tmp_path: Path, monkeypatch: py
 
 def test_a_full_disk_says_how_many_labels_were_saved(db_url: str, tmp_path: Path) -> None:
     """SQLite's page limit stands in for a full disk: the same SQLITE_FULL error, without filling one."""
+    import random
+
     from sqlalchemy import event
 
     from spamtl.errors import DatabaseError
@@ -189,10 +191,8 @@ def test_a_full_disk_says_how_many_labels_were_saved(db_url: str, tmp_path: Path
 
     from .conftest import NOW
 
-    import random
-
     rng = random.Random(0)
-    box = write_mbox(tmp_path / "big.mbox", [make_mail(f"note {i}", "%x" % rng.getrandbits(40_000))
+    box = write_mbox(tmp_path / "big.mbox", [make_mail(f"note {i}", f"{rng.getrandbits(40_000):x}")
                                              for i in range(300)])  # ~10 KB each, incompressible
     engine = make_engine(db_url)
     with engine.connect() as conn:
