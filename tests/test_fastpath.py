@@ -28,6 +28,10 @@ def _fast(argv: list[str], stdin: bytes, capsysbinary: pytest.CaptureFixture[byt
     return code, out, err
 
 
+FAST_PATH_IS_SQLITE = "the fast path reads SQLite files only; other URLs take the full command"
+
+
+@pytest.mark.sqlite_only(reason=FAST_PATH_IS_SQLITE)
 @pytest.mark.parametrize("mode", [["--format", "json"], ["--format", "text"], ["--filter"], []],
                          ids=["json", "text", "filter", "default"])
 @pytest.mark.parametrize("user", ["ann", "bob", "stranger"])
@@ -42,6 +46,7 @@ def test_fast_path_matches_full_command(store, mode, user, capsysbinary, monkeyp
     assert err.decode() == full.stderr
 
 
+@pytest.mark.sqlite_only(reason=FAST_PATH_IS_SQLITE)
 def test_fast_path_logs_like_the_full_command(store, capsysbinary, monkeypatch) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     db = str(store["db"])
     con = sqlite3.connect(db.removeprefix("sqlite:///"))
@@ -65,6 +70,7 @@ def test_other_invocations_fall_back(argv: list[str]) -> None:
     assert fastpath.run(argv) is None
 
 
+@pytest.mark.sqlite_only(reason=FAST_PATH_IS_SQLITE)
 def test_problems_fall_back_with_stdin_preserved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "empty.sqlite3"
     sqlite3.connect(db).execute("CREATE TABLE x (y)").connection.commit()  # no schema, no model

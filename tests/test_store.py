@@ -42,6 +42,7 @@ def test_downgrade_then_upgrade_round_trip(engine) -> None:  # type: ignore[no-u
         inspect(engine).get_table_names())
 
 
+@pytest.mark.sqlite_only(reason="PRAGMAs are SQLite's connection settings")
 def test_sqlite_pragmas(engine) -> None:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -49,6 +50,7 @@ def test_sqlite_pragmas(engine) -> None:  # type: ignore[no-untyped-def]
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 1000
 
 
+@pytest.mark.sqlite_only(reason="a missing or garbage database file exists only for SQLite")
 def test_missing_database_and_garbage_file(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="no database at .*run `spamtl init` first"):
         make_engine(f"sqlite:///{tmp_path / 'nope.sqlite3'}")
