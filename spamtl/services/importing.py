@@ -64,7 +64,11 @@ def _naive_utc(value: datetime | None) -> datetime | None:
 
 
 def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) -> list[int]:
-    """Primary keys of these messages, storing those not yet known (dedup by sha256)."""
+    """Primary keys of these messages, storing those not yet known (dedup by sha256).
+
+    Race-free: a message another process stores between the look-up and the
+    insert is skipped by ``ON CONFLICT DO NOTHING`` and its id read back.
+    """
     shas = [sha256_hex(r) for r in raws]
     known = queries.message_ids_by_sha(session=session, shas=shas)
     rows: dict[str, dict[str, Any]] = {}
@@ -75,7 +79,9 @@ def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) ->
         rows[sha] = {"sha256": sha, "message_id": message_id or None, "raw": queries.compress(raw),
                      "size": len(raw), "date": _naive_utc(date), "received_at": now}
     if rows:
-        queries.insert_messages(session=session, rows=list(rows.values()))
+        # In sha256 order: two transactions inserting overlapping sets then take row locks in the
+        # same order, so PostgreSQL never sees a deadlock between them.
+        queries.insert_messages(session=session, rows=[rows[sha] for sha in sorted(rows)])
         known.update(queries.message_ids_by_sha(session=session, shas=list(rows)))
     return [known[s] for s in shas]
 
