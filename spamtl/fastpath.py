@@ -25,7 +25,7 @@ from pathlib import Path
 
 __all__ = ["run"]
 
-_SCHEMA_REVISION = "0002"  # = spamtl.store.db.SCHEMA_REVISION (a test keeps them equal)
+_SCHEMA_REVISION = "0005"  # = spamtl.store.db.SCHEMA_REVISION (a test keeps them equal)
 _EXIT_OK = 0
 
 

@@ -25,7 +25,7 @@ __all__ = [
     "translate_errors",
 ]
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0005"
 """Alembic head this code expects; a test checks it against migrations/."""
 BUSY_TIMEOUT_S = 30.0
 """How long SQLite waits for another writer before 'database is locked' (``SPAMTL_BUSY_TIMEOUT``)."""
@@ -99,11 +99,34 @@ def _alembic_config(connection: Any) -> Any:
     return cfg
 
 
+@contextlib.contextmanager
+def _migration_connection(engine: Engine) -> Iterator[Any]:
+    """A connection in a transaction for Alembic; on SQLite with foreign keys off meanwhile.
+
+    SQLite batch migrations copy a table, drop the original and rename the
+    copy; with foreign keys on, dropping ``messages`` would cascade-delete
+    every label and classification.  The pragma only takes effect outside a
+    transaction, so it is set before BEGIN and restored after COMMIT.
+    """
+    with translate_errors(), engine.connect() as connection:
+        is_sqlite = connection.dialect.name == "sqlite"
+        if is_sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                yield connection
+        finally:
+            if is_sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+                connection.commit()
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the database to ``revision`` (Alembic), on a connection of this engine."""
     from alembic import command
 
-    with translate_errors(), engine.begin() as connection:
+    with _migration_connection(engine) as connection:
         command.upgrade(_alembic_config(connection), revision)
 
 
@@ -111,7 +134,7 @@ def downgrade(engine: Engine, revision: str) -> None:
     """Downgrade the database to ``revision`` (Alembic)."""
     from alembic import command
 
-    with translate_errors(), engine.begin() as connection:
+    with _migration_connection(engine) as connection:
         command.downgrade(_alembic_config(connection), revision)
 
 
