@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +15,71 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 CORPORA = Path(os.environ.get("SPAMTL_CORPORA", REPO.parent / "shared" / "corpora"))
 NOW = datetime(2026, 11, 23, 12, 0, 0)
+POSTGRES_SERVER = os.environ.get("SPAMTL_TEST_POSTGRES") or None
+"""URL of a PostgreSQL server (its ``postgres`` database) to run the suite on instead of SQLite files."""
+
+
+def is_postgres() -> bool:
+    return POSTGRES_SERVER is not None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("sqlite_only")
+    if marker is None:
+        return
+    reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else None)
+    if not reason:
+        raise pytest.UsageError(f"{item.nodeid}: sqlite_only needs reason='why this is SQLite-specific'")
+    if is_postgres():
+        pytest.skip(f"SQLite only: {reason}")
+
+
+@contextlib.contextmanager
+def blank_database(folder: Path, name: str = "spamtl") -> Iterator[str]:
+    """URL of a new, empty database: a not-yet-created SQLite file in ``folder``, or a new
+    PostgreSQL database (CREATE DATABASE with a unique name) on ``$SPAMTL_TEST_POSTGRES``, dropped afterwards."""
+    if POSTGRES_SERVER is None:
+        yield f"sqlite:///{folder / (name + '.sqlite3')}"
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    server = make_url(POSTGRES_SERVER)
+    db_name = f"spamtl_test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{db_name}"'))
+        yield server.set(database=db_name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            # FORCE (PostgreSQL 13+): connections a test left open (subprocesses, pools) must not keep it alive.
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def migrated_database(folder: Path, name: str = "spamtl") -> Iterator[str]:
+    """Like :func:`blank_database`, upgraded to the current schema by Alembic."""
+    from spamtl.store.db import make_engine, upgrade
+
+    with blank_database(folder, name) as url:
+        engine = make_engine(url, create_dir=True)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+
+
+def count_rows(url: str, table: str, where: str = "") -> int:
+    """Rows in ``table`` (through SQLAlchemy, on either backend)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {table} {where}")).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def corpus(*parts: str) -> Path:
@@ -38,15 +105,17 @@ def write_mbox(path: Path, messages: list[bytes]) -> Path:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    """URL of a fresh SQLite file upgraded to the current schema by Alembic."""
-    from spamtl.store.db import make_engine, upgrade
+def blank_db_url(tmp_path: Path) -> Iterator[str]:
+    """URL of a fresh, empty database (no schema yet): SQLite by default, PostgreSQL with $SPAMTL_TEST_POSTGRES."""
+    with blank_database(tmp_path, "blank") as url:
+        yield url
 
-    url = f"sqlite:///{tmp_path / 'spamtl.sqlite3'}"
-    engine = make_engine(url, create_dir=True)
-    upgrade(engine)
-    engine.dispose()
-    return url
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> Iterator[str]:
+    """URL of a fresh database upgraded to the current schema by Alembic (SQLite file, or PostgreSQL)."""
+    with migrated_database(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

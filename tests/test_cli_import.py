@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 
 from spamtl.cli import app
 
-from .conftest import make_mail, write_mbox
+from .conftest import count_rows, make_mail, write_mbox
 
 runner = CliRunner()
 
@@ -45,8 +44,8 @@ def mail_tree(tmp_path: Path) -> dict[str, Path]:
     return {"maildir": maildir, "eml": eml, "mbox": mbox, "gz": gz}
 
 
-def test_import_users_and_idempotence(tmp_path: Path, mail_tree: dict[str, Path]) -> None:
-    db = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+def test_import_users_and_idempotence(blank_db_url: str, mail_tree: dict[str, Path]) -> None:
+    db = blank_db_url
     result = run(db, "init")
     assert result.exit_code == 0 and "Database ready" in result.stdout
     out = run(db, "import", "ann", str(mail_tree["maildir"]), str(mail_tree["eml"]), "--label", "ham",
@@ -68,8 +67,7 @@ def test_import_users_and_idempotence(tmp_path: Path, mail_tree: dict[str, Path]
     # Another user shares messages but not labels; messages are stored once.
     run(db, "import", "bob", str(mail_tree["mbox"]), "-l", "ham")
     assert users_json(db)[1] == {"user": "bob", "group": None, "ham": 3, "spam": 0}
-    con = sqlite3.connect(tmp_path / "cli.sqlite3")
-    assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 10
+    assert count_rows(db, "messages") == 10
     text_table = run(db, "users").stdout.splitlines()
     assert text_table[0].split() == ["user", "group", "ham", "spam"]
     assert text_table[1].split() == ["ann", "staff", "3", "7"]
@@ -133,25 +131,37 @@ def test_unknown_label_is_a_usage_error(db_url: str, tmp_path: Path) -> None:
     assert "'eggs' is not one of 'spam', 'ham'" in result.stderr
 
 
-def test_database_needing_init(tmp_path: Path) -> None:
+def test_database_without_schema_needs_init(blank_db_url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(blank_db_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE unrelated (x INTEGER)"))
+    engine.dispose()
+    result = run(blank_db_url, "users")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: the database is empty; run `spamtl init` to create or upgrade it"
+
+
+@pytest.mark.sqlite_only(reason="a missing or garbage database file exists only for SQLite")
+def test_missing_or_garbage_database_file(tmp_path: Path) -> None:
     missing = f"sqlite:///{tmp_path / 'none.sqlite3'}"
     result = run(missing, "users")
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: no database at {tmp_path / 'none.sqlite3'}; run `spamtl init` first"
-    empty = tmp_path / "empty.sqlite3"
-    sqlite3.connect(empty).execute("CREATE TABLE unrelated (x)").connection.commit()
-    result = run(f"sqlite:///{empty}", "users")
-    assert result.stderr.strip() == "Error: the database is empty; run `spamtl init` to create or upgrade it"
     garbage = tmp_path / "garbage.sqlite3"
     garbage.write_bytes(b"\x00garbage" * 1000)
     result = run(f"sqlite:///{garbage}", "users")
     assert result.exit_code == 1 and result.stderr.startswith("Error: ") and "not a database" in result.stderr
 
 
+@pytest.mark.sqlite_only(reason="SQLite locks the whole file; PostgreSQL locks rows and waits")
 def test_locked_database_is_one_line(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPAMTL_BUSY_TIMEOUT", "0.2")
     eml = tmp_path / "x.eml"
     eml.write_bytes(make_mail("a", "b"))
+    import sqlite3
+
     holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:

@@ -6,10 +6,10 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from spamtl.cli import app
 
-from .conftest import make_mail, write_mbox
+from .conftest import blank_database, count_rows, make_mail, write_mbox
 
 runner = CliRunner()
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
@@ -45,10 +45,14 @@ def _mails(seed: int, kind: str, n: int) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     """A trained store: ann calls newsletters spam, bob and cat want them."""
     tmp = tmp_path_factory.mktemp("loop")
-    db = f"sqlite:///{tmp / 'loop.sqlite3'}"
+    with blank_database(tmp, "loop") as db:
+        yield _build_store(tmp, db)
+
+
+def _build_store(tmp: Path, db: str) -> dict[str, object]:
     assert run(db, "init").exit_code == 0
     boxes = {}
     for user in ("ann", "bob", "cat"):
@@ -91,10 +95,8 @@ def test_classify_users_differ_and_every_verdict_is_logged(store: dict[str, obje
     spam.write_bytes(_mails(9, "spam", 1)[0])
     for user in ("ann", "bob", "cat", "stranger"):
         assert classify_json(db, user, str(spam))[0]["probability"] > 0.5  # shared spam, everyone
-    con = sqlite3.connect(db.removeprefix("sqlite:///"))
-    logged = con.execute("SELECT count(*) FROM classifications").fetchone()[0]
-    assert logged == 5  # ann, bob, then ann, bob, cat: 'stranger' is no user, so nothing of theirs is stored
-    assert con.execute("SELECT count(*) FROM users WHERE name = 'stranger'").fetchone()[0] == 0
+    # ann, bob, then ann, bob, cat: 'stranger' is no user, so nothing of theirs is stored
+    assert count_rows(db, "classifications") == 5
 
 
 def test_unknown_user_note_and_stdin(store: dict[str, object]) -> None:
@@ -124,7 +126,7 @@ def test_filter_output_is_the_message_plus_headers(store: dict[str, object]) -> 
     assert lines[1:] == ["X-Spam-Flag: YES"]
 
 
-def test_filter_passes_mail_through_on_errors(tmp_path: Path) -> None:
+def test_filter_passes_mail_through_on_errors(tmp_path: Path, blank_db_url: str) -> None:
     raw = b"From x@y Thu Jan  1 00:00:00 2004\r\nSubject: hi\r\n\r\nbody\r\n"
     for db in (f"sqlite:///{tmp_path / 'missing.sqlite3'}", "bogus://nowhere"):
         result = run(db, "classify", "ann", "--filter", input=raw)
@@ -132,7 +134,7 @@ def test_filter_passes_mail_through_on_errors(tmp_path: Path) -> None:
         assert result.stdout_bytes == b"From x@y Thu Jan  1 00:00:00 2004\r\nX-Spamtl-Status: error\r\n" + raw.split(
             b"\r\n", 1)[1]
         assert "message passed through unfiltered" in result.stderr
-    fresh = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    fresh = blank_db_url
     run(fresh, "init")
     result = run(fresh, "classify", "ann", "--filter", input=b"Subject: x\n\nno model yet")
     assert result.exit_code == 1 and result.stdout_bytes == b"X-Spamtl-Status: error\nSubject: x\n\nno model yet"
@@ -218,10 +220,14 @@ def _spamtl(db: str, *args: str) -> subprocess.Popen[bytes]:
 
 
 def _model_state(db: str) -> tuple[list[tuple[int, str]], dict[int, int]]:
-    con = sqlite3.connect(db.removeprefix("sqlite:///"))
-    versions = con.execute("SELECT id, status FROM model_versions ORDER BY id").fetchall()
-    parts = dict(con.execute("SELECT model_version_id, count(*) FROM model_parts GROUP BY model_version_id"))
-    con.close()
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db)
+    with engine.connect() as conn:
+        versions = [(int(v), str(s)) for v, s in conn.execute(text("SELECT id, status FROM model_versions ORDER BY id"))]
+        parts = {int(v): int(n) for v, n in conn.execute(
+            text("SELECT model_version_id, count(*) FROM model_parts GROUP BY model_version_id"))}
+    engine.dispose()
     return versions, parts
 
 

@@ -56,8 +56,8 @@ def test_corpus_has_what_the_demo_promises() -> None:
                                                                 for u in USERS)
 
 
-def test_demo_runs_end_to_end_on_a_reduced_corpus(tmp_path: Path) -> None:
-    report = run_demo(f"sqlite:///{tmp_path / 'demo.sqlite3'}", now=NOW, users=["ann", "ben", "cem", "dora"],
+def test_demo_runs_end_to_end_on_a_reduced_corpus(blank_db_url: str) -> None:
+    report = run_demo(blank_db_url, now=NOW, users=["ann", "ben", "cem", "dora"],
                       folds=2)
     assert report.training is not None and report.training.promoted
     assert report.evaluation is not None and set(report.evaluation.users) == {"ann", "ben", "cem", "dora"}
@@ -68,8 +68,8 @@ def test_demo_runs_end_to_end_on_a_reduced_corpus(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_command_mtl_beats_both_baselines(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["demo", "--db", f"sqlite:///{tmp_path / 'd.sqlite3'}"], catch_exceptions=False)
+def test_demo_command_mtl_beats_both_baselines(blank_db_url: str) -> None:
+    result = CliRunner().invoke(app, ["demo", "--db", blank_db_url], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     macro = next(line for line in result.stdout.splitlines() if line.startswith("macro"))
     mtl, pooled, per_user = (float(x.rstrip("*")) for x in macro.split()[1:4])

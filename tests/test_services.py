@@ -94,7 +94,7 @@ def test_upgrade_from_the_first_schema_keeps_old_models_working(engine, tmp_path
     downgrade(engine, "0001")
     with engine.connect() as conn:
         with pytest.raises(IntegrityError):
-            conn.execute(text("INSERT INTO model_parts VALUES (:v, 'idf', '', x'00')"), {"v": old.version})
+            conn.execute(text("INSERT INTO model_parts VALUES (:v, 'idf', '', :d)"), {"v": old.version, "d": b"\0"})
         conn.rollback()
     upgrade(engine)
     raws = _mails(7, "bob", 2) + _mails(8, "spam", 2)
@@ -112,7 +112,7 @@ def test_upgrade_from_the_first_schema_keeps_old_models_working(engine, tmp_path
         assert kinds == {"shared", "user", "idf"}
         with pytest.raises(IntegrityError):
             conn.execute(text("INSERT INTO model_parts (model_version_id, kind, name, data) "
-                              "VALUES (:v, 'bogus', '', x'00')"), {"v": new.version})
+                              "VALUES (:v, 'bogus', '', :d)"), {"v": new.version, "d": b"\0"})
         conn.rollback()
     # Downgrading retires the models that need idf rather than leave one active that scores wrongly.
     downgrade(engine, "0001")

@@ -42,6 +42,7 @@ def test_downgrade_then_upgrade_round_trip(engine) -> None:  # type: ignore[no-u
         inspect(engine).get_table_names())
 
 
+@pytest.mark.sqlite_only(reason="PRAGMAs are SQLite's connection settings")
 def test_sqlite_pragmas(engine) -> None:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -49,6 +50,7 @@ def test_sqlite_pragmas(engine) -> None:  # type: ignore[no-untyped-def]
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 1000
 
 
+@pytest.mark.sqlite_only(reason="a missing or garbage database file exists only for SQLite")
 def test_missing_database_and_garbage_file(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="no database at .*run `spamtl init` first"):
         make_engine(f"sqlite:///{tmp_path / 'nope.sqlite3'}")
@@ -101,3 +103,34 @@ def test_label_check_constraint(engine) -> None:  # type: ignore[no-untyped-def]
         pk = queries.message_ids_by_sha(session=session, shas=["b" * 64])["b" * 64]
         queries.add_labels(session=session, rows=[{"user_id": user.id, "message_id": pk, "label": "eggs",
                                                    "source": "import", "created_at": NOW}])
+
+
+def test_upgrade_to_0005_keeps_every_row(engine) -> None:  # type: ignore[no-untyped-def]
+    """0005 rebuilds ``messages`` on SQLite (batch mode): no cascade may delete labels or classifications."""
+    downgrade(engine, "0002")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (name, created_at) VALUES ('ann', :t)"), {"t": NOW})
+        conn.execute(text("INSERT INTO messages (sha256, raw, size, received_at) VALUES (:s, :r, 1, :t)"),
+                     {"s": "c" * 64, "r": queries.compress(b"x"), "t": NOW})
+        conn.execute(text("INSERT INTO model_versions (created_at, status, params, metrics, feature_key, n_features, "
+                          "format_version, n_users, n_messages) VALUES (:t, 'active', '{}', '{}', 'k', 1, 1, 1, 1)"),
+                     {"t": NOW})
+        ids = {"u": conn.execute(text("SELECT id FROM users")).scalar_one(),
+               "m": conn.execute(text("SELECT id FROM messages")).scalar_one(),
+               "v": conn.execute(text("SELECT id FROM model_versions")).scalar_one(), "t": NOW}
+        conn.execute(text("INSERT INTO labels (user_id, message_id, label, source, created_at) "
+                          "VALUES (:u, :m, 'spam', 'import', :t)"), ids)
+        conn.execute(text("INSERT INTO classifications (user_id, message_id, probability, verdict, model_version_id, "
+                          "created_at) VALUES (:u, :m, 0.5, 'unsure', :v, :t)"), ids)
+        conn.execute(text("INSERT INTO model_parts VALUES (:v, 'shared', '', :d)"), {**ids, "d": b"w"})
+        conn.execute(text("INSERT INTO message_features VALUES (:m, 'k', :d)"), {**ids, "d": b"f"})
+    tables = ["users", "messages", "labels", "classifications", "model_versions", "model_parts", "message_features"]
+    for revision in ("head", "0002", "head"):
+        (upgrade if revision == "head" else downgrade)(engine, revision)
+        with engine.connect() as conn:
+            assert {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in tables} == dict.fromkeys(
+                tables, 1), revision
+            assert conn.execute(text("SELECT model_version_id FROM classifications")).scalar() == ids["v"]
+    check_schema(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pinned FROM model_versions")).scalar() in (False, 0)

@@ -69,6 +69,8 @@ def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) ->
 
     Headers that spam filters add are stripped first (:func:`spamtl.mail.strip_own_headers`):
     a copy delivered with spamtl's verdict is the same message, and the verdict is never learned.
+    Race-free: a message another process stores between the look-up and the
+    insert is skipped by ``ON CONFLICT DO NOTHING`` and its id read back.
     """
     raws = [strip_own_headers(r) for r in raws]
     shas = [sha256_hex(r) for r in raws]
@@ -81,7 +83,9 @@ def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) ->
         rows[sha] = {"sha256": sha, "message_id": message_id or None, "raw": queries.compress(raw),
                      "size": len(raw), "date": _naive_utc(date), "received_at": now}
     if rows:
-        queries.insert_messages(session=session, rows=list(rows.values()))
+        # In sha256 order: two transactions inserting overlapping sets then take row locks in the
+        # same order, so PostgreSQL never sees a deadlock between them.
+        queries.insert_messages(session=session, rows=[rows[sha] for sha in sorted(rows)])
         known.update(queries.message_ids_by_sha(session=session, shas=list(rows)))
     return [known[s] for s in shas]
 

@@ -99,14 +99,14 @@ def _alembic_config(connection: Any) -> Any:
     return cfg
 
 
-def _migrate(engine: Engine, step: Any) -> None:
-    """Run an Alembic command on one connection of ``engine``, in one transaction.
+@contextlib.contextmanager
+def _migration_connection(engine: Engine) -> Iterator[Any]:
+    """A connection in a transaction for Alembic; on SQLite with foreign keys off meanwhile.
 
-    SQLite batch migrations recreate tables: with foreign keys on, dropping the
-    old ``messages`` table would cascade into labels and classifications.  The
-    pragma only takes effect outside a transaction, so it is switched off before
-    the migration's transaction and on again after it (as Alembic's batch-mode
-    documentation recommends).
+    SQLite batch migrations copy a table, drop the original and rename the
+    copy; with foreign keys on, dropping ``messages`` would cascade-delete
+    every label and classification.  The pragma only takes effect outside a
+    transaction, so it is set before BEGIN and restored after COMMIT.
     """
     with translate_errors(), engine.connect() as connection:
         is_sqlite = connection.dialect.name == "sqlite"
@@ -115,7 +115,7 @@ def _migrate(engine: Engine, step: Any) -> None:
             connection.commit()
         try:
             with connection.begin():
-                step(_alembic_config(connection))
+                yield connection
         finally:
             if is_sqlite:
                 connection.exec_driver_sql("PRAGMA foreign_keys = ON")
@@ -126,14 +126,16 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the database to ``revision`` (Alembic), on a connection of this engine."""
     from alembic import command
 
-    _migrate(engine, lambda cfg: command.upgrade(cfg, revision))
+    with _migration_connection(engine) as connection:
+        command.upgrade(_alembic_config(connection), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Downgrade the database to ``revision`` (Alembic)."""
     from alembic import command
 
-    _migrate(engine, lambda cfg: command.downgrade(cfg, revision))
+    with _migration_connection(engine) as connection:
+        command.downgrade(_alembic_config(connection), revision)
 
 
 def schema_revision(engine: Engine) -> str | None:

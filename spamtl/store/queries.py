@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Insert, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from spamtl.store.schema import (
@@ -60,18 +60,41 @@ def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[An
         yield items[i:i + size]
 
 
+def upsert(session: Session, model: Any, keys: Sequence[str], update_columns: Sequence[str] = ()) -> Insert:
+    """``INSERT ... ON CONFLICT (keys) DO NOTHING`` (or ``DO UPDATE SET`` the ``update_columns``).
+
+    Every write that two processes can race on (the same new message, a new
+    user's first messages, the same feature row, a user's model part) goes
+    through this, so the loser of the race finds the winner's row instead of
+    crashing on a unique constraint.  SQLite (3.24+) and PostgreSQL (9.5+)
+    share the syntax; SQLAlchemy has a dialect-specific construct for each.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported stores
+        raise NotImplementedError(f"no upsert for the {dialect} dialect; use SQLite or PostgreSQL")
+    stmt = dialect_insert(model)
+    if not update_columns:
+        return stmt.on_conflict_do_nothing(index_elements=list(keys))
+    return stmt.on_conflict_do_update(index_elements=list(keys),
+                                      set_={c: getattr(stmt.excluded, c) for c in update_columns})
+
+
 def get_user(*, session: Session, name: str) -> User | None:
     return session.scalars(select(User).where(User.name == name)).one_or_none()
 
 
 def get_or_create_user(*, session: Session, name: str, group: str | None, now: datetime) -> User:
-    """The user called ``name``; created if new.  A given ``group`` replaces the stored one."""
+    """The user called ``name``; created if new (race-free).  A given ``group`` replaces the stored one."""
     user = get_user(session=session, name=name)
     if user is None:
-        user = User(name=name, group_name=group, created_at=now)
-        session.add(user)
-        session.flush()
-    elif group is not None and user.group_name != group:
+        session.execute(upsert(session, User, ["name"]).values(name=name, group_name=group, created_at=now))
+        user = get_user(session=session, name=name)
+        assert user is not None  # inserted now, or by whoever won the race
+    if group is not None and user.group_name != group:
         user.group_name = group
     return user
 
@@ -95,9 +118,12 @@ def message_ids_by_message_id(*, session: Session, message_id: str) -> list[int]
 
 
 def insert_messages(*, session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert message rows (keys as the Message columns; ``raw`` already compressed)."""
+    """Insert message rows (keys as the Message columns; ``raw`` already compressed).
+
+    A message someone else stored meanwhile (same sha256) is left as it is.
+    """
     if rows:
-        session.execute(insert(Message), rows)
+        session.execute(upsert(session, Message, ["sha256"]), rows)
 
 
 def latest_labels(*, session: Session, user_id: int, message_ids: Sequence[int]) -> dict[int, str]:
@@ -190,9 +216,10 @@ def cached_features(*, session: Session, message_pks: Sequence[int], feature_key
 
 
 def store_features(*, session: Session, rows: Iterable[tuple[int, bytes]], feature_key: str) -> None:
+    """Cache feature rows; a row another process cached meanwhile is kept (features are deterministic)."""
     values = [{"message_id": pk, "feature_key": feature_key, "data": data} for pk, data in rows]
     if values:
-        session.execute(insert(MessageFeatures).prefix_with("OR REPLACE", dialect="sqlite"), values)
+        session.execute(upsert(session, MessageFeatures, ["message_id", "feature_key"]), values)
 
 
 # ------------------------------------------------------------------- models
@@ -238,13 +265,10 @@ def add_model_parts(*, session: Session, version_id: int, parts: Iterable[tuple[
 
 
 def upsert_model_part(*, session: Session, version_id: int, kind: str, name: str, data: bytes) -> None:
+    """Insert or replace one part of a model (the last writer wins), at a new store generation."""
     revision = bump_generation(session=session)
-    existing = session.get(ModelPart, (version_id, kind, name))
-    if existing is None:
-        session.add(ModelPart(model_version_id=version_id, kind=kind, name=name, data=data, revision=revision))
-    else:
-        existing.data = data
-        existing.revision = revision
+    session.execute(upsert(session, ModelPart, ["model_version_id", "kind", "name"], ["data", "revision"])
+                    .values(model_version_id=version_id, kind=kind, name=name, data=data, revision=revision))
 
 
 def set_active(*, session: Session, version_id: int) -> None:

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -63,16 +65,20 @@ class User(Base):
 
 
 class Message(Base):
-    """One distinct message (by sha256 of its raw bytes), stored zlib-compressed."""
+    """One distinct message (by sha256 of its raw bytes), stored zlib-compressed.
+
+    ``raw`` is NULL once retention dropped the body of mail nobody labelled
+    (see ``spamtl prune``); the row stays while a classification refers to it.
+    """
 
     __tablename__ = "messages"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
     date: Mapped[datetime | None] = mapped_column(DateTime)
-    received_at: Mapped[datetime] = mapped_column(DateTime)
+    received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     # For `spamtl history` and `review`: the decoded subject, cut to 255 characters (never the body).
     subject: Mapped[str | None] = mapped_column(String(255))
 
@@ -114,6 +120,8 @@ class ModelVersion(Base):
     n_users: Mapped[int] = mapped_column(Integer)
     n_messages: Mapped[int] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(String(1000))
+    # A pinned version keeps its weights whatever the retention settings say.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ModelPart(Base):
@@ -172,7 +180,7 @@ class Classification(Base):
     verdict: Mapped[str] = mapped_column(String(6))
     model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL"))
-    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)  # retention deletes by age
 
 
 class MessageFeatures(Base):
@@ -182,3 +190,14 @@ class MessageFeatures(Base):
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
     feature_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Lock(Base):
+    """A named lock held by one process (``host``:``pid``), e.g. 'train'; see ``spamtl.services.lock``."""
+
+    __tablename__ = "locks"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime)
