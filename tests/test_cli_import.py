@@ -189,6 +189,7 @@ def test_default_database_lives_in_xdg_data_home(tmp_path: Path, monkeypatch: py
     assert (tmp_path / "xdg" / "spamtl" / "spamtl.sqlite3").exists()
 
 
+@pytest.mark.sqlite_only(reason="SQLite's max_page_count stands in for a full disk; PostgreSQL has no equivalent")
 def test_a_full_disk_says_how_many_labels_were_saved(db_url: str, tmp_path: Path) -> None:
     """SQLite's page limit stands in for a full disk: the same SQLITE_FULL error, without filling one."""
     import random
@@ -223,6 +224,7 @@ def test_a_full_disk_says_how_many_labels_were_saved(db_url: str, tmp_path: Path
         assert conn.exec_driver_sql("SELECT count(*) FROM labels").scalar() == saved
 
 
+@pytest.mark.sqlite_only(reason="a damaged database file exists only for SQLite")
 @pytest.mark.parametrize("damage", ["overwritten", "truncated"])
 @pytest.mark.parametrize("command", [["users"], ["train"], ["models"], ["evaluate"], ["classify", "ann", "{eml}"],
                                      ["feedback", "ann", "--spam", "{eml}"], ["import", "ann", "{eml}", "-l", "ham"]],

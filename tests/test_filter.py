@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import make_mail
 from .test_cli_loop import store  # noqa: F401 - the trained module-scoped store fixture
 
@@ -91,6 +93,7 @@ def test_ambiguous_or_short_ids_are_refused(store) -> None:  # type: ignore[no-u
     assert short.stderr.decode() == "Error: no stored message has id or Message-ID 'abc'; pass the message itself\n"
 
 
+@pytest.mark.sqlite_only(reason="the stdlib sqlite3 path is what avoids SQLAlchemy; other databases go through it")
 def test_cold_classify_imports_no_sqlalchemy(store) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     code = ("import sys, runpy; sys.argv = ['spamtl', 'classify', 'ann', '--filter', '--db', sys.argv[1]]\n"
             "try:\n runpy.run_module('spamtl', run_name='__main__')\nexcept SystemExit:\n pass\n"

@@ -134,11 +134,12 @@ class Store:
                 self.connection.rollback()
 
     def close(self) -> None:
+        """Close the connection (one under an engine goes back through the engine, then both close)."""
+        if self._owner is not None:
+            self._owner.dispose()
+            return
         with contextlib.suppress(Exception):
             self.connection.close()
-        if self._owner is not None:
-            with contextlib.suppress(Exception):
-                self._owner.dispose()
 
 
 def translate(exc: BaseException) -> DatabaseError:
@@ -226,6 +227,8 @@ class _Owner:
         self.raw = raw
 
     def dispose(self) -> None:
+        with contextlib.suppress(Exception):
+            self.raw.rollback()  # end the read transaction PostgreSQL keeps open after a SELECT
         with contextlib.suppress(Exception):
             self.raw.close()
         self.engine.dispose()
