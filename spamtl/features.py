@@ -53,7 +53,14 @@ FEATURE_VERSION = 1
 TF_MODES = ("binary", "log")
 
 MAX_BODY_WORDS = 3_000
+"""Body words tokenised; they are read from a prefix of ``16 * MAX_BODY_WORDS`` characters only."""
+MAX_SUBJECT_WORDS = 50
 MAX_HEADER_TOKENS = 40
+"""Tokens of one header value (values are already cut to ``mail.MAX_HEADER_CHARS``)."""
+MAX_DOMAIN_CHARS = 253
+"""Characters of a domain looked at (the longest DNS name); only its last labels make tokens."""
+MAX_TOKENS = 20_000
+"""Tokens per message, whatever the message: a backstop, the caps above add up to about 9,000 (12,000 with bigrams)."""
 
 _WORD_RE = re.compile(r"[^\W_](?:[\w'’.-]*[^\W_])?")
 _HDR_TOKEN_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -150,8 +157,9 @@ def _domain_tokens(prefix: str, domain: str) -> list[str]:
     """The domain and each parent with at least two labels: a.b.example.org -> ...example.org."""
     if not domain:
         return []
-    labels = domain.split(".")
-    return [prefix + ".".join(labels[i:]) for i in range(max(1, len(labels) - 1))][:6]
+    # Only the last labels are split off: a "domain" of 50,000 labels must not give 50,000 suffixes.
+    labels = domain[-MAX_DOMAIN_CHARS:].split(".") if len(domain) > MAX_DOMAIN_CHARS else domain.split(".")
+    return [prefix + ".".join(labels[i:]) for i in range(min(6, max(1, len(labels) - 1)))]
 
 
 def _header_tokens(name: str, value: str) -> list[str]:
@@ -190,7 +198,7 @@ def tokenize(msg: ParsedMessage, config: FeatureConfig = FeatureConfig()) -> lis
     ['subj:cheap', 'subj:pills', 'body:buy', 'body:now', 'from:mail.example.org', 'from:example.org', 'fromaddr:a@mail.example.org', 'ct:text/plain', 'bodylen:2']
     """
     tokens: list[str] = []
-    subj = _words(msg.subject, 50)
+    subj = _words(msg.subject, MAX_SUBJECT_WORDS)
     tokens += ["subj:" + w for w in subj]
     if config.bigrams:
         tokens += [f"subj2:{a} {b}" for a, b in zip(subj, subj[1:])]
@@ -223,7 +231,7 @@ def tokenize(msg: ParsedMessage, config: FeatureConfig = FeatureConfig()) -> lis
     if config.headers:
         for name, value in msg.headers:
             tokens += _header_tokens(name, value)
-    return tokens
+    return tokens[:MAX_TOKENS]
 
 
 def hash_tokens(tokens: Iterable[str], n_features: int = DEFAULT_N_FEATURES, tf: str = "binary") -> FeatureRow:

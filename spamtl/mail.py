@@ -105,8 +105,9 @@ _URL_RE = re2.compile(
 # These run over values already cut to MAX_HEADER_BYTES, and have no nested quantifiers.
 _ADDR_DOMAIN_RE = re.compile(r"@([A-Za-z0-9.-]+)")
 _WS_RE = re.compile(r"\s+")
-# HTML elements whose content is not visible text.
-_INVISIBLE_TAGS = ["script", "style", "head"]
+# HTML elements whose content is not visible text (iframe, noembed and noframes hold raw text that only
+# browsers without those features would show: ads, scripts).
+_INVISIBLE_TAGS = ["script", "style", "head", "iframe", "noembed", "noframes"]
 
 
 @dataclass(frozen=True, slots=True)
