@@ -135,14 +135,25 @@ def train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | N
     Nothing is written until the very end, where the new version (and, if it
     wins, its promotion) is one transaction: a crash at any point leaves the
     active model as it was.
+
+    Only one training runs at a time: a second one raises
+    :class:`~spamtl.services.lock.LockBusyError` (exit code 75) at once.
     """
+    from spamtl.services.lock import hold
+
+    check_schema(engine)
+    with hold(engine, "train", what="train"):
+        return _train(engine, settings, now=now, stage=stage, progress=progress)
+
+
+def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | None,
+           progress: Callable[[int], None] | None) -> TrainResult:
     started = time.monotonic()
 
     def say(text: str, total: int | None = None) -> None:
         if stage is not None:
             stage(text, total)
 
-    check_schema(engine)
     say("loading labels and features")
     data = load_training_data(engine, settings.features, progress=progress)
     if len(data.y) == 0:

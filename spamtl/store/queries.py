@@ -69,14 +69,16 @@ def upsert(session: Session, model: Any, keys: Sequence[str], update_columns: Se
     crashing on a unique constraint.  SQLite (3.24+) and PostgreSQL (9.5+)
     share the syntax; SQLAlchemy has a dialect-specific construct for each.
     """
+    from sqlalchemy.dialects import postgresql, sqlite
+
     dialect = session.get_bind().dialect.name
+    stmt: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        stmt = postgresql.insert(model)
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        stmt = sqlite.insert(model)
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported stores
         raise NotImplementedError(f"no upsert for the {dialect} dialect; use SQLite or PostgreSQL")
-    stmt = dialect_insert(model)
     if not update_columns:
         return stmt.on_conflict_do_nothing(index_elements=list(keys))
     return stmt.on_conflict_do_update(index_elements=list(keys),
@@ -200,10 +202,14 @@ def users_by_name(*, session: Session) -> dict[str, User]:
 
 
 def raw_messages(*, session: Session, message_pks: Sequence[int]) -> Iterator[tuple[int, bytes]]:
-    """(id, raw bytes) of the given messages, decompressed, streamed in chunks."""
+    """(id, raw bytes) of the given messages, decompressed, streamed in chunks.
+
+    Messages whose body retention has dropped (``raw`` NULL) are left out.
+    """
     for chunk in _chunks(list(message_pks)):
-        for pk, data in session.execute(select(Message.id, Message.raw).where(Message.id.in_(chunk))):
-            yield pk, decompress(data)
+        for pk, data in session.execute(select(Message.id, Message.raw).where(
+                Message.id.in_(chunk), Message.raw.is_not(None))):
+            yield pk, decompress(data or b"")
 
 
 def cached_features(*, session: Session, message_pks: Sequence[int], feature_key: str) -> dict[int, bytes]:

@@ -1,0 +1,237 @@
+"""Writes that race: many processes (threads with their own engines here) storing the same rows at once.
+
+Each test lines the racers up with a barrier placed just before the racing
+INSERT reaches the database, so every racer has already looked for the row
+and found nothing: a check-then-insert implementation fails these tests every
+time, on SQLite and on PostgreSQL, rather than once in a while.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, text
+from typer.testing import CliRunner
+
+from spamtl.cli import app
+from spamtl.config import Settings
+from spamtl.services.importing import import_mail
+from spamtl.services.training import train
+from spamtl.sources import RawMail
+from spamtl.store.db import make_engine
+
+from .conftest import NOW, count_rows, make_mail, migrated_database, write_mbox
+from .test_cli_loop import _mails
+
+USERS = [f"user{i:02d}" for i in range(12)]
+
+
+def _line_up(engines: list[Engine], table: str) -> threading.Barrier:
+    """Make each engine's first ``INSERT INTO table`` wait until every engine has reached its own."""
+    barrier = threading.Barrier(len(engines), timeout=10)
+    for eng in engines:
+        state = {"waited": False}
+
+        def before(conn: Any, cursor: Any, statement: str, *args: Any, state: dict[str, bool] = state) -> None:
+            if not state["waited"] and statement.lstrip().upper().startswith(f"INSERT INTO {table.upper()} "):
+                state["waited"] = True
+                try:
+                    barrier.wait()
+                except threading.BrokenBarrierError:  # someone failed before the insert: let the rest go on
+                    pass
+
+        event.listen(eng, "before_cursor_execute", before)
+    return barrier
+
+
+def _race(jobs: list[Callable[[Engine], object]], url: str, table: str) -> list[BaseException]:
+    """Run each job in a thread with its own engine, lined up at ``INSERT INTO table``; the errors raised."""
+    engines = [make_engine(url) for _ in jobs]
+    _line_up(engines, table)
+    errors: list[BaseException] = []
+
+    def run(job: Callable[[Engine], object], eng: Engine) -> None:
+        try:
+            job(eng)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted on
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(job, eng)) for job, eng in zip(jobs, engines)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for eng in engines:
+        eng.dispose()
+    return errors
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A trained store of 12 users (4 spam, 4 ham each)."""
+    tmp = tmp_path_factory.mktemp("race")
+    with migrated_database(tmp, "race") as url:
+        engine = make_engine(url)
+        spam = write_mbox(tmp / "spam.mbox", _mails(1, "spam", 4))
+        for k, user in enumerate(USERS):
+            import_mail(engine, user=user, paths=[str(spam)], label="spam", now=NOW)
+            ham = write_mbox(tmp / f"{user}.mbox", _mails(10 + k, "work", 4))
+            import_mail(engine, user=user, paths=[str(ham)], label="ham", now=NOW)
+        train(engine, Settings(database_url=url, mus=(1.0,)), now=NOW)
+        engine.dispose()
+        yield url
+
+
+def test_same_new_message_classified_for_many_users_at_once(trained: str) -> None:
+    from spamtl.services.classify import classify_messages
+
+    raw = make_mail("brand new", "never seen before", message_id="race-1@example")
+    settings = Settings(database_url=trained)
+
+    def job(user: str) -> Callable[[Engine], object]:
+        return lambda eng: list(classify_messages(eng, settings, user=user, mails=[RawMail("m", raw)], now=NOW))
+
+    assert _race([job(u) for u in USERS], trained, "messages") == []
+    assert count_rows(trained, "messages", "WHERE message_id = 'race-1@example'") == 1
+    assert count_rows(trained, "classifications c JOIN messages m ON m.id = c.message_id",
+                      "WHERE m.message_id = 'race-1@example'") == len(USERS)
+
+
+def test_new_users_first_messages_in_parallel(db_url: str, tmp_path: Path) -> None:
+    boxes = [write_mbox(tmp_path / f"{i}.mbox", _mails(100 + i, "work", 2)) for i in range(8)]
+
+    def job(box: Path) -> Callable[[Engine], object]:
+        return lambda eng: import_mail(eng, user="newbie", paths=[str(box)], label="ham", now=NOW)
+
+    assert _race([job(b) for b in boxes], db_url, "users") == []
+    assert count_rows(db_url, "users") == 1
+    assert count_rows(db_url, "labels") == 16
+
+
+def test_two_imports_of_the_same_mail_for_different_users(db_url: str, tmp_path: Path) -> None:
+    box = write_mbox(tmp_path / "shared.mbox", _mails(7, "spam", 20))
+
+    def job(user: str) -> Callable[[Engine], object]:
+        return lambda eng: import_mail(eng, user=user, paths=[str(box)], label="spam", now=NOW)
+
+    assert _race([job("ann"), job("bob"), job("cat")], db_url, "messages") == []
+    assert count_rows(db_url, "messages") == 20
+    assert count_rows(db_url, "labels") == 60
+
+
+def test_feedback_during_train_without_cached_features(trained: str) -> None:
+    from spamtl.services.feedback import record_feedback
+
+    with make_engine(trained).begin() as conn:
+        conn.execute(text("DELETE FROM message_features"))
+    settings = Settings(database_url=trained, mus=(1.0,))
+    raw = make_mail("a correction", "user03 says this is spam after all")
+
+    jobs: list[Callable[[Engine], object]] = [
+        lambda eng: train(eng, settings, now=NOW),
+        lambda eng: record_feedback(eng, settings, user="user03", label="spam", raw=raw, now=NOW),
+    ]
+    assert _race(jobs, trained, "message_features") == []
+    # Both computed features of the same labelled mail; each row is cached once.
+    assert count_rows(trained, "message_features") == count_rows(
+        trained, "(SELECT DISTINCT message_id FROM labels) AS labelled")
+
+
+def test_two_feature_caches_filled_at_once(trained: str) -> None:
+    from spamtl.features import FeatureConfig
+    from spamtl.services.dataset import feature_rows
+
+    with make_engine(trained).begin() as conn:
+        conn.execute(text("DELETE FROM message_features"))
+        pks = [int(p) for (p,) in conn.execute(text("SELECT id FROM messages"))]
+    config = FeatureConfig()
+    results: list[dict[int, object]] = []
+    jobs: list[Callable[[Engine], object]] = [lambda eng: results.append(feature_rows(eng, pks, config))] * 2
+    assert _race(jobs, trained, "message_features") == []
+    assert len(results) == 2 and set(results[0]) == set(results[1]) == set(pks)
+    assert count_rows(trained, "message_features") == len(pks)
+
+
+# ------------------------------------------------------------- the training lock
+def _hold_train_lock(url: str, *, host: str, pid: int, heartbeat: datetime) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO locks (name, host, pid, acquired_at, heartbeat_at) "
+                          "VALUES ('train', :h, :p, :a, :b)"),
+                     {"h": host, "p": pid, "a": datetime(2026, 11, 25, 3, 15), "b": heartbeat})
+    engine.dispose()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has this pid now (pids are not reused this quickly)
+
+
+def test_second_train_exits_75_with_one_line(trained: str) -> None:
+    host, pid = socket.gethostname(), os.getppid()  # a live process that is not this one
+    _hold_train_lock(trained, host=host, pid=pid, heartbeat=datetime.now() + timedelta(hours=1))
+    try:
+        result = CliRunner().invoke(app, ["train", "--db", trained], catch_exceptions=False)
+        assert result.exit_code == 75
+        assert result.stderr == (f"Error: another spamtl train is running (pid {pid} on {host} since "
+                                 "2026-11-25 03:15:00 UTC); try again later\n")
+    finally:
+        with make_engine(trained).begin() as conn:
+            conn.execute(text("DELETE FROM locks"))
+
+
+@pytest.mark.parametrize("holder", ["dead-pid-here", "lapsed-lease-elsewhere"])
+def test_stale_train_lock_is_taken_over(trained: str, holder: str) -> None:
+    if holder == "dead-pid-here":
+        _hold_train_lock(trained, host=socket.gethostname(), pid=_dead_pid(), heartbeat=datetime.now())
+    else:
+        _hold_train_lock(trained, host="elsewhere.example", pid=1, heartbeat=datetime(2026, 11, 25, 3, 16))
+    result = CliRunner().invoke(app, ["train", "--db", trained, "--format", "json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert count_rows(trained, "locks") == 0  # released after the run
+
+
+def test_lock_is_exclusive_between_racers(db_url: str) -> None:
+    from spamtl.services.lock import LockBusyError, acquire
+
+    won: list[int] = []
+
+    def job(pid: int) -> Callable[[Engine], object]:
+        return lambda eng: won.append(acquire(eng, "train", what="train", pid=pid).pid)
+
+    errors = _race([job(os.getpid()), job(os.getppid())], db_url, "locks")
+    assert len(won) == 1 and len(errors) == 1 and isinstance(errors[0], LockBusyError)
+
+
+@pytest.mark.slow
+def test_cli_classify_same_new_message_for_12_users_in_processes(trained: str, tmp_path: Path) -> None:
+    mail = tmp_path / "new.eml"
+    mail.write_bytes(make_mail("process race", "a message nobody has seen", message_id="race-2@example"))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    procs = [subprocess.Popen([sys.executable, "-m", "spamtl", "classify", u, str(mail), "--db", trained],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for u in USERS]
+    results = [(p.wait(timeout=300), p.stderr.read().decode()) for p in procs]  # type: ignore[union-attr]
+    assert [r for r in results if r[0] != 0] == []
+    assert count_rows(trained, "messages", "WHERE message_id = 'race-2@example'") == 1
+
+
+@pytest.mark.slow
+def test_cli_two_trains_one_runs_other_waits_or_says_so(trained: str) -> None:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    procs = [subprocess.Popen([sys.executable, "-m", "spamtl", "train", "--db", trained], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env) for _ in range(2)]
+    results = sorted((p.wait(timeout=300), p.stderr.read().decode()) for p in procs)  # type: ignore[union-attr]
+    assert results[0][0] == 0
+    assert results[1][0] == 0 or (results[1][0] == 75 and results[1][1].startswith(
+        "Error: another spamtl train is running (pid ") and results[1][1].count("\n") == 1)
+    assert count_rows(trained, "model_versions", "WHERE status = 'active'") == 1
