@@ -60,7 +60,7 @@ MAX_TEXT_CHARS = 100_000
 MAX_HEADERS = 100
 """Header fields of the top-level part passed on as header facts (``ParsedMessage.headers``)."""
 MAX_HEADER_CHARS = 2_000
-"""Characters of one decoded header value kept."""
+"""Characters of one decoded header value kept (Subject and Message-ID included)."""
 MAX_HEADER_BYTES = 8 * 1024
 """Raw characters of one header field (continuation lines included) kept *before* it is decoded or parsed.
 
@@ -445,7 +445,7 @@ def _header(msg: Message, name: str) -> str:
         value = msg.get(name)
     except Exception:  # noqa: BLE001
         return ""
-    return "" if value is None else _decode_header_value(value)
+    return "" if value is None else _decode_header_value(value)[:MAX_HEADER_CHARS]
 
 
 def _address(value: str) -> tuple[str, str]:
