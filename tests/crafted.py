@@ -72,6 +72,8 @@ SHAPES: dict[str, Callable[[int], bytes]] = {
     # More.
     "long_token": lambda n: _fill(HEAD + b"\n", b"a", n),
     "nested_tags": lambda n: _fill(HTML, b"<div>", n, b"text"),
+    "deep_then_wide_html": lambda n: _fill(HTML + b"<div>" * 256, b"<div>x</div>", n),
+    "bogus_tag_obfuscation": lambda n: _fill(HTML, b"Vi<deacon>ag<heat>ra ", n),
     "misnested_formatting": lambda n: _fill(HTML, b"<b><i><u></b></i></u>x", n),
     "table_foster": lambda n: _fill(HTML, b"<table><tr>text", n),
     "unclosed_attributes": lambda n: _fill(HTML, b"<a href=\"http://x.example/", n),
