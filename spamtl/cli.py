@@ -329,15 +329,31 @@ def evaluate(
     output: Annotated[TableFormat, typer.Option("--format", help="table, json or csv.")] = TableFormat.table,
     plot: Annotated[Path | None, typer.Option("--plot", metavar="FILE.png",
                                               help="Draw per-user ROC curves (needs matplotlib).")] = None,
+    replay: Annotated[bool, typer.Option("--replay", help="Backtest a season of use instead: replay the "
+                                         "labelled mail day by day with corrections and nightly training.")] = False,
+    days: Annotated[int, typer.Option("--days", help="--replay: days to split each user's mail into.")] = 20,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="--replay: first labels per user to start from.")] = 20,
+    label_all: Annotated[bool, typer.Option("--label-all", help="--replay: the user labels every message, "
+                                            "not only the wrong or unsure ones.")] = False,
+    systems: Annotated[list[str] | None, typer.Option("--system", metavar="NAME", help="--replay: mtl, pooled "
+                                                      "or per_user (repeatable; default all three).")] = None,
     db: DbOption = None,
 ) -> None:
     """Compare the multi-task model with one pooled model and per-user models, per user.
 
     All three are trained and tested on identical splits of the labelled mail;
-    the active model is not touched.  Lower 1-AUC % is better.
+    the active model is not touched.  Lower 1-AUC % is better.  With --replay,
+    the labelled mail is replayed in delivery order in a temporary copy of the
+    store: classified day by day, every wrong or unsure verdict corrected,
+    retrained every night.
 
     Example: spamtl evaluate --chronological --format json
+    Example: spamtl evaluate --replay --days 20 --bootstrap 20
     """
+    if replay:
+        from spamtl.cli_replay import run_replay
+
+        return run_replay(users_, days, bootstrap, label_all, systems, output, db)
     with _errors():
         from spamtl.services.evaluate import SYSTEMS
         from spamtl.services.evaluate import evaluate as run_evaluation
