@@ -15,6 +15,10 @@ _OPTIONS_WITH_VALUE = ("--db", "--format")
 
 def _filter_argv(argv: list[str]) -> list[str] | None:
     """``argv`` with options first and every other word after ``--``, for piped filter mode."""
+    prefix: list[str] = []  # global options before the command: --config PATH
+    while argv and (argv[0] == "--config" or argv[0].startswith("--config=")):
+        take = 2 if argv[0] == "--config" else 1
+        prefix, argv = prefix + argv[:take], argv[take:]
     if not argv or argv[0] != "classify" or "--filter" not in argv or "--" in argv or sys.stdin.isatty():
         return None
     options: list[str] = []
@@ -23,11 +27,11 @@ def _filter_argv(argv: list[str]) -> list[str] | None:
     for arg in args:
         if arg in _OPTIONS_WITH_VALUE:
             options += [arg, next(args, "")]
-        elif arg == "--filter" or arg.startswith(tuple(f"{o}=" for o in _OPTIONS_WITH_VALUE)):
+        elif arg in ("--filter", "--report") or arg.startswith(tuple(f"{o}=" for o in _OPTIONS_WITH_VALUE)):
             options.append(arg)
         else:
             words.append(arg)
-    return ["classify", *options, "--", *words]
+    return [*prefix, "classify", *options, "--", *words]
 
 
 def main() -> None:

@@ -7,7 +7,10 @@ and a non-zero exit code; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from spamtl.config import ENV_DATABASE_URL, Settings, database_url_from_env
+from spamtl.config import ENV_DATABASE_URL, Settings
 from spamtl.errors import SpamtlError
 
 app = typer.Typer(
@@ -51,6 +54,30 @@ class TableFormat(str, Enum):
 class LabelChoice(str, Enum):
     spam = "spam"
     ham = "ham"
+
+
+_CONFIG_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar("spamtl_config", default=None)
+"""The global --config option of this invocation (read by _settings)."""
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from spamtl import __version__
+
+        typer.echo(f"spamtl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    config: Annotated[str | None, typer.Option("--config", metavar="PATH",
+                                               help="Configuration file (TOML); default: $SPAMTL_CONFIG, else "
+                                                    "~/.config/spamtl/config.toml and /etc/spamtl/config.toml.")] = None,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version_callback,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """A per-user spam filter that learns from every user's mail (multi-task learning)."""
+    _CONFIG_PATH.set(config)  # set on every invocation, so one run's --config never leaks into the next
 
 
 def _now() -> datetime:
@@ -123,8 +150,18 @@ class _Progress:
         self.shown = 0.0
 
 
+def _loaded_settings(db: str | None) -> Any:
+    """Settings from every source (option > environment > config files > default) and their sources."""
+    from spamtl.settings_file import load_settings
+
+    config = _CONFIG_PATH.get()
+    if db is not None and db == os.environ.get(ENV_DATABASE_URL):
+        db = None  # Typer filled --db from the environment: say so in `spamtl config`
+    return load_settings({"database_url": db}, config=config, option_names={"database_url": "--db"})
+
+
 def _settings(db: str | None) -> Settings:
-    return Settings(database_url=database_url_from_env(db))
+    return _loaded_settings(db).settings  # type: ignore[no-any-return]
 
 
 def _engine(settings: Settings, *, create: bool = False) -> Any:
@@ -549,11 +586,18 @@ def _filter_headers(settings: Settings, user: str, raw: bytes) -> list[tuple[str
         message = prepare(raw)
         verdict = reader.classify(model, message, "<stdin>")
         VerdictLogger(reader.store, create_users=settings.auto_create_users).log(model, [(message, verdict)], _now())
+        headers = [("X-Spamtl-Status", verdict.header_value())]
+        if verdict.verdict == "spam":
+            headers.append(("X-Spam-Flag", "YES"))
+        if settings.filter_report:
+            from spamtl.services.explain import explain, report_header
+
+            headers.append(("X-Spamtl-Report", report_header(explain(model, message))))
     finally:
         reader.store.close()
-    headers = [("X-Spamtl-Status", verdict.header_value())]
-    if verdict.verdict == "spam":
-        headers.append(("X-Spam-Flag", "YES"))
+    from spamtl.logs import log_verdict
+
+    log_verdict(settings, verdict)
     return headers
 
 
@@ -565,6 +609,8 @@ def classify(
     output: Annotated[OutputFormat, typer.Option("--format", help="text, or JSON lines (one object per message).")] = OutputFormat.text,
     filter_mode: Annotated[bool, typer.Option("--filter", help="Read one message on stdin and write it back with "
                                               "X-Spamtl-Status (and X-Spam-Flag: YES for spam) headers.")] = False,
+    report: Annotated[bool, typer.Option("--report", help="With --filter: also add a one-line X-Spamtl-Report "
+                                         "header saying why (setting filter_report).")] = False,
     db: DbOption = None,
 ) -> None:
     """Classify mail for USER: spam, ham or unsure, with the spam probability.
@@ -577,8 +623,14 @@ def classify(
 
     Example: spamtl classify --filter -- alice < message.eml > tagged.eml
     """
-    settings = _settings(db)
     if filter_mode:
+        try:
+            settings = _settings(db)
+        except SpamtlError as exc:  # a bad configuration must not lose mail either
+            typer.echo(f"Error: {exc} (message passed through unfiltered)", err=True)
+            raise typer.Exit(pass_through(EXIT_FILTER_ERROR)) from None
+        if report:
+            settings = dataclasses.replace(settings, filter_report=True)
         if paths and paths != ["-"]:
             typer.echo(f"Error: --filter reads one message from stdin; unexpected {paths[0]!r} "
                        "(message passed through unfiltered)", err=True)
@@ -587,8 +639,11 @@ def classify(
     with _errors():
         from spamtl.config import validate_name
         from spamtl.errors import UsageError
+        from spamtl.logs import log_verdict
         from spamtl.services.classify import classify_messages, open_reader
         from spamtl.sources import RawMail, Unreadable, iter_mail
+
+        settings = _settings(db)
 
         validate_name(user)
         if not paths or paths == ["-"]:
@@ -610,6 +665,7 @@ def classify(
                 if isinstance(item, Unreadable):
                     typer.echo(f"unreadable: {item.origin}: {item.reason}", err=True)
                     continue
+                log_verdict(settings, item)
                 if output is OutputFormat.json:
                     typer.echo(json.dumps(item.as_dict()))
                 else:
@@ -682,3 +738,5 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+from spamtl import cli_config as _cli_config  # noqa: E402,F401  registers commands
+from spamtl import cli_explain as _cli_explain  # noqa: E402,F401  registers commands

@@ -101,6 +101,10 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
         _refit_user(engine, result, user=user, user_id=user_id, group=group, message_pk=pk)
     except NoModelError:
         pass
+    from spamtl.logs import log_feedback
+
+    log_feedback(settings, user=user, sha256=sha, label=label, previous=previous, version=result.model_version,
+                 before=result.probability_before, after=result.probability_after)
     return result
 
 

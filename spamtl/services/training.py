@@ -214,8 +214,13 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
         version = save_weights(session=session, weights=weights, feature_key=settings.features.key,
                                status="active" if promoted else "rejected", now=now, metrics=metrics,
                                n_messages=len(data.y), note=reason)
-    return TrainResult(version=version, promoted=promoted, reason=reason, users=data.n_users,
-                       messages=int(len(data.y)), metrics=metrics, seconds=time.monotonic() - started)
+    result = TrainResult(version=version, promoted=promoted, reason=reason, users=data.n_users,
+                         messages=int(len(data.y)), metrics=metrics, seconds=time.monotonic() - started)
+    from spamtl.logs import log_training
+
+    log_training(settings, version=version, promoted=promoted, reason=reason, users=result.users,
+                 messages=result.messages, seconds=result.seconds)
+    return result
 
 
 def _copy(est: Any) -> Any:

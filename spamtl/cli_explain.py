@@ -1,0 +1,155 @@
+"""Commands that say why: ``explain``, ``history`` and ``review``."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from spamtl.cli import DbOption, OutputFormat, _engine, _errors, _print_json, _settings, app
+
+_DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
+def _read_message(path: str | None) -> bytes:
+    from spamtl.errors import UsageError
+
+    if path in (None, "-"):
+        raw = sys.stdin.buffer.read()
+    else:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not raw.strip():
+        raise UsageError("the message is empty")
+    return raw
+
+
+@app.command()
+def explain(
+    user: Annotated[str, typer.Argument(metavar="USER", help="Whose filter to explain.")],
+    path: Annotated[str | None, typer.Argument(metavar="[PATH|-]", help="The message (file or - for stdin).")] = None,
+    ref: Annotated[str | None, typer.Option("--id", metavar="ID_OR_MESSAGE_ID",
+                                            help="A stored message: the id= of X-Spamtl-Status, a sha256 "
+                                                 "prefix or a Message-ID.")] = None,
+    top: Annotated[int, typer.Option("--top", "-n", min=0, max=100,
+                                     help="Strongest tokens shown per part and direction.")] = 5,
+    output: Annotated[OutputFormat, typer.Option("--format", help="text or JSON.")] = OutputFormat.text,
+    db: DbOption = None,
+) -> None:
+    """Say why a message got its score for USER: the shared, group and personal parts and their strongest tokens.
+
+    The parts add up to the score (the logit of the probability).  A token's
+    contribution is its weight times its value in the message's vector.
+
+    Example: spamtl explain alice --id 3f2c9a1b7e4d
+    """
+    with _errors():
+        from spamtl.errors import UsageError
+        from spamtl.services.explain import explain_message
+
+        if ref is not None and path is not None:
+            raise UsageError("give either a message or --id, not both")
+        raw = _read_message(path) if ref is None else None
+        result = explain_message(_settings(db), user=user, raw=raw, ref=ref, top=top)
+        if output is OutputFormat.json:
+            _print_json(result.as_dict())
+            return
+        _print_explanation(result)
+
+
+def _print_explanation(result: Any) -> None:
+    by = ", your label" if result.reason == "label" else ""
+    typer.echo(f"{result.user}: {result.verdict} (probability {result.probability:.4f}, score {result.logit:+.3f}; "
+               f"spam cutoff {result.spam_cutoff:.4f} from {result.cutoff_source}{by}), model v{result.model_version}, "
+               f"id {result.short_id}")
+    typer.echo(result.sentence())
+    for part in result.parts:
+        label = part.kind + (f" {part.name}" if part.kind == "group" else "")
+        typer.echo(f"  {label:<20} {part.total:+8.3f}   (intercept {part.intercept:+.3f}, tokens {part.features:+.3f})")
+        for title, evidence in (("toward spam", part.spam), ("toward ham ", part.ham)):
+            if evidence:
+                typer.echo(f"    {title}: " + ", ".join(f"{e.name} {e.contribution:+.3f}" for e in evidence))
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+
+
+@app.command()
+def history(
+    user: Annotated[str | None, typer.Argument(metavar="[USER]", help="Whose verdicts; omit with --summary "
+                                               "for every user.")] = None,
+    since: Annotated[datetime | None, typer.Option("--since", formats=_DATE_FORMATS, metavar="DATE",
+                                                   help="Only classifications at or after DATE (UTC).")] = None,
+    limit: Annotated[int, typer.Option("-n", "--limit", min=0, max=10_000, help="Most recent N verdicts.")] = 20,
+    summary: Annotated[bool, typer.Option("--summary", help="Only the error counts (per user and overall).")] = False,
+    output: Annotated[OutputFormat, typer.Option("--format", help="text or JSON.")] = OutputFormat.text,
+    db: DbOption = None,
+) -> None:
+    """What the filter said about which message, and whether the user corrected it later.
+
+    A verdict is "corrected" when the user later gave the message the other
+    label (spam corrected to ham is a false positive, ham to spam a false
+    negative), "confirmed" when they gave the same label.
+
+    Example: spamtl history alice --since 2026-11-01 -n 50
+    """
+    with _errors():
+        from spamtl.errors import UsageError
+        from spamtl.services.history import history as load_history
+
+        if user is None and not summary:
+            raise UsageError("name a USER, or use --summary for every user")
+        result = load_history(_engine(_settings(db)), user=user, since=since, limit=limit, entries=not summary)
+        if output is OutputFormat.json:
+            _print_json(result.as_dict())
+            return
+        if not summary:
+            if not result.entries:
+                typer.echo(f"No verdicts logged for {user} yet.")
+            else:
+                typer.echo(f"{'classified (UTC)':<19}  {'id':<12}  {'verdict':<7} {'prob':>6}  {'model':>5}  "
+                           f"{'outcome':<20}  subject")
+            for e in result.entries:
+                outcome = f"{e.outcome} ({e.label})" if e.outcome else "-"
+                subject = (e.subject or "-").replace("\n", " ")[:60]
+                typer.echo(f"{e.classified_at:%Y-%m-%d %H:%M:%S}  {e.id}  {e.verdict:<7} {e.probability:6.4f}  "
+                           f"{'v' + str(e.model_version) if e.model_version else '-':>5}  {outcome:<20}  {subject}")
+            typer.echo("")
+        typer.echo(f"{'user':<14} {'verdicts':>8} {'labelled':>8} {'confirmed':>9} {'false pos':>9} "
+                   f"{'false neg':>9} {'unsure':>6}")
+        for c in [*result.users, result.overall] if result.user is None else result.users:
+            typer.echo(f"{c.user:<14} {c.classifications:>8} {c.labelled:>8} {c.confirmed:>9} "
+                       f"{c.false_positives:>9} {c.false_negatives:>9} {c.unsure_labelled:>6}")
+
+
+@app.command()
+def review(
+    user: Annotated[str, typer.Argument(metavar="USER", help="Whose mail to review.")],
+    n: Annotated[int, typer.Option("-n", "--limit", min=1, max=1000, help="How many messages.")] = 10,
+    output: Annotated[OutputFormat, typer.Option("--format", help="text or JSON.")] = OutputFormat.text,
+    db: DbOption = None,
+) -> None:
+    """List USER's unlabelled mail whose label would teach the filter most (near a cutoff, or where
+    the user's own model disagrees with everyone's); label them with `spamtl feedback USER --id ID`.
+
+    Example: spamtl review alice -n 5
+    """
+    with _errors():
+        from spamtl.services.review import review_queue
+
+        items = review_queue(_settings(db), user=user, n=n)
+        if output is OutputFormat.json:
+            _print_json([item.as_dict() for item in items])
+            return
+        if not items:
+            typer.echo(f"Nothing to review for {user}: no unlabelled classified mail with its text stored.")
+            return
+        typer.echo(f"{'id':<12}  {'verdict':<7} {'prob':>6}  {'why':<34}  subject")
+        for item in items:
+            subject = (item.subject or "-").replace("\n", " ")[:50]
+            typer.echo(f"{item.id}  {item.verdict:<7} {item.probability:6.4f}  {item.why:<34}  {subject}")
+        typer.echo(f"\nLabel one: spamtl feedback {user} --spam --id {items[0].id}   (or --ham)")

@@ -1,0 +1,175 @@
+"""One structured log line per verdict, feedback and training, for people and log tools.
+
+Format: ``key=value`` pairs (logfmt), one event per line, keys in a fixed order::
+
+    2026-11-25T11:40:02Z spamtl[4242] level=info event=verdict user=ann id=3f2c9a1b7e4d verdict=spam
+    probability=0.9876 cutoff=0.9000 version=3 reason=model
+
+(one line; wrapped here).  A value with spaces, quotes, ``=`` or non-ASCII
+characters is double-quoted with backslash escapes, so a line always parses
+back with :func:`parse_line`.  Lines NEVER hold message bodies or subjects (a
+subject can be as private as a body): only ids (the 12-hex sha256 prefix),
+user names, verdicts, probabilities, cutoffs, model versions and reasons.
+
+Where lines go is ``Settings.log_destination``: ``stderr`` (default),
+``syslog`` (``/dev/log``: journald and rsyslog read it), ``none``, or a file
+path (appended).  ``Settings.log_level`` filters them: verdict and feedback
+lines are INFO, trainings INFO (WARNING when not promoted), so at the default
+level ``warning`` a successful filter-mode run writes nothing to stderr.
+
+The daemon calls the same functions; a logging failure never fails a verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["LOGGER_NAME", "configure", "format_fields", "parse_line", "log_event", "log_verdict",
+           "log_feedback", "log_training"]
+
+LOGGER_NAME = "spamtl.events"
+MAX_VALUE_CHARS = 200
+"""A longer value is cut: a log line stays one readable line whatever a name holds."""
+_SAFE = re.compile(r"[A-Za-z0-9_.:@/+-]+")
+_configured: tuple[str, str] | None = None
+
+
+def _quote(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.4f}"
+    else:
+        text = str(value)
+    text = text[:MAX_VALUE_CHARS]
+    if text and _SAFE.fullmatch(text):
+        return text
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = escaped.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)
+    return f'"{escaped}"'
+
+
+def format_fields(fields: Mapping[str, Any]) -> str:
+    """``key=value`` pairs in the given order (values quoted where needed)."""
+    return " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
+
+
+_PAIR = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def parse_line(line: str) -> dict[str, str]:
+    """The key=value pairs of a log line (values unquoted; escapes kept as written except \\" and \\\\)."""
+    out = {}
+    for key, value in _PAIR.findall(line):
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        out[key] = value
+    return out
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, *, with_time: bool) -> None:
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None) or {"msg": record.getMessage()}
+        head = f"spamtl[{os.getpid()}]: level={record.levelname.lower()} "
+        if self.with_time:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+            head = f"{stamp} {head}"
+        return head + format_fields(fields)
+
+
+def _handler(destination: str) -> logging.Handler | None:
+    if destination == "none":
+        return None
+    if destination == "stderr":
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Formatter(with_time=True))
+        return handler
+    if destination == "syslog":
+        address: Any = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
+        handler = logging.handlers.SysLogHandler(address=address,
+                                                 facility=logging.handlers.SysLogHandler.LOG_MAIL)
+        handler.setFormatter(_Formatter(with_time=False))  # syslog stamps lines itself
+        return handler
+    handler = logging.FileHandler(os.path.expanduser(destination), encoding="utf-8", delay=True)
+    handler.setFormatter(_Formatter(with_time=True))
+    return handler
+
+
+def configure(settings: Any) -> logging.Logger:
+    """The event logger, set up for ``settings.log_destination`` and ``log_level`` (once per change)."""
+    global _configured
+    logger = logging.getLogger(LOGGER_NAME)
+    destination = str(getattr(settings, "log_destination", "stderr") or "none")
+    level = str(getattr(settings, "log_level", "warning")).lower()
+    key = (destination, level)
+    if _configured != key or (destination == "stderr" and not _stderr_current(logger)):
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+            old.close()
+        logger.propagate = False
+        logger.setLevel(getattr(logging, level.upper(), logging.WARNING))
+        try:
+            handler = _handler(destination)
+        except OSError as exc:  # e.g. no syslog socket: say so once, never fail a verdict for it
+            sys.stderr.write(f"warning: cannot log to {destination} ({exc}); logging to stderr\n")
+            handler = _handler("stderr")
+        if handler is not None:
+            logger.addHandler(handler)
+        else:
+            logger.addHandler(logging.NullHandler())
+        _configured = key
+    return logger
+
+
+def _stderr_current(logger: logging.Logger) -> bool:
+    # Tests (and CliRunner) swap sys.stderr; follow it rather than write to a closed stream.
+    return any(isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
+               for h in logger.handlers)
+
+
+def log_event(settings: Any, event: str, fields: Mapping[str, Any], *, level: int = logging.INFO) -> None:
+    """Log one event line; never raises (a broken log must not lose a verdict)."""
+    try:
+        logger = configure(settings)
+        if logger.isEnabledFor(level):
+            logger.log(level, event, extra={"fields": {"event": event, **fields}})
+    except Exception:  # noqa: BLE001 - logging is best effort by design
+        pass
+
+
+def log_verdict(settings: Any, verdict: Any, *, origin: str | None = None) -> None:
+    """One line for a verdict (a :class:`~spamtl.services.classify.Verdict`): ids and numbers, no subject."""
+    log_event(settings, "verdict", {
+        "user": verdict.user, "id": verdict.short_id, "verdict": verdict.verdict,
+        "probability": float(verdict.probability), "cutoff": float(verdict.spam_cutoff),
+        "version": verdict.model_version, "reason": verdict.reason,
+        **({"origin": origin} if origin else {})})
+
+
+def log_feedback(settings: Any, *, user: str, sha256: str, label: str, previous: str | None,
+                 version: int | None, before: float | None, after: float | None) -> None:
+    """One line for a user's correction and the refit it caused."""
+    log_event(settings, "feedback", {
+        "user": user, "id": sha256[:12], "label": label, "previous": previous, "version": version,
+        "probability_before": before, "probability_after": after})
+
+
+def log_training(settings: Any, *, version: int | None, promoted: bool, reason: str, users: int, messages: int,
+                 seconds: float) -> None:
+    """One line per training (WARNING when the candidate was not promoted: someone should look)."""
+    log_event(settings, "training", {
+        "version": version, "promoted": "yes" if promoted else "no", "users": users, "messages": messages,
+        "seconds": round(seconds, 1), "reason": reason},
+        level=logging.INFO if promoted else logging.WARNING)

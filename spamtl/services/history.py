@@ -1,0 +1,166 @@
+"""What spamtl said about which message, and whether the user later corrected it.
+
+A classification is *corrected* when the user labelled that message after it
+was classified, with the other label (their latest such label counts);
+*confirmed* when the label agrees; *labelled* when the verdict was unsure.
+A false positive is a spam verdict corrected to ham; a false negative a ham
+verdict corrected to spam.  The error counts take, per (user, message), the
+user's latest label and the last classification made before it, so a
+message classified twice and corrected once counts once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from spamtl.config import validate_name
+from spamtl.errors import UsageError
+from spamtl.store import log_queries, queries
+from spamtl.store.db import check_schema, translate_errors
+
+__all__ = ["HistoryEntry", "ErrorCounts", "History", "history", "MAX_ENTRIES"]
+
+MAX_ENTRIES = 10_000
+"""Most classifications one ``history`` call lists (``-n`` is capped here)."""
+
+
+@dataclass
+class HistoryEntry:
+    id: str
+    sha256: str
+    message_id: str | None
+    subject: str | None
+    classified_at: datetime
+    verdict: str
+    probability: float
+    model_version: int | None
+    outcome: str | None = None  # corrected | confirmed | labelled | None (no label since)
+    label: str | None = None
+    labelled_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "sha256": self.sha256, "message_id": self.message_id, "subject": self.subject,
+                "classified_at": self.classified_at.isoformat(sep=" "), "verdict": self.verdict,
+                "probability": round(self.probability, 6), "model_version": self.model_version,
+                "outcome": self.outcome, "label": self.label,
+                "labelled_at": self.labelled_at.isoformat(sep=" ") if self.labelled_at else None}
+
+
+@dataclass
+class ErrorCounts:
+    user: str
+    classifications: int = 0
+    labelled: int = 0  # messages the user labelled after a classification
+    confirmed: int = 0
+    false_positives: int = 0  # said spam, user says ham
+    false_negatives: int = 0  # said ham, user says spam
+    unsure_labelled: int = 0
+
+    def add(self, other: ErrorCounts) -> None:
+        for name in ("classifications", "labelled", "confirmed", "false_positives", "false_negatives",
+                     "unsure_labelled"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class History:
+    user: str | None
+    since: datetime | None
+    entries: list[HistoryEntry]
+    users: list[ErrorCounts]
+    overall: ErrorCounts = field(default_factory=lambda: ErrorCounts(user="ALL"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "since": self.since.isoformat(sep=" ") if self.since else None,
+                "entries": [e.as_dict() for e in self.entries],
+                "summary": {"users": [c.as_dict() for c in self.users], "overall": self.overall.as_dict()}}
+
+
+def _outcome(verdict: str, label: str) -> str:
+    if verdict not in ("spam", "ham"):
+        return "labelled"
+    return "confirmed" if verdict == label else "corrected"
+
+
+def history(engine: Engine, *, user: str | None, since: datetime | None = None, limit: int = 20,
+            entries: bool = True) -> History:
+    """The classification log of ``user`` (newest first, at most ``limit``) and error counts.
+
+    With ``user`` None, no entries: error counts for every user and overall.
+    """
+    if user is not None:
+        validate_name(user)
+    limit = max(0, min(int(limit), MAX_ENTRIES))
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session:
+        user_id = None
+        if user is not None:
+            row = queries.get_user(session=session, name=user)
+            if row is None:
+                raise UsageError(f"no user {user!r} in the store; `spamtl users` lists them")
+            user_id = row.id
+        items: list[HistoryEntry] = []
+        if user_id is not None and entries and limit:
+            rows = log_queries.recent_classifications(session=session, user_id=user_id, since=since, limit=limit)
+            labels = log_queries.labels_of(session=session, user_id=user_id, message_pks=[r.message_id for r in rows])
+            by_message: dict[int, list[Any]] = defaultdict(list)
+            for lab in labels:
+                by_message[lab.message_id].append(lab)
+            for r in rows:
+                entry = HistoryEntry(id=r.sha256[:12], sha256=r.sha256, message_id=r.mid, subject=r.subject,
+                                     classified_at=r.created_at, verdict=r.verdict, probability=float(r.probability),
+                                     model_version=r.model_version_id)
+                after = [lab for lab in by_message.get(r.message_id, []) if lab.created_at >= r.created_at]
+                if after:
+                    latest = after[-1]
+                    entry.label, entry.labelled_at = latest.label, latest.created_at
+                    entry.outcome = _outcome(r.verdict, latest.label)
+                items.append(entry)
+        counts = {name: ErrorCounts(user=name, classifications=n) for name, n in
+                  log_queries.classification_counts(session=session, user_id=user_id, since=since).items()}
+        classified = log_queries.labelled_classifications(session=session, user_id=user_id, since=since)
+        pairs: dict[tuple[int, int], list[Any]] = defaultdict(list)
+        names: dict[int, str] = {}
+        for c in classified:
+            pairs[(c.user_id, c.message_id)].append(c)
+            names[c.user_id] = c.name
+        per_user: dict[int, list[int]] = defaultdict(list)
+        for uid, pk in pairs:
+            per_user[uid].append(pk)
+        for uid, pks in per_user.items():
+            labels_by_pk: dict[int, list[Any]] = defaultdict(list)
+            for lab in log_queries.labels_of(session=session, user_id=uid, message_pks=pks):
+                labels_by_pk[lab.message_id].append(lab)
+            tally = counts.setdefault(names[uid], ErrorCounts(user=names[uid]))
+            for pk in pks:
+                if not labels_by_pk.get(pk):
+                    continue
+                final = labels_by_pk[pk][-1]
+                before = [c for c in pairs[(uid, pk)] if c.created_at <= final.created_at]
+                if not before:
+                    continue
+                verdict = before[-1].verdict
+                tally.labelled += 1
+                outcome = _outcome(verdict, final.label)
+                if outcome == "confirmed":
+                    tally.confirmed += 1
+                elif outcome == "labelled":
+                    tally.unsure_labelled += 1
+                elif verdict == "spam":
+                    tally.false_positives += 1
+                else:
+                    tally.false_negatives += 1
+    users = [counts[name] for name in sorted(counts)]
+    overall = ErrorCounts(user="ALL")
+    for c in users:
+        overall.add(c)
+    return History(user=user, since=since, entries=items, users=users, overall=overall)
