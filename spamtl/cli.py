@@ -502,7 +502,7 @@ def pass_through(code: int) -> int:
 
 def _filter_headers(settings: Settings, user: str, raw: bytes) -> list[tuple[str, str]]:
     from spamtl.config import validate_name
-    from spamtl.services.classify import VerdictLogger, open_reader, prepare
+    from spamtl.services.classify import VerdictLogger, open_reader, prepare, verdict_headers
 
     validate_name(user)
     reader = open_reader(settings)
@@ -513,10 +513,7 @@ def _filter_headers(settings: Settings, user: str, raw: bytes) -> list[tuple[str
         VerdictLogger(reader.store, create_users=settings.auto_create_users).log(model, [(message, verdict)], _now())
     finally:
         reader.store.close()
-    headers = [("X-Spamtl-Status", verdict.header_value())]
-    if verdict.verdict == "spam":
-        headers.append(("X-Spam-Flag", "YES"))
-    return headers
+    return verdict_headers(verdict)
 
 
 @app.command()
