@@ -682,3 +682,4 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+from spamtl import cli_serve as _cli_serve  # noqa: E402,F401  registers commands
