@@ -577,7 +577,7 @@ def pass_through(code: int) -> int:
 
 def _filter_headers(settings: Settings, user: str, raw: bytes) -> list[tuple[str, str]]:
     from spamtl.config import validate_name
-    from spamtl.services.classify import VerdictLogger, open_reader, prepare
+    from spamtl.services.classify import VerdictLogger, open_reader, prepare, verdict_headers
 
     validate_name(user)
     reader = open_reader(settings)
@@ -586,9 +586,7 @@ def _filter_headers(settings: Settings, user: str, raw: bytes) -> list[tuple[str
         message = prepare(raw)
         verdict = reader.classify(model, message, "<stdin>")
         VerdictLogger(reader.store, create_users=settings.auto_create_users).log(model, [(message, verdict)], _now())
-        headers = [("X-Spamtl-Status", verdict.header_value())]
-        if verdict.verdict == "spam":
-            headers.append(("X-Spam-Flag", "YES"))
+        headers = verdict_headers(verdict)
         if settings.filter_report:
             from spamtl.services.explain import explain, report_header
 
@@ -682,7 +680,9 @@ def classify(
 @app.command()
 def feedback(
     user: Annotated[str, typer.Argument(metavar="USER", help="Who is correcting the filter.")],
-    path: Annotated[str | None, typer.Argument(metavar="[PATH|-]", help="The message (file or - for stdin).")] = None,
+    paths: Annotated[list[str] | None, typer.Argument(
+        metavar="[PATH|-]...", help="The message (file, or - / nothing for stdin), or many: files, directories, "
+                                    "Maildirs, mbox files.")] = None,
     spam: Annotated[bool, typer.Option("--spam", help="The message is spam.")] = False,
     ham: Annotated[bool, typer.Option("--ham", help="The message is not spam.")] = False,
     ref: Annotated[str | None, typer.Option("--id", metavar="SHA256_OR_MESSAGE_ID",
@@ -690,34 +690,45 @@ def feedback(
     output: Annotated[OutputFormat, typer.Option("--format", help="Result as text or JSON.")] = OutputFormat.text,
     db: DbOption = None,
 ) -> None:
-    """Tell the filter a message was spam or ham for USER; their model is refitted at once.
+    """Tell the filter mail was spam or ham for USER; their model is refitted at once.
 
-    Only USER's personal weights change; every other user's scores stay the same.
+    Only USER's personal weights change; every other user's scores stay the
+    same.  Give one message, or whole folders (a Junk Maildir, an mbox): the
+    labels are stored in chunks and USER is refitted once at the end.
 
     Example: spamtl feedback alice --spam < missed-spam.eml
+             spamtl feedback alice --spam ~/Maildir/.Junk/cur ~/Maildir/.Junk/new
     """
     with _errors():
         from spamtl.errors import UsageError
-        from spamtl.services.feedback import record_feedback
+        from spamtl.services.feedback import record_feedback, record_feedback_batch
 
         if spam == ham:
             raise UsageError("say either --spam or --ham")
-        if ref is not None and path is not None:
+        paths = [p for p in paths or [] if p != "-"] if paths != ["-"] else []
+        if ref is not None and paths:
             raise UsageError("give either a message or --id, not both")
+        label = "spam" if spam else "ham"
+        settings = _settings(db)
+        if ref is None and paths and not _is_one_message(paths):
+            progress = _Progress(f"feedback for {user}")
+            batch = record_feedback_batch(_engine(settings), settings, user=user, label=label, paths=paths,
+                                          now=_now(), progress=progress)
+            progress.finish()
+            _print_feedback_batch(batch, output)
+            return
         raw = None
         if ref is None:
-            if path in (None, "-"):
+            if not paths:
                 raw = sys.stdin.buffer.read()
             else:
                 try:
-                    raw = Path(path).read_bytes()
+                    raw = Path(paths[0]).read_bytes()
                 except OSError as exc:
-                    raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+                    raise UsageError(f"cannot read {paths[0]}: {exc.strerror or exc}") from None
             if not raw.strip():
                 raise UsageError("the message is empty")
-        settings = _settings(db)
-        result = record_feedback(_engine(settings), settings, user=user, label="spam" if spam else "ham",
-                                 raw=raw, ref=ref, now=_now())
+        result = record_feedback(_engine(settings), settings, user=user, label=label, raw=raw, ref=ref, now=_now())
         if output is OutputFormat.json:
             _print_json(result.as_dict())
             return
@@ -731,6 +742,34 @@ def feedback(
                        f"{result.probability_after:.4f}")
 
 
+def _is_one_message(paths: list[str]) -> bool:
+    """One plain file that is not an mbox (nor gzip): the single-message form of `feedback`."""
+    if len(paths) != 1 or not Path(paths[0]).is_file():
+        return False
+    try:
+        with open(paths[0], "rb") as fh:
+            head = fh.read(5)
+    except OSError:
+        return True  # reported as unreadable by the single-message path
+    return not head.startswith((b"From ", b"\x1f\x8b"))
+
+
+def _print_feedback_batch(batch: Any, output: OutputFormat) -> None:
+    if output is OutputFormat.json:
+        _print_json(batch.as_dict())
+        return
+    typer.echo(f"Recorded {batch.label} for {batch.user}: {batch.messages} messages ({batch.new} new, "
+               f"{batch.relabelled} relabelled, {batch.unchanged} already {batch.label}), "
+               f"{len(batch.unreadable)} unreadable")
+    for path, reason in batch.unreadable[:50]:
+        typer.echo(f"  unreadable: {path}: {reason}", err=True)
+    if batch.model_version is not None and (batch.new or batch.relabelled):
+        typer.echo(f"Refitted {batch.user}'s personal weights in model v{batch.model_version} on "
+                   f"{batch.user_labels} labels.")
+    elif batch.new or batch.relabelled:
+        typer.echo("No model yet: the labels will be used by the next `spamtl train`.")
+
+
 def main() -> None:
     """Entry point of the ``spamtl`` script."""
     app()
@@ -740,3 +779,4 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 from spamtl import cli_config as _cli_config  # noqa: E402,F401  registers commands
 from spamtl import cli_explain as _cli_explain  # noqa: E402,F401  registers commands
+from spamtl import cli_serve as _cli_serve  # noqa: E402,F401  registers commands

@@ -41,6 +41,15 @@ class Settings:
     max_message_bytes: int = 512_000
     # classify registers a user it does not know (and logs their verdicts) only when this is set.
     auto_create_users: bool = False
+    # spamtl serve: worker processes (scoring is CPU-bound under the GIL: one per core; this machine has 2).
+    serve_workers: int = 2
+    # spamtl serve: connections served at once over all workers (more get EX_TEMPFAIL and spamc passes
+    # the mail through); 64 is 8 times spamd's default --max-children and far below the fd limit.
+    serve_max_connections: int = 64
+    # spamtl serve: seconds a client has to send a whole request (spamd's --timeout-tcp default).
+    serve_read_timeout: float = 30.0
+    # spamtl serve: seconds between two checks of the store generation; changes are seen within this.
+    serve_refresh_interval: float = 0.25
     # Per-user cutoffs from the configuration: user -> (spam_cutoff, ham_cutoff).
     user_cutoffs: dict[str, tuple[float, float]] = field(default_factory=dict)
     # Highest ham false-positive rate a training may choose a user's spam cutoff for (issue 13 owns

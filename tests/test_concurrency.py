@@ -92,15 +92,51 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_same_new_message_classified_for_many_users_at_once(trained: str) -> None:
-    from spamtl.services.classify import classify_messages
+    """Every classifier looks the message up, finds nothing, and inserts it at the same moment.
+
+    The classify path writes through its own DB-API connection (spamtl.store.lite), so
+    the racers are lined up in front of its ``INSERT INTO messages`` directly.  On SQLite
+    the logger's BEGIN IMMEDIATE serialises writers before that point (the barrier then
+    times out and lets them go one by one); on PostgreSQL they really collide.
+    """
+    from spamtl.services.classify import classify_messages, open_reader
 
     raw = make_mail("brand new", "never seen before", message_id="race-1@example")
     settings = Settings(database_url=trained)
+    serialised = trained.startswith("sqlite")
+    barrier = threading.Barrier(len(USERS), timeout=2 if serialised else 20)
+    errors: list[BaseException] = []
 
-    def job(user: str) -> Callable[[Engine], object]:
-        return lambda eng: list(classify_messages(eng, settings, user=user, mails=[RawMail("m", raw)], now=NOW))
+    def job(user: str) -> None:
+        try:
+            reader = open_reader(settings)  # in the thread: an sqlite3 connection stays in its thread
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            return
+        original = reader.store.execute
 
-    assert _race([job(u) for u in USERS], trained, "messages") == []
+        def execute(statement: str, params: dict[str, Any] | None = None) -> Any:
+            if statement.startswith("INSERT INTO messages"):
+                try:
+                    barrier.wait()
+                except threading.BrokenBarrierError:
+                    pass
+            return original(statement, params)
+
+        reader.store.execute = execute  # type: ignore[method-assign]
+        try:
+            list(classify_messages(reader, user=user, mails=[RawMail("m", raw)], now=NOW))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted on
+            errors.append(exc)
+        finally:
+            reader.store.close()
+
+    threads = [threading.Thread(target=job, args=(u,)) for u in USERS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
     assert count_rows(trained, "messages", "WHERE message_id = 'race-1@example'") == 1
     assert count_rows(trained, "classifications c JOIN messages m ON m.id = c.message_id",
                       "WHERE m.message_id = 'race-1@example'") == len(USERS)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,15 +16,18 @@ from sqlalchemy.orm import Session
 from spamtl.config import Settings, validate_name
 from spamtl.errors import NoModelError, UsageError
 from spamtl.features import FeatureConfig, rows_to_csr
+from spamtl.mail import strip_own_headers
 from spamtl.scoring import SparsePart, sigmoid
 from spamtl.services.dataset import feature_rows
-from spamtl.services.importing import store_messages
+from spamtl.services.importing import _batches, sha256_hex, store_messages
 from spamtl.services.models import load_user_slice
+from spamtl.sources import RawMail, Unreadable, iter_mail
 from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
 from spamtl.store.schema import LABELS, Message
 
-__all__ = ["FeedbackResult", "record_feedback"]
+__all__ = ["FeedbackResult", "FeedbackBatchResult", "ForgetResult", "record_feedback", "record_feedback_batch",
+           "forget_feedback"]
 
 _HEX_RE = re.compile(r"[0-9a-f]{1,64}")
 MIN_PREFIX_CHARS = 12
@@ -42,6 +47,45 @@ class FeedbackResult:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class FeedbackBatchResult:
+    """What a many-message feedback did: labels stored per kind, then one refit."""
+
+    user: str
+    label: str
+    new: int = 0  # messages this user had not labelled
+    relabelled: int = 0  # labelled the other way before: the new label wins
+    unchanged: int = 0  # already labelled this way: nothing stored
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    model_version: int | None = None
+    probability_before: float | None = None  # not meaningful for a batch; kept for the refit's interface
+    probability_after: float | None = None
+    user_labels: int = 0
+
+    @property
+    def messages(self) -> int:
+        return self.new + self.relabelled + self.unchanged
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "label": self.label, "messages": self.messages, "new": self.new,
+                "relabelled": self.relabelled, "unchanged": self.unchanged,
+                "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
+                "model_version": self.model_version, "user_labels": self.user_labels}
+
+
+@dataclass
+class ForgetResult:
+    """A ``Remove: local`` (spamc ``-L forget``): the user's labels of one message removed, user refitted."""
+
+    user: str
+    sha256: str
+    removed: int
+    model_version: int | None = None
+    probability_before: float | None = None
+    probability_after: float | None = None
+    user_labels: int = 0
 
 
 def _resolve(session: Session, raw: bytes | None, ref: str | None, now: datetime) -> int:
@@ -97,10 +141,7 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
                                                    "source": "feedback", "created_at": now}])
     result = FeedbackResult(user=user, sha256=sha, label=label, previous_label=previous, model_version=None,
                             probability_before=None, probability_after=None, user_labels=0)
-    try:
-        _refit_user(engine, result, user=user, user_id=user_id, group=group, message_pk=pk)
-    except NoModelError:
-        pass
+    _refit_if_model(engine, result, user=user, user_id=user_id, group=group, message_pk=pk)
     from spamtl.logs import log_feedback
 
     log_feedback(settings, user=user, sha256=sha, label=label, previous=previous, version=result.model_version,
@@ -108,8 +149,87 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
     return result
 
 
-def _refit_user(engine: Engine, result: FeedbackResult, *, user: str, user_id: int, group: str | None,
-                message_pk: int) -> None:
+def record_feedback_batch(engine: Engine, settings: Settings, *, user: str, label: str, paths: Sequence[str],
+                          now: datetime, progress: Callable[[int], None] | None = None) -> FeedbackBatchResult:
+    """Record ``label`` for every message under ``paths`` (files, Maildirs, mboxes) and refit ``user`` once.
+
+    Labels are stored in chunks of ``settings.chunk_size`` (one transaction
+    each, so an interrupted run keeps what was committed); a message the user
+    already labelled this way stores nothing.  The personal weights are
+    refitted once, at the end, on all the user's labels.
+    """
+    if label not in LABELS:
+        raise UsageError(f"unknown label {label!r}; use one of: {', '.join(LABELS)}")
+    validate_name(user)
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"no such file or directory: {missing[0]}")
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session, session.begin():
+        db_user = queries.get_or_create_user(session=session, name=user, group=None, now=now)
+        user_id, group = db_user.id, db_user.group_name
+    result = FeedbackBatchResult(user=user, label=label)
+    for batch in _batches(iter_mail(paths), max(1, settings.chunk_size)):
+        mails = [m for m in batch if isinstance(m, RawMail)]
+        result.unreadable += [(m.origin, m.reason) for m in batch if isinstance(m, Unreadable)]
+        _store_labels(engine, result, user_id=user_id, label=label, raws=[m.raw for m in mails], now=now)
+        if progress is not None:
+            progress(len(batch))
+    if result.new or result.relabelled:
+        _refit_if_model(engine, result, user=user, user_id=user_id, group=group, message_pk=None)
+    return result
+
+
+def _store_labels(engine: Engine, result: FeedbackBatchResult, *, user_id: int, label: str, raws: list[bytes],
+                  now: datetime) -> None:
+    with translate_errors(), Session(engine) as session, session.begin():
+        pks = store_messages(session=session, raws=raws, now=now)
+        current = queries.latest_labels(session=session, user_id=user_id, message_ids=pks)
+        rows = []
+        for pk in pks:
+            previous = current.get(pk)
+            if previous == label:
+                result.unchanged += 1
+                continue
+            if previous is None:
+                result.new += 1
+            else:
+                result.relabelled += 1
+            current[pk] = label  # the same message twice in one batch counts once
+            rows.append({"user_id": user_id, "message_id": pk, "label": label, "source": "feedback",
+                         "created_at": now})
+        queries.add_labels(session=session, rows=rows)
+
+
+def forget_feedback(engine: Engine, settings: Settings, *, user: str, raw: bytes, now: datetime) -> ForgetResult:
+    """Remove ``user``'s labels of this message (every one, history included) and refit ``user``."""
+    validate_name(user)
+    check_schema(engine)
+    sha = sha256_hex(strip_own_headers(raw))
+    with translate_errors(), Session(engine) as session, session.begin():
+        db_user = queries.get_user(session=session, name=user)
+        found = queries.message_ids_by_sha(session=session, shas=[sha])
+        if db_user is None or sha not in found:
+            return ForgetResult(user=user, sha256=sha, removed=0)
+        user_id, group = db_user.id, db_user.group_name
+        removed = queries.delete_labels(session=session, user_id=user_id, message_ids=[found[sha]])
+    result = ForgetResult(user=user, sha256=sha, removed=removed)
+    if removed:
+        _refit_if_model(engine, result, user=user, user_id=user_id, group=group, message_pk=found[sha])
+    return result
+
+
+def _refit_if_model(engine: Engine, result: Any, *, user: str, user_id: int, group: str | None,
+                    message_pk: int | None) -> None:
+    """The one refit call of every feedback path (no model yet: the labels wait for `spamtl train`)."""
+    try:
+        _refit_user(engine, result, user=user, user_id=user_id, group=group, message_pk=message_pk)
+    except NoModelError:
+        pass
+
+
+def _refit_user(engine: Engine, result: Any, *, user: str, user_id: int, group: str | None,
+                message_pk: int | None) -> None:
     from spamtl._objective import fit_single_task, task_weights
 
     with translate_errors(), Session(engine) as session:
@@ -117,9 +237,11 @@ def _refit_user(engine: Engine, result: FeedbackResult, *, user: str, user_id: i
         version_id, feature_key, params = version.id, version.feature_key, dict(version.params)
         labels = queries.current_labels(session=session, users=[user])
     config = FeatureConfig.from_key(feature_key)
-    rows = feature_rows(engine, [lab.message_pk for lab in labels] + [message_pk], config)
+    extra = [message_pk] if message_pk is not None else []
+    rows = feature_rows(engine, [lab.message_pk for lab in labels] + extra, config)
     result.model_version = version_id
-    result.probability_before = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
+    if message_pk is not None:
+        result.probability_before = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
     y = np.array([1.0 if lab.is_spam else -1.0 for lab in labels])
     X = rows_to_csr([rows[lab.message_pk] for lab in labels], config.n_features)
     if weights.idf is not None:  # the version's own idf: fixed until the next training
@@ -132,17 +254,21 @@ def _refit_user(engine: Engine, result: FeedbackResult, *, user: str, user_id: i
     if user_group in weights.groups:
         offset[weights.groups[user_group].cols] += weights.groups[user_group].values
         offset_b += weights.groups[user_group].intercept
-    old = weights.tasks.get(user, SparsePart.empty())
-    weight = float(task_weights(np.array([len(y)]), params.get("task_weighting", "sample"),
-                                params.get("weight_scale"))[0])
-    cols, values, intercept, _ = fit_single_task(
-        X, y, offset, offset_b, weight=weight, alpha=float(params["alpha"]), mu=float(params["mu"]),
-        init_cols=old.cols, init_values=old.values, init_intercept=old.intercept,
-        tol=float(params.get("tol", 1e-5)), max_iter=int(params.get("max_iter", 500)))
-    part = SparsePart(cols.astype(np.int64), values, intercept)
+    if len(y) == 0:  # every label forgotten: the user is scored by the shared (+ group) part again
+        part = SparsePart.empty()
+    else:
+        old = weights.tasks.get(user, SparsePart.empty())
+        weight = float(task_weights(np.array([len(y)]), params.get("task_weighting", "sample"),
+                                    params.get("weight_scale"))[0])
+        cols, values, intercept, _ = fit_single_task(
+            X, y, offset, offset_b, weight=weight, alpha=float(params["alpha"]), mu=float(params["mu"]),
+            init_cols=old.cols, init_values=old.values, init_intercept=old.intercept,
+            tol=float(params.get("tol", 1e-5)), max_iter=int(params.get("max_iter", 500)))
+        part = SparsePart(cols.astype(np.int64), values, intercept)
     weights.tasks[user] = part
     weights.task_groups[user] = user_group
-    result.probability_after = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
+    if message_pk is not None:
+        result.probability_after = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
     result.user_labels = len(y)
     with translate_errors(), Session(engine) as session, session.begin():
         queries.upsert_model_part(session=session, version_id=version_id, kind="user", name=user,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, func, insert, select, update
+from sqlalchemy import Insert, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from spamtl.store.schema import (
@@ -141,6 +141,15 @@ def latest_labels(*, session: Session, user_id: int, message_ids: Sequence[int])
 def add_labels(*, session: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
         session.execute(insert(Label), rows)
+
+
+def delete_labels(*, session: Session, user_id: int, message_ids: Sequence[int]) -> int:
+    """Remove every label (history included) one user gave these messages; the number removed."""
+    removed = 0
+    for chunk in _chunks(list(message_ids)):
+        removed += session.execute(delete(Label).where(Label.user_id == user_id,
+                                                       Label.message_id.in_(chunk))).rowcount or 0
+    return removed
 
 
 def _current_labels_subquery(user_ids: Sequence[int] | None = None) -> Any:
