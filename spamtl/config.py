@@ -70,12 +70,17 @@ class Settings:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
     def verdict(self, probability: float) -> str:
-        """spam at or above spam_cutoff, ham at or below ham_cutoff, unsure between."""
-        if probability >= self.spam_cutoff:
-            return "spam"
-        if probability <= self.ham_cutoff:
-            return "ham"
-        return "unsure"
+        """The verdict at the global cutoffs (see :func:`verdict_at`)."""
+        return verdict_at(probability, self.spam_cutoff, self.ham_cutoff)
+
+
+def verdict_at(probability: float, spam_cutoff: float, ham_cutoff: float) -> str:
+    """spam at or above ``spam_cutoff``, ham at or below ``ham_cutoff``, unsure between (SpamBayes' band)."""
+    if probability >= spam_cutoff:
+        return "spam"
+    if probability <= ham_cutoff:
+        return "ham"
+    return "unsure"
 
 
 NAME_MAX_CHARS = 255

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from spamtl.config import Settings
+from spamtl.config import Settings, verdict_at
 from spamtl.errors import DatabaseError, NoModelError
 from spamtl.features import FeatureConfig, IdfWeights, featurize
 from spamtl.mail import parse_message, strip_own_headers
@@ -131,12 +131,8 @@ class UserModel:
         return sigmoid(z), warnings, parsed
 
     def verdict(self, probability: float) -> str:
-        """spam at or above this user's spam cutoff, ham at or below the ham cutoff, unsure between."""
-        if probability >= self.spam_cutoff:
-            return "spam"
-        if probability <= self.ham_cutoff:
-            return "ham"
-        return "unsure"
+        """The verdict at this user's cutoffs."""
+        return verdict_at(probability, self.spam_cutoff, self.ham_cutoff)
 
 
 def dense_base(weights: ModelWeights, group: str | None) -> tuple[np.ndarray, float]:
