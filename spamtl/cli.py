@@ -210,9 +210,11 @@ def train(
 ) -> None:
     """Retrain on all current labels (the nightly job).
 
-    Fits a candidate warm-started from the active model, compares both on each
-    user's most recent held-out mail and promotes the candidate only if it is
-    not worse.  A crash or kill leaves the active model untouched.
+    Fits a candidate on every label (warm-started from the active model),
+    compares it with the active model on mail neither was fitted on, sets each
+    user's spam cutoff, and promotes the candidate only if it is not worse;
+    otherwise exits 3 and the active model stays.  A crash or kill leaves the
+    active model untouched.
 
     Example: spamtl train --format json   (cron: 15 3 * * *  spamtl train --format json >> /var/log/spamtl-train.log)
     """
@@ -233,10 +235,14 @@ def train(
         progress.finish()
         if output is OutputFormat.json:
             _print_json(result.as_dict())
-            return
-        verdict = "promoted to active" if result.promoted else "NOT promoted"
-        typer.echo(f"Model v{result.version} {verdict}: {result.reason}")
-        typer.echo(f"{result.users} users, {result.messages} labelled messages, {result.seconds:.1f} s")
+        else:
+            verdict = "promoted to active" if result.promoted else "NOT promoted"
+            typer.echo(f"Model v{result.version} {verdict}: {result.reason}")
+            typer.echo(f"{result.users} users, {result.messages} labelled messages, {result.seconds:.1f} s")
+        if not result.promoted:
+            from spamtl.services.training import EXIT_REFUSED
+
+            raise typer.Exit(EXIT_REFUSED)
 
 
 models_app = typer.Typer(no_args_is_help=False,

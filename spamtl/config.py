@@ -31,9 +31,30 @@ class Settings:
     idf: bool = True  # reweight rows by inverse document frequency (see README, "Features")
     tol: float = 1e-5
     max_iter: int = 500
-    holdout_fraction: float = 0.15
+    holdout_fraction: float = 0.15  # `spamtl evaluate --chronological` only; training holds nothing out
     holdout_min: int = 2
+    # Nightly training (README, "Nightly training"): K folds, grouped by message, give every label an
+    # out-of-sample score of the candidate configuration; 3 keeps the cost near 3 fits of 2/3 of the data.
+    cv_folds: int = 3
+    # The gate refuses a candidate only if its mean log loss (per user, then over users) on mail neither
+    # model was fitted on exceeds the active model's by more than promote_tolerance (nats) plus
+    # promote_margin_se standard errors of the paired difference: with a few dozen comparable messages,
+    # noise alone must not block a night (ties promote).
     promote_tolerance: float = 0.0
+    promote_margin_se: float = 2.0
+    # Per-user spam cutoffs set at training for this ham false-positive rate (0 disables them: every
+    # user keeps spam_cutoff/ham_cutoff).  0.1 %: bogofilter's ham FPR on real mail is 0.08-0.17 %.
+    target_ham_fpr: float = 0.001
+    # A user's own cutoff is weighted n_ham / (n_ham + cutoff_shrinkage) against the shared one (in
+    # log-odds): 100 ham count half, since a 0.1 % quantile of fewer ham is really their maximum.
+    cutoff_shrinkage: float = 100.0
+    # A trained spam cutoff is never below this: it never calls spam what the model finds more likely ham.
+    min_spam_cutoff: float = 0.5
+    # A feedback refit weighs the user's feedback labels this much more than imported ones (corrections
+    # are the newest, hardest mail), and doubles the corrected message's weight (at most
+    # feedback_max_doublings times) until the refit model puts it on the user's side of their cutoff.
+    feedback_weight: float = 4.0
+    feedback_max_doublings: int = 8
     chunk_size: int = 1000
     seed: int = 0
     # Filter mode passes larger messages through unscanned (spamc's --max-size default is 500 KB).
@@ -46,6 +67,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.ham_cutoff <= self.spam_cutoff <= 1.0:
             raise ValueError("cutoffs must satisfy 0 <= ham_cutoff <= spam_cutoff <= 1")
+        if not 0.0 <= self.target_ham_fpr < 1.0:
+            raise ValueError("target_ham_fpr must be in [0, 1)")
 
     def verdict(self, probability: float) -> str:
         """spam at or above spam_cutoff, ham at or below ham_cutoff, unsure between."""
