@@ -182,25 +182,29 @@ def users(
     output: Annotated[OutputFormat, typer.Option("--format", help="text table or JSON list.")] = OutputFormat.text,
     db: DbOption = None,
 ) -> None:
-    """List users with their group and current ham and spam label counts.
+    """List users with their group, current ham and spam label counts, and spam cutoff with its source.
 
     Example: spamtl users --format json
     """
     with _errors():
         from spamtl.services.reports import list_users
 
-        rows = list_users(_engine(_settings(db)))
+        settings = _settings(db)
+        rows = list_users(_engine(settings), settings)
         if output is OutputFormat.json:
-            _print_json([{"user": r.user, "group": r.group, "ham": r.ham, "spam": r.spam} for r in rows])
+            _print_json([{"user": r.user, "group": r.group, "ham": r.ham, "spam": r.spam,
+                          "spam_cutoff": r.spam_cutoff, "ham_cutoff": r.ham_cutoff,
+                          "cutoff_source": r.cutoff_source} for r in rows])
             return
         if not rows:
             typer.echo("No users yet; add mail with `spamtl import USER PATH --label spam|ham`.")
             return
         width = max(4, *(len(r.user) for r in rows))
         gwidth = max(5, *(len(r.group or "-") for r in rows))
-        typer.echo(f"{'user':<{width}}  {'group':<{gwidth}}  {'ham':>7}  {'spam':>7}")
+        typer.echo(f"{'user':<{width}}  {'group':<{gwidth}}  {'ham':>7}  {'spam':>7}  {'cutoff':>7}  source")
         for r in rows:
-            typer.echo(f"{r.user:<{width}}  {r.group or '-':<{gwidth}}  {r.ham:>7}  {r.spam:>7}")
+            typer.echo(f"{r.user:<{width}}  {r.group or '-':<{gwidth}}  {r.ham:>7}  {r.spam:>7}  "
+                       f"{r.spam_cutoff:7.4f}  {r.cutoff_source}")
 
 
 @app.command()
@@ -650,3 +654,4 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+from spamtl import cli_cutoffs as _cli_cutoffs  # noqa: E402,F401  registers commands

@@ -24,7 +24,10 @@ def run(db_url: str, *args: str, input: bytes | None = None):  # type: ignore[no
 def users_json(db_url: str) -> list[dict[str, object]]:
     result = run(db_url, "users", "--format", "json")
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    rows = json.loads(result.stdout)
+    for row in rows:  # the cutoff columns are tested in tests/test_cutoffs.py
+        assert {row.pop("spam_cutoff"), row.pop("ham_cutoff"), row.pop("cutoff_source")} == {0.9, 0.2, "global setting"}
+    return rows
 
 
 @pytest.fixture
@@ -71,8 +74,8 @@ def test_import_users_and_idempotence(tmp_path: Path, mail_tree: dict[str, Path]
     con = sqlite3.connect(tmp_path / "cli.sqlite3")
     assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 10
     text_table = run(db, "users").stdout.splitlines()
-    assert text_table[0].split() == ["user", "group", "ham", "spam"]
-    assert text_table[1].split() == ["ann", "staff", "3", "7"]
+    assert text_table[0].split() == ["user", "group", "ham", "spam", "cutoff", "source"]
+    assert text_table[1].split() == ["ann", "staff", "3", "7", "0.9000", "global", "setting"]
 
 
 def test_interrupted_import_keeps_committed_chunks(db_url: str, tmp_path: Path) -> None:

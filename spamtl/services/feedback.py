@@ -18,7 +18,7 @@ from spamtl.scoring import SparsePart, sigmoid
 from spamtl.services.dataset import feature_rows
 from spamtl.services.importing import store_messages
 from spamtl.services.models import load_user_slice
-from spamtl.store import queries
+from spamtl.store import learning, queries
 from spamtl.store.db import check_schema, translate_errors
 from spamtl.store.schema import LABELS, Message
 
@@ -98,20 +98,42 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
     result = FeedbackResult(user=user, sha256=sha, label=label, previous_label=previous, model_version=None,
                             probability_before=None, probability_after=None, user_labels=0)
     try:
-        _refit_user(engine, result, user=user, user_id=user_id, group=group, message_pk=pk)
+        _refit_user(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=pk)
     except NoModelError:
         pass
     return result
 
 
-def _refit_user(engine: Engine, result: FeedbackResult, *, user: str, user_id: int, group: str | None,
-                message_pk: int) -> None:
+def _user_cutoffs(settings: Settings, user: str) -> tuple[float, float]:
+    """The user's effective cutoffs, by the classify path's own precedence."""
+    from spamtl.services.classify import open_reader
+
+    reader = open_reader(settings)
+    try:
+        spam, ham, _ = reader.cutoffs(user)
+    finally:
+        reader.store.close()
+    return spam, ham
+
+
+def _refit_user(engine: Engine, settings: Settings, result: FeedbackResult, *, user: str, user_id: int,
+                group: str | None, message_pk: int) -> None:
+    """Refit ``user``'s personal part of the active version on all their labels, shared and group parts fixed.
+
+    The user's feedback labels weigh ``settings.feedback_weight`` times an
+    imported label; if the corrected message is still on the wrong side of the
+    user's cutoff (spam below the spam cutoff, ham above the ham cutoff), its
+    weight is doubled and the part refitted, at most
+    ``feedback_max_doublings`` times: the model itself learns the correction,
+    and similar mail moves the same way.
+    """
     from spamtl._objective import fit_single_task, task_weights
 
     with translate_errors(), Session(engine) as session:
         version, weights = load_user_slice(session=session, user=user, group=group)
         version_id, feature_key, params = version.id, version.feature_key, dict(version.params)
         labels = queries.current_labels(session=session, users=[user])
+        sources = learning.label_sources(session=session, user_id=user_id)
     config = FeatureConfig.from_key(feature_key)
     rows = feature_rows(engine, [lab.message_pk for lab in labels] + [message_pk], config)
     result.model_version = version_id
@@ -129,17 +151,26 @@ def _refit_user(engine: Engine, result: FeedbackResult, *, user: str, user_id: i
         offset[weights.groups[user_group].cols] += weights.groups[user_group].values
         offset_b += weights.groups[user_group].intercept
     old = weights.tasks.get(user, SparsePart.empty())
-    weight = float(task_weights(np.array([len(y)]), params.get("task_weighting", "sample"),
-                                params.get("weight_scale"))[0])
-    cols, values, intercept, _ = fit_single_task(
-        X, y, offset, offset_b, weight=weight, alpha=float(params["alpha"]), mu=float(params["mu"]),
-        init_cols=old.cols, init_values=old.values, init_intercept=old.intercept,
-        tol=float(params.get("tol", 1e-5)), max_iter=int(params.get("max_iter", 500)))
-    part = SparsePart(cols.astype(np.int64), values, intercept)
-    weights.tasks[user] = part
-    weights.task_groups[user] = user_group
-    result.probability_after = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
+    omega = float(task_weights(np.array([len(y)]), params.get("task_weighting", "sample"),
+                               params.get("weight_scale"))[0])
+    sample_weight = omega * np.array([settings.feedback_weight if sources.get(lab.message_pk) == "feedback"
+                                      else 1.0 for lab in labels])
+    target = next(i for i, lab in enumerate(labels) if lab.message_pk == message_pk)
+    spam_cutoff, ham_cutoff = _user_cutoffs(settings, user)
+    for _ in range(settings.feedback_max_doublings + 1):
+        cols, values, intercept, _ = fit_single_task(
+            X, y, offset, offset_b, weight=sample_weight, alpha=float(params["alpha"]), mu=float(params["mu"]),
+            init_cols=old.cols, init_values=old.values, init_intercept=old.intercept,
+            tol=float(params.get("tol", 1e-5)), max_iter=int(params.get("max_iter", 500)))
+        old = SparsePart(cols.astype(np.int64), values, intercept)
+        weights.tasks[user] = old
+        weights.task_groups[user] = user_group
+        p = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
+        if (p >= spam_cutoff) if y[target] > 0 else (p <= ham_cutoff):
+            break
+        sample_weight[target] *= 2.0
+    result.probability_after = p
     result.user_labels = len(y)
     with translate_errors(), Session(engine) as session, session.begin():
         queries.upsert_model_part(session=session, version_id=version_id, kind="user", name=user,
-                                  data=part.to_bytes())
+                                  data=old.to_bytes())
