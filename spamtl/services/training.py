@@ -48,6 +48,7 @@ Stage = Callable[[str, int | None], None]
 EXIT_REFUSED = 3
 """`spamtl train` exit code when the gate refuses the candidate (the active model stays), for cron alerts."""
 _PROB_CLIP = 1e-6  # log loss of a logged probability of exactly 0 or 1 would be infinite
+_TIE = 1e-9  # nats: differences this small are rounding (probability <-> log-odds), i.e. a tie
 
 
 @dataclass
@@ -247,16 +248,16 @@ def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.n
     Rules, in order:
 
     1. No active model, or one on other features: promote.
-    2. Rows where both the active model's logged score and the candidate's
+    2. The candidate's cross-fitted macro 1-AUC over all labels is worse than
+       chance (> 50 %): refuse, whatever the comparison says (a broken fit,
+       e.g. inverted labels).  NaN (no user with both classes) skips this rule.
+    3. Rows where both the active model's logged score and the candidate's
        out-of-fold score exist are compared by log loss (mean per user, then
        over users).  Refuse iff the candidate's is larger by more than
        ``promote_tolerance + promote_margin_se * SE`` of the paired difference;
        equal (a tie) or better promotes.  Macro 1-AUC on the same rows is
        reported too (it is undefined for users with one class there).
-    3. No comparable rows (or a NaN result): the candidate alone is checked;
-       it is refused iff its out-of-fold macro 1-AUC is worse than chance
-       (> 50 %), otherwise promoted.  NaN there (no user with both classes
-       cross-fitted) promotes, saying so.
+    4. No comparable rows (or a NaN difference): promote, saying why.
     """
     y = data.y
     cand_p = 1.0 / (1.0 + np.exp(-candidate_oof))
@@ -271,6 +272,9 @@ def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.n
     if not active.same_features:
         return GateDecision(True, "features changed since the active model; promoting the retrained model",
                             metrics)
+    if cand_auc > 50.0:
+        return GateDecision(False, f"the candidate's cross-fitted 1-AUC {cand_auc:.2f}% is worse than chance; "
+                                   f"keeping v{active.version}", metrics)
     both = fitted & np.isfinite(active_probability)
     n = int(both.sum())
     metrics["compared_messages"] = n
@@ -291,18 +295,14 @@ def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.n
             margin = settings.promote_tolerance + settings.promote_margin_se * se
             said = (f"candidate log loss {w @ cand_loss:.4f} vs active v{active.version} {w @ act_loss:.4f} "
                     f"on {n} messages neither was fitted on")
-            if gap > margin:
+            if gap > margin + _TIE:
                 return GateDecision(False, f"{said}: worse by {gap:.4f} > margin {margin:.4f}; "
                                            f"keeping v{active.version}", metrics)
             return GateDecision(True, f"{said}: not worse (difference {gap:+.4f}, margin {margin:.4f})", metrics)
-    # Rule 3: nothing to compare with (a store nobody classifies through, or only fresh mail).
+    # Rule 4: nothing to compare with (a store nobody classifies through, or only fresh mail).
     if math.isnan(cand_auc):
         return GateDecision(True, "no out-of-sample scores to compare; promoting the model fitted on all labels",
                             metrics)
-    if cand_auc > 50.0:
-        return GateDecision(False, f"no logged scores of active v{active.version} to compare with, and the "
-                                   f"candidate's cross-fitted 1-AUC {cand_auc:.2f}% is worse than chance; "
-                                   f"keeping v{active.version}", metrics)
     return GateDecision(True, f"no logged scores of active v{active.version} on mail labelled since; candidate's "
                               f"cross-fitted 1-AUC {cand_auc:.4f}% is better than chance", metrics)
 
