@@ -313,7 +313,7 @@ def minimize_lbfgs(objective: MultiTaskLogisticLoss, theta0: np.ndarray, *, tol:
 
 
 def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray,
-                    offset_intercept: float, *, weight: float, alpha: float, mu: float,
+                    offset_intercept: float, *, weight: float | np.ndarray, alpha: float, mu: float,
                     init_cols: np.ndarray | None = None, init_values: np.ndarray | None = None,
                     init_intercept: float = 0.0, tol: float = 1e-6,
                     max_iter: int = 500) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -332,8 +332,9 @@ def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray,
         w0 + u_g, dense, fixed.
     offset_intercept : float
         b0 + cg_g, fixed.
-    weight : float
-        omega_t, the weight of each of this task's samples.
+    weight : float or ndarray of shape (m,)
+        omega_t, the weight of each of this task's samples (an array weighs each sample on its own:
+        feedback weighs a user's corrections above their imported labels).
     alpha, mu : float
         As in the joint objective.
     init_cols, init_values, init_intercept : optional
@@ -352,7 +353,8 @@ def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray,
     m = X.shape[0]
     layout = TaskLayout.build(X, np.zeros(m, np.int64), 1, np.full(1, -1, np.int64), 0)
     objective = MultiTaskLogisticLoss(
-        layout, y.astype(np.float64), np.full(m, float(weight)), np.zeros(m, np.int64),
+        layout, y.astype(np.float64), np.broadcast_to(np.asarray(weight, np.float64), (m,)).copy(),
+        np.zeros(m, np.int64),
         np.full(1, -1, np.int64), alpha=alpha, mu=mu, mu_group=1.0,
         fixed_shared=np.asarray(offset_weights, np.float64)[layout.key_cols],
         fixed_intercept=np.full(m, float(offset_intercept)),

@@ -241,25 +241,29 @@ def users(
     output: Annotated[OutputFormat, typer.Option("--format", help="text table or JSON list.")] = OutputFormat.text,
     db: DbOption = None,
 ) -> None:
-    """List users with their group and current ham and spam label counts.
+    """List users with their group, current ham and spam label counts, and spam cutoff with its source.
 
     Example: spamtl users --format json
     """
     with _errors():
         from spamtl.services.reports import list_users
 
-        rows = list_users(_engine(_settings(db)))
+        settings = _settings(db)
+        rows = list_users(_engine(settings), settings)
         if output is OutputFormat.json:
-            _print_json([{"user": r.user, "group": r.group, "ham": r.ham, "spam": r.spam} for r in rows])
+            _print_json([{"user": r.user, "group": r.group, "ham": r.ham, "spam": r.spam,
+                          "spam_cutoff": r.spam_cutoff, "ham_cutoff": r.ham_cutoff,
+                          "cutoff_source": r.cutoff_source} for r in rows])
             return
         if not rows:
             typer.echo("No users yet; add mail with `spamtl import USER PATH --label spam|ham`.")
             return
         width = max(4, *(len(r.user) for r in rows))
         gwidth = max(5, *(len(r.group or "-") for r in rows))
-        typer.echo(f"{'user':<{width}}  {'group':<{gwidth}}  {'ham':>7}  {'spam':>7}")
+        typer.echo(f"{'user':<{width}}  {'group':<{gwidth}}  {'ham':>7}  {'spam':>7}  {'cutoff':>7}  source")
         for r in rows:
-            typer.echo(f"{r.user:<{width}}  {r.group or '-':<{gwidth}}  {r.ham:>7}  {r.spam:>7}")
+            typer.echo(f"{r.user:<{width}}  {r.group or '-':<{gwidth}}  {r.ham:>7}  {r.spam:>7}  "
+                       f"{r.spam_cutoff:7.4f}  {r.cutoff_source}")
 
 
 @app.command()
@@ -269,9 +273,11 @@ def train(
 ) -> None:
     """Retrain on all current labels (the nightly job).
 
-    Fits a candidate warm-started from the active model, compares both on each
-    user's most recent held-out mail and promotes the candidate only if it is
-    not worse.  A crash or kill leaves the active model untouched.
+    Fits a candidate on every label (warm-started from the active model),
+    compares it with the active model on mail neither was fitted on, sets each
+    user's spam cutoff, and promotes the candidate only if it is not worse;
+    otherwise exits 3 and the active model stays.  A crash or kill leaves the
+    active model untouched.
 
     Example: spamtl train --format json   (cron: 15 3 * * *  spamtl train --format json >> /var/log/spamtl-train.log)
     """
@@ -292,10 +298,14 @@ def train(
         progress.finish()
         if output is OutputFormat.json:
             _print_json(result.as_dict())
-            return
-        verdict = "promoted to active" if result.promoted else "NOT promoted"
-        typer.echo(f"Model v{result.version} {verdict}: {result.reason}")
-        typer.echo(f"{result.users} users, {result.messages} labelled messages, {result.seconds:.1f} s")
+        else:
+            verdict = "promoted to active" if result.promoted else "NOT promoted"
+            typer.echo(f"Model v{result.version} {verdict}: {result.reason}")
+            typer.echo(f"{result.users} users, {result.messages} labelled messages, {result.seconds:.1f} s")
+        if not result.promoted:
+            from spamtl.services.training import EXIT_REFUSED
+
+            raise typer.Exit(EXIT_REFUSED)
 
 
 models_app = typer.Typer(no_args_is_help=False,
@@ -778,5 +788,6 @@ def main() -> None:
 if __name__ == "__main__":  # pragma: no cover
     main()
 from spamtl import cli_config as _cli_config  # noqa: E402,F401  registers commands
+from spamtl import cli_cutoffs as _cli_cutoffs  # noqa: E402,F401  registers commands
 from spamtl import cli_explain as _cli_explain  # noqa: E402,F401  registers commands
 from spamtl import cli_serve as _cli_serve  # noqa: E402,F401  registers commands

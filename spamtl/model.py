@@ -496,6 +496,9 @@ class HyperparameterSearch:
     best_alpha: float = float("nan")
     best_mu: float = float("nan")
     """The setting with the lowest score (the choice under ``rule='min'``)."""
+    oof_scores: np.ndarray | None = None
+    """Out-of-fold decision scores of the chosen setting: each sample scored by the fit of the fold
+    that held it out (NaN for samples no fold held out); what nightly training's gate and cutoffs use."""
 
 
 SELECTION_RULES = ("one_se", "min")
@@ -566,6 +569,7 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     message_weights: list[np.ndarray] = []
     message_losses: dict[tuple[float, float], list[np.ndarray]] = {g: [] for g in grid}
     splits = list(cv) if cv is not None else list(splitter.split(X, strata_idx))
+    oof = {g: np.full(len(y), np.nan) for g in grid}
     for train, test in splits:
         est = clone(base).set_params(warm_start=True)
         fold_weights = _macro_weights(tasks[test])
@@ -575,6 +579,7 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 est.fit(X[train], y[train], tasks=tasks[train], groups=None if garr is None else garr[train])
             p = est.decision_function(X[test], tasks=tasks[test], groups=None if garr is None else garr[test])
+            oof[(a, m)][test] = p
             positive = y[test] == est.classes_[1]
             losses = np.logaddexp(0.0, -np.where(positive, 1.0, -1.0) * p)
             message_losses[(a, m)].append(losses)
@@ -599,7 +604,7 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
         pick = max(eligible, key=lambda r: (r["mu"], r["alpha"]))
         chosen = (pick["alpha"], pick["mu"])
     return HyperparameterSearch(alpha=chosen[0], mu=chosen[1], score=mean[chosen], table=table,
-                                best_alpha=best[0], best_mu=best[1])
+                                best_alpha=best[0], best_mu=best[1], oof_scores=oof[chosen])
 
 
 def _macro_weights(tasks: np.ndarray) -> np.ndarray:

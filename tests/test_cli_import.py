@@ -23,7 +23,10 @@ def run(db_url: str, *args: str, input: bytes | None = None):  # type: ignore[no
 def users_json(db_url: str) -> list[dict[str, object]]:
     result = run(db_url, "users", "--format", "json")
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    rows = json.loads(result.stdout)
+    for row in rows:  # the cutoff columns are tested in tests/test_cutoffs.py
+        assert {row.pop("spam_cutoff"), row.pop("ham_cutoff"), row.pop("cutoff_source")} == {0.9, 0.2, "global setting"}
+    return rows
 
 
 @pytest.fixture
@@ -69,8 +72,8 @@ def test_import_users_and_idempotence(blank_db_url: str, mail_tree: dict[str, Pa
     assert users_json(db)[1] == {"user": "bob", "group": None, "ham": 3, "spam": 0}
     assert count_rows(db, "messages") == 10
     text_table = run(db, "users").stdout.splitlines()
-    assert text_table[0].split() == ["user", "group", "ham", "spam"]
-    assert text_table[1].split() == ["ann", "staff", "3", "7"]
+    assert text_table[0].split() == ["user", "group", "ham", "spam", "cutoff", "source"]
+    assert text_table[1].split() == ["ann", "staff", "3", "7", "0.9000", "global", "setting"]
 
 
 def test_interrupted_import_keeps_committed_chunks(db_url: str, tmp_path: Path) -> None:

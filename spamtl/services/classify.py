@@ -11,8 +11,8 @@ through :class:`ModelReader` and log through :class:`VerdictLogger`, on a
 - A correction sticks: when the user has labelled the message, the verdict
   is the user's label, whatever the model says (``reason = "label"``).
 - Each user's cutoffs come from, in order: an administrator's per-user
-  setting (``spamtl users set-cutoff``), the active version's cutoffs for the
-  user (set at training), the global settings.
+  setting (``spamtl cutoffs set``), the configuration (``Settings.user_cutoffs``),
+  the active version's cutoffs for the user (set at training), the global settings.
 """
 
 from __future__ import annotations
@@ -268,18 +268,7 @@ class ModelReader:
             groups={group: group_part} if group and group_part is not None else {},
             tasks={user: personal} if personal is not None else {},
             task_groups={user: group}, params=v.params, idf=v.idf)
-        spam_cutoff, ham_cutoff, source = self.settings.spam_cutoff, self.settings.ham_cutoff, "global setting"
-        trained = self.store.one(lite.USER_CUTOFF, {"version": v.version, "name": user})
-        if trained is not None:
-            spam_cutoff, ham_cutoff, source = float(trained[0]), float(trained[1]), f"model v{v.version}: {trained[2]}"
-        override = self.settings.user_cutoffs.get(user)
-        if override is not None:
-            spam_cutoff, ham_cutoff, source = override[0], override[1], "configuration"
-        if spam_override is not None:
-            spam_cutoff, source = float(spam_override), "set by administrator"
-        if ham_override is not None:
-            ham_cutoff = float(ham_override)
-        ham_cutoff = min(ham_cutoff, spam_cutoff)
+        spam_cutoff, ham_cutoff, source = self._cutoffs(user, v.version, spam_override, ham_override)
         base_key = group if group_part is not None else None
         if base_key not in v.bases:
             v.bases[base_key] = dense_base(weights, base_key)
@@ -290,6 +279,36 @@ class ModelReader:
         self.store.finish_read()
         self._users[user] = model
         return model
+
+    def _cutoffs(self, user: str, version: int | None, spam_override: float | None,
+                 ham_override: float | None) -> tuple[float, float, str]:
+        """(spam, ham, source): administrator > configuration > the version's training > global."""
+        spam_cutoff, ham_cutoff, source = self.settings.spam_cutoff, self.settings.ham_cutoff, "global setting"
+        trained = self.store.one(lite.USER_CUTOFF, {"version": version, "name": user}) if version else None
+        if trained is not None:
+            spam_cutoff, ham_cutoff, source = float(trained[0]), float(trained[1]), f"model v{version}: {trained[2]}"
+        override = self.settings.user_cutoffs.get(user)
+        if override is not None:
+            spam_cutoff, ham_cutoff, source = override[0], override[1], "configuration"
+        if spam_override is not None:
+            spam_cutoff, source = float(spam_override), "set by administrator"
+        if ham_override is not None:
+            ham_cutoff = float(ham_override)
+        return spam_cutoff, min(ham_cutoff, spam_cutoff), source
+
+    def cutoffs(self, user: str) -> tuple[float, float, str]:
+        """``user``'s effective (spam, ham) cutoffs and where they come from, with or without a model."""
+        active = self.store.one(lite.ACTIVE_VERSION)
+        row = self.store.one(lite.USER, {"name": user})
+        spam_override, ham_override = (row[2], row[3]) if row else (None, None)
+        result = self._cutoffs(user, int(active[0]) if active else None, spam_override, ham_override)
+        self.store.finish_read()
+        return result
+
+    def user_names(self) -> list[str]:
+        names = [str(r[0]) for r in self.store.all(lite.USER_NAMES)]
+        self.store.finish_read()
+        return names
 
     def current_label(self, model: UserModel, sha256: str) -> str | None:
         if model.user_id is None:

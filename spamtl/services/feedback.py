@@ -22,7 +22,7 @@ from spamtl.services.dataset import feature_rows
 from spamtl.services.importing import _batches, sha256_hex, store_messages
 from spamtl.services.models import load_user_slice
 from spamtl.sources import RawMail, Unreadable, iter_mail
-from spamtl.store import queries
+from spamtl.store import learning, queries
 from spamtl.store.db import check_schema, translate_errors
 from spamtl.store.schema import LABELS, Message
 
@@ -141,7 +141,7 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
                                                    "source": "feedback", "created_at": now}])
     result = FeedbackResult(user=user, sha256=sha, label=label, previous_label=previous, model_version=None,
                             probability_before=None, probability_after=None, user_labels=0)
-    _refit_if_model(engine, result, user=user, user_id=user_id, group=group, message_pk=pk)
+    _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=pk)
     from spamtl.logs import log_feedback
 
     log_feedback(settings, user=user, sha256=sha, label=label, previous=previous, version=result.model_version,
@@ -176,7 +176,7 @@ def record_feedback_batch(engine: Engine, settings: Settings, *, user: str, labe
         if progress is not None:
             progress(len(batch))
     if result.new or result.relabelled:
-        _refit_if_model(engine, result, user=user, user_id=user_id, group=group, message_pk=None)
+        _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=None)
     return result
 
 
@@ -215,27 +215,50 @@ def forget_feedback(engine: Engine, settings: Settings, *, user: str, raw: bytes
         removed = queries.delete_labels(session=session, user_id=user_id, message_ids=[found[sha]])
     result = ForgetResult(user=user, sha256=sha, removed=removed)
     if removed:
-        _refit_if_model(engine, result, user=user, user_id=user_id, group=group, message_pk=found[sha])
+        _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=found[sha])
     return result
 
 
-def _refit_if_model(engine: Engine, result: Any, *, user: str, user_id: int, group: str | None,
-                    message_pk: int | None) -> None:
+def _refit_if_model(engine: Engine, settings: Settings, result: Any, *, user: str, user_id: int,
+                    group: str | None, message_pk: int | None) -> None:
     """The one refit call of every feedback path (no model yet: the labels wait for `spamtl train`)."""
     try:
-        _refit_user(engine, result, user=user, user_id=user_id, group=group, message_pk=message_pk)
+        _refit_user(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=message_pk)
     except NoModelError:
         pass
 
 
-def _refit_user(engine: Engine, result: Any, *, user: str, user_id: int, group: str | None,
-                message_pk: int | None) -> None:
+def _user_cutoffs(settings: Settings, user: str) -> tuple[float, float]:
+    """The user's effective cutoffs, by the classify path's own precedence."""
+    from spamtl.services.classify import open_reader
+
+    reader = open_reader(settings)
+    try:
+        spam, ham, _ = reader.cutoffs(user)
+    finally:
+        reader.store.close()
+    return spam, ham
+
+
+def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, user_id: int,
+                group: str | None, message_pk: int | None) -> None:
+    """Refit ``user``'s personal part of the active version on all their labels, shared and group parts fixed.
+
+    The user's feedback labels weigh ``settings.feedback_weight`` times an
+    imported label; if the corrected message is still on the wrong side of the
+    user's cutoff (spam below the spam cutoff, ham above the ham cutoff), its
+    weight is doubled and the part refitted, at most
+    ``feedback_max_doublings`` times: the model itself learns the correction,
+    and similar mail moves the same way.  With no labels left (all forgotten)
+    the user is scored by the shared (+ group) part again.
+    """
     from spamtl._objective import fit_single_task, task_weights
 
     with translate_errors(), Session(engine) as session:
         version, weights = load_user_slice(session=session, user=user, group=group)
         version_id, feature_key, params = version.id, version.feature_key, dict(version.params)
         labels = queries.current_labels(session=session, users=[user])
+        sources = learning.label_sources(session=session, user_id=user_id)
     config = FeatureConfig.from_key(feature_key)
     extra = [message_pk] if message_pk is not None else []
     rows = feature_rows(engine, [lab.message_pk for lab in labels] + extra, config)
@@ -255,21 +278,34 @@ def _refit_user(engine: Engine, result: Any, *, user: str, user_id: int, group: 
         offset[weights.groups[user_group].cols] += weights.groups[user_group].values
         offset_b += weights.groups[user_group].intercept
     if len(y) == 0:  # every label forgotten: the user is scored by the shared (+ group) part again
-        part = SparsePart.empty()
+        old = SparsePart.empty()
+        weights.tasks[user] = old
     else:
         old = weights.tasks.get(user, SparsePart.empty())
-        weight = float(task_weights(np.array([len(y)]), params.get("task_weighting", "sample"),
-                                    params.get("weight_scale"))[0])
-        cols, values, intercept, _ = fit_single_task(
-            X, y, offset, offset_b, weight=weight, alpha=float(params["alpha"]), mu=float(params["mu"]),
-            init_cols=old.cols, init_values=old.values, init_intercept=old.intercept,
-            tol=float(params.get("tol", 1e-5)), max_iter=int(params.get("max_iter", 500)))
-        part = SparsePart(cols.astype(np.int64), values, intercept)
-    weights.tasks[user] = part
+        omega = float(task_weights(np.array([len(y)]), params.get("task_weighting", "sample"),
+                                   params.get("weight_scale"))[0])
+        sample_weight = omega * np.array([settings.feedback_weight if sources.get(lab.message_pk) == "feedback"
+                                          else 1.0 for lab in labels])
+        target = next((i for i, lab in enumerate(labels) if lab.message_pk == message_pk), None)
+        spam_cutoff, ham_cutoff = _user_cutoffs(settings, user) if target is not None else (1.0, 0.0)
+        for _ in range(settings.feedback_max_doublings + 1):
+            cols, values, intercept, _ = fit_single_task(
+                X, y, offset, offset_b, weight=sample_weight, alpha=float(params["alpha"]), mu=float(params["mu"]),
+                init_cols=old.cols, init_values=old.values, init_intercept=old.intercept,
+                tol=float(params.get("tol", 1e-5)), max_iter=int(params.get("max_iter", 500)))
+            old = SparsePart(cols.astype(np.int64), values, intercept)
+            weights.tasks[user] = old
+            weights.task_groups[user] = user_group
+            if target is None:
+                break
+            p = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))  # type: ignore[index]
+            if (p >= spam_cutoff) if y[target] > 0 else (p <= ham_cutoff):
+                break
+            sample_weight[target] *= 2.0
     weights.task_groups[user] = user_group
     if message_pk is not None:
         result.probability_after = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
     result.user_labels = len(y)
     with translate_errors(), Session(engine) as session, session.begin():
         queries.upsert_model_part(session=session, version_id=version_id, kind="user", name=user,
-                                  data=part.to_bytes())
+                                  data=old.to_bytes())

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from spamtl.config import Settings
 from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
 
 
-def list_users(engine: Engine) -> list[queries.UserCounts]:
-    """Users with their current ham/spam label counts."""
+@dataclass(frozen=True)
+class UserRow:
+    """A user with their current ham/spam label counts and effective cutoffs (see `spamtl cutoffs`)."""
+
+    user: str
+    group: str | None
+    ham: int
+    spam: int
+    spam_cutoff: float | None = None
+    ham_cutoff: float | None = None
+    cutoff_source: str | None = None
+
+
+def list_users(engine: Engine, settings: Settings | None = None) -> list[UserRow]:
+    """Users with their current ham/spam label counts (and, given settings, their effective cutoffs)."""
     check_schema(engine)
     with translate_errors(), Session(engine) as session:
-        return queries.user_counts(session=session)
+        counts = queries.user_counts(session=session)
+    if settings is None or not counts:
+        return [UserRow(c.user, c.group, c.ham, c.spam) for c in counts]
+    from spamtl.services.cutoffs import list_cutoffs
+
+    cut = {c.user: c for c in list_cutoffs(settings, [c.user for c in counts])}
+    return [UserRow(c.user, c.group, c.ham, c.spam, cut[c.user].spam_cutoff, cut[c.user].ham_cutoff,
+                    cut[c.user].source) for c in counts]

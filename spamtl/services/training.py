@@ -1,7 +1,24 @@
-"""Nightly training: fit a candidate, compare it with the active model, promote atomically."""
+"""Nightly training: one readable sequence of steps, each a function a test (or a replay) can call.
+
+    labels -> feature preparation -> choose mu (cross-fitting) -> fit on ALL labels
+           -> gate (candidate vs active on mail neither was fitted on) -> per-user cutoffs -> promote
+
+- Every label is learned: the model that is promoted is fitted on every
+  current label; nothing is held out of it.
+- The gate still compares fairly.  The active model's out-of-sample scores
+  are what it said in the classification log about mail *before anyone
+  labelled that mail* (:func:`active_scores`); the candidate's are
+  cross-fitted (:func:`cross_fit_folds`, :func:`choose_mu`): K fits of the
+  candidate configuration, each scoring the fold it did not see, folds
+  grouped by message.  Both are compared on the same messages with the same
+  metric (:func:`gate`).  A feedback refit changes the active model after
+  its verdict was logged, so feedback can no longer block a night.
+- Cutoffs (:func:`choose_cutoffs`) come from the same out-of-sample scores.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -16,14 +33,22 @@ from sqlalchemy.orm import Session
 
 from spamtl.config import Settings
 from spamtl.errors import NoModelError, UsageError
-from spamtl.metrics import macro_auc_error, roc_auc
+from spamtl.metrics import macro_auc_error
 from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.models import load_weights, save_weights
+from spamtl.store import learning
 from spamtl.store.db import check_schema, translate_errors
 
-__all__ = ["TrainResult", "train", "holdout_split", "fit_model", "min_df_mask", "choose_params"]
+__all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "Cutoff", "train", "load_labels",
+           "prepare_features", "cross_fit_folds", "choose_mu", "fit_candidate", "load_active", "active_scores",
+           "gate", "choose_cutoffs", "save_version", "holdout_split", "fit_model", "min_df_mask",
+           "choose_params", "base_params", "EXIT_REFUSED"]
 
 Stage = Callable[[str, int | None], None]
+EXIT_REFUSED = 3
+"""`spamtl train` exit code when the gate refuses the candidate (the active model stays), for cron alerts."""
+_PROB_CLIP = 1e-6  # log loss of a logged probability of exactly 0 or 1 would be infinite
+_TIE = 1e-9  # nats: differences this small are rounding (probability <-> log-odds), i.e. a tie
 
 
 @dataclass
@@ -41,25 +66,18 @@ class TrainResult:
                 "messages": self.messages, "metrics": self.metrics, "seconds": round(self.seconds, 2)}
 
 
-def holdout_split(data: TrainingData, fraction: float, minimum: int) -> tuple[np.ndarray, np.ndarray]:
-    """The most recent ``fraction`` of each user's ham and of their spam (at least ``minimum`` each).
-
-    Ham and spam are cut separately so the held-out set has both classes even
-    where one class is all newer than the other.  A (user, label) with fewer
-    than 2 * minimum messages stays entirely in training.
-    """
-    train: list[int] = []
-    hold: list[int] = []
-    for user in np.unique(data.users):
-        for label in (0, 1):
-            idx = np.flatnonzero((data.users == user) & (data.y == label))
-            idx = idx[np.argsort(data.recency[idx], kind="stable")]
-            k = max(minimum, int(round(fraction * len(idx)))) if len(idx) >= 2 * minimum else 0
-            train.extend(idx[:len(idx) - k])
-            hold.extend(idx[len(idx) - k:])
-    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(hold, dtype=np.int64))
+# ------------------------------------------------------------------ step 1: labels
+def load_labels(engine: Engine, settings: Settings, progress: Callable[[int], None] | None = None) -> TrainingData:
+    """Every current label with its message's features (the one place training reads labelled mail)."""
+    data = load_training_data(engine, settings.features, progress=progress)
+    if len(data.y) == 0:
+        raise UsageError("no labelled mail yet; add some with `spamtl import USER PATH --label spam|ham`")
+    if len(np.unique(data.y)) < 2:
+        raise UsageError("training needs both spam and ham labels; import some of each")
+    return data
 
 
+# ------------------------------------------------------- step 2: feature preparation
 def min_df_mask(X: sp.csr_matrix, min_df: int = 2) -> sp.csr_matrix:
     """X with columns that occur in fewer than ``min_df`` rows removed (zeroed).
 
@@ -74,67 +92,309 @@ def min_df_mask(X: sp.csr_matrix, min_df: int = 2) -> sp.csr_matrix:
     return X
 
 
+def prepare_features(data: TrainingData) -> TrainingData:
+    """The rows the estimator sees: rare columns dropped (the estimator learns its IDF from these rows)."""
+    return TrainingData(min_df_mask(data.X), data.y, data.users, data.groups, data.message_pks, data.recency)
+
+
+# ---------------------------------------------------------------- step 3: choose mu
+def cross_fit_folds(data: TrainingData, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K (train, test) index pairs, every row in exactly one test fold, all rows of a message together.
+
+    Grouping by message matters: a spam campaign labelled by five users must
+    not be scored for one of them by a fit that saw it labelled by the other
+    four.  Within that constraint each (user, label) is spread evenly over the
+    folds.  Empty when a class has fewer than ``k`` messages (nothing to cross-fit).
+    """
+    n = len(data.y)
+    if k < 2 or min(int((data.y == 0).sum()), int((data.y == 1).sum())) < k:
+        return []
+    strata = np.unique(np.char.add(np.char.add(data.users.astype(str), "\x00"), data.y.astype(str)),
+                       return_inverse=True)[1]
+    per_stratum = np.zeros((strata.max() + 1, k), dtype=np.int64)
+    total = np.zeros(k, dtype=np.int64)
+    fold_of_message: dict[int, int] = {}
+    fold = np.empty(n, dtype=np.int64)
+    rows_of: dict[int, list[int]] = {}
+    for i, pk in enumerate(data.message_pks.tolist()):
+        rows_of.setdefault(pk, []).append(i)
+    for i in np.random.default_rng(seed).permutation(n):
+        pk = int(data.message_pks[i])
+        if pk not in fold_of_message:
+            s = strata[i]
+            fold_of_message[pk] = int(np.lexsort((np.arange(k), total, per_stratum[s]))[0])
+            for j in rows_of[pk]:
+                per_stratum[strata[j], fold_of_message[pk]] += 1
+                total[fold_of_message[pk]] += 1
+        fold[i] = fold_of_message[pk]
+    folds = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
+    if any(len(np.unique(data.y[tr])) < 2 or len(te) == 0 for tr, te in folds):
+        return []
+    return folds
+
+
+@dataclass
+class Choice:
+    """The chosen estimator parameters, the search table, and the out-of-fold scores of that choice."""
+
+    params: dict[str, Any]
+    table: list[Any]
+    oof_scores: np.ndarray  # log-odds per row, NaN where no fold scored it
+
+
 def base_params(settings: Settings) -> dict[str, Any]:
     """The estimator settings that do not depend on the data (alpha and mu are chosen per fit)."""
     return {"task_weighting": settings.task_weighting, "tol": settings.tol, "max_iter": settings.max_iter,
             "idf": settings.idf}
 
 
-def fit_model(data: TrainingData, params: dict[str, Any], warm: Any = None) -> Any:
-    """Fit MultiTaskLogisticRegression on ``data`` (optionally warm-started from a fitted estimator)."""
+def _groups(data: TrainingData) -> np.ndarray | None:
+    return data.groups if any(g is not None for g in data.groups) else None
+
+
+def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
+              settings: Settings) -> Choice:
+    """Choose alpha and mu by K-fold cross-fitting; keep the chosen setting's out-of-fold scores.
+
+    ``y`` is what the candidate is fitted on (normally ``data.y``).  Each
+    fold's fit learns its own IDF from its own rows, so the scores are
+    out-of-sample in every respect but the label-free min_df mask.
+    """
+    from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters
+
+    base = base_params(settings)
+    if not folds:
+        return Choice({**base, "alpha": settings.alphas[0], "mu": settings.mus[0]}, [],
+                      np.full(len(y), np.nan))
+    search = select_hyperparameters(data.X, y, data.users, _groups(data), alphas=settings.alphas,
+                                    mus=settings.mus, cv=folds, estimator=MultiTaskLogisticRegression(**base))
+    assert search.oof_scores is not None
+    return Choice({**base, "alpha": search.alpha, "mu": search.mu}, search.table, search.oof_scores)
+
+
+# --------------------------------------------------------------------- step 4: fit
+def fit_candidate(data: TrainingData, y: np.ndarray, params: dict[str, Any], warm: Any = None) -> Any:
+    """The candidate: the chosen configuration fitted on ALL labels, warm-started from a copy of ``warm``."""
     from spamtl.model import MultiTaskLogisticRegression
 
-    est = warm if warm is not None else MultiTaskLogisticRegression()
+    est = MultiTaskLogisticRegression.from_weights(warm.to_weights()) if warm is not None \
+        else MultiTaskLogisticRegression()
     est.set_params(**params, warm_start=warm is not None)
-    groups = data.groups if any(g is not None for g in data.groups) else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        est.fit(min_df_mask(data.X), data.y, tasks=data.users, groups=groups)
+        est.fit(data.X, y, tasks=data.users, groups=_groups(data))
     return est
 
 
-def _scores(est: Any, data: TrainingData) -> np.ndarray:
-    groups = data.groups if any(g is not None for g in data.groups) else None
-    return np.asarray(est.decision_function(data.X, tasks=data.users, groups=groups))
+# -------------------------------------------------------------------- step 5: gate
+@dataclass
+class ActiveModel:
+    """The active version (None: no model yet) and whether its features match this training's."""
+
+    version: int | None
+    same_features: bool
+    estimator: Any = None
 
 
-def _per_user_auc(y: np.ndarray, scores: np.ndarray, users: np.ndarray) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for user in np.unique(users):
-        m = users == user
-        auc = roc_auc(y[m] == 1, scores[m])
-        out[str(user)] = None if np.isnan(auc) else round(100 * (1 - auc), 4)
+def load_active(engine: Engine, settings: Settings) -> ActiveModel:
+    try:
+        version, key, weights = load_weights(engine)
+    except NoModelError:
+        return ActiveModel(None, False)
+    if key != settings.features.key:
+        return ActiveModel(version, False)
+    from spamtl.model import MultiTaskLogisticRegression
+
+    return ActiveModel(version, True, MultiTaskLogisticRegression.from_weights(weights))
+
+
+def active_scores(engine: Engine, active: ActiveModel, data: TrainingData) -> np.ndarray:
+    """The active version's logged spam probability of each row's message before it was labelled (else NaN)."""
+    out = np.full(len(data.y), np.nan)
+    if active.version is None:
+        return out
+    with translate_errors(), Session(engine) as session:
+        logged = learning.logged_scores_before_labels(session=session, version_id=active.version)
+    index = {(u, int(pk)): i for i, (u, pk) in enumerate(zip(data.users.tolist(), data.message_pks.tolist()))}
+    for row in logged:
+        i = index.get((row.user, row.message_pk))
+        if i is not None:
+            out[i] = row.probability
     return out
 
 
-def choose_params(data: TrainingData, settings: Settings, base: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
-    """Choose alpha and mu on a chronological validation split of the training part."""
-    from spamtl.model import select_hyperparameters
-
-    inner_train, inner_val = holdout_split(data, settings.holdout_fraction, settings.holdout_min)
-    if len(inner_val) == 0 or len(settings.alphas) * len(settings.mus) == 1:
-        return {**base, "alpha": settings.alphas[0], "mu": settings.mus[0]}, []
-    from spamtl.model import MultiTaskLogisticRegression
-
-    groups = data.groups if any(g is not None for g in data.groups) else None
-    search = select_hyperparameters(min_df_mask(data.X), data.y, data.users, groups, alphas=settings.alphas,
-                                    mus=settings.mus, cv=[(inner_train, inner_val)],
-                                    estimator=MultiTaskLogisticRegression(**base))
-    return {**base, "alpha": search.alpha, "mu": search.mu}, search.table
+@dataclass
+class GateDecision:
+    promoted: bool
+    reason: str
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def _log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _PROB_CLIP, 1 - _PROB_CLIP)
+    return -np.where(y == 1, np.log(p), np.log1p(-p))
+
+
+def _macro(users: np.ndarray) -> np.ndarray:
+    """Row weights that make a weighted sum the mean over users of each user's mean."""
+    _, index, counts = np.unique(users, return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[index])
+
+
+def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.ndarray, active: ActiveModel,
+         settings: Settings) -> GateDecision:
+    """Promote or refuse; see the module docstring and README, "Nightly training".
+
+    Rules, in order:
+
+    1. No active model, or one on other features: promote.
+    2. The candidate's cross-fitted macro 1-AUC over all labels is worse than
+       chance (> 50 %): refuse, whatever the comparison says (a broken fit,
+       e.g. inverted labels).  NaN (no user with both classes) skips this rule.
+    3. Rows where both the active model's logged score and the candidate's
+       out-of-fold score exist are compared by log loss (mean per user, then
+       over users).  Refuse iff the candidate's is larger by more than
+       ``promote_tolerance + promote_margin_se * SE`` of the paired difference;
+       equal (a tie) or better promotes.  Macro 1-AUC on the same rows is
+       reported too (it is undefined for users with one class there).
+    4. No comparable rows (or a NaN difference): promote, saying why.
+    """
+    y = data.y
+    cand_p = 1.0 / (1.0 + np.exp(-candidate_oof))
+    metrics: dict[str, Any] = {"cross_fitted_messages": int(np.isfinite(candidate_oof).sum())}
+    fitted = np.isfinite(candidate_oof)
+    cand_auc = macro_auc_error(y[fitted] == 1, candidate_oof[fitted], data.users[fitted]) if fitted.any() \
+        else float("nan")
+    metrics["candidate_auc_error_pct"] = None if math.isnan(cand_auc) else round(cand_auc, 4)
+    if active.version is None:
+        return GateDecision(True, "first model", metrics)
+    metrics["active_version"] = active.version
+    if not active.same_features:
+        return GateDecision(True, "features changed since the active model; promoting the retrained model",
+                            metrics)
+    if cand_auc > 50.0:
+        return GateDecision(False, f"the candidate's cross-fitted 1-AUC {cand_auc:.2f}% is worse than chance; "
+                                   f"keeping v{active.version}", metrics)
+    both = fitted & np.isfinite(active_probability)
+    n = int(both.sum())
+    metrics["compared_messages"] = n
+    if n:
+        w = _macro(data.users[both])
+        cand_loss = _log_loss(y[both], cand_p[both])
+        act_loss = _log_loss(y[both], active_probability[both])
+        diff = cand_loss - act_loss
+        gap = float(w @ diff)
+        se = float(np.sqrt(np.sum(w ** 2 * (diff - gap) ** 2)))
+        metrics.update({"candidate_log_loss": round(float(w @ cand_loss), 6),
+                        "active_log_loss": round(float(w @ act_loss), 6),
+                        "log_loss_gap": round(gap, 6), "log_loss_gap_se": round(se, 6)})
+        for name, scores in (("candidate", cand_p[both]), ("active", active_probability[both])):
+            err = macro_auc_error(y[both] == 1, scores, data.users[both])
+            metrics[f"{name}_compared_auc_error_pct"] = None if math.isnan(err) else round(err, 4)
+        if math.isfinite(gap) and math.isfinite(se):
+            margin = settings.promote_tolerance + settings.promote_margin_se * se
+            said = (f"candidate log loss {w @ cand_loss:.4f} vs active v{active.version} {w @ act_loss:.4f} "
+                    f"on {n} messages neither was fitted on")
+            if gap > margin + _TIE:
+                return GateDecision(False, f"{said}: worse by {gap:.4f} > margin {margin:.4f}; "
+                                           f"keeping v{active.version}", metrics)
+            return GateDecision(True, f"{said}: not worse (difference {gap:+.4f}, margin {margin:.4f})", metrics)
+    # Rule 4: nothing to compare with (a store nobody classifies through, or only fresh mail).
+    if math.isnan(cand_auc):
+        return GateDecision(True, "no out-of-sample scores to compare; promoting the model fitted on all labels",
+                            metrics)
+    return GateDecision(True, f"no logged scores of active v{active.version} on mail labelled since; candidate's "
+                              f"cross-fitted 1-AUC {cand_auc:.4f}% is better than chance", metrics)
+
+
+# ----------------------------------------------------------------- step 6: cutoffs
+@dataclass(frozen=True)
+class Cutoff:
+    spam: float
+    ham: float
+    source: str
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Settings) -> tuple[dict[str, Cutoff],
+                                                                                                 Cutoff | None]:
+    """Each user's cutoffs for ``settings.target_ham_fpr``, from out-of-sample scores.
+
+    In log-odds: the shared cutoff z_s is the (1 - target) quantile of every
+    user's out-of-fold ham scores; a user's own z_u the same quantile of their
+    ham; their cutoff is ``w z_u + (1 - w) z_s`` with ``w = n_ham / (n_ham +
+    cutoff_shrinkage)``, never below ``min_spam_cutoff``.  The ham cutoff keeps
+    the global pair's log-odds gap below it, so the unsure band keeps its width.
+    Returns ({} , None) when disabled or without out-of-fold ham.
+    """
+    target = settings.target_ham_fpr
+    ham = (data.y == 0) & np.isfinite(oof_scores)
+    if target <= 0 or not ham.any():
+        return {}, None
+    q = 1.0 - target
+    floor = _logit(settings.min_spam_cutoff)
+    gap = _logit(settings.spam_cutoff) - _logit(settings.ham_cutoff)
+    z_shared = max(float(np.quantile(oof_scores[ham], q, method="higher")), floor)
+    pct = f"{100 * target:g}%"
+
+    def cutoff(z: float, source: str) -> Cutoff:
+        spam = round(_sigmoid(z), 6)
+        return Cutoff(spam, min(round(_sigmoid(z - gap), 6), spam), source)
+
+    shared = cutoff(z_shared, f"shared: target {pct} ham FPR on {int(ham.sum())} ham of all users")
+    out: dict[str, Cutoff] = {}
+    for user in np.unique(data.users):
+        mine = ham & (data.users == user)
+        n_ham = int(mine.sum())
+        if n_ham == 0:
+            out[str(user)] = cutoff(z_shared, "shared (no ham)")
+            continue
+        z_user = float(np.quantile(oof_scores[mine], q, method="higher"))
+        w = n_ham / (n_ham + settings.cutoff_shrinkage)
+        z = w * z_user + (1 - w) * z_shared
+        source = f"target {pct} ham FPR on {n_ham} ham, shrunk {100 * (1 - w):.0f}% to shared"
+        if z < floor:
+            z, source = floor, source + f", raised to the floor {settings.min_spam_cutoff:g}"
+        out[str(user)] = cutoff(z, source)
+    return out, shared
+
+
+# ----------------------------------------------------------------- step 7: promote
+def save_version(engine: Engine, candidate: Any, decision: GateDecision, cutoffs: dict[str, Cutoff], *,
+                 settings: Settings, now: datetime, metrics: dict[str, Any], n_messages: int) -> int:
+    """One transaction: the version, its parts and cutoffs, and (if promoted) the switch to active.
+
+    A refused candidate is kept as 'rejected' (for inspection); the active
+    model is untouched.  A crash before the commit leaves everything as it was.
+    """
+    weights = candidate.to_weights()
+    with translate_errors(), Session(engine) as session, session.begin():
+        version = save_weights(session=session, weights=weights, feature_key=settings.features.key,
+                               status="active" if decision.promoted else "rejected", now=now, metrics=metrics,
+                               n_messages=n_messages, note=decision.reason)
+        learning.add_user_cutoffs(session=session, version_id=version,
+                                  rows=[(u, c.spam, c.ham, c.source) for u, c in sorted(cutoffs.items())])
+    return version
+
+
+# ------------------------------------------------------------------ the sequence
 def train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | None = None,
-          progress: Callable[[int], None] | None = None) -> TrainResult:
-    """Fit on current labels, evaluate against the active model on recent held-out mail, maybe promote.
+          progress: Callable[[int], None] | None = None,
+          label_transform: Callable[[np.ndarray], np.ndarray] | None = None) -> TrainResult:
+    """Fit on all current labels, compare with the active model on mail neither was fitted on, maybe promote.
 
-    The most recent share of each user's ham and spam is held out; neither the
-    candidate nor (being an earlier candidate) the active model was trained on
-    it, so the comparison is fair.  Feedback refits of a user's personal part
-    use all of that user's labels, so recent corrections still count at once.
-
-    Nothing is written until the very end, where the new version (and, if it
-    wins, its promotion) is one transaction: a crash at any point leaves the
-    active model as it was.
+    ``label_transform`` (tests only) changes the labels the candidate is
+    fitted on, never those it is judged by: e.g. flipped labels must be refused.
+    Nothing is written before the final transaction (:func:`save_version`): a
+    crash at any point leaves the active model as it was.
 
     Only one training runs at a time: a second one raises
     :class:`~spamtl.services.lock.LockBusyError` (exit code 75) at once.
@@ -143,11 +403,12 @@ def train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | N
 
     check_schema(engine)
     with hold(engine, "train", what="train"):
-        return _train(engine, settings, now=now, stage=stage, progress=progress)
+        return _train(engine, settings, now=now, stage=stage, progress=progress, label_transform=label_transform)
 
 
 def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | None,
-           progress: Callable[[int], None] | None) -> TrainResult:
+           progress: Callable[[int], None] | None,
+           label_transform: Callable[[np.ndarray], np.ndarray] | None) -> TrainResult:
     started = time.monotonic()
 
     def say(text: str, total: int | None = None) -> None:
@@ -155,77 +416,69 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
             stage(text, total)
 
     say("loading labels and features")
-    data = load_training_data(engine, settings.features, progress=progress)
-    if len(data.y) == 0:
-        raise UsageError("no labelled mail yet; add some with `spamtl import USER PATH --label spam|ham`")
-    if len(np.unique(data.y)) < 2:
-        raise UsageError("training needs both spam and ham labels; import some of each")
+    data = prepare_features(load_labels(engine, settings, progress))
+    y_fit = data.y if label_transform is None else np.asarray(label_transform(data.y.copy()))
+    active = load_active(engine, settings)
 
-    try:
-        active_version, active_key, active_weights = load_weights(engine)
-    except NoModelError:
-        active_version, active_key, active_weights = None, None, None
-    active_est = None
-    if active_weights is not None and active_key == settings.features.key:
-        from spamtl.model import MultiTaskLogisticRegression
+    folds = cross_fit_folds(data, settings.cv_folds, settings.seed)
+    say(f"choosing mu ({len(folds)}-fold cross-fitting)")
+    choice = choose_mu(data, y_fit, folds, settings)
+    say(f"fitting on all {len(data.y)} labels (alpha={choice.params['alpha']:g}, mu={choice.params['mu']:g})")
+    candidate = fit_candidate(data, y_fit, choice.params, warm=active.estimator)
 
-        active_est = MultiTaskLogisticRegression.from_weights(active_weights)
+    say("comparing with the active model")
+    decision = gate(data, choice.oof_scores, active_scores(engine, active, data), active, settings)
+    cutoffs, shared = choose_cutoffs(data, choice.oof_scores, settings)
 
-    train_idx, hold_idx = holdout_split(data, settings.holdout_fraction, settings.holdout_min)
-    train_part, hold = data.subset(train_idx), data.subset(hold_idx)
-    base = base_params(settings)
-    say("choosing hyper-parameters")
-    params, table = choose_params(train_part, settings, base)
-    say(f"fitting candidate (alpha={params['alpha']:g}, mu={params['mu']:g})")
-    warm = _copy(active_est)
-    candidate = fit_model(train_part, params, warm)
-
-    metrics: dict[str, Any] = {"holdout_messages": int(len(hold_idx)), "train_messages": int(len(train_idx)),
-                               "alpha": params["alpha"], "mu": params["mu"], "search": table}
-    promoted, reason = True, "first model" if active_version is None else ""
-    if len(hold_idx):
-        cand_scores = _scores(candidate, hold)
-        cand_err = macro_auc_error(hold.y == 1, cand_scores, hold.users)
-        metrics["candidate_auc_error_pct"] = cand_err
-        metrics["candidate_per_user"] = _per_user_auc(hold.y, cand_scores, hold.users)
-        if active_version is not None:
-            if active_est is None:
-                reason = "features changed since the active model; promoting the retrained model"
-            else:
-                act_err = macro_auc_error(hold.y == 1, _scores(active_est, hold), hold.users)
-                metrics["active_version"] = active_version
-                metrics["active_auc_error_pct"] = act_err
-                if np.isnan(cand_err) or np.isnan(act_err) or cand_err <= act_err + settings.promote_tolerance:
-                    reason = (f"candidate 1-AUC {cand_err:.4f}% is not worse than active v{active_version} "
-                              f"({act_err:.4f}%) on {len(hold_idx)} recent held-out messages")
-                else:
-                    promoted = False
-                    reason = (f"candidate 1-AUC {cand_err:.4f}% is worse than active v{active_version} "
-                              f"({act_err:.4f}%) on {len(hold_idx)} recent held-out messages; keeping v{active_version}")
-    elif active_version is not None:
-        reason = "too little labelled mail to hold any out; promoting the model trained on everything"
-
-    # The stored model is exactly the evaluated candidate, trained without the
-    # recent held-out mail.  Refitting on everything would let tomorrow's
-    # comparison score the active model on mail it has already seen.
-    weights = candidate.to_weights()
+    metrics: dict[str, Any] = {"train_messages": int(len(data.y)), "alpha": choice.params["alpha"],
+                               "mu": choice.params["mu"], "search": choice.table, **decision.metrics,
+                               "shared_cutoff": None if shared is None else shared.__dict__,
+                               "cutoffs": {u: c.__dict__ for u, c in sorted(cutoffs.items())}}
     say("saving")
-    with translate_errors(), Session(engine) as session, session.begin():
-        version = save_weights(session=session, weights=weights, feature_key=settings.features.key,
-                               status="active" if promoted else "rejected", now=now, metrics=metrics,
-                               n_messages=len(data.y), note=reason)
-    result = TrainResult(version=version, promoted=promoted, reason=reason, users=data.n_users,
+    version = save_version(engine, candidate, decision, cutoffs, settings=settings, now=now, metrics=metrics,
+                           n_messages=len(data.y))
+    result = TrainResult(version=version, promoted=decision.promoted, reason=decision.reason, users=data.n_users,
                          messages=int(len(data.y)), metrics=metrics, seconds=time.monotonic() - started)
     from spamtl.logs import log_training
 
-    log_training(settings, version=version, promoted=promoted, reason=reason, users=result.users,
+    log_training(settings, version=version, promoted=result.promoted, reason=result.reason, users=result.users,
                  messages=result.messages, seconds=result.seconds)
     return result
 
 
-def _copy(est: Any) -> Any:
-    if est is None:
-        return None
-    from spamtl.model import MultiTaskLogisticRegression
+# ------------------------------------------------- used by `spamtl evaluate` (not by train)
+def holdout_split(data: TrainingData, fraction: float, minimum: int) -> tuple[np.ndarray, np.ndarray]:
+    """The most recent ``fraction`` of each user's ham and of their spam (at least ``minimum`` each).
 
-    return MultiTaskLogisticRegression.from_weights(est.to_weights())
+    Ham and spam are cut separately so the held-out set has both classes even
+    where one class is all newer than the other.  A (user, label) with fewer
+    than 2 * minimum messages stays entirely in training.
+    """
+    train_rows: list[int] = []
+    hold: list[int] = []
+    for user in np.unique(data.users):
+        for label in (0, 1):
+            idx = np.flatnonzero((data.users == user) & (data.y == label))
+            idx = idx[np.argsort(data.recency[idx], kind="stable")]
+            k = max(minimum, int(round(fraction * len(idx)))) if len(idx) >= 2 * minimum else 0
+            train_rows.extend(idx[:len(idx) - k])
+            hold.extend(idx[len(idx) - k:])
+    return np.sort(np.array(train_rows, dtype=np.int64)), np.sort(np.array(hold, dtype=np.int64))
+
+
+def fit_model(data: TrainingData, params: dict[str, Any], warm: Any = None) -> Any:
+    """Fit on ``data`` after feature preparation (evaluate's folds)."""
+    return fit_candidate(prepare_features(data), data.y, params, warm)
+
+
+def choose_params(data: TrainingData, settings: Settings, base: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """Alpha and mu on a chronological validation split (evaluate's quick search within one fold)."""
+    from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters
+
+    inner_train, inner_val = holdout_split(data, settings.holdout_fraction, settings.holdout_min)
+    if len(inner_val) == 0 or len(settings.alphas) * len(settings.mus) == 1:
+        return {**base, "alpha": settings.alphas[0], "mu": settings.mus[0]}, []
+    search = select_hyperparameters(min_df_mask(data.X), data.y, data.users, _groups(data), alphas=settings.alphas,
+                                    mus=settings.mus, cv=[(inner_train, inner_val)],
+                                    estimator=MultiTaskLogisticRegression(**base))
+    return {**base, "alpha": search.alpha, "mu": search.mu}, search.table

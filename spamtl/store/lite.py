@@ -39,6 +39,7 @@ GENERATION = "SELECT value FROM store_state WHERE key = 'generation'"
 ACTIVE_VERSION = "SELECT id, feature_key, n_features, params FROM model_versions WHERE status = 'active'"
 VERSION = "SELECT id, feature_key, n_features, params FROM model_versions WHERE id = :version"
 USER = "SELECT id, group_name, spam_cutoff, ham_cutoff FROM users WHERE name = :name"
+USER_NAMES = "SELECT name FROM users ORDER BY name"
 PART = "SELECT data FROM model_parts WHERE model_version_id = :version AND kind = :kind AND name = :name"
 CHANGED_PARTS = ("SELECT kind, name FROM model_parts WHERE model_version_id = :version "
                  "AND revision > :generation")

@@ -1,0 +1,84 @@
+"""`spamtl cutoffs`: each user's spam/ham cutoffs and where they come from; per-user overrides."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from spamtl.cli import DbOption, OutputFormat, _engine, _errors, _print_json, _settings, app
+
+cutoffs_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, rich_markup_mode=None)
+app.add_typer(cutoffs_app, name="cutoffs")
+
+
+def _show(rows: list, output: OutputFormat) -> None:  # type: ignore[type-arg]
+    if output is OutputFormat.json:
+        _print_json([r.as_dict() for r in rows])
+        return
+    if not rows:
+        typer.echo("No users yet; add mail with `spamtl import USER PATH --label spam|ham`.")
+        return
+    width = max(4, *(len(r.user) for r in rows))
+    typer.echo(f"{'user':<{width}}  {'spam':>8}  {'ham':>8}  source")
+    for r in rows:
+        typer.echo(f"{r.user:<{width}}  {r.spam_cutoff:8.4f}  {r.ham_cutoff:8.4f}  {r.source}")
+
+
+@cutoffs_app.callback(invoke_without_command=True)
+def cutoffs(
+    ctx: typer.Context,
+    output: Annotated[OutputFormat, typer.Option("--format", help="text table or JSON list.")] = OutputFormat.text,
+    db: DbOption = None,
+) -> None:
+    """List each user's effective spam and ham cutoffs and where they come from.
+
+    Precedence: `spamtl cutoffs set` (administrator) > configuration
+    (user_cutoffs) > the active model's training (target ham false-positive
+    rate) > the global spam_cutoff/ham_cutoff.
+
+    Example: spamtl cutoffs --format json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with _errors():
+        from spamtl.services.cutoffs import list_cutoffs
+
+        _show(list_cutoffs(_settings(db)), output)
+
+
+@cutoffs_app.command("set")
+def cutoffs_set(
+    user: Annotated[str, typer.Argument(metavar="USER", help="The user whose cutoffs to set.")],
+    spam: Annotated[float, typer.Option("--spam", help="Spam at or above this probability.")],
+    ham: Annotated[float | None, typer.Option("--ham", help="Ham at or below this probability "
+                                              "(default: the global pair's log-odds gap below --spam).")] = None,
+    output: Annotated[OutputFormat, typer.Option("--format", help="Result as text or JSON.")] = OutputFormat.text,
+    db: DbOption = None,
+) -> None:
+    """Override USER's cutoffs (wins over configuration and training until `cutoffs unset`).
+
+    Example: spamtl cutoffs set alice --spam 0.98 --ham 0.3
+    """
+    with _errors():
+        from spamtl.services.cutoffs import set_cutoffs
+
+        settings = _settings(db)
+        _show([set_cutoffs(_engine(settings), settings, user=user, spam=spam, ham=ham)], output)
+
+
+@cutoffs_app.command("unset")
+def cutoffs_unset(
+    user: Annotated[str, typer.Argument(metavar="USER", help="The user whose override to drop.")],
+    output: Annotated[OutputFormat, typer.Option("--format", help="Result as text or JSON.")] = OutputFormat.text,
+    db: DbOption = None,
+) -> None:
+    """Drop USER's override: configuration, training or the global cutoffs apply again.
+
+    Example: spamtl cutoffs unset alice
+    """
+    with _errors():
+        from spamtl.services.cutoffs import unset_cutoffs
+
+        settings = _settings(db)
+        _show([unset_cutoffs(_engine(settings), settings, user=user)], output)

@@ -1,0 +1,81 @@
+"""Each user's effective cutoffs and where they come from; an administrator's per-user override."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from spamtl.config import Settings, validate_name
+from spamtl.errors import UsageError
+from spamtl.store import learning, queries
+from spamtl.store.db import check_schema, translate_errors
+
+__all__ = ["EffectiveCutoffs", "list_cutoffs", "set_cutoffs", "unset_cutoffs", "ham_for"]
+
+
+@dataclass(frozen=True)
+class EffectiveCutoffs:
+    user: str
+    spam_cutoff: float
+    ham_cutoff: float
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def list_cutoffs(settings: Settings, users: list[str] | None = None) -> list[EffectiveCutoffs]:
+    """Every user's cutoffs as classify applies them (same precedence: it asks the same reader)."""
+    from spamtl.services.classify import open_reader
+
+    reader = open_reader(settings)
+    try:
+        names = reader.user_names() if users is None else users
+        return [EffectiveCutoffs(u, *reader.cutoffs(u)) for u in names]
+    finally:
+        reader.store.close()
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def ham_for(spam: float, settings: Settings) -> float:
+    """A ham cutoff with the global pair's log-odds gap below ``spam`` (the unsure band keeps its width)."""
+    z = _logit(spam) - (_logit(settings.spam_cutoff) - _logit(settings.ham_cutoff))
+    return round(min(spam, 1.0 / (1.0 + math.exp(-z))), 6)
+
+
+def _user_id(session: Session, user: str) -> int:
+    found = queries.get_user(session=session, name=validate_name(user))
+    if found is None:
+        raise UsageError(f"no user {user!r}; see `spamtl users`")
+    return found.id
+
+
+def set_cutoffs(engine: Engine, settings: Settings, *, user: str, spam: float,
+                ham: float | None = None) -> EffectiveCutoffs:
+    """Override ``user``'s cutoffs (over configuration and training); without ``ham``, keep the global gap."""
+    if not 0.0 < spam <= 1.0:
+        raise UsageError(f"--spam must be a probability in (0, 1], got {spam:g}")
+    if ham is None:
+        ham = ham_for(spam, settings)
+    if not 0.0 <= ham <= spam:
+        raise UsageError(f"--ham must be between 0 and --spam ({spam:g}), got {ham:g}")
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session, session.begin():
+        learning.set_user_override(session=session, user_id=_user_id(session, user), spam=spam, ham=ham)
+    return list_cutoffs(settings, [user])[0]
+
+
+def unset_cutoffs(engine: Engine, settings: Settings, *, user: str) -> EffectiveCutoffs:
+    """Drop ``user``'s override: configuration, training or the global cutoffs apply again."""
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session, session.begin():
+        learning.set_user_override(session=session, user_id=_user_id(session, user), spam=None, ham=None)
+    return list_cutoffs(settings, [user])[0]

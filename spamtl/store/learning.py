@@ -1,0 +1,71 @@
+"""Queries for learning (nightly training's gate and cutoffs, feedback refits, admin cutoffs).
+
+Every function takes ``session`` as a keyword and never commits (as in
+:mod:`spamtl.store.queries`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from spamtl.store.queries import bump_generation
+from spamtl.store.schema import Classification, Label, User, UserCutoff
+
+__all__ = ["LoggedScore", "logged_scores_before_labels", "label_sources", "add_user_cutoffs",
+           "set_user_override"]
+
+
+@dataclass(frozen=True)
+class LoggedScore:
+    """What a model version said about a message for a user, before anyone had labelled that message."""
+
+    user: str
+    message_pk: int
+    probability: float
+
+
+def logged_scores_before_labels(*, session: Session, version_id: int) -> list[LoggedScore]:
+    """Out-of-sample scores of model ``version_id`` from the classification log.
+
+    A classification counts only if it was logged before the first label any
+    user gave that message: no model existing at that time (training or
+    feedback refit) can have been fitted on it.  Of several such
+    classifications of a (user, message) the latest wins.
+    """
+    first_label = (select(Label.message_id, func.min(Label.created_at).label("first"))
+                   .group_by(Label.message_id).subquery())
+    q = (select(User.name, Classification.message_id, Classification.probability, Classification.id)
+         .join(User, User.id == Classification.user_id)
+         .join(first_label, first_label.c.message_id == Classification.message_id)
+         .where(Classification.model_version_id == version_id, Classification.verdict != "error",
+                Classification.created_at < first_label.c.first)
+         .order_by(Classification.id))
+    latest: dict[tuple[str, int], float] = {}
+    for name, pk, probability, _ in session.execute(q):
+        latest[(name, int(pk))] = float(probability)
+    return [LoggedScore(u, pk, p) for (u, pk), p in latest.items()]
+
+
+def label_sources(*, session: Session, user_id: int) -> dict[int, str]:
+    """The source ('import' or 'feedback') of each current label of one user, by message id."""
+    latest = (select(func.max(Label.id)).where(Label.user_id == user_id).group_by(Label.message_id))
+    return {int(m): str(s) for m, s in session.execute(
+        select(Label.message_id, Label.source).where(Label.id.in_(latest)))}
+
+
+def add_user_cutoffs(*, session: Session, version_id: int, rows: Iterable[tuple[str, float, float, str]]) -> None:
+    """Store the cutoffs a training set for each user, with its version (rolled back with it)."""
+    values = [{"model_version_id": version_id, "user_name": u, "spam_cutoff": s, "ham_cutoff": h,
+               "source": src[:255]} for u, s, h, src in rows]
+    if values:
+        session.execute(insert(UserCutoff), values)
+
+
+def set_user_override(*, session: Session, user_id: int, spam: float | None, ham: float | None) -> None:
+    """Set (or, with None, clear) an administrator's cutoffs for one user; bumps the generation."""
+    session.execute(update(User).where(User.id == user_id).values(spam_cutoff=spam, ham_cutoff=ham))
+    bump_generation(session=session)
