@@ -183,6 +183,8 @@ class _Gunzip:
                     if "check" in str(exc):  # "incorrect data check" / "incorrect length check"
                         self._fail(f"gzip member fails its checksum ({exc}); nothing of it imported",
                                    member_start, True)
+                    elif self.out == 0:  # nothing came out: not gzip data at all, really
+                        self._fail(f"corrupt gzip data ({exc})", 0, True)
                     else:
                         self._fail(f"gzip stream corrupt ({exc})", self.out, True)
                     return
