@@ -439,3 +439,27 @@ def test_serve_on_an_empty_database_says_what_to_do(tmp_path: Path) -> None:
     result = runner.invoke(app, ["serve", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--port", "0"])
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: no database at {tmp_path / 'none.db'}; run `spamtl init` first"
+
+
+def test_systemd_socket_activation(store: dict[str, object], tmp_path: Path) -> None:
+    """A socket passed as fd 3 with LISTEN_PID/LISTEN_FDS (what systemd does) is served; no --port needed."""
+    wrapper = (
+        "import os, socket, sys\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(16)\n"
+        "os.dup2(s.fileno(), 3); os.set_inheritable(3, True)\n"
+        "print(s.getsockname()[1], flush=True)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'spamtl', 'serve', '--workers', '1', '--db', sys.argv[1]])\n")
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, str(store["db"])], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        assert b"listening on 127.0.0.1:" in proc.stdout.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"PING SPAMC/1.5\r\n\r\n")
+            assert sock.recv(100) == b"SPAMD/1.5 0 PONG\r\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
