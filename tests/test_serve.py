@@ -145,6 +145,14 @@ def probabilities(db: str, user: str) -> list[float]:
         con.close()
 
 
+def logged(db: str, user: str, count: int) -> list[float]:
+    """The user's logged probabilities once there are at least ``count`` (the daemon answers, then logs)."""
+    deadline = time.monotonic() + 10
+    while len(found := probabilities(db, user)) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
+
+
 def labels(db: str, user: str) -> list[tuple[str, str]]:
     con = sqlite3.connect(db.removeprefix("sqlite:///"))
     try:
@@ -214,7 +222,7 @@ def test_every_verdict_is_logged(daemon: Daemon, store: dict[str, object]) -> No
     before = len(probabilities(db, "carol"))
     for _ in range(3):
         daemon.request("CHECK", SPAM, user="carol")
-    assert len(probabilities(db, "carol")) == before + 3
+    assert len(logged(db, "carol", before + 3)) == before + 3
 
 
 # ------------------------------------------------------------------ the real spamc
@@ -271,17 +279,18 @@ def test_one_users_tell_never_changes_anothers_score(daemon: Daemon, store: dict
     """Like SpamAssassin's spamd_user_rules_leak.t: alice teaches spam, bob's score stays bit for bit."""
     db = str(store["db"])
     mail = make_mail("weekly newsletter digest 55", "this week in gardening news ferns", sender="news@garden.example")
+    n_bob, n_alice = len(probabilities(db, "bob")), len(probabilities(db, "alice"))
+    other = make_mail("weekly newsletter digest 56", "this week in gardening news mosses", sender="news@garden.example")
     daemon.request("CHECK", mail, user="bob")
-    daemon.request("CHECK", mail, user="alice")
-    bob_before, alice_before = probabilities(db, "bob")[-1], probabilities(db, "alice")[-1]
+    daemon.request("CHECK", other, user="alice")
+    bob_before, alice_before = logged(db, "bob", n_bob + 1)[-1], logged(db, "alice", n_alice + 1)[-1]
     assert daemon.request("TELL", mail, user="alice", Message_class="spam", Set="local").startswith(b"SPAMD/1.5 0 ")
     time.sleep(0.6)  # past the refresh interval of both workers
     for _ in range(4):  # both workers
         daemon.request("CHECK", mail, user="bob")
-    assert set(probabilities(db, "bob")[-4:]) == {bob_before}
-    other = make_mail("weekly newsletter digest 56", "this week in gardening news mosses", sender="news@garden.example")
+    assert set(logged(db, "bob", n_bob + 5)[-4:]) == {bob_before}
     daemon.request("CHECK", other, user="alice")
-    assert probabilities(db, "alice")[-1] != alice_before  # alice's model did move
+    assert logged(db, "alice", n_alice + 2)[-1] != alice_before  # alice's model did move
 
 
 def test_cli_feedback_is_seen_within_a_second(daemon: Daemon, store: dict[str, object]) -> None:
