@@ -199,9 +199,10 @@ class Worker:
         """(Re)read the settings and open a fresh reader: every cached model is dropped."""
         from spamtl.services.classify import open_reader
 
-        self.settings = self.settings_factory()
+        settings = self.settings_factory()
+        reader = open_reader(settings)  # raises before anything changes
         old_reader, old_engine = self.reader, self.engine
-        self.reader = open_reader(self.settings)
+        self.settings, self.reader = settings, reader
         self.engine = None
         self._checked = 0.0
         if old_reader is not None:
@@ -314,6 +315,7 @@ class Worker:
             except zlib.error:
                 raise proto.ProtocolError(proto.EX_DATAERR, "bad zlib data") from None
             if len(body) > limit:
+                request.headers["content-length"] = "0"  # all of it was read: nothing to drain
                 return request, None
         return request, body
 

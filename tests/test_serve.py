@@ -370,6 +370,18 @@ def test_oversized_message_is_refused_unscanned(daemon: Daemon) -> None:
     assert out == b"SPAMD/1.5 65 message larger than 512000 bytes; not scanned\r\n\r\n"
 
 
+def test_oversized_compressed_message_is_refused_and_closed(daemon: Daemon) -> None:
+    import zlib
+
+    packed = zlib.compress(make_mail("big", "x" * 600_000))
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=3) as sock:
+        sock.sendall(f"CHECK SPAMC/1.5\r\nUser: alice\r\nCompress: zlib\r\nContent-length: {len(packed)}\r\n\r\n"
+                     .encode() + packed)
+        answer = sock.recv(1000)
+        assert answer == b"SPAMD/1.5 65 message larger than 512000 bytes; not scanned\r\n\r\n"
+        assert sock.recv(1000) == b""  # closed at once: the whole body was read, nothing to wait for
+
+
 @needs_spamc
 def test_oversized_message_passes_through_spamc_unchanged(daemon: Daemon) -> None:
     big = make_mail("big", "x" * 600_000)
