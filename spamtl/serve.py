@@ -170,7 +170,7 @@ def _log_hook() -> Callable[..., None] | None:
     global _HOOK
     if _HOOK is None:
         try:
-            from spamtl import logs  # type: ignore[attr-defined]
+            from spamtl import logs
 
             _HOOK = getattr(logs, "log_event", False)
         except ImportError:
@@ -361,7 +361,7 @@ class Worker:
         except UsageError as exc:
             raise proto.ProtocolError(proto.EX_NOUSER, str(exc)) from None
 
-    def _score(self, request: proto.Request, body: bytes) -> tuple[bytes, Callable[[], None] | None]:
+    def _score(self, request: proto.Request, body: bytes) -> tuple[bytes, Callable[[], object] | None]:
         """The answer to a scoring request, and the call that stores its verdict (None: nothing to store)."""
         try:
             return self._answer(request, body)
@@ -375,7 +375,7 @@ class Worker:
             emit("error", command=request.command, reason=str(exc))
             return proto.response(proto.EX_TEMPFAIL, str(exc)), None
 
-    def _answer(self, request: proto.Request, body: bytes) -> tuple[bytes, Callable[[], None] | None]:
+    def _answer(self, request: proto.Request, body: bytes) -> tuple[bytes, Callable[[], object] | None]:
         from spamtl.services.classify import VerdictLogger, prepare, verdict_headers
 
         started = time.perf_counter()
