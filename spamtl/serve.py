@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
@@ -169,7 +170,7 @@ def _log_hook() -> Callable[..., None] | None:
     global _HOOK
     if _HOOK is None:
         try:
-            from spamtl import logs  # type: ignore[attr-defined]
+            from spamtl import logs
 
             _HOOK = getattr(logs, "log_event", False)
         except ImportError:
@@ -198,9 +199,10 @@ class Worker:
         """(Re)read the settings and open a fresh reader: every cached model is dropped."""
         from spamtl.services.classify import open_reader
 
-        self.settings = self.settings_factory()
+        settings = self.settings_factory()
+        reader = open_reader(settings)  # raises before anything changes
         old_reader, old_engine = self.reader, self.engine
-        self.reader = open_reader(self.settings)
+        self.settings, self.reader = settings, reader
         self.engine = None
         self._checked = 0.0
         if old_reader is not None:
@@ -272,7 +274,19 @@ class Worker:
         if request.command == "TELL":
             writer.write(await self._tell(request, body))
             return
-        writer.write(self._score(request, body))
+        answer, log_verdict = self._score(request, body)
+        writer.write(answer)
+        if log_verdict is not None:
+            # The answer first, the classification row after: the client (and the mail) does not wait for
+            # the store's write; the request is finished (and SIGTERM waits for it) only once it is logged.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.drain(), self.options.read_timeout)
+                if writer.can_write_eof():
+                    writer.write_eof()  # the client sees the end of the answer now
+            try:
+                log_verdict()
+            except SpamtlError as exc:
+                emit("error", command=request.command, reason=f"verdict not stored: {exc}")
 
     async def _read_request(self, reader: asyncio.StreamReader, deadline: float) -> tuple[proto.Request, bytes | None]:
         first = await self._line(reader, deadline)
@@ -301,6 +315,7 @@ class Worker:
             except zlib.error:
                 raise proto.ProtocolError(proto.EX_DATAERR, "bad zlib data") from None
             if len(body) > limit:
+                request.headers["content-length"] = "0"  # all of it was read: nothing to drain
                 return request, None
         return request, body
 
@@ -346,28 +361,33 @@ class Worker:
         except UsageError as exc:
             raise proto.ProtocolError(proto.EX_NOUSER, str(exc)) from None
 
-    def _score(self, request: proto.Request, body: bytes) -> bytes:
+    def _score(self, request: proto.Request, body: bytes) -> tuple[bytes, Callable[[], object] | None]:
+        """The answer to a scoring request, and the call that stores its verdict (None: nothing to store)."""
+        try:
+            return self._answer(request, body)
+        except proto.ProtocolError as exc:
+            emit("error", command=request.command, code=exc.code, reason=exc.reason)
+            return proto.response(exc.code, exc.reason), None
+        except NoModelError as exc:
+            emit("error", command=request.command, reason=str(exc))
+            return proto.response(proto.EX_UNAVAILABLE, str(exc)), None
+        except SpamtlError as exc:
+            emit("error", command=request.command, reason=str(exc))
+            return proto.response(proto.EX_TEMPFAIL, str(exc)), None
+
+    def _answer(self, request: proto.Request, body: bytes) -> tuple[bytes, Callable[[], object] | None]:
         from spamtl.services.classify import VerdictLogger, prepare, verdict_headers
 
         started = time.perf_counter()
-        try:
-            user = self._user(request)
-            reader = self.fresh_reader()
-            model = reader.user_model(user)
-            message = prepare(body)
-            verdict = reader.classify(model, message, "spamd")
-            if user != _SHARED:
-                VerdictLogger(reader.store, create_users=self.settings.auto_create_users).log(
-                    model, [(message, verdict)], _now())
-        except proto.ProtocolError as exc:
-            emit("error", command=request.command, code=exc.code, reason=exc.reason)
-            return proto.response(exc.code, exc.reason)
-        except NoModelError as exc:
-            emit("error", command=request.command, reason=str(exc))
-            return proto.response(proto.EX_UNAVAILABLE, str(exc))
-        except SpamtlError as exc:
-            emit("error", command=request.command, reason=str(exc))
-            return proto.response(proto.EX_TEMPFAIL, str(exc))
+        user = self._user(request)
+        reader = self.fresh_reader()
+        model = reader.user_model(user)
+        message = prepare(body)
+        verdict = reader.classify(model, message, "spamd")
+        log_verdict = None
+        if user != _SHARED:
+            logger = VerdictLogger(reader.store, create_users=self.settings.auto_create_users)
+            log_verdict = functools.partial(logger.log, model, [(message, verdict)], _now())
         is_spam = verdict.verdict == "spam"
         spam = proto.spam_header(verdict.probability, verdict.spam_cutoff, is_spam)
         emit("verdict", command=request.command, user=user or "-", verdict=verdict.verdict,
@@ -376,19 +396,19 @@ class Worker:
              ms=f"{(time.perf_counter() - started) * 1000:.1f}")
         command = request.command
         if command == "CHECK":
-            return proto.response(proto.EX_OK, headers=[spam])
+            return proto.response(proto.EX_OK, headers=[spam]), log_verdict
         if command == "SYMBOLS":
             symbols = [f"SPAMTL_{verdict.verdict.upper()}"] + (["SPAMTL_USER_LABEL"] if verdict.reason == "label" else [])
-            return proto.response(proto.EX_OK, headers=[spam], body=",".join(symbols).encode())
+            return proto.response(proto.EX_OK, headers=[spam], body=",".join(symbols).encode()), log_verdict
         if command in ("REPORT", "REPORT_IFSPAM"):
             text = "" if command == "REPORT_IFSPAM" and not is_spam else _report(verdict, spam[1])
-            return proto.response(proto.EX_OK, headers=[spam], body=text.encode())
+            return proto.response(proto.EX_OK, headers=[spam], body=text.encode()), log_verdict
         from spamtl.mail import add_headers
 
         processed = add_headers(body, verdict_headers(verdict))
         if command == "HEADERS":
             processed = _header_block(processed)
-        return proto.response(proto.EX_OK, headers=[spam], body=processed)
+        return proto.response(proto.EX_OK, headers=[spam], body=processed), log_verdict
 
     async def _tell(self, request: proto.Request, body: bytes) -> bytes:
         try:
@@ -538,14 +558,23 @@ def _supervise(settings_factory: Callable[[], Settings], options: ServeOptions, 
     children: dict[int, float] = {}
     stopping = False
 
-    def spawn() -> None:
+    def spawn() -> int:
+        """Fork a worker; the returned fd reads one byte (or EOF) once it serves."""
+        ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
+            os.close(ready_r)
+
+            def serving() -> None:
+                os.write(ready_w, b"1")
+                os.close(ready_w)
+
             try:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
-                _worker_main(settings_factory, options, sockets)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it: nothing cached yet
+                _worker_main(settings_factory, options, sockets, ready=serving)
             except BaseException:  # noqa: BLE001
                 import traceback
 
@@ -554,7 +583,9 @@ def _supervise(settings_factory: Callable[[], Settings], options: ServeOptions, 
             finally:
                 sys.stderr.flush()
                 os._exit(code)
+        os.close(ready_w)
         children[pid] = time.monotonic()
+        return ready_r
 
     def forward(sig: int, _frame: Any) -> None:
         nonlocal stopping
@@ -566,8 +597,10 @@ def _supervise(settings_factory: Callable[[], Settings], options: ServeOptions, 
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    for _ in range(options.workers):
-        spawn()
+    for fd in [spawn() for _ in range(options.workers)]:
+        with contextlib.suppress(OSError):
+            os.read(fd, 1)  # announce only once every worker serves (or died trying)
+        os.close(fd)
     ready()
     while children:
         try:
@@ -580,5 +613,5 @@ def _supervise(settings_factory: Callable[[], Settings], options: ServeOptions, 
             if time.monotonic() - started < 1.0:
                 time.sleep(1.0)  # a worker that dies at once: do not spin
             if not stopping:
-                spawn()
+                os.close(spawn())
     return 0

@@ -148,7 +148,7 @@ def delete_labels(*, session: Session, user_id: int, message_ids: Sequence[int])
     removed = 0
     for chunk in _chunks(list(message_ids)):
         removed += session.execute(delete(Label).where(Label.user_id == user_id,
-                                                       Label.message_id.in_(chunk))).rowcount or 0
+                                                       Label.message_id.in_(chunk))).rowcount or 0  # type: ignore[attr-defined]
     return removed
 
 
