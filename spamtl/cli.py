@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from spamtl.config import ENV_DATABASE_URL, Settings, database_url_from_env
-from spamtl.errors import SpamtlError
+from spamtl.errors import SpamtlError, redact
 
 app = typer.Typer(
     name="spamtl",
@@ -63,7 +63,8 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except SpamtlError as exc:
-        typer.echo(f"Error: {exc}", err=True)
+        # One line, and never a password, whatever the message quotes.
+        typer.echo(f"Error: {' '.join(redact(str(exc)).split())}", err=True)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -123,11 +124,11 @@ def init(db: DbOption = None) -> None:
     Example: spamtl init --db sqlite:////var/lib/spamtl/spamtl.sqlite3
     """
     with _errors():
-        from spamtl.store.db import upgrade
+        from spamtl.store.db import display_url, upgrade
 
         settings = _settings(db)
         upgrade(_engine(settings, create=True))
-        typer.echo(f"Database ready: {settings.database_url}")
+        typer.echo(f"Database ready: {display_url(settings.database_url)}")
 
 
 @app.command("import")
@@ -414,7 +415,9 @@ def demo(
         progress = _Progress("demo")
         report = run_demo(url, now=_now(), stage=lambda label, total: progress.stage(label, total))
         progress.finish()
-        typer.echo(f"Demo database: {url}")
+        from spamtl.store.db import display_url
+
+        typer.echo(f"Demo database: {display_url(url)}")
         typer.echo(f"Corpus: {report.corpus}")
         labels = sum(s.imported for s in report.imports)
         users = len({s.user for s in report.imports})
@@ -440,7 +443,7 @@ def demo(
                        f"{b.verdict} (p={b.probability:.3f}) -> {a.verdict} (p={a.probability:.3f}) after "
                        f"refitting only {report.feedback.user}'s weights.")
         typer.echo(f"\nDone in {report.seconds:.0f} s. Try next:")
-        typer.echo(f"  export SPAMTL_DATABASE_URL={url}")
+        typer.echo(f"  export SPAMTL_DATABASE_URL={display_url(url)}")
         typer.echo("  spamtl users")
         typer.echo("  spamtl classify ann < some-message.eml")
         typer.echo("  spamtl evaluate --chronological")
@@ -467,11 +470,11 @@ def _filter_one(settings: Settings, user: str, raw: bytes) -> int:
             headers.append(("X-Spam-Flag", "YES"))
         code = 0
     except SpamtlError as exc:
-        typer.echo(f"Error: {exc} (message passed through unfiltered)", err=True)
+        typer.echo(f"Error: {' '.join(redact(str(exc)).split())} (message passed through unfiltered)", err=True)
         headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_ERROR
     except Exception as exc:  # noqa: BLE001 - never lose mail, whatever went wrong
-        typer.echo(f"Error: internal error {exc.__class__.__name__}: {exc} (message passed through unfiltered)",
-                   err=True)
+        typer.echo(f"Error: internal error {exc.__class__.__name__}: {' '.join(redact(str(exc)).split())} "
+                   "(message passed through unfiltered)", err=True)
         headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_BUG
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
     from spamtl.mail import add_headers
