@@ -176,15 +176,22 @@ def _print_import(summary: Any, output: OutputFormat) -> None:
         typer.echo(f"  ... and {len(summary.unreadable) - 50} more unreadable", err=True)
 
 
-@app.command()
+users_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, rich_markup_mode=None)
+app.add_typer(users_app, name="users")
+
+
+@users_app.callback(invoke_without_command=True)
 def users(
+    ctx: typer.Context,
     output: Annotated[OutputFormat, typer.Option("--format", help="text table or JSON list.")] = OutputFormat.text,
     db: DbOption = None,
 ) -> None:
-    """List users with their group and current ham and spam label counts.
+    """List users with their group and current ham and spam label counts; `users delete|rename` manage them.
 
     Example: spamtl users --format json
     """
+    if ctx.invoked_subcommand is not None:
+        return
     with _errors():
         from spamtl.services.reports import list_users
 
@@ -590,7 +597,9 @@ def feedback(
             return
         was = f" (was {result.previous_label})" if result.previous_label else ""
         typer.echo(f"Recorded {result.label}{was} for {user}: message {result.sha256[:16]}...")
-        if result.model_version is None:
+        if result.body_missing:
+            typer.echo("The message body is no longer stored; pass the message itself to learn from it.")
+        elif result.model_version is None:
             typer.echo("No model yet: the label will be used by the next `spamtl train`.")
         else:
             typer.echo(f"Refitted {user}'s personal weights in model v{result.model_version} on "
@@ -605,3 +614,6 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+from spamtl import cli_store as _cli_store  # noqa: E402,F401  registers commands
+

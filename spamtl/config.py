@@ -36,10 +36,24 @@ class Settings:
     promote_tolerance: float = 0.0
     chunk_size: int = 1000
     seed: int = 0
+    # Retention (``spamtl prune``, also run at the end of every ``spamtl train``); None keeps forever.
+    # 30 days: a user who corrects a verdict does so within days of seeing it; after a month
+    # `feedback` still works by passing the message itself.  Labelled mail is never pruned.
+    raw_retention_days: int | None = 30
+    # 180 days: half a year of verdicts for error counts and audits; then only labels remain.
+    classification_retention_days: int | None = 180
+    # 5 promoted versions: about a week of nightly models to roll back to (plus any pinned one).
+    keep_promoted_versions: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ham_cutoff <= self.spam_cutoff <= 1.0:
             raise ValueError("cutoffs must satisfy 0 <= ham_cutoff <= spam_cutoff <= 1")
+        if self.keep_promoted_versions < 1:
+            raise ValueError("keep_promoted_versions must be at least 1 (the active model)")
+        for name in ("raw_retention_days", "classification_retention_days"):
+            days = getattr(self, name)
+            if days is not None and days < 0:
+                raise ValueError(f"{name} must be >= 0 or None (keep forever)")
 
     def verdict(self, probability: float) -> str:
         """spam at or above spam_cutoff, ham at or below ham_cutoff, unsure between."""

@@ -37,6 +37,7 @@ class FeedbackResult:
     probability_before: float | None
     probability_after: float | None
     user_labels: int
+    body_missing: bool = False  # retention dropped the body: the label is stored but cannot be learnt from
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -99,6 +100,10 @@ def _refit_user(engine: Engine, result: FeedbackResult, *, user: str, user_id: i
         labels = queries.current_labels(session=session, users=[user])
     config = FeatureConfig.from_key(feature_key)
     rows = feature_rows(engine, [lab.message_pk for lab in labels] + [message_pk], config)
+    if message_pk not in rows:
+        result.body_missing = True  # stored for the record; nothing to learn from until the message is passed
+        return
+    labels = [lab for lab in labels if lab.message_pk in rows]
     result.model_version = version_id
     result.probability_before = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
     y = np.array([1.0 if lab.is_spam else -1.0 for lab in labels])
