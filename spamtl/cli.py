@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from spamtl.config import ENV_DATABASE_URL, Settings
-from spamtl.errors import SpamtlError
+from spamtl.errors import SpamtlError, redact
 
 app = typer.Typer(
     name="spamtl",
@@ -90,7 +90,8 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except SpamtlError as exc:
-        typer.echo(f"Error: {exc}", err=True)
+        # One line, and never a password, whatever the message quotes.
+        typer.echo(f"Error: {' '.join(redact(str(exc)).split())}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except Exception as exc:
         problem = _database_problem(exc)
@@ -182,11 +183,11 @@ def init(db: DbOption = None) -> None:
     Example: spamtl init --db sqlite:////var/lib/spamtl/spamtl.sqlite3
     """
     with _errors():
-        from spamtl.store.db import upgrade
+        from spamtl.store.db import display_url, upgrade
 
         settings = _settings(db)
         upgrade(_engine(settings, create=True))
-        typer.echo(f"Database ready: {settings.database_url}")
+        typer.echo(f"Database ready: {display_url(settings.database_url)}")
 
 
 @app.command("import")
@@ -236,8 +237,13 @@ def _print_import(summary: Any, output: OutputFormat) -> None:
         typer.echo(f"  ... and {len(summary.unreadable) - 50} more unreadable", err=True)
 
 
-@app.command()
+users_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, rich_markup_mode=None)
+app.add_typer(users_app, name="users")
+
+
+@users_app.callback(invoke_without_command=True)
 def users(
+    ctx: typer.Context,
     output: Annotated[OutputFormat, typer.Option("--format", help="text table or JSON list.")] = OutputFormat.text,
     db: DbOption = None,
 ) -> None:
@@ -245,6 +251,8 @@ def users(
 
     Example: spamtl users --format json
     """
+    if ctx.invoked_subcommand is not None:
+        return
     with _errors():
         from spamtl.services.reports import list_users
 
@@ -501,7 +509,9 @@ def demo(
         progress = _Progress("demo")
         report = run_demo(url, now=_now(), stage=lambda label, total: progress.stage(label, total))
         progress.finish()
-        typer.echo(f"Demo database: {url}")
+        from spamtl.store.db import display_url
+
+        typer.echo(f"Demo database: {display_url(url)}")
         typer.echo(f"Corpus: {report.corpus}")
         labels = sum(s.imported for s in report.imports)
         users = len({s.user for s in report.imports})
@@ -527,7 +537,7 @@ def demo(
                        f"{b.verdict} (p={b.probability:.3f}) -> {a.verdict} (p={a.probability:.3f}) after "
                        f"refitting only {report.feedback.user}'s weights.")
         typer.echo(f"\nDone in {report.seconds:.0f} s. Try next:")
-        typer.echo(f"  export SPAMTL_DATABASE_URL={url}")
+        typer.echo(f"  export SPAMTL_DATABASE_URL={display_url(url)}")
         typer.echo("  spamtl users")
         typer.echo("  spamtl classify ann < some-message.eml")
         typer.echo("  spamtl evaluate --chronological")
@@ -562,11 +572,11 @@ def _filter_one(settings: Settings, user: str) -> int:
     try:
         headers = _filter_headers(settings, user, raw)
     except SpamtlError as exc:
-        typer.echo(f"Error: {exc} (message passed through unfiltered)", err=True)
+        typer.echo(f"Error: {' '.join(redact(str(exc)).split())} (message passed through unfiltered)", err=True)
         headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_ERROR
     except Exception as exc:  # noqa: BLE001 - never lose mail, whatever went wrong
-        typer.echo(f"Error: internal error {exc.__class__.__name__}: {exc} (message passed through unfiltered)",
-                   err=True)
+        typer.echo(f"Error: internal error {exc.__class__.__name__}: {' '.join(redact(str(exc)).split())} "
+                   "(message passed through unfiltered)", err=True)
         headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_BUG
     out.write(add_headers(raw, headers))
     out.flush()
@@ -744,7 +754,9 @@ def feedback(
             return
         was = f" (was {result.previous_label})" if result.previous_label else ""
         typer.echo(f"Recorded {result.label}{was} for {user}: message {result.sha256[:16]}...")
-        if result.model_version is None:
+        if result.body_missing:
+            typer.echo("The message body is no longer stored; pass the message itself to learn from it.")
+        elif result.model_version is None:
             typer.echo("No model yet: the label will be used by the next `spamtl train`.")
         else:
             typer.echo(f"Refitted {user}'s personal weights in model v{result.model_version} on "
@@ -791,3 +803,4 @@ from spamtl import cli_config as _cli_config  # noqa: E402,F401  registers comma
 from spamtl import cli_cutoffs as _cli_cutoffs  # noqa: E402,F401  registers commands
 from spamtl import cli_explain as _cli_explain  # noqa: E402,F401  registers commands
 from spamtl import cli_serve as _cli_serve  # noqa: E402,F401  registers commands
+from spamtl import cli_store as _cli_store  # noqa: E402,F401  registers commands

@@ -80,6 +80,14 @@ class Settings:
     log_level: str = "warning"
     # Filter mode adds a one-line X-Spamtl-Report header (the explanation, <= 300 chars) when set.
     filter_report: bool = False
+    # Retention (``spamtl prune``, also run at the end of every ``spamtl train``); None keeps forever.
+    # 30 days: a user who corrects a verdict does so within days of seeing it; after a month
+    # `feedback` still works by passing the message itself.  Labelled mail is never pruned.
+    raw_retention_days: int | None = 30
+    # 180 days: half a year of verdicts for error counts and audits; then only labels remain.
+    classification_retention_days: int | None = 180
+    # 5 promoted versions: about a week of nightly models to roll back to (plus any pinned one).
+    keep_promoted_versions: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ham_cutoff <= self.spam_cutoff <= 1.0:
@@ -88,6 +96,12 @@ class Settings:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if not 0.0 <= self.target_ham_fpr < 1.0:
             raise ValueError("target_ham_fpr must be in [0, 1)")
+        if self.keep_promoted_versions < 1:
+            raise ValueError("keep_promoted_versions must be at least 1 (the active model)")
+        for name in ("raw_retention_days", "classification_retention_days"):
+            days = getattr(self, name)
+            if days is not None and days < 0:
+                raise ValueError(f"{name} must be >= 0 or None (keep forever)")
 
     def verdict(self, probability: float) -> str:
         """The verdict at the global cutoffs (see :func:`verdict_at`)."""

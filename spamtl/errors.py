@@ -6,6 +6,20 @@ The CLI catches :class:`SpamtlError` in one place and prints it as a single
 
 from __future__ import annotations
 
+import re
+
+# scheme://user:password@host -> scheme://user:***@host, wherever a URL appears in a message.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"]*:)[^@\s'\"]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``.
+
+    >>> redact("cannot use 'postgresql://bob:s3cret@db/x'")
+    "cannot use 'postgresql://bob:***@db/x'"
+    """
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
 
 class SpamtlError(Exception):
     """Base class of every expected, user-facing failure."""

@@ -71,6 +71,10 @@ def start() -> tuple[str, str]:
     port = _free_port()
     _run([_bin("initdb"), "-D", datadir, "-U", SUPERUSER, "-A", "trust", "--no-sync", "-E", "UTF8",
           "--locale=C"])
+    # The test role logs in without a password; every other role needs one, so bad-password tests can run.
+    hba = (f"local all {SUPERUSER} trust\nhost all {SUPERUSER} 127.0.0.1/32 trust\n"
+           "host all all 127.0.0.1/32 scram-sha-256\n")
+    _run(["sh", "-c", f"printf '%s' '{hba}' > {datadir}/pg_hba.conf"])
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {datadir} -c fsync=off -c max_connections=200"
     _run([_bin("pg_ctl"), "-D", datadir, "-o", options, "-l", f"{datadir}/server.log", "-w", "start"])
     return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/postgres", datadir

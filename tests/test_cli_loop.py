@@ -78,7 +78,7 @@ def classify_json(db: str, user: str, *paths: str) -> list[dict[str, object]]:
 
 def test_train_json_shape(store: dict[str, object]) -> None:
     trained = store["trained"]
-    assert set(trained) == {"version", "promoted", "reason", "users", "messages", "metrics", "seconds"}
+    assert set(trained) == {"version", "promoted", "reason", "users", "messages", "metrics", "seconds", "pruned"}
     assert trained["version"] == 1 and trained["promoted"] is True and trained["reason"] == "first model"
     assert trained["users"] == 3 and trained["messages"] == 3 * 70
     assert 0 <= trained["metrics"]["candidate_auc_error_pct"] < 5

@@ -76,8 +76,9 @@ def test_evaluate_leaves_the_active_model_alone(evaluated) -> None:  # type: ign
     assert len(versions) == 1
 
 
-@pytest.mark.parametrize("command", ["init", "import", "users", "train", "classify", "feedback", "models",
-                                     "models activate", "evaluate"])
+@pytest.mark.parametrize("command", ["init", "import", "users", "users delete", "users rename", "train", "classify",
+                                     "feedback", "models", "models activate", "models pin", "models unpin", "prune",
+                                     "evaluate"])
 def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0

@@ -64,7 +64,10 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
 
 def feature_rows(engine: Engine, message_pks: Sequence[int], config: FeatureConfig,
                  progress: Progress | None = None) -> dict[int, FeatureRow]:
-    """Feature rows of the given messages, computing and caching the missing ones."""
+    """Feature rows of the given messages, computing and caching the missing ones.
+
+    Messages without a cached row whose body retention has dropped are absent from the result.
+    """
     wanted = sorted(set(int(p) for p in message_pks))
     with translate_errors(), Session(engine) as session:
         cached = queries.cached_features(session=session, message_pks=wanted, feature_key=config.key)
@@ -121,6 +124,8 @@ def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence
         labels = queries.current_labels(session=session, users=users)
         groups = {u.name: u.group_name for u in queries.users_by_name(session=session).values()}
     rows = feature_rows(engine, [lab.message_pk for lab in labels], config, progress)
+    # A label given by id after retention dropped the body has no features: it waits until the message is passed again.
+    labels = [lab for lab in labels if lab.message_pk in rows]
     X = rows_to_csr([rows[lab.message_pk] for lab in labels], config.n_features)
     return TrainingData(
         X=X,

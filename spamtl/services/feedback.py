@@ -44,6 +44,7 @@ class FeedbackResult:
     probability_before: float | None
     probability_after: float | None
     user_labels: int
+    body_missing: bool = False  # retention dropped the body: the label is stored but cannot be learnt from
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -262,6 +263,10 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
     config = FeatureConfig.from_key(feature_key)
     extra = [message_pk] if message_pk is not None else []
     rows = feature_rows(engine, [lab.message_pk for lab in labels] + extra, config)
+    if message_pk is not None and message_pk not in rows:
+        result.body_missing = True  # stored for the record; nothing to learn from until the message is passed
+        return
+    labels = [lab for lab in labels if lab.message_pk in rows]
     result.model_version = version_id
     if message_pk is not None:
         result.probability_before = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))

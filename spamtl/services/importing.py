@@ -75,6 +75,12 @@ def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) ->
     raws = [strip_own_headers(r) for r in raws]
     shas = [sha256_hex(r) for r in raws]
     known = queries.message_ids_by_sha(session=session, shas=shas)
+    if known:  # a message whose body retention dropped gets it back, so it can be learnt from again
+        bodiless = queries.bodiless_messages(session=session, message_pks=list(known.values()))
+        for sha, raw in zip(shas, raws):
+            if known.get(sha) in bodiless:
+                queries.restore_body(session=session, message_pk=known[sha], raw=queries.compress(raw))
+                bodiless.discard(known[sha])
     rows: dict[str, dict[str, Any]] = {}
     for sha, raw in zip(shas, raws):
         if sha in known or sha in rows:

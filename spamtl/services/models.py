@@ -16,7 +16,7 @@ from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
 from spamtl.store.schema import ModelVersion
 
-__all__ = ["VersionInfo", "save_weights", "load_weights", "load_user_slice", "list_versions", "activate"]
+__all__ = ["VersionInfo", "save_weights", "load_weights", "load_user_slice", "list_versions", "activate", "pin"]
 
 
 @dataclass(frozen=True)
@@ -29,15 +29,17 @@ class VersionInfo:
     params: dict[str, Any]
     metrics: dict[str, Any]
     note: str | None
+    pinned: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "status": self.status, "created_at": self.created_at.isoformat(),
                 "users": self.users, "messages": self.messages, "params": self.params, "metrics": self.metrics,
-                "note": self.note}
+                "note": self.note, "pinned": self.pinned}
 
 
 def _info(v: ModelVersion) -> VersionInfo:
-    return VersionInfo(v.id, v.status, v.created_at, v.n_users, v.n_messages, dict(v.params), dict(v.metrics), v.note)
+    return VersionInfo(v.id, v.status, v.created_at, v.n_users, v.n_messages, dict(v.params), dict(v.metrics), v.note,
+                       bool(v.pinned))
 
 
 def save_weights(*, session: Session, weights: ModelWeights, feature_key: str, status: str, now: datetime,
@@ -131,7 +133,22 @@ def activate(engine: Engine, version: int) -> VersionInfo:
         v = _version(session, version)
         if v.status == "rejected" and not v.metrics:
             raise UsageError(f"model version {version} was never completed")
+        if queries.model_part(session=session, version_id=v.id, kind="shared") is None:
+            raise UsageError(f"model version {version} has no weights any more (retention keeps the last "
+                             "promoted and the pinned versions); activate another one")
         queries.set_active(session=session, version_id=v.id)
         session.flush()
         session.refresh(v)
+        return _info(v)
+
+
+def pin(engine: Engine, version: int, pinned: bool = True) -> VersionInfo:
+    """Pin (or unpin) a version: a pinned version keeps its weights whatever retention says."""
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session, session.begin():
+        v = _version(session, version)
+        if pinned and queries.model_part(session=session, version_id=v.id, kind="shared") is None:
+            raise UsageError(f"model version {version} has no weights any more; there is nothing to keep")
+        v.pinned = pinned
+        session.flush()
         return _info(v)

@@ -60,10 +60,12 @@ class TrainResult:
     messages: int
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    pruned: dict[str, Any] = field(default_factory=dict)  # what retention removed after training
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "promoted": self.promoted, "reason": self.reason, "users": self.users,
-                "messages": self.messages, "metrics": self.metrics, "seconds": round(self.seconds, 2)}
+                "messages": self.messages, "metrics": self.metrics, "seconds": round(self.seconds, 2),
+                "pruned": self.pruned}
 
 
 # ------------------------------------------------------------------ step 1: labels
@@ -398,12 +400,19 @@ def train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | N
 
     Only one training runs at a time: a second one raises
     :class:`~spamtl.services.lock.LockBusyError` (exit code 75) at once.
+    Afterwards the retention settings are applied (``spamtl prune``), in a
+    transaction of their own.
     """
     from spamtl.services.lock import hold
+    from spamtl.services.retention import prune
 
     check_schema(engine)
     with hold(engine, "train", what="train"):
-        return _train(engine, settings, now=now, stage=stage, progress=progress, label_transform=label_transform)
+        result = _train(engine, settings, now=now, stage=stage, progress=progress, label_transform=label_transform)
+        if stage is not None:
+            stage("applying retention", None)
+        result.pruned = prune(engine, settings, now=now).as_dict()
+        return result
 
 
 def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | None,

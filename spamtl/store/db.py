@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from spamtl.errors import DatabaseError
+from spamtl.errors import DatabaseError, redact
 
 __all__ = [
     "SCHEMA_REVISION",
@@ -23,6 +23,7 @@ __all__ = [
     "schema_revision",
     "check_schema",
     "translate_errors",
+    "display_url",
 ]
 
 from spamtl.store.lite import SCHEMA_REVISION  # noqa: E402 - the one definition, importable without SQLAlchemy
@@ -36,6 +37,14 @@ def _busy_timeout() -> float:
         return float(os.environ.get("SPAMTL_BUSY_TIMEOUT", BUSY_TIMEOUT_S))
     except ValueError:
         return BUSY_TIMEOUT_S
+
+
+def display_url(url: str) -> str:
+    """``url`` as it may be shown or logged: the password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return redact(url)
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -58,7 +67,7 @@ def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | Non
     try:
         path = _sqlite_path(url)
     except ArgumentError as exc:
-        raise DatabaseError(f"invalid database URL {url!r}: {exc}") from None
+        raise DatabaseError(f"invalid database URL {redact(url)!r}: {redact(str(exc))}") from None
     if path is not None and path != ":memory:":
         folder = Path(path).expanduser().parent
         if create_dir:
@@ -68,7 +77,10 @@ def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | Non
     try:
         engine = create_engine(url, connect_args={"timeout": busy_timeout} if path is not None else {})
     except (ArgumentError, ImportError) as exc:
-        raise DatabaseError(f"cannot use database URL {url!r}: {exc}") from None
+        hint = ""
+        if isinstance(exc, ImportError) and make_url(url).get_backend_name() == "postgresql":
+            hint = "; use a postgresql+psycopg:// URL with the driver from `pip install 'spamtl[postgres]'`"
+        raise DatabaseError(f"cannot use database URL {display_url(url)!r}: {redact(str(exc))}{hint}") from None
     if path is not None:
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
     return engine
@@ -154,18 +166,31 @@ def check_schema(engine: Engine) -> None:
         raise DatabaseError(f"the database {state}; run `spamtl init` to create or upgrade it")
 
 
+# How psycopg 3 words a failure to reach or log in to the server (refused, unknown host, bad password).
+_CONNECT_FAILURES = ("connection failed:", "connection to server", "failed to resolve host",
+                     "could not translate host name")
+
+
+def _connect_reason(message: str) -> str:
+    """psycopg's connection error on one line: the first line, without its prefix and libpq's hint line."""
+    first = message.strip().splitlines()[0].removeprefix("connection failed:")
+    return " ".join(first.split())
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Turn driver errors users can act on into one-line DatabaseErrors."""
     try:
         yield
     except OperationalError as exc:
-        message = str(exc.orig) if exc.orig is not None else str(exc)
+        message = redact(str(exc.orig) if exc.orig is not None else str(exc))
+        if message.startswith(_CONNECT_FAILURES):
+            raise DatabaseError(f"cannot connect to the database server: {_connect_reason(message)}") from None
         if "locked" in message or "busy" in message:
             raise DatabaseError("the database is locked by another process; try again later") from None
         if "no such table" in message:
             raise DatabaseError("the database has no spamtl tables; run `spamtl init` first") from None
-        raise DatabaseError(f"database error: {message}") from None
+        raise DatabaseError(f"database error: {' '.join(message.split())}") from None
     except sqlite3.DatabaseError as exc:
         raise DatabaseError(f"database error: {exc}") from None
     except SQLAlchemyError as exc:

@@ -299,3 +299,67 @@ def add_classification(*, session: Session, user_id: int, message_pk: int, proba
                        model_version_id: int | None, now: datetime) -> None:
     session.add(Classification(user_id=user_id, message_id=message_pk, probability=probability, verdict=verdict,
                                model_version_id=model_version_id, created_at=now))
+
+
+# ---------------------------------------------------------------- retention
+def _labelled(message_col: Any) -> Any:
+    return select(Label.id).where(Label.message_id == message_col).exists()
+
+
+def _classified(message_col: Any) -> Any:
+    return select(Classification.id).where(Classification.message_id == message_col).exists()
+
+
+def drop_unlabelled_bodies(*, session: Session, before: datetime) -> int:
+    """Set ``raw`` NULL for mail received before ``before`` that no user labelled; how many."""
+    bodiless = (select(Message.id).where(Message.raw.is_not(None), Message.received_at < before,
+                                         ~_labelled(Message.id)))
+    session.execute(delete(MessageFeatures).where(MessageFeatures.message_id.in_(bodiless)))
+    result = session.execute(update(Message).where(Message.id.in_(bodiless)).values(raw=None)
+                             .execution_options(synchronize_session=False))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def delete_classifications(*, session: Session, before: datetime) -> int:
+    result = session.execute(delete(Classification).where(Classification.created_at < before)
+                             .execution_options(synchronize_session=False))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def delete_unreferenced_messages(*, session: Session, before: datetime) -> int:
+    """Delete messages received before ``before`` that no label and no classification refers to.
+
+    Only old ones: a message is stored in the same transaction as its label or
+    verdict, but the age limit keeps this safe even for a writer that did not.
+    """
+    result = session.execute(delete(Message).where(Message.received_at < before, ~_labelled(Message.id),
+                                                   ~_classified(Message.id))
+                             .execution_options(synchronize_session=False))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def bodiless_messages(*, session: Session, message_pks: Sequence[int]) -> set[int]:
+    """Which of these messages have had their body dropped by retention."""
+    out: set[int] = set()
+    for chunk in _chunks(list(message_pks)):
+        out.update(session.scalars(select(Message.id).where(Message.id.in_(chunk), Message.raw.is_(None))))
+    return out
+
+
+def restore_body(*, session: Session, message_pk: int, raw: bytes) -> None:
+    """Store the (compressed) body of a message whose body retention dropped."""
+    session.execute(update(Message).where(Message.id == message_pk, Message.raw.is_(None)).values(raw=raw)
+                    .execution_options(synchronize_session=False))
+
+
+def versions_with_weights(*, session: Session) -> set[int]:
+    return set(session.scalars(select(ModelPart.model_version_id).distinct()))
+
+
+def drop_model_parts(*, session: Session, version_ids: Sequence[int]) -> int:
+    """Delete every part (the weights) of these versions; their rows and metrics stay."""
+    if not version_ids:
+        return 0
+    result = session.execute(delete(ModelPart).where(ModelPart.model_version_id.in_(list(version_ids)))
+                             .execution_options(synchronize_session=False))
+    return int(result.rowcount)  # type: ignore[attr-defined]

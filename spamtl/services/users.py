@@ -1,0 +1,101 @@
+"""Removing and renaming users: everything of theirs, in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from spamtl.errors import UsageError
+from spamtl.store import queries
+from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.schema import Classification, Label, Message, ModelPart, ModelVersion, User
+
+__all__ = ["UserDeletion", "delete_user", "rename_user"]
+
+
+@dataclass
+class UserDeletion:
+    """What deleting a user removes (or, with ``dry_run``, would remove)."""
+
+    user: str
+    labels: int
+    classifications: int
+    model_parts: int
+    messages: int
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _existing(session: Session, name: str) -> User:
+    user = queries.get_user(session=session, name=name)
+    if user is None:
+        raise UsageError(f"no user {name!r}; see `spamtl users`")
+    return user
+
+
+def _count(session: Session, stmt: Any) -> int:
+    return int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+
+
+def delete_user(engine: Engine, name: str, *, dry_run: bool = False) -> UserDeletion:
+    """Delete ``name`` with their labels, verdicts, personal weights in every version and the
+    mail only they received or labelled (mail another user has is kept)."""
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session, session.begin() as transaction:
+        user = _existing(session, name)
+        theirs = (select(Label.message_id).where(Label.user_id == user.id)
+                  .union(select(Classification.message_id).where(Classification.user_id == user.id)))
+        others = (select(Label.message_id).where(Label.user_id != user.id)
+                  .union(select(Classification.message_id).where(Classification.user_id != user.id)))
+        only_theirs = list(session.scalars(select(Message.id).where(Message.id.in_(theirs), Message.id.not_in(others))))
+        parts = select(ModelPart.model_version_id).where(ModelPart.kind == "user", ModelPart.name == name)
+        result = UserDeletion(
+            user=name,
+            labels=_count(session, select(Label.id).where(Label.user_id == user.id)),
+            classifications=_count(session, select(Classification.id).where(Classification.user_id == user.id)),
+            model_parts=_count(session, parts),
+            messages=len(only_theirs), dry_run=dry_run)
+        if dry_run:
+            transaction.rollback()
+            return result
+        session.execute(delete(Label).where(Label.user_id == user.id))
+        session.execute(delete(Classification).where(Classification.user_id == user.id))
+        session.execute(delete(ModelPart).where(ModelPart.kind == "user", ModelPart.name == name))
+        for version in session.scalars(select(ModelVersion)):
+            groups = dict((version.params or {}).get("task_groups") or {})
+            if name in groups:
+                del groups[name]
+                version.params = {**version.params, "task_groups": groups}
+        session.delete(user)
+        for chunk in range(0, len(only_theirs), 900):
+            session.execute(delete(Message).where(Message.id.in_(only_theirs[chunk:chunk + 900]))
+                            .execution_options(synchronize_session=False))
+    return result
+
+
+def rename_user(engine: Engine, old: str, new: str) -> int:
+    """Rename ``old`` to ``new``: labels follow, and so do the personal weights in every version.
+
+    Returns the number of model versions whose weights were renamed.
+    """
+    if not new.strip():
+        raise UsageError("the user name must not be empty")
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session, session.begin():
+        user = _existing(session, old)
+        if queries.get_user(session=session, name=new) is not None:
+            raise UsageError(f"user {new!r} already exists; delete or rename it first")
+        user.name = new
+        renamed = session.execute(update(ModelPart).where(ModelPart.kind == "user", ModelPart.name == old)
+                                  .values(name=new).execution_options(synchronize_session=False))
+        for version in session.scalars(select(ModelVersion)):
+            groups = dict((version.params or {}).get("task_groups") or {})
+            if old in groups:
+                groups[new] = groups.pop(old)
+                version.params = {**version.params, "task_groups": groups}
+        return int(renamed.rowcount)  # type: ignore[attr-defined]
