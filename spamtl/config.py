@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def database_url_from_env(explicit: str | None) -> str:
     return default_database_url()
 
 
-def default_database_url() -> str:
+def default_database_url(env: Mapping[str, str] | None = None) -> str:
     """``sqlite:///`` URL of ``$XDG_DATA_HOME/spamtl/spamtl.sqlite3`` (``~/.local/share`` by default)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    base = (os.environ if env is None else env).get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return f"sqlite:///{Path(base) / 'spamtl' / 'spamtl.sqlite3'}"

@@ -70,7 +70,7 @@ def parse_line(line: str) -> dict[str, str]:
     out = {}
     for key, value in _PAIR.findall(line):
         if value.startswith('"'):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            value = re.sub(r'\\(["\\])', r"\1", value[1:-1])
         out[key] = value
     return out
 

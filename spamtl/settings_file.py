@@ -212,11 +212,14 @@ def _convert(tp: Any, name: str, value: Any, *, from_text: bool) -> Any:
             value = _toml_value(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise _Bad(_describe(tp, name))
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], name, v, from_text=from_text) for v in value)
-        if len(value) != len(args):
-            raise _Bad(_describe(tp, name))
-        return tuple(_convert(a, name, v, from_text=from_text) for a, v in zip(args, value))
+        try:
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_convert(args[0], name, v, from_text=from_text) for v in value)
+            if len(value) != len(args):
+                raise _Bad(_describe(tp, name))
+            return tuple(_convert(a, name, v, from_text=from_text) for a, v in zip(args, value))
+        except _Bad:
+            raise _Bad(_describe(tp, name)) from None
     if dataclasses.is_dataclass(tp):
         if from_text and isinstance(value, str):
             value = _toml_value(value)
@@ -389,7 +392,7 @@ def load_settings(options: Mapping[str, Any] | None = None, *, config: str | os.
         sources[name] = f"option {spelled}"
 
     if "database_url" not in values:
-        values["database_url"] = default_database_url()
+        values["database_url"] = default_database_url(env)
     try:
         settings = Settings(**values)
     except (TypeError, ValueError) as exc:

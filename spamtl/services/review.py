@@ -5,19 +5,25 @@ and that the user has not labelled, the most recently classified first (at
 most :data:`REVIEW_POOL`).  Each is re-scored with the *current* model (a
 logged probability may be stale after a refit or a training), and ranked by
 
-    priority = distance to the nearer cutoff in logit space - disagreement
+    priority = |z| - disagreement
 
-where the distance is ``min(|z - logit(spam_cutoff)|, |z - logit(ham_cutoff)|)``
-(uncertainty sampling: a message near a cutoff could go either way), and
-``disagreement = min(|shared|, |personal|)`` when the shared part and the
-user's personal part push in opposite directions (the user's own evidence
-contradicts everyone's; a label settles which one is right), else 0.
+where z is the message's logit: ``|z|`` is its distance to p = 0.5, where the
+model is least sure (uncertainty sampling), and ``disagreement =
+min(|shared|, |personal|)`` when the shared part and the user's personal part
+push in opposite directions (the user's own evidence contradicts everyone's;
+a label settles which one is right), else 0.
+
+Why p = 0.5 and not the spam cutoff: on Enron-Spam (benchmarks/bench_review.py,
+6 seeds) ranking by the distance to the configured cutoffs (0.9 / 0.2)
+taught the model *less* than labelling random mail (macro 1-AUC 2.15 % vs
+2.17 % random, 2.37 % before), while ``|z|`` gave 2.04 % and ``|z| -
+disagreement`` 2.03 %.  Messages near a high spam cutoff are mostly spam
+the model already ranks well; the ranking (AUC) is decided around p = 0.5.
 Smallest priority first.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +45,6 @@ __all__ = ["REVIEW_POOL", "ReviewItem", "review_priority", "review_queue"]
 REVIEW_POOL = 2_000
 """Most recent unlabelled messages re-scored per call (about 1 ms each: a couple of seconds at most)."""
 MAX_REVIEW = 1_000
-_EPS = 1e-6
 
 
 @dataclass
@@ -63,21 +68,14 @@ class ReviewItem:
                 "group": round(self.group, 6), "personal": round(self.personal, 6), "why": self.why}
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, _EPS), 1 - _EPS)
-    return math.log(p / (1 - p))
-
-
-def review_priority(z: float, shared: float, personal: float, spam_cutoff: float,
-                    ham_cutoff: float) -> tuple[float, str]:
+def review_priority(z: float, shared: float, personal: float) -> tuple[float, str]:
     """(priority, why) of a message with logit ``z`` and these part totals; smaller = review first."""
-    distance = min(abs(z - _logit(spam_cutoff)), abs(z - _logit(ham_cutoff)))
     disagreement = min(abs(shared), abs(personal)) if shared * personal < 0 else 0.0
-    if disagreement > 0:
+    if disagreement > abs(z):
         why = f"shared {shared:+.2f} vs personal {personal:+.2f}"
     else:
-        why = "near the cutoff"
-    return distance - disagreement, why
+        why = "the model is unsure"
+    return abs(z) - disagreement, why
 
 
 def score_for_review(model: UserModel, raw: bytes) -> tuple[float, dict[str, float]]:
@@ -113,8 +111,7 @@ def review_queue(settings: Settings, *, user: str, n: int = 10, pool: int = REVI
         if not data:
             continue
         z, totals = score_for_review(model, queries.decompress(data))
-        priority, why = review_priority(z, totals["shared"], totals["personal"], model.spam_cutoff,
-                                        model.ham_cutoff)
+        priority, why = review_priority(z, totals["shared"], totals["personal"])
         p = sigmoid(z)
         items.append(ReviewItem(id=c.sha256[:12], sha256=c.sha256, message_id=c.mid, subject=c.subject,
                                 probability=p, verdict=model.verdict(p), priority=priority,
