@@ -74,3 +74,5 @@ def _print_table(result: Any) -> None:
     by_position = [u for u, how in p["orderings"].items() if how != "date"]
     if by_position:
         typer.echo(f"  merged by relative position: {', '.join(by_position)}")
+        for user in by_position:
+            typer.echo(f"    {user}: {result.users[user]['ordering_reason']}")

@@ -77,16 +77,18 @@ def test_overlapping_dates_are_merged_by_date_then_import_order() -> None:
     items = [Item(1, False, d + timedelta(days=3)), Item(2, True, d + timedelta(days=1)),
              Item(3, False, d + timedelta(days=1)), Item(4, True, d + timedelta(days=5)),
              Item(5, False, d), Item(6, True, d + timedelta(days=2))]
-    ordered, how = delivery_order(items)
+    ordered, how, why = delivery_order(items)
     assert how == "date"
+    assert why == "ham and spam dates overlap (ham 2024-01-01..2024-01-04, spam 2024-01-02..2024-01-06)"
     assert [it.pk for it in ordered] == [5, 2, 3, 6, 1, 4]
 
 
 def test_disjoint_years_are_merged_by_relative_position() -> None:
     ham = [Item(10 + i, False, datetime(1999, 1, 1) + timedelta(days=i)) for i in range(4)]
     spam = [Item(20 + j, True, datetime(2004, 6, 1) + timedelta(days=j)) for j in range(2)]
-    ordered, how = delivery_order(list(reversed(ham + spam)))
+    ordered, how, why = delivery_order(list(reversed(ham + spam)))
     assert how == "relative position"
+    assert why.startswith("ham and spam dates do not overlap (ham 1999-01-01..")
     # ham at 1/8, 3/8, 5/8, 7/8; spam at 1/4, 3/4
     assert [it.pk for it in ordered] == [10, 20, 11, 12, 21, 13]
 
@@ -95,8 +97,8 @@ def test_missing_dates_take_the_previous_message_date_and_many_force_relative_po
     d = datetime(2024, 1, 1)
     items = [Item(1, False, d + timedelta(days=2)), Item(2, False, None), Item(3, False, d),
              Item(4, True, d + timedelta(days=1)), Item(5, True, d + timedelta(days=3))]
-    ordered, how = delivery_order(items)
-    assert how == "relative position"  # a third of the ham has no Date: dates cannot interleave the classes
+    ordered, how, why = delivery_order(items)
+    assert (how, why) == ("relative position", "33% of the ham has no Date header")
     # ham by date: 3 (d), 1 (d+2), 2 (undated: d+2 from message 1, then import order) at 1/6, 3/6, 5/6
     assert [it.pk for it in ordered] == [3, 4, 1, 5, 2]
 
@@ -106,6 +108,13 @@ def test_bootstrap_gets_both_classes_and_days_split_the_rest() -> None:
     boot, days = _split(stream, 3, 2)
     assert [it.pk for it in boot] == [0, 1, 2, 6, 7]
     assert [[it.pk for it in day] for day in days] == [[3, 4], [5, 8, 9]]
+
+
+def test_a_small_user_keeps_half_of_their_mail_to_replay() -> None:
+    stream = [Item(0, False), Item(1, True), Item(2, False), Item(3, True), Item(4, False), Item(5, True)]
+    boot, days = _split(stream, 20, 2)
+    assert [it.pk for it in boot] == [0, 1, 2]
+    assert [[it.pk for it in day] for day in days] == [[3, 4], [5]]
 
 
 def test_plan_reports_each_users_ordering(source: dict[str, Any]) -> None:

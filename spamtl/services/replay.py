@@ -78,6 +78,7 @@ class UserPlan:
     user: str
     group: str | None
     ordering: str  # "date" or "relative position"
+    ordering_reason: str
     bootstrap: list[Item]
     days: list[list[Item]]
 
@@ -124,45 +125,59 @@ def _by_date(items: list[Item]) -> tuple[list[Item], list[float]]:
     return [items[i] for i in order], [stamps[i] for i in order]
 
 
-def _interleaved(ham: list[Item], spam: list[Item], ham_t: list[float], spam_t: list[float]) -> bool:
+def _interleaved(ham: list[Item], spam: list[Item], ham_t: list[float], spam_t: list[float]) -> tuple[bool, str]:
     if not ham or not spam:
-        return True
-    for items in (ham, spam):
-        if sum(it.date is not None for it in items) < DATED_MIN * len(items):
-            return False
+        return True, f"only {'spam' if spam else 'ham'}"
+    for name, items in (("ham", ham), ("spam", spam)):
+        undated = sum(it.date is None for it in items)
+        if undated > (1.0 - DATED_MIN) * len(items):
+            return False, f"{100 * undated / len(items):.0f}% of the {name} has no Date header"
     lo_h, hi_h = np.percentile(ham_t, [5, 95])
     lo_s, hi_s = np.percentile(spam_t, [5, 95])
     shorter = min(hi_h - lo_h, hi_s - lo_s)
     inter = min(hi_h, hi_s) - max(lo_h, lo_s)
-    if shorter <= 0:  # one class on (nearly) a single day: interleaved if that day is in the other's range
-        return bool(inter >= 0)
-    return bool(inter / shorter >= OVERLAP_MIN)
+    # one class on (nearly) a single day: interleaved if that day is within the other's range
+    share = (1.0 if inter >= 0 else 0.0) if shorter <= 0 else max(inter, 0.0) / shorter
+    ranges = f"ham {_day(min(ham_t))}..{_day(max(ham_t))}, spam {_day(min(spam_t))}..{_day(max(spam_t))}"
+    if share >= OVERLAP_MIN:
+        return True, f"ham and spam dates overlap ({ranges})"
+    return False, f"ham and spam dates do not overlap ({ranges})"
 
 
-def delivery_order(items: Sequence[Item]) -> tuple[list[Item], str]:
-    """A user's labelled mail in delivery order, and how it was ordered.
+def _day(stamp: float) -> str:
+    try:
+        return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
+def delivery_order(items: Sequence[Item]) -> tuple[list[Item], str, str]:
+    """A user's labelled mail in delivery order, how it was ordered, and why.
 
     Each class is sorted by Date, then import order (primary key).  When the
     ham and spam date ranges overlap (at least half of the shorter class's
     5th-95th percentile range), the two are merged by date: ``"date"``.
-    Otherwise (as in Enron-Spam, whose ham and spam come from different years)
-    dates say nothing about how they interleaved, and the classes are merged by
-    relative position, the i-th of n messages at (i + 0.5) / n:
-    ``"relative position"``.
+    Otherwise (as in Enron-Spam, whose ham and spam come from different years,
+    or when over 10 % of a class has no Date) dates say nothing about how they
+    interleaved, and the classes are merged by relative position, the i-th of
+    n messages at (i + 0.5) / n: ``"relative position"``.
     """
     ham, ham_t = _by_date([it for it in items if not it.is_spam])
     spam, spam_t = _by_date([it for it in items if it.is_spam])
-    if _interleaved(ham, spam, ham_t, spam_t):
+    interleaved, why = _interleaved(ham, spam, ham_t, spam_t)
+    if interleaved:
         merged = sorted(zip(ham_t + spam_t, [it.pk for it in ham + spam], ham + spam))
-        return [it for _, _, it in merged], "date"
+        return [it for _, _, it in merged], "date", why
     keyed = [((i + 0.5) / len(ham), 0, it) for i, it in enumerate(ham)]
     keyed += [((j + 0.5) / len(spam), 1, it) for j, it in enumerate(spam)]
     keyed.sort(key=lambda k: (k[0], k[1]))
-    return [it for _, _, it in keyed], "relative position"
+    return [it for _, _, it in keyed], "relative position", why
 
 
 def _split(stream: list[Item], bootstrap: int, days: int) -> tuple[list[Item], list[list[Item]]]:
-    """The first ``bootstrap`` messages (plus the first two of a class they lack), then ``days`` days."""
+    """The first ``bootstrap`` messages (at most half of them; plus the first two of a class they lack),
+    then ``days`` days."""
+    bootstrap = min(bootstrap, len(stream) // 2)
     boot, rest = stream[:bootstrap], stream[bootstrap:]
     for label in (False, True):
         if not any(it.is_spam == label for it in boot):
@@ -195,9 +210,9 @@ def plan_replay(engine: Engine, *, users: Sequence[str] | None = None, days: int
         raise UsageError(f"no labelled mail for user {unknown[0]!r}; see `spamtl users`")
     plans = {}
     for user in sorted(per_user):
-        stream, how = delivery_order(per_user[user])
+        stream, how, why = delivery_order(per_user[user])
         boot, schedule = _split(stream, bootstrap, days)
-        plans[user] = UserPlan(user, groups.get(user), how, boot, schedule)
+        plans[user] = UserPlan(user, groups.get(user), how, why, boot, schedule)
     if not any(it.is_spam for p in plans.values() for it in p.bootstrap) or \
             all(it.is_spam for p in plans.values() for it in p.bootstrap):
         raise UsageError("the replay needs both spam and ham labels; import some of each")
@@ -408,7 +423,7 @@ def replay(engine: Engine, settings: Settings, *, now: datetime, users: Sequence
         raise UsageError(f"no labelled mail for user {unknown[0]!r}; see `spamtl users`")
     start = (now - timedelta(days=days + 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     report: dict[str, dict[str, Any]] = {
-        u: {"ordering": plans[u].ordering, "group": plans[u].group, "bootstrap": len(plans[u].bootstrap),
+        u: {"ordering": plans[u].ordering, "ordering_reason": plans[u].ordering_reason, "group": plans[u].group, "bootstrap": len(plans[u].bootstrap),
             "messages": plans[u].n_messages} for u in wanted}
     macro: dict[str, dict[str, Any]] = {}
     nights: dict[str, list[dict[str, Any]]] = {}
@@ -440,6 +455,6 @@ def replay(engine: Engine, settings: Settings, *, now: datetime, users: Sequence
 
 def _ordering_note(orderings: list[str]) -> str:
     if "relative position" in orderings:
-        return ("some users' ham and spam do not overlap in time (e.g. Enron-Spam: different years); their two "
-                "classes were each kept in Date order and merged by relative position")
+        return ("where a user's ham and spam do not overlap in time (e.g. Enron-Spam: different years) or lack "
+                "Date headers, each class was kept in Date order and the two merged by relative position")
     return "every user's mail was merged by Date (then import order)"
