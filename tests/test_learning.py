@@ -348,9 +348,15 @@ def test_a_correction_sticks_now_after_training_and_after_rollback(engine, tmp_p
     check()
 
 
-def test_feedback_moves_the_model_for_the_message_and_similar_mail(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Catches: corrections weighed like any label (the model barely moves: 169 of 239 in the issue)."""
-    settings = _build(engine, tmp_path)
+@pytest.mark.parametrize("feedback_weight", [4.0, 1.0])
+def test_feedback_moves_the_model_for_the_message_and_similar_mail(engine, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                   feedback_weight: float) -> None:
+    """Catches: corrections weighed like any label and no doubling (the issue: 169 of 239 crossed)."""
+    from spamtl.services.cutoffs import set_cutoffs
+
+    _build(engine, tmp_path)
+    settings = Settings(database_url=str(engine.url), feedback_weight=feedback_weight)
+    set_cutoffs(engine, settings, user="bob", spam=0.97)  # a demanding cutoff: the refit must reach it
     similar = _mails(51, "newsletter", 5)
     before = [v.probability for v in _classify(settings, "bob", similar, LATER, log=False)]
     corrections = _mails(52, "newsletter", 8)
