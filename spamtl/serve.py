@@ -153,29 +153,22 @@ def describe(sock: socket.socket) -> str:
 def emit(event: str, **fields: Any) -> None:
     """The one place a served request is logged (one line per verdict, TELL or error).
 
-    Uses ``spamtl.logs.log_event(event, **fields)`` when that module exists
-    (structured log lines), else a ``key=value`` line on the ``spamtl.serve`` logger.
+    Lines go through :func:`spamtl.logs.log_event` with the worker's current
+    settings (destination and level), as the CLI's do; errors at WARNING, the
+    rest at INFO.  Before a worker has settings (the parent), a plain
+    ``key=value`` line goes to the ``spamtl.serve`` logger.
     """
-    hook = _log_hook()
-    if hook is not None:
-        hook(event, **fields)
+    if _SETTINGS is None:
+        log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
         return
-    log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
+    from spamtl.logs import log_event
+
+    level = logging.WARNING if event in ("error", "refused") else logging.INFO
+    log_event(_SETTINGS, event, fields, level=level)
 
 
-_HOOK: Any = None
-
-
-def _log_hook() -> Callable[..., None] | None:
-    global _HOOK
-    if _HOOK is None:
-        try:
-            from spamtl import logs
-
-            _HOOK = getattr(logs, "log_event", False)
-        except ImportError:
-            _HOOK = False
-    return _HOOK or None
+_SETTINGS: Settings | None = None
+"""The settings of this process's worker, for :func:`emit` (set by :meth:`Worker.reload`)."""
 
 
 # ------------------------------------------------------------------ one worker
@@ -203,6 +196,8 @@ class Worker:
         reader = open_reader(settings)  # raises before anything changes
         old_reader, old_engine = self.reader, self.engine
         self.settings, self.reader = settings, reader
+        global _SETTINGS
+        _SETTINGS = settings
         self.engine = None
         self._checked = 0.0
         if old_reader is not None:

@@ -258,7 +258,8 @@ def test_log_lines_per_verdict_feedback_training_without_subjects(trained: dict[
     verdict, feedback, training = (parse_line(line) for line in lines)
     assert {k: verdict[k] for k in ("level", "event", "user", "id", "reason")} == {
         "level": "info", "event": "verdict", "user": "ann", "id": short_id, "reason": "model"}
-    assert float(verdict["probability"]) > 0 and verdict["cutoff"] == "0.9000" and verdict["version"] == "1"
+    header_cutoff = out.stdout.splitlines()[0].split("cutoff=", 1)[1].split(",", 1)[0]  # ann's own (trained) cutoff
+    assert float(verdict["probability"]) > 0 and verdict["cutoff"] == header_cutoff and verdict["version"] == "1"
     assert (feedback["event"], feedback["label"], feedback["id"]) == ("feedback", "ham", short_id)
     assert training["event"] == "training" and training["version"] == "2"
     text = log.read_text()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from spamtl.cli import app
 from spamtl.config import Settings
-from spamtl.services.classify import classify_messages
+from spamtl.services.classify import classify_messages, open_reader
 from spamtl.services.importing import import_mail, sha256_hex
 from spamtl.services.retention import prune
 from spamtl.services.training import train
@@ -46,9 +46,11 @@ def office(engine, tmp_path: Path) -> dict[str, object]:  # type: ignore[no-unty
     settings = _settings(str(engine.url), raw_retention_days=None, classification_retention_days=None)
     train(engine, settings, now=start)
     fresh = [make_mail(f"offer {i}", f"unlabelled news {i}", message_id=f"new-{i}@example") for i in range(6)]
+    reader = open_reader(settings)
     for user, mails in (("ann", fresh), ("bob", fresh[:2])):
-        list(classify_messages(engine, settings, user=user, now=NOW - 60 * DAY,
+        list(classify_messages(reader, user=user, now=NOW - 60 * DAY,
                                mails=[RawMail(str(i), m) for i, m in enumerate(mails)]))
+    reader.store.close()
     return {"fresh": fresh, "url": str(engine.url)}
 
 
@@ -109,7 +111,8 @@ def _versions(url: str, statuses: str) -> None:
                 "format_version, n_users, n_messages, pinned) VALUES (:t, :s, '{}', '{\"m\": 1}', 'k', 1, 1, 0, 0, "
                 ":f) RETURNING id"), {"t": NOW, "s": {"a": "active", "r": "retired", "x": "rejected"}[status],
                                        "f": False}).scalar_one()
-            conn.execute(text("INSERT INTO model_parts VALUES (:v, 'shared', '', :d)"), {"v": vid, "d": b"w"})
+            conn.execute(text("INSERT INTO model_parts (model_version_id, kind, name, data) "
+                              "VALUES (:v, 'shared', '', :d)"), {"v": vid, "d": b"w"})
     eng.dispose()
 
 

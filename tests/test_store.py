@@ -122,7 +122,7 @@ def test_upgrade_to_0005_keeps_every_row(engine) -> None:  # type: ignore[no-unt
                           "VALUES (:u, :m, 'spam', 'import', :t)"), ids)
         conn.execute(text("INSERT INTO classifications (user_id, message_id, probability, verdict, model_version_id, "
                           "created_at) VALUES (:u, :m, 0.5, 'unsure', :v, :t)"), ids)
-        conn.execute(text("INSERT INTO model_parts VALUES (:v, 'shared', '', :d)"), {**ids, "d": b"w"})
+        conn.execute(text("INSERT INTO model_parts (model_version_id, kind, name, data) VALUES (:v, 'shared', '', :d)"), {**ids, "d": b"w"})
         conn.execute(text("INSERT INTO message_features VALUES (:m, 'k', :d)"), {**ids, "d": b"f"})
     tables = ["users", "messages", "labels", "classifications", "model_versions", "model_parts", "message_features"]
     for revision in ("head", "0002", "head"):
