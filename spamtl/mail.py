@@ -257,7 +257,7 @@ class _Message(Message):
     dropped_fields = 0
 
     def set_raw(self, name, value):  # type: ignore[no-untyped-def]
-        if len(self._headers) >= MAX_HEADER_FIELDS:
+        if len(self._headers) >= MAX_HEADER_FIELDS:  # type: ignore[attr-defined]
             self.dropped_fields += 1
             return
         super().set_raw(name, value)
