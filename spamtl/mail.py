@@ -257,7 +257,7 @@ class _Message(Message):
     dropped_fields = 0
 
     def set_raw(self, name, value):  # type: ignore[no-untyped-def]
-        if len(self._headers) >= MAX_HEADER_FIELDS:
+        if len(self._headers) >= MAX_HEADER_FIELDS:  # type: ignore[attr-defined]
             self.dropped_fields += 1
             return
         super().set_raw(name, value)
@@ -723,7 +723,9 @@ def strip_own_headers(raw: bytes) -> bytes:
     or ``X-Bogosity``: what spamtl and the other filters a message may have
     passed add, so that the filter never learns its own (or another filter's)
     verdict.  Everything else, an mbox ``From `` envelope line included, is
-    kept byte for byte.  Only the top-level header block is looked at, and of
+    kept byte for byte; the one exception: where a removed field sat between a
+    bare CR and an LF (mixed line endings), an LF is kept so that they do not
+    merge into one line end.  Only the top-level header block is looked at, and of
     it at most ``MAX_HEADER_SCAN_BYTES``; bodies and attached messages are
     never touched.
 
@@ -742,7 +744,18 @@ def strip_own_headers(raw: bytes) -> bytes:
         pieces.append(raw[pos:start])
         pos = end
     pieces.append(raw[pos:])
-    return b"".join(pieces)
+    joined = [pieces[0]]
+    last = pieces[0][-1:]
+    for piece in pieces[1:]:
+        if not piece:  # two removed fields in a row
+            continue
+        if last == b"\r" and piece.startswith(b"\n"):
+            # Mixed line endings: a bare CR before the removed field and an LF after it would
+            # merge into one CRLF and swallow a line (the blank one that ends the header block).
+            joined.append(b"\n")
+        joined.append(piece)
+        last = piece[-1:]
+    return b"".join(joined)
 
 
 def _header_value(raw: bytes, start: int, end: int) -> str:

@@ -100,6 +100,8 @@ def test_strip_undoes_add(raw: bytes, headers: list[tuple[str, str]]) -> None:
 
 @SETTINGS
 @given(raw=RAW)
+@example(raw=b" \rX-Spamtl-Status: \n\nX-Spamtl-Status: \n")
+@example(raw=b"Subject: a\rX-Spam-Flag: 1\rX-Spam-Level: 2\r\nX-Spam-Flag: body\n")
 def test_strip_is_idempotent_and_leaves_other_mail_alone(raw: bytes) -> None:
     once = strip_own_headers(raw)
     assert strip_own_headers(once) == once
