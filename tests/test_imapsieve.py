@@ -63,8 +63,10 @@ def _free_port() -> int:
 
 
 def _config(tmp: Path, port: int, uid: int, gid: int) -> str:
-    internal = "dovecot" if _has_user("dovecot") else pwd.getpwuid(uid).pw_name
-    login = "dovenull" if _has_user("dovenull") else internal
+    # As root Dovecot drops to its own users; anyone else runs every process as themselves.
+    me = pwd.getpwuid(os.getuid()).pw_name
+    internal = "dovecot" if os.getuid() == 0 and _has_user("dovecot") else me
+    login = "dovenull" if os.getuid() == 0 and _has_user("dovenull") else internal
     return f"""
 base_dir = {tmp}/run
 state_dir = {tmp}/state

@@ -85,9 +85,9 @@ def test_score_scale_known_values() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.floats(0.0, 1.0), st.floats(0.0, 1.0))
-def test_score_at_least_threshold_iff_spam(p: float, cutoff: float) -> None:
-    is_spam = p >= cutoff
+@given(st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.booleans())
+def test_score_at_least_threshold_iff_spam(p: float, cutoff: float, labelled: bool) -> None:
+    is_spam = p >= cutoff if not labelled else not p >= cutoff  # a user's label can say the opposite
     score, threshold = proto.score_scale(p, cutoff, is_spam)
     assert (score >= threshold) == is_spam
     assert math.isfinite(score) and math.isfinite(threshold)
