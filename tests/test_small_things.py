@@ -106,3 +106,9 @@ def test_demo_hints_run_as_printed_without_a_venv(tmp_path: Path, monkeypatch: p
                                   env=env, timeout=60).stdout
     assert classify_out.startswith("<stdin>") and "probability" in classify_out
     assert os.environ.get("SPAMTL_DATABASE_URL") != hints[0].split("=", 1)[1]
+
+
+@pytest.mark.parametrize("command", ["explain", "history", "review", "config"])
+def test_new_commands_have_help_with_an_example(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Example: spamtl " + command in result.stdout
