@@ -112,3 +112,14 @@ def test_demo_hints_run_as_printed_without_a_venv(tmp_path: Path, monkeypatch: p
 def test_new_commands_have_help_with_an_example(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Example: spamtl " + command in result.stdout
+
+
+def test_filter_guard_keeps_a_global_config_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spamtl import _entry
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
+    assert _entry._filter_argv(["--config", "c.toml", "classify", "--filter", "--report", "--help"]) == [
+        "--config", "c.toml", "classify", "--filter", "--report", "--", "--help"]
+    assert _entry._filter_argv(["--config=c.toml", "classify", "--db", "u", "--filter", "ann"]) == [
+        "--config=c.toml", "classify", "--db", "u", "--filter", "--", "ann"]
+    assert _entry._filter_argv(["--config", "c.toml", "users"]) is None
