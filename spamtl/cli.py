@@ -427,7 +427,9 @@ def evaluate(
                                 stage=lambda label, total: progress.stage(label, total), with_curves=plot is not None)
         progress.finish()
         if plot is not None:
-            _plot_curves(result.curves, plot)
+            _plot_curves(result.curves, plot, result.users, settings.spam_cutoff)
+            if output is not TableFormat.table:  # keep stdout parseable: the line goes to stderr
+                typer.echo(f"ROC curves written to {plot.resolve()}", err=True)
         if output is TableFormat.json:
             _print_json(result.as_dict())
             return
@@ -439,6 +441,8 @@ def evaluate(
                         typer.echo(f"{user},{system},{metric},{'' if value != value else value}")
             return
         _print_evaluation(result)
+        if plot is not None:
+            typer.echo(f"\nROC curves written to {plot.resolve()}")
 
 
 def _print_evaluation(result: Any) -> None:
@@ -460,11 +464,28 @@ def _print_evaluation(result: Any) -> None:
             typer.echo(f"  note: {entry['note']}")
 
 
-def _plot_curves(curves: dict[str, dict[str, tuple[list[float], list[float]]]], path: Path) -> None:
+def _plot_curves(curves: dict[str, dict[str, tuple[list[float], list[float]]]], path: Path,
+                 metrics: dict[str, Any] | None = None, spam_cutoff: float = 0.9) -> dict[str, list[str]]:
+    """Per-user ROC curves; the legend gives each curve's AUC, a dot marks the spam cutoff's operating point.
+
+    Returns each user's legend entries (what a reader of the figure sees).
+    """
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    metrics = metrics or {}
+    with warnings.catch_warnings():
+        # symlog axes and tight_layout warn about cosmetic details; they are not the user's business
+        warnings.simplefilter("ignore")
+        return _draw_curves(plt, curves, path, metrics, spam_cutoff)
+
+
+def _draw_curves(plt: Any, curves: dict[str, dict[str, tuple[list[float], list[float]]]], path: Path,
+                 metrics: dict[str, Any], spam_cutoff: float) -> dict[str, list[str]]:
 
     n = max(1, len(curves))
     cols = min(3, n)
@@ -474,17 +495,27 @@ def _plot_curves(curves: dict[str, dict[str, tuple[list[float], list[float]]]], 
         # The multi-task model last and thicker, so it stays visible where curves coincide.
         for system in sorted(systems, key=lambda name: name == "mtl"):
             fpr, tpr = systems[system]
-            ax.plot(fpr, tpr, label=system, linewidth=2.6 if system == "mtl" else 1.4,
-                    linestyle="-" if system == "mtl" else "--")
+            entry = metrics.get(user, {}).get(system, {})
+            auc = entry.get("roc_auc")
+            label = f"{system} (AUC {auc:.4f})" if isinstance(auc, float) and auc == auc else system
+            (line,) = ax.plot(fpr, tpr, label=label, linewidth=2.6 if system == "mtl" else 1.4,
+                              linestyle="-" if system == "mtl" else "--")
+            x, y = entry.get("ham_fpr"), entry.get("recall")
+            if isinstance(x, float) and isinstance(y, float) and x == x and y == y:
+                ax.plot([x], [y], marker="o", markersize=6, color=line.get_color(), linestyle="none",
+                        label=f"cutoff {spam_cutoff:g}" if system == "mtl" else None)
         ax.set_xscale("symlog", linthresh=1e-3)
         ax.set_title(user)
         ax.set_xlabel("ham false-positive rate")
         ax.set_ylabel("spam caught")
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize="small")
     for ax in axes.ravel()[len(curves):]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    drawn = {ax.get_title(): ax.get_legend_handles_labels()[1] for ax in axes.ravel() if ax.get_title()}
+    plt.close(fig)
+    return drawn
 
 
 @app.command()
@@ -503,9 +534,10 @@ def demo(
     with _errors():
         import tempfile
 
-        from spamtl.services.demo import run_demo, summary
+        from spamtl.services.demo import held_back_message, run_demo, summary
 
-        url = db or f"sqlite:///{Path(tempfile.mkdtemp(prefix='spamtl-demo-')) / 'demo.sqlite3'}"
+        folder = Path(tempfile.mkdtemp(prefix="spamtl-demo-"))
+        url = db or f"sqlite:///{folder / 'demo.sqlite3'}"
         progress = _Progress("demo")
         report = run_demo(url, now=_now(), stage=lambda label, total: progress.stage(label, total))
         progress.finish()
@@ -536,12 +568,27 @@ def demo(
             typer.echo(f"\n5. {report.feedback.user} says a message the filter let through is spam: "
                        f"{b.verdict} (p={b.probability:.3f}) -> {a.verdict} (p={a.probability:.3f}) after "
                        f"refitting only {report.feedback.user}'s weights.")
-        typer.echo(f"\nDone in {report.seconds:.0f} s. Try next:")
-        typer.echo(f"  export SPAMTL_DATABASE_URL={display_url(url)}")
-        typer.echo("  spamtl users")
-        typer.echo("  spamtl classify ann < some-message.eml")
-        typer.echo("  spamtl evaluate --chronological")
-        typer.echo("  spamtl models")
+        typer.echo(f"\nDone in {report.seconds:.0f} s. Try next (runs as printed, no venv needed):")
+        for line in _demo_hints(url, folder, held_back_message(report, Path(report.corpus))):
+            typer.echo(f"  {line}")
+
+
+def _demo_hints(url: str, folder: Path, message: tuple[str, bytes] | None) -> list[str]:
+    """Commands that run as printed: the full path of this spamtl, and a message file that exists."""
+    import shlex
+
+    script = Path(sys.executable).parent / "spamtl"
+    program = shlex.quote(str(script)) if script.is_file() else f"{shlex.quote(sys.executable)} -m spamtl"
+    hints = [f"export SPAMTL_DATABASE_URL={shlex.quote(url)}", f"{program} users"]
+    if message is not None:
+        user, raw = message
+        path = folder / "held-back.eml"
+        path.write_bytes(raw)
+        hints += [f"{program} classify {user} < {shlex.quote(str(path))}",
+                  f"{program} explain {user} {shlex.quote(str(path))}",
+                  f"{program} review {user} -n 3"]
+    hints += [f"{program} evaluate --chronological", f"{program} models"]
+    return hints
 
 
 EXIT_FILTER_ERROR = 1

@@ -25,7 +25,6 @@ from :data:`RANGES` by name, or, for integers, ``>= 0``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import tomllib
@@ -233,7 +232,7 @@ def _convert(tp: Any, name: str, value: Any, *, from_text: bool) -> Any:
                 raise _Bad(f"a table of {', '.join(sorted(known))} (unknown key {key!r})")
             kwargs[key] = _convert(hints[key], key, item, from_text=from_text)
         try:
-            return tp(**kwargs)
+            return tp(**kwargs)  # type: ignore[operator]
         except (TypeError, ValueError) as exc:
             raise _Bad(f"valid ({exc})") from None
     if origin is dict:
@@ -313,6 +312,8 @@ def _read_file(path: Path, fields: dict[str, tuple[dataclasses.Field[Any], Any]]
             values["user_cutoffs"] = _user_cutoffs(where, value)
             continue
         if key not in fields or key == "user_cutoffs":
+            import difflib
+
             close = difflib.get_close_matches(key, [*fields, USERS_TABLE], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else "; `spamtl config` lists every setting"
             raise ConfigError(f"{where}: unknown setting {key!r}{hint}")

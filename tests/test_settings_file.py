@@ -38,13 +38,14 @@ def test_defaults_everywhere_without_sources(env: dict[str, str], tmp_path: Path
 def test_precedence_option_env_user_system_default(env: dict[str, str], tmp_path: Path) -> None:
     system = write(tmp_path / "etc.toml", "spam_cutoff = 0.91\nham_cutoff = 0.11\nmax_iter = 7\nseed = 3\n")
     user = write(tmp_path / "xdg" / "spamtl" / "config.toml", "spam_cutoff = 0.92\nham_cutoff = 0.12\nmax_iter = 8\n")
-    env = {**env, "SPAMTL_SPAM_CUTOFF": "0.93", "SPAMTL_DATABASE_URL": "sqlite:////env.db"}
+    env = {**env, "SPAMTL_SPAM_CUTOFF": "0.93", "SPAMTL_MAX_ITER": "9", "SPAMTL_DATABASE_URL": "sqlite:////env.db"}
     loaded = load_settings({"spam_cutoff": 0.94, "database_url": None}, env=env, system_path=system)
     s = loaded.settings
-    assert (s.spam_cutoff, s.ham_cutoff, s.max_iter, s.seed, s.tol) == (0.94, 0.12, 8, 3, 1e-5)
+    assert (s.spam_cutoff, s.ham_cutoff, s.max_iter, s.seed, s.tol) == (0.94, 0.12, 9, 3, 1e-5)
     assert s.database_url == "sqlite:////env.db"
-    assert loaded.sources == {"spam_cutoff": "option --spam-cutoff", "ham_cutoff": str(user), "max_iter": str(user),
-                              "seed": str(system), "database_url": "environment SPAMTL_DATABASE_URL"}
+    assert loaded.sources == {"spam_cutoff": "option --spam-cutoff", "ham_cutoff": str(user),
+                              "max_iter": "environment SPAMTL_MAX_ITER", "seed": str(system),
+                              "database_url": "environment SPAMTL_DATABASE_URL"}
     assert loaded.files == (str(system), str(user))
 
 

@@ -101,6 +101,17 @@ def run_demo(database_url: str, *, now: datetime, corpus: Path | None = None, fo
     return report
 
 
+def held_back_message(report: DemoReport, corpus: Path) -> tuple[str, bytes] | None:
+    """(user, raw bytes) of the first held-back message the demo classified, for the closing hints."""
+    if not report.incoming:
+        return None
+    user, _, verdict = report.incoming[0]
+    try:
+        return user, _raw_of(corpus / user / "incoming.mbox", verdict.sha256)
+    except LookupError:
+        return None
+
+
 def _raw_of(mbox: Path, sha256: str) -> bytes:
     from spamtl.services.classify import prepare
 
