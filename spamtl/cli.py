@@ -579,7 +579,9 @@ def _demo_hints(url: str, folder: Path, message: tuple[str, bytes] | None) -> li
 
     script = Path(sys.executable).parent / "spamtl"
     program = shlex.quote(str(script)) if script.is_file() else f"{shlex.quote(sys.executable)} -m spamtl"
-    hints = [f"export SPAMTL_DATABASE_URL={shlex.quote(url)}", f"{program} users"]
+    from spamtl.store.db import display_url
+
+    hints = [f"export SPAMTL_DATABASE_URL={shlex.quote(display_url(url))}", f"{program} users"]  # never a password
     if message is not None:
         user, raw = message
         path = folder / "held-back.eml"
