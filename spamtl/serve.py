@@ -393,10 +393,19 @@ class Worker:
         if command == "CHECK":
             return proto.response(proto.EX_OK, headers=[spam]), log_verdict
         if command == "SYMBOLS":
+            from spamtl.services.explain import explain
+
             symbols = [f"SPAMTL_{verdict.verdict.upper()}"] + (["SPAMTL_USER_LABEL"] if verdict.reason == "label" else [])
+            # The parts of the score, as SpamAssassin lists the rules that hit: SPAMTL_SHARED_SPAM, ...
+            symbols += [f"SPAMTL_{p.kind.upper()}_{'SPAM' if p.total > 0 else 'HAM'}"
+                        for p in explain(model, message).parts if p.total != 0]
             return proto.response(proto.EX_OK, headers=[spam], body=",".join(symbols).encode()), log_verdict
         if command in ("REPORT", "REPORT_IFSPAM"):
-            text = "" if command == "REPORT_IFSPAM" and not is_spam else _report(verdict, spam[1])
+            text = ""
+            if command == "REPORT" or is_spam:
+                from spamtl.services.explain import explain
+
+                text = _report(verdict, spam[1]) + _breakdown(explain(model, message))
             return proto.response(proto.EX_OK, headers=[spam], body=text.encode()), log_verdict
         from spamtl.mail import add_headers
 
@@ -464,6 +473,17 @@ def _report(verdict: Any, spam_value: str) -> str:
             f"ham cutoff {verdict.ham_cutoff:.4f}\n"
             f"  score / threshold (10 * logit): {spam_value.split(';', 1)[1].strip()}\n"
             f"  model v{verdict.model_version}, decided by {decided}, id {verdict.short_id}\n")
+
+
+def _breakdown(explanation: Any, per_part: int = 3) -> str:
+    """The score by part (shared, group, personal) with each part's strongest evidence, as in `spamtl explain`."""
+    lines = [" log-odds  part / evidence"]
+    for part in explanation.parts:
+        label = part.kind if not part.name else f"{part.kind} ({part.name})"
+        lines.append(f"{part.total:+9.2f}  {label}, intercept {part.intercept:+.2f}")
+        evidence = sorted(part.spam[:per_part] + part.ham[:per_part], key=lambda e: -abs(e.contribution))
+        lines += [f"{e.contribution:+9.2f}    {e.name}" for e in evidence[:per_part]]
+    return "\n".join(lines) + "\n"
 
 
 def _header_block(message: bytes) -> bytes:
