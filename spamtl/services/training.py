@@ -232,7 +232,8 @@ class GateDecision:
 
 def _log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     p = np.clip(p, _PROB_CLIP, 1 - _PROB_CLIP)
-    return -np.where(y == 1, np.log(p), np.log1p(-p))
+    loss: np.ndarray = -np.where(y == 1, np.log(p), np.log1p(-p))
+    return loss
 
 
 def _macro(users: np.ndarray) -> np.ndarray:
