@@ -48,7 +48,9 @@ class Settings:
     # A user's own cutoff is weighted n_ham / (n_ham + cutoff_shrinkage) against the shared one (in
     # log-odds): 100 ham count half, since a 0.1 % quantile of fewer ham is really their maximum.
     cutoff_shrinkage: float = 100.0
-    # A trained spam cutoff is never below this: it never calls spam what the model finds more likely ham.
+    # A trained spam cutoff goes below spam_cutoff only as far as the user's own ham shows it is safe
+    # (a floor from spam_cutoff with no ham down to this with much ham), and never below this: it never
+    # calls spam what the model finds more likely ham.
     min_spam_cutoff: float = 0.5
     # A feedback refit weighs the user's feedback labels this much more than imported ones (corrections
     # are the newest, hardest mail), and doubles the corrected message's weight (at most
