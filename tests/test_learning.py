@@ -42,11 +42,12 @@ LATER2 = NOW + timedelta(hours=2)
 NEXT_NIGHT = NOW + timedelta(days=1)
 
 
-def _settings(engine) -> Settings:  # type: ignore[no-untyped-def]
-    return Settings(database_url=str(engine.url))
+def _settings(engine, **overrides) -> Settings:  # type: ignore[no-untyped-def]
+    # One mu instead of the grid of four: the same pipeline, four times fewer fits (keeps the suite fast).
+    return Settings(database_url=str(engine.url), **{"mus": (10.0,), **overrides})
 
 
-def _build(engine, tmp_path: Path, groups: dict[str, str] | None = None) -> Settings:  # type: ignore[no-untyped-def]
+def _build(engine, tmp_path: Path, groups: dict[str, str] | None = None, **overrides) -> Settings:  # type: ignore[no-untyped-def]
     """ann calls newsletters spam; bob and cat read them.  Trains v1."""
     for k, user in enumerate(("ann", "bob", "cat")):
         spam = _mails(1, "spam", 20) + (_mails(2, "newsletter", 10) if user == "ann" else [])
@@ -56,7 +57,7 @@ def _build(engine, tmp_path: Path, groups: dict[str, str] | None = None) -> Sett
                     group=group, now=NOW)
         import_mail(engine, user=user, paths=[str(write_mbox(tmp_path / f"{user}-h.mbox", ham))], label="ham",
                     group=group, now=NOW)
-    settings = _settings(engine)
+    settings = _settings(engine, **overrides)
     first = train(engine, settings, now=NOW)
     assert first.version == 1 and first.promoted and first.reason == "first model"
     return settings
@@ -397,9 +398,11 @@ def test_refit_on_unchanged_labels_reproduces_the_trained_part(engine, tmp_path:
     bob's labels as training saw them, so his refitted personal part must be
     the one training fitted, to the solver's tolerance.
     """
-    settings = _build(engine, tmp_path, groups={"ann": "north", "bob": "north", "cat": "south"})
+    # Solved tightly (training and refit both use the version's tol), so a difference is a defect, not rounding.
+    settings = _build(engine, tmp_path, groups={"ann": "north", "bob": "north", "cat": "south"}, tol=1e-9,
+                      max_iter=5000)
     same = Settings(database_url=settings.database_url, feedback_weight=1.0, feedback_max_doublings=0)
     probe = _mails(61, "newsletter", 3) + _mails(62, "spam", 3) + _mails(63, "bob", 3)
     before = _bob_scores(settings, probe)
     record_feedback(engine, same, user="bob", label="ham", raw=_mails(4, "bob", 20)[3], now=LATER)
-    np.testing.assert_allclose(_bob_scores(settings, probe), before, atol=2e-3)
+    np.testing.assert_allclose(_bob_scores(settings, probe), before, atol=1e-4)
