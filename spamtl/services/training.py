@@ -234,7 +234,8 @@ class GateDecision:
 
 def _log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     p = np.clip(p, _PROB_CLIP, 1 - _PROB_CLIP)
-    return -np.where(y == 1, np.log(p), np.log1p(-p))
+    loss: np.ndarray = -np.where(y == 1, np.log(p), np.log1p(-p))
+    return loss
 
 
 def _macro(users: np.ndarray) -> np.ndarray:
@@ -262,7 +263,9 @@ def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.n
     4. No comparable rows (or a NaN difference): promote, saying why.
     """
     y = data.y
-    cand_p = 1.0 / (1.0 + np.exp(-candidate_oof))
+    from scipy.special import expit
+
+    cand_p = expit(candidate_oof)
     metrics: dict[str, Any] = {"cross_fitted_messages": int(np.isfinite(candidate_oof).sum())}
     fitted = np.isfinite(candidate_oof)
     cand_auc = macro_auc_error(y[fitted] == 1, candidate_oof[fitted], data.users[fitted]) if fitted.any() \
@@ -330,41 +333,52 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
                                                                                                  Cutoff | None]:
     """Each user's cutoffs for ``settings.target_ham_fpr``, from out-of-sample scores.
 
-    In log-odds: the shared cutoff z_s is the (1 - target) quantile of every
-    user's out-of-fold ham scores; a user's own z_u the same quantile of their
-    ham; their cutoff is ``w z_u + (1 - w) z_s`` with ``w = n_ham / (n_ham +
-    cutoff_shrinkage)``, never below ``min_spam_cutoff``.  The ham cutoff keeps
-    the global pair's log-odds gap below it, so the unsure band keeps its width.
-    Returns ({} , None) when disabled or without out-of-fold ham.
+    In log-odds, with ``w = n_ham / (n_ham + cutoff_shrinkage)`` for a user
+    with ``n_ham`` cross-fitted ham:
+
+    - the shared cutoff z_s is the (1 - target) quantile of every user's
+      out-of-fold ham scores, the user's own z_u that of their ham;
+    - their cutoff is ``w z_u + (1 - w) z_s``,
+    - but never below a floor that goes from the global ``spam_cutoff`` (no
+      ham) down to ``min_spam_cutoff`` (lots of ham), ``w z_min + (1 - w) z_global``:
+      a user goes below the global cutoff only as far as their own ham shows
+      it is safe, so a user with 2 ham labels cannot get a cutoff that calls
+      most mail spam (the shared scores are mostly other users' ham).
+
+    The ham cutoff keeps the global pair's log-odds gap below the spam cutoff,
+    so the unsure band keeps its width.  Returns ({}, None) when disabled
+    (target 0) or without out-of-fold ham.
     """
     target = settings.target_ham_fpr
     ham = (data.y == 0) & np.isfinite(oof_scores)
     if target <= 0 or not ham.any():
         return {}, None
     q = 1.0 - target
-    floor = _logit(settings.min_spam_cutoff)
+    z_min = _logit(settings.min_spam_cutoff)
+    z_global = max(_logit(settings.spam_cutoff), z_min)
     gap = _logit(settings.spam_cutoff) - _logit(settings.ham_cutoff)
-    z_shared = max(float(np.quantile(oof_scores[ham], q, method="higher")), floor)
+    z_shared = float(np.quantile(oof_scores[ham], q, method="higher"))
     pct = f"{100 * target:g}%"
 
     def cutoff(z: float, source: str) -> Cutoff:
         spam = round(_sigmoid(z), 6)
         return Cutoff(spam, min(round(_sigmoid(z - gap), 6), spam), source)
 
-    shared = cutoff(z_shared, f"shared: target {pct} ham FPR on {int(ham.sum())} ham of all users")
+    shared = cutoff(max(z_shared, z_global), f"shared: target {pct} ham FPR on {int(ham.sum())} ham of all users")
     out: dict[str, Cutoff] = {}
     for user in np.unique(data.users):
         mine = ham & (data.users == user)
         n_ham = int(mine.sum())
         if n_ham == 0:
-            out[str(user)] = cutoff(z_shared, "shared (no ham)")
+            out[str(user)] = Cutoff(shared.spam, shared.ham, "shared (no ham)")
             continue
         z_user = float(np.quantile(oof_scores[mine], q, method="higher"))
         w = n_ham / (n_ham + settings.cutoff_shrinkage)
         z = w * z_user + (1 - w) * z_shared
+        floor = w * z_min + (1 - w) * z_global
         source = f"target {pct} ham FPR on {n_ham} ham, shrunk {100 * (1 - w):.0f}% to shared"
         if z < floor:
-            z, source = floor, source + f", raised to the floor {settings.min_spam_cutoff:g}"
+            z, source = floor, source + f", raised to the floor {_sigmoid(floor):.4f}"
         out[str(user)] = cutoff(z, source)
     return out, shared
 
