@@ -7,7 +7,7 @@ feedback refit time and database size, on a store made by gen_scale.py.
 
 Targets (issue 11): nightly train on 1M messages / 10k users under 15 min and
 8 GB; classify latency flat in the number of users.  Writes
-benchmarks/results/scale.json.
+benchmarks/results/scale_<users>users.json.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def main() -> None:
     result["feedback_refit_s"] = round(time.perf_counter() - start, 2)
     result["db_bytes"] = _size(args.db)
     print(f"feedback refit: {result['feedback_refit_s']} s; database: {result['db_bytes']:,} bytes")
-    (HERE / "results" / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    users = result["store"]["users"]  # type: ignore[index]
+    (HERE / "results" / f"scale_{users}users.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
