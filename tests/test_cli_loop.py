@@ -244,8 +244,10 @@ def test_kill_during_train_leaves_active_model_usable(store: dict[str, object]) 
         assert sum(s == "active" for _, s in after) == 1
         # Either nothing changed, or one complete new version appeared (the kill came after the commit).
         assert after[:len(before)] == before or len(after) == len(before) + 1
-        for version, _ in after:
-            assert parts[version] == 5  # shared + idf + ann + bob + cat: never a half-written model
+        for version, status in after:
+            # shared + idf + ann + bob + cat: never a half-written model.  Retention may have dropped
+            # all the weights of an old or refused version, never those of the active one.
+            assert parts.get(version, 0) in ((5,) if status == "active" else (0, 5))
         assert classify_json(db, "ann", str(store["test_mail"]))[0]["verdict"] in {"spam", "ham", "unsure"}
 
 

@@ -153,6 +153,20 @@ def test_new_users_first_messages_in_parallel(db_url: str, tmp_path: Path) -> No
     assert count_rows(db_url, "labels") == 16
 
 
+def test_new_users_first_verdicts_in_parallel(trained: str) -> None:
+    from spamtl.services.classify import classify_messages
+
+    settings = Settings(database_url=trained)
+    raws = [make_mail(f"hello {i}", f"first mail {i} of a new user") for i in range(6)]
+
+    def job(raw: bytes) -> Callable[[Engine], object]:
+        return lambda eng: list(classify_messages(eng, settings, user="brand-new", mails=[RawMail("m", raw)], now=NOW))
+
+    assert _race([job(r) for r in raws], trained, "users") == []
+    assert count_rows(trained, "users", "WHERE name = 'brand-new'") == 1
+    assert count_rows(trained, "classifications c JOIN users u ON u.id = c.user_id", "WHERE u.name = 'brand-new'") == 6
+
+
 def test_two_imports_of_the_same_mail_for_different_users(db_url: str, tmp_path: Path) -> None:
     box = write_mbox(tmp_path / "shared.mbox", _mails(7, "spam", 20))
 

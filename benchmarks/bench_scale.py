@@ -1,0 +1,128 @@
+"""Scale: import rate, nightly train (wall time, peak memory), classify latency with few vs many users,
+feedback refit time and database size, on a store made by gen_scale.py.
+
+    python benchmarks/gen_scale.py --db sqlite:////tmp/scale.sqlite3 --users 10000 --messages 1000000
+    python benchmarks/gen_scale.py --db sqlite:////tmp/six.sqlite3 --users 6 --messages 6000
+    python benchmarks/bench_scale.py --db sqlite:////tmp/scale.sqlite3 --small-db sqlite:////tmp/six.sqlite3
+
+Targets (issue 11): nightly train on 1M messages / 10k users under 15 min and
+8 GB; classify latency flat in the number of users.  Writes
+benchmarks/results/scale_<users>users.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import text
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from spamtl.config import Settings  # noqa: E402
+from spamtl.store.db import make_engine  # noqa: E402
+
+NOW = datetime(2027, 1, 1)
+
+
+def _spamtl(*args: str) -> tuple[float, int, str]:
+    """Run ``spamtl ARGS`` in a fresh process: (seconds, exit code, stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "spamtl", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONHASHSEED": "0"})
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+    return time.perf_counter() - start, proc.returncode, proc.stdout
+
+
+def _size(url: str) -> int:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            page = conn.execute(text("PRAGMA page_size")).scalar()
+            return int(page * conn.execute(text("PRAGMA page_count")).scalar())
+        return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar())
+
+
+def _counts(url: str) -> dict[str, int]:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        return {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar())
+                for t in ("users", "messages", "labels")}
+
+
+def _first_user(url: str) -> str:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        return str(conn.execute(text("SELECT name FROM users ORDER BY id LIMIT 1")).scalar())
+
+
+def _latency(url: str, user: str, mail: Path, runs: int) -> float:
+    return statistics.median(_spamtl("classify", user, str(mail), "--db", url)[0] for _ in range(runs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--db", required=True, help="the big store (from gen_scale.py)")
+    parser.add_argument("--small-db", required=True, help="a 6-user store (from gen_scale.py --users 6)")
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    result: dict[str, object] = {"benchmark": "scale", "store": _counts(args.db), "small_store": _counts(args.small_db)}
+    print(json.dumps(result["store"]))
+
+    # Import rate: the import service on 2,000 new messages for a new user.
+    from spamtl.services.importing import import_mail
+    from tests.conftest import make_mail, write_mbox
+
+    tmp = Path(tempfile.mkdtemp(prefix="spamtl-scale-"))
+    box = write_mbox(tmp / "new.mbox", [make_mail(f"import {i}", f"fresh body {i} for the rate", message_id=f"r{i}@x")
+                                        for i in range(2000)])
+    start = time.perf_counter()
+    import_mail(make_engine(args.db), user="import-rate", paths=[str(box)], label="ham", now=NOW)
+    result["import_messages_per_s"] = round(2000 / (time.perf_counter() - start))
+    print(f"import: {result['import_messages_per_s']} messages/s")
+
+    # Nightly train twice (features computed, then cached); peak RSS of the largest process.
+    for night in ("first", "second"):
+        seconds, code, out = _spamtl("train", "--db", args.db, "--format", "json")
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        summary = json.loads(out) if code == 0 else {}
+        result[f"train_{night}"] = {"seconds": round(seconds, 1), "exit": code, "peak_rss_mb_so_far": round(peak_mb),
+                                    "messages": summary.get("messages"), "users": summary.get("users"),
+                                    "promoted": summary.get("promoted")}
+        print(f"train ({night} night): {result[f'train_{night}']}", flush=True)
+
+    # Classify latency: one message, a fresh process, a known user, few vs many users.
+    mail = tmp / "one.eml"
+    mail.write_bytes(make_mail("quarterly numbers", "please review the attached budget draft", message_id="lat@x"))
+    _spamtl("train", "--db", args.small_db)
+    result["classify_latency_s"] = {
+        "small": round(_latency(args.small_db, _first_user(args.small_db), mail, args.runs), 3),
+        "big": round(_latency(args.db, _first_user(args.db), mail, args.runs), 3)}
+    print(f"classify latency (median of {args.runs}): {result['classify_latency_s']}")
+
+    # Feedback: refit one user's personal weights (the service call).
+    from spamtl.services.feedback import record_feedback
+
+    start = time.perf_counter()
+    record_feedback(make_engine(args.db), Settings(database_url=args.db), user=_first_user(args.db), label="spam",
+                    raw=mail.read_bytes(), now=NOW)
+    result["feedback_refit_s"] = round(time.perf_counter() - start, 2)
+    result["db_bytes"] = _size(args.db)
+    print(f"feedback refit: {result['feedback_refit_s']} s; database: {result['db_bytes']:,} bytes")
+    users = result["store"]["users"]  # type: ignore[index]
+    (HERE / "results" / f"scale_{users}users.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
