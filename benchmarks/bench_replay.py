@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,12 @@ def _spamtl(*args: str, db: str) -> str:
     if done.returncode != 0:
         raise SystemExit(f"spamtl {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the machine may be shared: wall time is noisy)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def run_spamtl(db: str, days: int, bootstrap: int, systems: list[str]) -> tuple[dict[str, Any], float]:
@@ -206,9 +213,12 @@ def main() -> None:
         import_seconds = time.monotonic() - started
         print(f"imported {len(files)} users in {import_seconds:.0f} s; replaying spamtl ({', '.join(systems)})...",
               file=sys.stderr)
+        cpu = _cpu()
         spamtl, spamtl_seconds = run_spamtl(db, args.days, args.bootstrap, systems)
+        spamtl_cpu, cpu = _cpu() - cpu, _cpu()
         print(f"spamtl: {spamtl_seconds:.0f} s; replaying bogofilter...", file=sys.stderr)
         bogo_users, bogo_seconds = run_bogofilter(db, args.days, args.bootstrap, work)
+        bogo_cpu = _cpu() - cpu
     bogo_macro = _macro(list(bogo_users.values()))
 
     print(f"Replay: {args.days} days after the first {args.bootstrap} labels per user, errors-only feedback, "
@@ -239,13 +249,15 @@ def main() -> None:
     for night in refused:
         print(f"  mtl night {night['night']} refused: {night['reason']}")
     print(f"wall time: import {import_seconds:.0f} s, spamtl replay {spamtl_seconds:.0f} s "
-          f"({len(systems)} system(s)), bogofilter replay {bogo_seconds:.0f} s")
+          f"({len(systems)} system(s); {spamtl_cpu:.0f} CPU s), bogofilter replay {bogo_seconds:.0f} s "
+          f"({bogo_cpu:.0f} CPU s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "commit": commit, "per_user": args.per_user, "seed": args.seed, "days": args.days,
         "bootstrap": args.bootstrap, "spamtl": spamtl, "bogofilter": {"users": bogo_users, "macro": bogo_macro},
         "ratios": ratios, "seconds": {"import": import_seconds, "spamtl": spamtl_seconds,
-                                      "bogofilter": bogo_seconds}}, indent=2, default=str))
+                                      "bogofilter": bogo_seconds},
+        "cpu_seconds": {"spamtl": spamtl_cpu, "bogofilter": bogo_cpu}}, indent=2, default=str))
     print(f"wrote {args.out}")
 
 
