@@ -74,4 +74,4 @@ def test_demo_command_mtl_beats_both_baselines(blank_db_url: str) -> None:
     macro = next(line for line in result.stdout.splitlines() if line.startswith("macro"))
     mtl, pooled, per_user = (float(x.rstrip("*")) for x in macro.split()[1:4])
     assert mtl <= 0.75 * min(pooled, per_user)
-    assert "Try next:" in result.stdout
+    assert "Try next (runs as printed, no venv needed):" in result.stdout
