@@ -27,16 +27,19 @@ the margins are ``Xk @ W`` and the loss gradient with respect to W is
 (``bincount``).  One forward and one backward sparse product per evaluation,
 O(nnz(X) + n_keys) memory: cost grows with the data, not with users x features.
 
-Conditioning.  L-BFGS is run in the coordinates ``theta' = sqrt(max(p / p_min, 1)) * theta``
-where p is each parameter's penalty factor (1, mu_g or mu) and p_min the
-smallest of them, capped at 1.  This is the Evgeniou-Pontil rescaling: the
-penalty becomes isotropic, ``alpha * p_min * ||theta'||^2``.  With
-mu, mu_g >= 1 (p_min = 1) it scales v by sqrt(mu); with mu < 1 it scales w0
-by sqrt(1 / mu) instead.  Keeping the original coordinates for mu < 1 (as the
-first release did) leaves w0 with curvature 1/mu times that of v: at
-mu = 1e-6 L-BFGS ran into max_iter with the gradient 1e6 times above the
-tolerance, or stopped on its relative-reduction rule (SciPy >= 1.15) well
-before it.  Both limits (mu -> 0, mu -> inf) are now well-conditioned.  The objective is divided by sum(s) inside the solver,
+Conditioning.  L-BFGS is run in the coordinates ``theta' = sqrt(max(p / p_ref, 1)) * theta``
+where p is each parameter's penalty factor (1, mu_g or mu).  With mu, mu_g >= 1
+(p_ref = 1) this is the Evgeniou-Pontil rescaling of v by sqrt(mu): the penalty
+becomes isotropic.  When some factor is below ``RESCALE_BELOW`` (0.01), p_ref is
+that smallest factor, so w0 is scaled by sqrt(1 / mu) instead and the penalty is
+again isotropic.  Keeping the original coordinates there (as the first release
+did) leaves w0 with curvature 1/mu times that of v: at mu = 1e-6 L-BFGS ran into
+max_iter with the gradient 1e6 times above the tolerance, or stopped on its
+relative-reduction rule (SciPy >= 1.15) well before it.  Between 0.01 and 1
+the original coordinates are kept: the imbalance is at most 100, L-BFGS copes,
+and the stopping test (a max-norm in these coordinates) keeps its meaning, so
+models fitted with the usual grid are the same as before.  Both limits
+(mu -> 0, mu -> inf) are well-conditioned.  The objective is divided by sum(s) inside the solver,
 which does not move the optimum.
 """
 
@@ -54,6 +57,8 @@ __all__ = ["TASK_WEIGHTINGS", "task_weights", "ConvergenceWarning", "TaskLayout"
 
 
 TASK_WEIGHTINGS = ("sample", "task")
+RESCALE_BELOW = 0.01
+"""Penalty factors below this switch the preconditioner to the smallest factor (module Notes)."""
 
 
 def task_weights(counts: np.ndarray, weighting: str, scale: float | None = None) -> np.ndarray:
@@ -214,7 +219,10 @@ class MultiTaskLogisticLoss:
         self.penalty = np.concatenate([np.full(self.sizes[k], factors[k]) for k in self.sizes])
         # Preconditioning: optimise theta' = scale * theta (see module Notes).
         penalised = self.penalty[self.penalty > 0]
-        reference = min(1.0, float(penalised.min())) if len(penalised) else 1.0
+        smallest = float(penalised.min()) if len(penalised) else 1.0
+        # See the module Notes: rescale by the smallest factor only where the factors differ by more
+        # than RESCALE_BELOW; above it the first release's coordinates (and so its fits) are kept.
+        reference = smallest if smallest < RESCALE_BELOW else 1.0
         self.scale = np.sqrt(np.maximum(self.penalty / reference, 1.0))
         self.total_weight = float(self.s.sum())
         self.alpha_penalty = alpha * self.penalty
