@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -23,32 +22,13 @@ from typer.testing import CliRunner
 from spamtl.cli import app
 
 from .conftest import make_mail, write_mbox
+from .test_cli_loop import _mails, run
 
 runner = CliRunner()
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 SPAMC = shutil.which("spamc")
 needs_spamc = pytest.mark.skipif(SPAMC is None, reason="spamc is not installed (apt-get install spamc)")
 
 
-def run(db: str, *args: str, input: bytes | None = None):  # type: ignore[no-untyped-def]
-    return runner.invoke(app, [*args, "--db", db], input=input, catch_exceptions=False)
-
-
-def _mails(seed: int, kind: str, n: int) -> list[bytes]:
-    rng = random.Random(f"{seed}-{kind}")
-    out = []
-    for i in range(n):
-        filler = " ".join(rng.choice(WORDS) for _ in range(12))
-        if kind == "spam":
-            out.append(make_mail(f"win the lottery now {i}", f"claim your prize viagra casino {filler}",
-                                 sender=f"promo{i}@cheap-{rng.randint(0, 9)}.example"))
-        elif kind == "newsletter":
-            out.append(make_mail(f"weekly newsletter digest {i}", f"this week in gardening news {filler}",
-                                 sender="news@garden.example"))
-        else:
-            out.append(make_mail(f"project meeting {i} {kind}", f"agenda minutes budget review {filler}",
-                                 sender=f"colleague@{kind}.example"))
-    return out
 
 
 NEWSLETTER = make_mail("weekly newsletter digest 99", "this week in gardening news roses tulips",
