@@ -91,23 +91,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def test_same_new_message_classified_for_many_users_at_once(trained: str) -> None:
-    """Every classifier looks the message up, finds nothing, and inserts it at the same moment.
+def _race_classify(settings: Settings, jobs: list[tuple[str, bytes]], table: str) -> list[BaseException]:
+    """Classify each (user, message) in a thread of its own, lined up before ``INSERT INTO table``.
 
     The classify path writes through its own DB-API connection (spamtl.store.lite), so
-    the racers are lined up in front of its ``INSERT INTO messages`` directly.  On SQLite
-    the logger's BEGIN IMMEDIATE serialises writers before that point (the barrier then
-    times out and lets them go one by one); on PostgreSQL they really collide.
+    the racers are lined up in front of its INSERT directly.  On SQLite the logger's
+    BEGIN IMMEDIATE serialises writers before that point (the barrier then times out
+    and lets them go one by one); on PostgreSQL they really collide.
     """
     from spamtl.services.classify import classify_messages, open_reader
 
-    raw = make_mail("brand new", "never seen before", message_id="race-1@example")
-    settings = Settings(database_url=trained)
-    serialised = trained.startswith("sqlite")
-    barrier = threading.Barrier(len(USERS), timeout=2 if serialised else 20)
+    serialised = settings.database_url.startswith("sqlite")
+    barrier = threading.Barrier(len(jobs), timeout=2 if serialised else 20)
     errors: list[BaseException] = []
 
-    def job(user: str) -> None:
+    def job(user: str, raw: bytes) -> None:
         try:
             reader = open_reader(settings)  # in the thread: an sqlite3 connection stays in its thread
         except BaseException as exc:  # noqa: BLE001
@@ -116,7 +114,7 @@ def test_same_new_message_classified_for_many_users_at_once(trained: str) -> Non
         original = reader.store.execute
 
         def execute(statement: str, params: dict[str, Any] | None = None) -> Any:
-            if statement.startswith("INSERT INTO messages"):
+            if statement.startswith(f"INSERT INTO {table}"):
                 try:
                     barrier.wait()
                 except threading.BrokenBarrierError:
@@ -131,12 +129,17 @@ def test_same_new_message_classified_for_many_users_at_once(trained: str) -> Non
         finally:
             reader.store.close()
 
-    threads = [threading.Thread(target=job, args=(u,)) for u in USERS]
+    threads = [threading.Thread(target=job, args=pair) for pair in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert errors == []
+    return errors
+
+
+def test_same_new_message_classified_for_many_users_at_once(trained: str) -> None:
+    raw = make_mail("brand new", "never seen before", message_id="race-1@example")
+    assert _race_classify(Settings(database_url=trained), [(u, raw) for u in USERS], "messages") == []
     assert count_rows(trained, "messages", "WHERE message_id = 'race-1@example'") == 1
     assert count_rows(trained, "classifications c JOIN messages m ON m.id = c.message_id",
                       "WHERE m.message_id = 'race-1@example'") == len(USERS)
@@ -154,15 +157,10 @@ def test_new_users_first_messages_in_parallel(db_url: str, tmp_path: Path) -> No
 
 
 def test_new_users_first_verdicts_in_parallel(trained: str) -> None:
-    from spamtl.services.classify import classify_messages
-
-    settings = Settings(database_url=trained)
+    """A mailbox registered by its first verdicts (auto_create_users), six of them at once."""
+    settings = Settings(database_url=trained, auto_create_users=True)
     raws = [make_mail(f"hello {i}", f"first mail {i} of a new user") for i in range(6)]
-
-    def job(raw: bytes) -> Callable[[Engine], object]:
-        return lambda eng: list(classify_messages(eng, settings, user="brand-new", mails=[RawMail("m", raw)], now=NOW))
-
-    assert _race([job(r) for r in raws], trained, "users") == []
+    assert _race_classify(settings, [("brand-new", r) for r in raws], "users") == []
     assert count_rows(trained, "users", "WHERE name = 'brand-new'") == 1
     assert count_rows(trained, "classifications c JOIN users u ON u.id = c.user_id", "WHERE u.name = 'brand-new'") == 6
 
