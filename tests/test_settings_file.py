@@ -221,3 +221,11 @@ def test_cli_bad_config_is_one_error_line(tmp_path: Path, monkeypatch: pytest.Mo
     result = runner.invoke(app, ["users"])
     assert result.exit_code == 1
     assert result.stderr == f'Error: {cfg}: spam_cutoff must be a number between 0 and 1, got "high"\n'
+
+
+def test_package_version_matches_pyproject() -> None:
+    import tomllib
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["version"] == __version__
