@@ -520,6 +520,11 @@ async def _run_worker(worker: Worker, sockets: list[socket.socket], ready: Calla
     if ready is not None:
         ready()
     await stop.wait()
+    # A second SIGTERM while finishing (a supervisor that asks twice) must not kill the requests in
+    # flight: the loop's handlers go, and the signals are ignored until the process exits.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     for server in servers:
         server.close()
     if worker.tasks:  # finish what is in flight (each request is bounded by the read timeout)
