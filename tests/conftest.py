@@ -82,6 +82,19 @@ def count_rows(url: str, table: str, where: str = "") -> int:
         engine.dispose()
 
 
+def run_sql(url: str, statement: str, params: dict[str, object] | None = None) -> list[tuple[object, ...]]:
+    """Run one statement through SQLAlchemy (either backend), commit, and return its rows (if any)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(statement), params or {})
+            return [tuple(r) for r in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
 def corpus(*parts: str) -> Path:
     """Path into ../shared/corpora; skips the test when the corpora are not beside the checkout."""
     path = CORPORA.joinpath(*parts)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from spamtl.cli import app
 
+from .conftest import NOW, run_sql
 from .test_learning import _build
 
 runner = CliRunner()
@@ -20,8 +20,7 @@ def run(db: str, *args: str):  # type: ignore[no-untyped-def]
 
 
 def _generation(db: str) -> int:
-    con = sqlite3.connect(db.removeprefix("sqlite:///"))
-    return int(con.execute("SELECT value FROM store_state WHERE key = 'generation'").fetchone()[0])
+    return int(run_sql(db, "SELECT value FROM store_state WHERE key = 'generation'")[0][0])  # type: ignore[call-overload]
 
 
 def test_cutoffs_list_set_unset_and_users_columns(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -68,9 +67,7 @@ def test_cutoffs_list_set_unset_and_users_columns(engine, tmp_path: Path) -> Non
 def test_cutoffs_without_a_model_are_the_global_ones(db_url: str) -> None:
     assert run(db_url, "cutoffs").stdout.strip() == (
         "No users yet; add mail with `spamtl import USER PATH --label spam|ham`.")
-    con = sqlite3.connect(db_url.removeprefix("sqlite:///"))
-    con.execute("INSERT INTO users (name, created_at) VALUES ('ann', '2026-11-20 00:00:00.000000')")
-    con.commit()
+    run_sql(db_url, "INSERT INTO users (name, created_at) VALUES ('ann', :t)", {"t": NOW})
     assert run(db_url, "cutoffs").stdout.splitlines()[1].split() == ["ann", "0.9000", "0.2000", "global",
                                                                       "setting"]
     assert run(db_url, "cutoffs", "--help").exit_code == 0

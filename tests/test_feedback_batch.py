@@ -107,6 +107,7 @@ def test_single_message_form_still_refits_and_reports_probabilities(trained: dic
     assert out["label"] == "spam" and out["probability_after"] > out["probability_before"]
 
 
+@pytest.mark.sqlite_only(reason="the stdlib sqlite3 path is what avoids SQLAlchemy; other databases go through it")
 def test_cold_classify_imports_no_sqlalchemy_and_no_daemon(trained: dict[str, object]) -> None:
     db, tmp = str(trained["db"]), Path(str(trained["tmp"]))
     mail = tmp / "m.eml"

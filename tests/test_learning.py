@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from spamtl.services.training import (
 )
 from spamtl.sources import RawMail
 
-from .conftest import NOW, make_mail, write_mbox
+from .conftest import NOW, make_mail, run_sql, write_mbox
 from .test_cli_loop import _mails
 
 runner = CliRunner()
@@ -133,9 +132,8 @@ def test_worse_candidate_is_refused_and_active_stays(engine, tmp_path: Path) -> 
     assert not refused.promoted and refused.version == 2
     assert refused.reason.endswith("keeping v1") and "worse by" in refused.reason, refused.reason
     assert refused.metrics["candidate_auc_error_pct"] < 50
-    con = sqlite3.connect(str(engine.url).removeprefix("sqlite:///"))
-    assert con.execute("SELECT id, status FROM model_versions ORDER BY id").fetchall() == [(1, "active"),
-                                                                                             (2, "rejected")]
+    url = engine.url.render_as_string(hide_password=False)
+    assert run_sql(url, "SELECT id, status FROM model_versions ORDER BY id") == [(1, "active"), (2, "rejected")]
     reader = open_reader(settings)
     assert reader.user_model("bob").version == 1 and reader.cutoffs("bob")[2].startswith("model v1: ")
     reader.store.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import zlib
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from typer.testing import CliRunner
 from spamtl.cli import app
 from spamtl.mail import strip_own_headers
 
-from .conftest import make_mail
+from .conftest import count_rows, make_mail
 from .test_learning import _build, _filter, _verdict
 
 runner = CliRunner()
@@ -40,8 +39,7 @@ def test_forged_filter_headers_change_no_score_and_no_identity(engine, tmp_path:
         mine = [v for v in verdicts if v["user"] == user]
         assert len({(v["probability"], v["sha256"], v["verdict"]) for v in mine}) == 1
         assert mine[0]["verdict"] == "spam"
-    con = sqlite3.connect(db.removeprefix("sqlite:///"))
-    assert con.execute("SELECT count(*) FROM messages WHERE message_id = 'forged@example'").fetchone()[0] == 1
+    assert count_rows(db, "messages", "WHERE message_id = 'forged@example'") == 1
 
 
 def test_feedback_on_a_delivered_copy_then_by_message_id(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -60,8 +58,7 @@ def test_feedback_on_a_delivered_copy_then_by_message_id(engine, tmp_path: Path)
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["sha256"] == sha
     assert _verdict(db, "bob", delivered)["reason"] == "label"
-    con = sqlite3.connect(db.removeprefix("sqlite:///"))
-    assert con.execute("SELECT count(*) FROM messages WHERE message_id = 'news-77@garden.example'").fetchone()[0] == 1
+    assert count_rows(db, "messages", "WHERE message_id = 'news-77@garden.example'") == 1
 
 
 def _insert_message(conn, raw: bytes, sha: str | None = None) -> int:  # type: ignore[no-untyped-def]
