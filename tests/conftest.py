@@ -82,6 +82,17 @@ def count_rows(url: str, table: str, where: str = "") -> int:
         engine.dispose()
 
 
+def copy_sqlite(url: str, path: Path) -> str:
+    """A consistent copy of a (WAL-mode) SQLite store, as a URL."""
+    import sqlite3
+
+    src, dst = sqlite3.connect(url.removeprefix("sqlite:///")), sqlite3.connect(path)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    return f"sqlite:///{path}"
+
+
 def run_sql(url: str, statement: str, params: dict[str, object] | None = None) -> list[tuple[object, ...]]:
     """Run one statement through SQLAlchemy (either backend), commit, and return its rows (if any)."""
     from sqlalchemy import create_engine, text

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from spamtl.cli import app
 from spamtl.config import Settings
 
-from .conftest import make_mail, write_mbox
+from .conftest import copy_sqlite, make_mail, write_mbox
 from .test_cli_loop import _mails
 
 runner = CliRunner()
@@ -41,15 +41,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     news.write_bytes(make_mail("weekly newsletter digest 99", "this week in gardening news roses tulips",
                                sender="news@garden.example", message_id="digest-99@garden.example"))
     return {"db": db, "tmp": tmp, "news": news}
-
-
-def _copy_db(db: str, path: Path) -> str:
-    """A consistent copy of a (WAL-mode) SQLite store."""
-    src, dst = sqlite3.connect(db.removeprefix("sqlite:///")), sqlite3.connect(path)
-    src.backup(dst)
-    src.close()
-    dst.close()
-    return f"sqlite:///{path}"
 
 
 def _model_and_message(db: str, user: str, raw: bytes):  # type: ignore[no-untyped-def]
@@ -157,7 +148,7 @@ def test_explain_errors(trained: dict[str, object], tmp_path: Path) -> None:
     # retention dropped the text: the id is known, the bytes are gone
     raw = make_mail("forgotten", "text that retention dropped")
     copy = tmp_path / "copy.sqlite3"
-    url = _copy_db(db, copy)
+    url = copy_sqlite(db, copy)
     out = json.loads(run(url, "classify", "ann", "-", "--format", "json", input=raw).stdout)
     con = sqlite3.connect(copy)
     con.execute("UPDATE messages SET raw = x'' WHERE sha256 = ?", (out["sha256"],))
@@ -206,7 +197,7 @@ def test_report_header_is_bounded_for_any_explanation() -> None:
 
 
 def test_history_corrections_and_error_counts(trained: dict[str, object], tmp_path: Path) -> None:
-    db = _copy_db(str(trained["db"]), tmp_path / "h.sqlite3")
+    db = copy_sqlite(str(trained["db"]), tmp_path / "h.sqlite3")
     spam = make_mail("win the lottery now 77", "claim your prize viagra casino alpha", sender="p@cheap-1.example")
     ham = make_mail("project meeting 5 cat", "agenda minutes budget review bravo", sender="colleague@cat.example")
     other = make_mail("project meeting 6 cat", "agenda minutes budget review kilo", sender="colleague@cat.example")
@@ -241,7 +232,7 @@ def test_log_lines_per_verdict_feedback_training_without_subjects(trained: dict[
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from spamtl.logs import parse_line
 
-    db = _copy_db(str(trained["db"]), tmp_path / "l.sqlite3")
+    db = copy_sqlite(str(trained["db"]), tmp_path / "l.sqlite3")
     log = tmp_path / "spamtl.log"
     raw = make_mail("secret subject words", "private body words", sender="x@garden.example")
     # default: filter mode writes nothing to stderr

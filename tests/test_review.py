@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from spamtl.cli import app
 from spamtl.config import Settings
 
-from .conftest import NOW, make_mail, write_mbox
+from .conftest import NOW, copy_sqlite, make_mail, write_mbox
 from .test_cli_loop import _mails
 
 runner = CliRunner()
@@ -23,14 +23,6 @@ runner = CliRunner()
 
 def run(db: str, *args: str, input: bytes | None = None):  # type: ignore[no-untyped-def]
     return runner.invoke(app, [*args, "--db", db], input=input, catch_exceptions=False)
-
-
-def _copy_db(db: str, path: Path) -> str:
-    src, dst = sqlite3.connect(db.removeprefix("sqlite:///")), sqlite3.connect(path)
-    src.backup(dst)
-    src.close()
-    dst.close()
-    return f"sqlite:///{path}"
 
 
 def _family(seed: int, n: int) -> list[bytes]:
@@ -110,14 +102,14 @@ def test_labelling_the_queue_beats_labelling_random_mail(pool_store: dict[str, o
     assert isinstance(truth, dict) and isinstance(test, list)
     k = 4
     before = _error(db, test)
-    queued = _copy_db(db, tmp_path / "queue.sqlite3")
+    queued = copy_sqlite(db, tmp_path / "queue.sqlite3")
     picked = [item.sha256 for item in review_queue(Settings(database_url=queued), user="dan", n=k)]
     assert len(picked) == k
     _label(queued, picked, truth)
     with_queue = _error(queued, test)
     random_errors = []
     for seed in range(5):
-        copy = _copy_db(db, tmp_path / f"random{seed}.sqlite3")
+        copy = copy_sqlite(db, tmp_path / f"random{seed}.sqlite3")
         _label(copy, random.Random(seed).sample(sorted(truth), k), truth)
         random_errors.append(_error(copy, test))
     with_random = float(np.mean(random_errors))
@@ -126,7 +118,7 @@ def test_labelling_the_queue_beats_labelling_random_mail(pool_store: dict[str, o
 
 
 def test_queue_is_unlabelled_rescored_and_ready_for_feedback(pool_store: dict[str, object], tmp_path: Path) -> None:
-    db = _copy_db(str(pool_store["db"]), tmp_path / "q.sqlite3")
+    db = copy_sqlite(str(pool_store["db"]), tmp_path / "q.sqlite3")
     truth = pool_store["truth"]
     assert isinstance(truth, dict)
     items = json.loads(run(db, "review", "dan", "-n", "5", "--format", "json").stdout)

@@ -364,8 +364,8 @@ class VerdictLogger:
                     message_id, date = parse_envelope(message.raw)
                     store.execute(lite.STORE_MESSAGE, {
                         "sha256": message.sha256, "message_id": message_id or None,
-                        "raw": _compress(message.raw), "size": len(message.raw),
-                        "date": store.value(_naive_utc(date)), "now": stamp,
+                        "raw": lite.compress(message.raw), "size": len(message.raw),
+                        "date": store.value(lite.naive_utc(date)), "now": stamp,
                         "subject": verdict.subject[:255] or None})
                     row = store.one(lite.MESSAGE_PK, {"sha256": message.sha256})
                 assert row is not None
@@ -373,23 +373,6 @@ class VerdictLogger:
                     "user_id": user_id, "message_pk": int(row[0]), "probability": verdict.probability,
                     "verdict": verdict.verdict, "version": verdict.model_version, "now": stamp})
         return True
-
-
-def _compress(raw: bytes) -> bytes:
-    import zlib
-
-    return zlib.compress(raw, 6)
-
-
-def _naive_utc(value: datetime | None) -> datetime | None:
-    from datetime import UTC
-
-    if value is None:
-        return None
-    try:
-        return value.astimezone(UTC).replace(tzinfo=None)
-    except (OverflowError, ValueError, OSError):
-        return None
 
 
 def open_reader(settings: Settings) -> ModelReader:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from spamtl.mail import parse_envelope, strip_own_headers
 from spamtl.sources import RawMail, Unreadable, iter_mail
 from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.lite import naive_utc
 from spamtl.store.schema import LABELS
 
 __all__ = ["ImportSummary", "ImportInterrupted", "import_mail", "store_messages", "sha256_hex"]
@@ -55,15 +56,6 @@ def sha256_hex(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _naive_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return value.astimezone(UTC).replace(tzinfo=None)
-    except (OverflowError, ValueError, OSError):
-        return None
-
-
 def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) -> list[int]:
     """Primary keys of these messages, storing those not yet known (dedup by sha256).
 
@@ -87,7 +79,7 @@ def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) ->
             continue
         message_id, date = parse_envelope(raw)
         rows[sha] = {"sha256": sha, "message_id": message_id or None, "raw": queries.compress(raw),
-                     "size": len(raw), "date": _naive_utc(date), "received_at": now}
+                     "size": len(raw), "date": naive_utc(date), "received_at": now}
     if rows:
         # In sha256 order: two transactions inserting overlapping sets then take row locks in the
         # same order, so PostgreSQL never sees a deadlock between them.

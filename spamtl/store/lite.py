@@ -22,8 +22,9 @@ import contextlib
 import os
 import re
 import sqlite3
+import zlib
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from spamtl.errors import DatabaseError
@@ -58,6 +59,21 @@ CURRENT_LABEL = ("SELECT l.label FROM labels l JOIN messages m ON m.id = l.messa
                  "WHERE l.user_id = :user_id AND m.sha256 = :sha256 ORDER BY l.id DESC LIMIT 1")
 
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+def compress(raw: bytes) -> bytes:
+    """Raw message bytes as stored (zlib level 6)."""
+    return zlib.compress(raw, 6)
+
+
+def naive_utc(value: datetime | None) -> datetime | None:
+    """An aware datetime as the naive UTC value the store keeps (None if it cannot be represented)."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def timestamp(moment: datetime) -> str:

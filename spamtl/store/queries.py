@@ -41,9 +41,7 @@ __all__ = [
 _IN_CHUNK = 900
 
 
-def compress(raw: bytes) -> bytes:
-    """Raw message bytes as stored (zlib level 6)."""
-    return zlib.compress(raw, 6)
+from spamtl.store.lite import compress  # noqa: E402 - one definition, shared with the classify path
 
 
 def decompress(data: bytes) -> bytes:
