@@ -822,6 +822,10 @@ def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
     ws = _LEADING_WS_RE.match(raw, pos)
     if ws is not None:
         pos = ws.end()
+    if eol == b"\r" and raw[pos:pos + 1] == b"\n":
+        # Mixed endings: a bare CR before the input's LF would read as one CRLF, and a whitespace
+        # line after it would fold into our last header; end our lines with CRLF there instead.
+        block = b"".join(_header_line(name, value) + b"\r\n" for name, value in headers)
     prefix = raw[:pos]
     if pos == len(raw) and pos > 0 and raw[pos - 1:pos] not in (b"\n", b"\r"):
         prefix += eol  # an unterminated From or whitespace line: the one added line ending
