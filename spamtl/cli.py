@@ -309,7 +309,9 @@ def train(
         else:
             verdict = "promoted to active" if result.promoted else "NOT promoted"
             typer.echo(f"Model v{result.version} {verdict}: {result.reason}")
-            typer.echo(f"{result.users} users, {result.messages} labelled messages, {result.seconds:.1f} s")
+            auto = int(result.metrics.get("uncorrected_verdicts", 0))
+            learned = f" (of them {auto} uncorrected verdicts)" if auto else ""
+            typer.echo(f"{result.users} users, {result.messages} labelled messages{learned}, {result.seconds:.1f} s")
         if not result.promoted:
             from spamtl.services.training import EXIT_REFUSED
 

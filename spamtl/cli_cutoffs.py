@@ -52,7 +52,7 @@ def cutoffs_set(
     user: Annotated[str, typer.Argument(metavar="USER", help="The user whose cutoffs to set.")],
     spam: Annotated[float, typer.Option("--spam", help="Spam at or above this probability.")],
     ham: Annotated[float | None, typer.Option("--ham", help="Ham at or below this probability "
-                                              "(default: the global pair's log-odds gap below --spam).")] = None,
+                                              "(default: the global ham_cutoff, or --spam if lower).")] = None,
     output: Annotated[OutputFormat, typer.Option("--format", help="Result as text or JSON.")] = OutputFormat.text,
     db: DbOption = None,
 ) -> None:

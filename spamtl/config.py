@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from spamtl.features import FeatureConfig
@@ -24,7 +25,10 @@ class Settings:
 
     database_url: str
     spam_cutoff: float = 0.90
-    ham_cutoff: float = 0.20
+    # Ham at or below 0.5: the model finds it more likely ham than spam (bogofilter's default is 0.45).
+    # Between it and the user's spam cutoff, unsure: more likely spam, but not at the ham
+    # false-positive target.  (0.20 made 17 % of ham unsure in the replay, README "Verdicts and cutoffs".)
+    ham_cutoff: float = 0.5
     features: FeatureConfig = field(default_factory=FeatureConfig)
     # Hyper-parameter grid searched at training time (see README, "Choosing mu").
     alphas: tuple[float, ...] = (0.01,)
@@ -60,6 +64,13 @@ class Settings:
     # are the newest, hardest mail), and doubles the corrected message's weight (at most
     # feedback_max_doublings times) until the refit model puts it on the user's side of their cutoff.
     feedback_weight: float = 4.0
+    # Nightly training also learns the spam and ham verdicts (never unsure) that nobody corrected
+    # within autolearn_after_hours, from the last autolearn_days (SpamAssassin's bayes_auto_learn does
+    # the same on by default). 12 hours: a user reads the day's mail the same day; a later correction
+    # still wins, since any label of the user replaces the verdict.  30 days: the raw-mail retention.
+    autolearn: bool = True
+    autolearn_after_hours: float = 12.0
+    autolearn_days: float = 30.0
     feedback_max_doublings: int = 8
     chunk_size: int = 1000
     seed: int = 0
@@ -107,6 +118,12 @@ class Settings:
             days = getattr(self, name)
             if days is not None and days < 0:
                 raise ValueError(f"{name} must be >= 0 or None (keep forever)")
+
+    def autolearn_window(self, now: datetime) -> tuple[datetime, datetime] | None:
+        """When the verdicts learned as labels were logged (None: autolearn is off)."""
+        if not self.autolearn:
+            return None
+        return now - timedelta(days=self.autolearn_days), now - timedelta(hours=self.autolearn_after_hours)
 
     def verdict(self, probability: float) -> str:
         """The verdict at the global cutoffs (see :func:`verdict_at`)."""

@@ -25,7 +25,7 @@ def users_json(db_url: str) -> list[dict[str, object]]:
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     for row in rows:  # the cutoff columns are tested in tests/test_cutoffs.py
-        assert {row.pop("spam_cutoff"), row.pop("ham_cutoff"), row.pop("cutoff_source")} == {0.9, 0.2, "global setting"}
+        assert {row.pop("spam_cutoff"), row.pop("ham_cutoff"), row.pop("cutoff_source")} == {0.9, 0.5, "global setting"}
     return rows
 
 

@@ -8,7 +8,7 @@ from spamtl.config import Settings
 
 
 @pytest.mark.parametrize(("probability", "verdict"),
-                         [(0.0, "ham"), (0.20, "ham"), (0.2001, "unsure"), (0.5, "unsure"), (0.8999, "unsure"),
+                         [(0.0, "ham"), (0.20, "ham"), (0.5, "ham"), (0.5001, "unsure"), (0.8999, "unsure"),
                           (0.90, "spam"), (1.0, "spam")])
 def test_default_verdict_band(probability: float, verdict: str) -> None:
     assert Settings(database_url="").verdict(probability) == verdict

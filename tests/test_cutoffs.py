@@ -39,9 +39,11 @@ def test_cutoffs_list_set_unset_and_users_columns(engine, tmp_path: Path) -> Non
     verdict = json.loads(runner.invoke(app, ["classify", "bob", "-", "--format", "json", "--db", db],
                                        input=b"Subject: hi\n\nhello").stdout)
     assert verdict["spam_cutoff"] == 0.99
-    # Without --ham: the global pair's odds ratio below: odds 99 / (9 * 4) -> 99 / 135.
+    # Without --ham: the global ham cutoff (0.5), or the spam cutoff where that is lower.
     only_spam = json.loads(run(db, "cutoffs", "set", "cat", "--spam", "0.99", "--format", "json").stdout)[0]
-    assert abs(only_spam["ham_cutoff"] - 99 / 135) < 1e-6
+    assert only_spam["ham_cutoff"] == 0.5
+    low = json.loads(run(db, "cutoffs", "set", "cat", "--spam", "0.4", "--format", "json").stdout)[0]
+    assert (low["spam_cutoff"], low["ham_cutoff"]) == (0.4, 0.4)
 
     users = json.loads(run(db, "users", "--format", "json").stdout)
     assert (users[1]["spam_cutoff"], users[1]["ham_cutoff"], users[1]["cutoff_source"]) == (
@@ -51,7 +53,7 @@ def test_cutoffs_list_set_unset_and_users_columns(engine, tmp_path: Path) -> Non
     assert table[2].split()[4:] == ["0.9900", "set", "by", "administrator"]
 
     result = run(db, "cutoffs", "unset", "bob", "--format", "json")
-    assert json.loads(result.stdout)[0]["source"] == bob["source"] and _generation(db) == before + 3
+    assert json.loads(result.stdout)[0]["source"] == bob["source"] and _generation(db) == before + 4
 
     for args, message in ((["set", "zed", "--spam", "0.9"], "Error: no user 'zed'; see `spamtl users`"),
                           (["set", "bob", "--spam", "1.5"], "Error: --spam must be a probability in (0, 1], got 1.5"),
@@ -68,6 +70,6 @@ def test_cutoffs_without_a_model_are_the_global_ones(db_url: str) -> None:
     assert run(db_url, "cutoffs").stdout.strip() == (
         "No users yet; add mail with `spamtl import USER PATH --label spam|ham`.")
     run_sql(db_url, "INSERT INTO users (name, created_at) VALUES ('ann', :t)", {"t": NOW})
-    assert run(db_url, "cutoffs").stdout.splitlines()[1].split() == ["ann", "0.9000", "0.2000", "global",
+    assert run(db_url, "cutoffs").stdout.splitlines()[1].split() == ["ann", "0.9000", "0.5000", "global",
                                                                       "setting"]
     assert run(db_url, "cutoffs", "--help").exit_code == 0

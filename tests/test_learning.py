@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -275,9 +276,8 @@ def test_cutoffs_shrink_toward_shared_and_never_fall_below_the_floor() -> None:
                                                              tiny_floor)), abs=1e-6)
     assert cutoffs["tiny"].spam >= sigmoid(tiny_floor) - 1e-6 > 0.89
     assert cutoffs["spammy"].source == "shared (no ham)" and cutoffs["spammy"].spam == shared.spam
-    gap = _logit(0.9) - _logit(0.2)
-    for c in cutoffs.values():
-        assert _logit(c.spam) - _logit(c.ham) == pytest.approx(gap, abs=1e-4)
+    for c in cutoffs.values():  # ham: more likely ham than spam (the global 0.5), never above the spam cutoff
+        assert c.ham == min(0.5, c.spam)
     # Every ham score low: each user sits on their own floor.
     low, _ = choose_cutoffs(_data(users, y), scores - 20, settings)
     assert low["big"].spam == pytest.approx(sigmoid((1 - w_big) * z_global), abs=1e-6)
@@ -404,3 +404,103 @@ def test_refit_on_unchanged_labels_reproduces_the_trained_part(engine, tmp_path:
     before = _bob_scores(settings, probe)
     record_feedback(engine, same, user="bob", label="ham", raw=_mails(4, "bob", 20)[3], now=LATER)
     np.testing.assert_allclose(_bob_scores(settings, probe), before, atol=1e-4)
+
+
+# ------------------------------------------------------- uncorrected verdicts are learned too
+def test_uncorrected_spam_and_ham_verdicts_are_learned_at_night(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Catches: verdicts not learned, unsure or corrected ones learned as the filter's guess, too-fresh ones
+    learned, the setting ignored."""
+    from spamtl.services.training import prepare_features
+
+    settings = _build(engine, tmp_path)
+    n_labels = len(load_labels(engine, settings).y)
+    spam, ham = _mails(41, "spam", 4), _mails(42, "bob", 4)
+    verdicts = _classify(settings, "bob", spam + ham, LATER)
+    assert [v.verdict for v in verdicts] == ["spam"] * 4 + ["ham"] * 4
+    # bob corrects one spam verdict to ham: his label wins, the verdict is not learned.
+    record_feedback(engine, settings, user="bob", label="ham", raw=spam[0], now=LATER2)
+    # A verdict logged an hour before the night is too fresh to count as accepted (default: 12 hours).
+    _classify(settings, "bob", _mails(43, "spam", 2), NEXT_NIGHT - timedelta(hours=1))
+    # An unsure verdict is never learned: force some with cat's own cutoffs.
+    from spamtl.services.cutoffs import set_cutoffs
+
+    set_cutoffs(engine, settings, user="cat", spam=0.999999, ham=0.000001)
+    assert {v.verdict for v in _classify(settings, "cat", _mails(44, "spam", 2), LATER)} == {"unsure"}
+
+    data = prepare_features(load_labels(engine, settings, now=NEXT_NIGHT))
+    uncorrected = data.uncorrected
+    assert uncorrected is not None
+    learned_rows = {(u, int(pk), int(y)) for u, pk, y, auto in zip(data.users, data.message_pks, data.y, uncorrected)
+                    if auto}
+    assert len(learned_rows) == 7  # 3 spam (one was corrected) + 4 ham, all bob's
+    assert {u for u, _, _ in learned_rows} == {"bob"}
+    assert sorted(y for _, _, y in learned_rows) == [0] * 4 + [1] * 3
+    assert int((~uncorrected).sum()) == n_labels + 1  # every label, plus bob's correction
+    assert len(load_labels(engine, settings).y) == n_labels + 1  # without `now` (evaluate): labels only
+    off = replace(settings, autolearn=False)
+    assert len(load_labels(engine, off, now=NEXT_NIGHT).y) == n_labels + 1
+    later = replace(settings, autolearn_after_hours=48.0)
+    assert len(load_labels(engine, later, now=NEXT_NIGHT).y) == n_labels + 1
+    result = train(engine, settings, now=NEXT_NIGHT)
+    assert result.metrics["train_messages"] == n_labels + 1 + 7 and result.metrics["uncorrected_verdicts"] == 7
+    assert result.metrics["compared_messages"] == 1  # the gate judges by bob's own label only
+
+
+def test_gate_and_cutoffs_judge_by_the_users_labels_only() -> None:
+    """Catches: the active model's own (uncorrected) verdicts counted in the gate or in the cutoff's ham."""
+    rng = np.random.default_rng(3)
+    y = [0, 0, 0, 1, 1, 1] * 5
+    good = [0.1, 0.2, 0.1, 0.9, 0.8, 0.9] * 5
+    weak = [0.4, 0.45, 0.4, 0.6, 0.55, 0.6] * 5
+    # 60 more rows, the active model's uncorrected verdicts: it is sure of them by construction.
+    y_all = y + [0, 1] * 30
+    data = _data(["u"] * len(y_all), y_all)
+    data.uncorrected = np.arange(len(y_all)) >= len(y)
+    cand = np.array(good + [0.3, 0.7] * 30)
+    act = np.array(weak + [0.001, 0.999] * 30)
+    decision = gate(data, np.log(cand / (1 - cand)), act, ActiveModel(1, True), Settings("sqlite://"))
+    assert decision.promoted and decision.metrics["compared_messages"] == 30
+    assert not gate(data, np.log(act / (1 - act)), cand, ActiveModel(1, True), Settings("sqlite://")).promoted
+
+    n_learned, n_auto = 200, 5000
+    users = ["u"] * (n_learned + n_auto + 20)
+    y = [0] * (n_learned + n_auto) + [1] * 20
+    scores = np.concatenate([rng.normal(1, 1, n_learned), rng.normal(-8, 1, n_auto), rng.normal(6, 1, 20)])
+    data = _data(users, y)
+    data.uncorrected = np.zeros(len(y), dtype=bool)
+    data.uncorrected[n_learned:n_learned + n_auto] = True
+    settings = Settings("sqlite://", target_ham_fpr=0.001, cutoff_shrinkage=100.0)
+    cutoffs, shared = choose_cutoffs(data, scores, settings)
+    z_user = float(np.quantile(scores[:n_learned], 0.999, method="higher"))
+    assert shared is not None and _logit(shared.spam) == pytest.approx(z_user, abs=1e-4)
+    assert "on 200 ham" in cutoffs["u"].source
+
+
+def test_refit_learns_the_same_uncorrected_verdicts_as_the_night(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Catches a feedback refit that forgets the verdicts the nightly model learned (bob's part would shrink
+    back to his own labels at his next correction)."""
+    settings = _build(engine, tmp_path, tol=1e-9, max_iter=5000)
+    _classify(settings, "bob", _mails(64, "spam", 5) + _mails(65, "bob", 5), LATER)
+    second = train(engine, settings, now=NEXT_NIGHT)
+    assert second.promoted and second.metrics["train_messages"] == 3 * 50 + 10
+    same = Settings(database_url=settings.database_url, feedback_weight=1.0, feedback_max_doublings=0)
+    probe = _mails(61, "newsletter", 3) + _mails(62, "spam", 3) + _mails(63, "bob", 3)
+    before = _bob_scores(settings, probe)
+    record_feedback(engine, same, user="bob", label="ham", raw=_mails(4, "bob", 20)[3],
+                    now=NEXT_NIGHT + timedelta(hours=1))
+    np.testing.assert_allclose(_bob_scores(settings, probe), before, atol=1e-4)
+
+
+def test_cli_train_says_how_many_verdicts_it_learned(engine, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import spamtl.cli
+
+    settings = _build(engine, tmp_path)
+    _classify(settings, "bob", _mails(66, "spam", 3) + _mails(67, "bob", 2), LATER)
+    monkeypatch.setattr(spamtl.cli, "_now", lambda: NEXT_NIGHT)
+    result = runner.invoke(app, ["train", "--db", settings.database_url])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].startswith(
+        "3 users, 155 labelled messages (of them 5 uncorrected verdicts), ")
+    result = runner.invoke(app, ["train", "--db", settings.database_url, "--format", "json"])
+    assert json.loads(result.stdout)["metrics"]["uncorrected_verdicts"] == 5

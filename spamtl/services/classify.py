@@ -70,7 +70,7 @@ class Verdict:
     probability: float
     model_version: int
     spam_cutoff: float = 0.9
-    ham_cutoff: float = 0.2
+    ham_cutoff: float = 0.5
     reason: str = "model"  # or "label": the user labelled this message, which decides
     subject: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -103,7 +103,7 @@ class UserModel:
     group: str | None
     user_id: int | None = None
     spam_cutoff: float = 0.9
-    ham_cutoff: float = 0.2
+    ham_cutoff: float = 0.5
     cutoff_source: str = "global"
     # The shared (+ group) part as one dense vector and summed intercept, shared by every user of the
     # version and group (a daemon holding 1,000 users keeps one 2 MB vector, not 1,000).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,15 +39,9 @@ def list_cutoffs(settings: Settings, users: list[str] | None = None) -> list[Eff
         reader.store.close()
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-12), 1 - 1e-12)
-    return math.log(p / (1 - p))
-
-
 def ham_for(spam: float, settings: Settings) -> float:
-    """A ham cutoff with the global pair's log-odds gap below ``spam`` (the unsure band keeps its width)."""
-    z = _logit(spam) - (_logit(settings.spam_cutoff) - _logit(settings.ham_cutoff))
-    return round(min(spam, 1.0 / (1.0 + math.exp(-z))), 6)
+    """The ham cutoff that goes with a spam cutoff: the global one (ham = more likely ham), never above ``spam``."""
+    return min(spam, settings.ham_cutoff)
 
 
 def _user_id(session: Session, user: str) -> int:
@@ -60,7 +53,7 @@ def _user_id(session: Session, user: str) -> int:
 
 def set_cutoffs(engine: Engine, settings: Settings, *, user: str, spam: float,
                 ham: float | None = None) -> EffectiveCutoffs:
-    """Override ``user``'s cutoffs (over configuration and training); without ``ham``, keep the global gap."""
+    """Override ``user``'s cutoffs (over configuration and training); without ``ham``, the global ham cutoff."""
     if not 0.0 < spam <= 1.0:
         raise UsageError(f"--spam must be a probability in (0, 1], got {spam:g}")
     if ham is None:

@@ -42,6 +42,13 @@ class TrainingData:
     groups: np.ndarray  # object: group name or None
     message_pks: np.ndarray
     recency: np.ndarray  # float: message date (or label time) as a POSIX timestamp
+    # True where the label is a verdict its user never corrected (Settings.autolearn), not their own label.
+    uncorrected: np.ndarray | None = None
+
+    @property
+    def learned(self) -> np.ndarray:
+        """Rows whose label a user gave (import or feedback): what the gate and the cutoffs are judged on."""
+        return np.ones(len(self.y), dtype=bool) if self.uncorrected is None else ~self.uncorrected
 
     @property
     def n_users(self) -> int:
@@ -49,7 +56,8 @@ class TrainingData:
 
     def subset(self, rows: np.ndarray) -> TrainingData:
         return TrainingData(self.X[rows], self.y[rows], self.users[rows], self.groups[rows],
-                            self.message_pks[rows], self.recency[rows])
+                            self.message_pks[rows], self.recency[rows],
+                            None if self.uncorrected is None else self.uncorrected[rows])
 
 
 def featurize_raw(raws: Sequence[bytes], config: FeatureConfig) -> list[bytes]:
@@ -118,14 +126,28 @@ def _timestamp(value: datetime | None, fallback: datetime) -> float:
 
 
 def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence[str] | None = None,
-                       progress: Progress | None = None) -> TrainingData:
-    """Every current label (optionally of some users) with its message's features."""
+                       progress: Progress | None = None,
+                       uncorrected: tuple[datetime, datetime] | None = None) -> TrainingData:
+    """Every current label (optionally of some users) with its message's features.
+
+    With ``uncorrected=(since, until)`` the verdicts logged in that window
+    that their user never corrected are added as labels too, marked in
+    ``TrainingData.uncorrected`` (see :func:`spamtl.store.learning.uncorrected_verdicts`).
+    """
+    from spamtl.store import learning
+
     with translate_errors(), Session(engine) as session:
         labels = queries.current_labels(session=session, users=users)
+        n_given = len(labels)
+        if uncorrected is not None:
+            labels = labels + learning.uncorrected_verdicts(session=session, since=uncorrected[0],
+                                                            until=uncorrected[1], users=users)
         groups = {u.name: u.group_name for u in queries.users_by_name(session=session).values()}
+    given = np.arange(len(labels)) < n_given
     rows = feature_rows(engine, [lab.message_pk for lab in labels], config, progress)
     # A label given by id after retention dropped the body has no features: it waits until the message is passed again.
-    labels = [lab for lab in labels if lab.message_pk in rows]
+    kept = [i for i, lab in enumerate(labels) if lab.message_pk in rows]
+    labels, given = [labels[i] for i in kept], given[kept]
     X = rows_to_csr([rows[lab.message_pk] for lab in labels], config.n_features)
     return TrainingData(
         X=X,
@@ -134,4 +156,5 @@ def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence
         groups=np.array([groups.get(lab.user) for lab in labels], dtype=object),
         message_pks=np.array([lab.message_pk for lab in labels], dtype=np.int64),
         recency=np.array([_timestamp(lab.date, lab.labelled_at) for lab in labels], dtype=np.float64),
+        uncorrected=None if uncorrected is None else ~given,
     )

@@ -142,7 +142,7 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
                                                    "source": "feedback", "created_at": now}])
     result = FeedbackResult(user=user, sha256=sha, label=label, previous_label=previous, model_version=None,
                             probability_before=None, probability_after=None, user_labels=0)
-    _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=pk)
+    _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=pk, now=now)
     from spamtl.logs import log_feedback
 
     log_feedback(settings, user=user, sha256=sha, label=label, previous=previous, version=result.model_version,
@@ -177,7 +177,7 @@ def record_feedback_batch(engine: Engine, settings: Settings, *, user: str, labe
         if progress is not None:
             progress(len(batch))
     if result.new or result.relabelled:
-        _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=None)
+        _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=None, now=now)
     return result
 
 
@@ -216,15 +216,16 @@ def forget_feedback(engine: Engine, settings: Settings, *, user: str, raw: bytes
         removed = queries.delete_labels(session=session, user_id=user_id, message_ids=[found[sha]])
     result = ForgetResult(user=user, sha256=sha, removed=removed)
     if removed:
-        _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=found[sha])
+        _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=found[sha], now=now)
     return result
 
 
 def _refit_if_model(engine: Engine, settings: Settings, result: Any, *, user: str, user_id: int,
-                    group: str | None, message_pk: int | None) -> None:
+                    group: str | None, message_pk: int | None, now: datetime) -> None:
     """The one refit call of every feedback path (no model yet: the labels wait for `spamtl train`)."""
     try:
-        _refit_user(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=message_pk)
+        _refit_user(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=message_pk,
+                    now=now)
     except NoModelError:
         pass
 
@@ -241,8 +242,21 @@ def _user_cutoffs(settings: Settings, user: str) -> tuple[float, float]:
     return spam, ham
 
 
+def _training_columns(X: Any, weights: Any) -> Any:
+    """X without the columns training dropped as too rare (``training.min_df_mask``), unless two of these rows
+    have them: unchanged labels give the trained part back, and words new since the night that recur in
+    the user's mail are learned at once."""
+    known = weights.idf.cols if weights.idf is not None else weights.shared.cols
+    X = X.tocsr().copy()
+    df = np.bincount(X.indices, minlength=X.shape[1])
+    keep = np.isin(X.indices, known) | (df[X.indices] >= 2)
+    X.data[~keep] = 0.0
+    X.eliminate_zeros()
+    return X
+
+
 def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, user_id: int,
-                group: str | None, message_pk: int | None) -> None:
+                group: str | None, message_pk: int | None, now: datetime) -> None:
     """Refit ``user``'s personal part of the active version on all their labels, shared and group parts fixed.
 
     The user's feedback labels weigh ``settings.feedback_weight`` times an
@@ -250,8 +264,10 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
     user's cutoff (spam below the spam cutoff, ham above the ham cutoff), its
     weight is doubled and the part refitted, at most
     ``feedback_max_doublings`` times: the model itself learns the correction,
-    and similar mail moves the same way.  With no labels left (all forgotten)
-    the user is scored by the shared (+ group) part again.
+    and similar mail moves the same way.  The user's uncorrected verdicts
+    count as labels, as at nightly training (``Settings.autolearn_window``).
+    With no labels left (all forgotten) the user is scored by the shared
+    (+ group) part again.
     """
     from spamtl._objective import fit_single_task, task_weights
 
@@ -259,6 +275,9 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
         version, weights = load_user_slice(session=session, user=user, group=group)
         version_id, feature_key, params = version.id, version.feature_key, dict(version.params)
         labels = queries.current_labels(session=session, users=[user])
+        window = settings.autolearn_window(now)
+        if window is not None:
+            labels += learning.uncorrected_verdicts(session=session, since=window[0], until=window[1], users=[user])
         sources = learning.label_sources(session=session, user_id=user_id)
     config = FeatureConfig.from_key(feature_key)
     extra = [message_pk] if message_pk is not None else []
@@ -272,6 +291,7 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
         result.probability_before = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
     y = np.array([1.0 if lab.is_spam else -1.0 for lab in labels])
     X = rows_to_csr([rows[lab.message_pk] for lab in labels], config.n_features)
+    X = _training_columns(X, weights)
     if weights.idf is not None:  # the version's own idf: fixed until the next training
         X = weights.idf.transform(X)
     # Offsets: the fixed shared (+ group) part, dense over the hashed space.

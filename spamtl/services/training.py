@@ -69,9 +69,17 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------ step 1: labels
-def load_labels(engine: Engine, settings: Settings, progress: Callable[[int], None] | None = None) -> TrainingData:
-    """Every current label with its message's features (the one place training reads labelled mail)."""
-    data = load_training_data(engine, settings.features, progress=progress)
+def load_labels(engine: Engine, settings: Settings, progress: Callable[[int], None] | None = None, *,
+                now: datetime | None = None) -> TrainingData:
+    """Every current label with its message's features (the one place training reads labelled mail).
+
+    With ``now`` and ``settings.autolearn`` on, the verdicts of the last
+    ``autolearn_days`` that are at least ``autolearn_after_hours`` old and
+    that nobody corrected are learned too (README, "Learning from uncorrected
+    verdicts"); they are marked so the gate and the cutoffs leave them out.
+    """
+    window = settings.autolearn_window(now) if now is not None else None
+    data = load_training_data(engine, settings.features, progress=progress, uncorrected=window)
     if len(data.y) == 0:
         raise UsageError("no labelled mail yet; add some with `spamtl import USER PATH --label spam|ham`")
     if len(np.unique(data.y)) < 2:
@@ -96,7 +104,8 @@ def min_df_mask(X: sp.csr_matrix, min_df: int = 2) -> sp.csr_matrix:
 
 def prepare_features(data: TrainingData) -> TrainingData:
     """The rows the estimator sees: rare columns dropped (the estimator learns its IDF from these rows)."""
-    return TrainingData(min_df_mask(data.X), data.y, data.users, data.groups, data.message_pks, data.recency)
+    return TrainingData(min_df_mask(data.X), data.y, data.users, data.groups, data.message_pks, data.recency,
+                        data.uncorrected)
 
 
 # ---------------------------------------------------------------- step 3: choose mu
@@ -267,7 +276,7 @@ def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.n
 
     cand_p = expit(candidate_oof)
     metrics: dict[str, Any] = {"cross_fitted_messages": int(np.isfinite(candidate_oof).sum())}
-    fitted = np.isfinite(candidate_oof)
+    fitted = np.isfinite(candidate_oof) & data.learned  # uncorrected verdicts are the active model's own
     cand_auc = macro_auc_error(y[fitted] == 1, candidate_oof[fitted], data.users[fitted]) if fitted.any() \
         else float("nan")
     metrics["candidate_auc_error_pct"] = None if math.isnan(cand_auc) else round(cand_auc, 4)
@@ -345,24 +354,24 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
       it is safe, so a user with 2 ham labels cannot get a cutoff that calls
       most mail spam (the shared scores are mostly other users' ham).
 
-    The ham cutoff keeps the global pair's log-odds gap below the spam cutoff,
-    so the unsure band keeps its width.  Returns ({}, None) when disabled
+    The ham cutoff is the global one (0.5 by default: ham is what the model
+    finds more likely ham), or the spam cutoff if that is lower: unsure is
+    mail more likely spam than ham but below the user's spam cutoff.  Returns ({}, None) when disabled
     (target 0) or without out-of-fold ham.
     """
     target = settings.target_ham_fpr
-    ham = (data.y == 0) & np.isfinite(oof_scores)
+    ham = (data.y == 0) & np.isfinite(oof_scores) & data.learned
     if target <= 0 or not ham.any():
         return {}, None
     q = 1.0 - target
     z_min = _logit(settings.min_spam_cutoff)
     z_global = max(_logit(settings.spam_cutoff), z_min)
-    gap = _logit(settings.spam_cutoff) - _logit(settings.ham_cutoff)
     z_shared = float(np.quantile(oof_scores[ham], q, method="higher"))
     pct = f"{100 * target:g}%"
 
     def cutoff(z: float, source: str) -> Cutoff:
         spam = round(_sigmoid(z), 6)
-        return Cutoff(spam, min(round(_sigmoid(z - gap), 6), spam), source)
+        return Cutoff(spam, min(settings.ham_cutoff, spam), source)
 
     shared = cutoff(max(z_shared, z_global), f"shared: target {pct} ham FPR on {int(ham.sum())} ham of all users")
     out: dict[str, Cutoff] = {}
@@ -439,7 +448,7 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
             stage(text, total)
 
     say("loading labels and features")
-    data = prepare_features(load_labels(engine, settings, progress))
+    data = prepare_features(load_labels(engine, settings, progress, now=now))
     y_fit = data.y if label_transform is None else np.asarray(label_transform(data.y.copy()))
     active = load_active(engine, settings)
 
@@ -453,7 +462,8 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
     decision = gate(data, choice.oof_scores, active_scores(engine, active, data), active, settings)
     cutoffs, shared = choose_cutoffs(data, choice.oof_scores, settings)
 
-    metrics: dict[str, Any] = {"train_messages": int(len(data.y)), "alpha": choice.params["alpha"],
+    metrics: dict[str, Any] = {"train_messages": int(len(data.y)),
+                               "uncorrected_verdicts": int((~data.learned).sum()), "alpha": choice.params["alpha"],
                                "mu": choice.params["mu"], "search": choice.table, **decision.metrics,
                                "shared_cutoff": None if shared is None else shared.__dict__,
                                "cutoffs": {u: c.__dict__ for u, c in sorted(cutoffs.items())}}

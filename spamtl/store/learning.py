@@ -6,16 +6,17 @@ Every function takes ``session`` as a keyword and never commits (as in
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from spamtl.store.queries import bump_generation
-from spamtl.store.schema import Classification, Label, User, UserCutoff
+from spamtl.store.queries import LabelledMessage, bump_generation
+from spamtl.store.schema import Classification, Label, Message, User, UserCutoff
 
-__all__ = ["LoggedScore", "logged_scores_before_labels", "label_sources", "add_user_cutoffs",
+__all__ = ["LoggedScore", "logged_scores_before_labels", "uncorrected_verdicts", "label_sources", "add_user_cutoffs",
            "set_user_override"]
 
 
@@ -48,6 +49,32 @@ def logged_scores_before_labels(*, session: Session, version_id: int) -> list[Lo
     for name, pk, probability, _ in session.execute(q):
         latest[(name, int(pk))] = float(probability)
     return [LoggedScore(u, pk, p) for (u, pk), p in latest.items()]
+
+
+def uncorrected_verdicts(*, session: Session, since: datetime, until: datetime,
+                         users: Sequence[str] | None = None) -> list[LabelledMessage]:
+    """Verdicts logged between ``since`` and ``until`` that their user never corrected, as labels.
+
+    Per (user, message) the latest classification in that window counts, if
+    it said spam or ham (never unsure or error) and the user has no label on
+    that message at all (any label, even a later one, means the user spoke
+    for themselves).  ``labelled_at`` is when the verdict was logged.
+    """
+    latest = (select(func.max(Classification.id).label("id"))
+              .where(Classification.created_at >= since, Classification.created_at <= until)
+              .group_by(Classification.user_id, Classification.message_id).subquery())
+    labelled = exists().where(and_(Label.user_id == Classification.user_id,
+                                   Label.message_id == Classification.message_id))
+    q = (select(User.name, Classification.message_id, Classification.verdict, Message.date,
+                Classification.created_at)
+         .join(latest, latest.c.id == Classification.id)
+         .join(User, User.id == Classification.user_id)
+         .join(Message, Message.id == Classification.message_id)
+         .where(Classification.verdict.in_(("spam", "ham")), ~labelled)
+         .order_by(User.name, Classification.message_id))
+    if users is not None:
+        q = q.where(User.name.in_(users))
+    return [LabelledMessage(u, int(m), v == "spam", d, c) for u, m, v, d, c in session.execute(q)]
 
 
 def label_sources(*, session: Session, user_id: int) -> dict[int, str]:
