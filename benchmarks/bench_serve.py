@@ -189,6 +189,23 @@ class Serve:
         self.proc.wait(timeout=60)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time so far of these processes (their threads included)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
+
+
+def children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def memory_kb(pids: list[int]) -> dict[str, float]:
     rss = pss = 0
     per = []
@@ -300,22 +317,28 @@ def main() -> None:
         tput = {"spamc_floor (null daemon, 8 spamc clients)": throughput(spamc_null, files, reps * 2),
                 "spamtl serve (8 spamc clients)": throughput(spamc_tl, files, reps * 2),
                 "spamc_floor (null daemon, 8 socket clients)": socket_throughput(null.port, test, reps * 4),
-                "spamtl serve (8 socket clients, no spamc process)": socket_throughput(serve.port, test, reps * 4)}
+                }
+        cpu_before = cpu_seconds(serve.pids())
+        tput["spamtl serve (8 socket clients, no spamc process)"] = socket_throughput(serve.port, test, reps * 4)
+        cpu_ms = {"spamtl serve (all processes)": (cpu_seconds(serve.pids()) - cpu_before) / (reps * 4) * 1000}
         null.stop()
         if spamd is not None:
             tput["spamd (8 spamc clients)"] = throughput(spamc_sa, files, max(40, reps // 5))
         if shutil.which("bogofilter"):
             names = "\n".join(str(f) for f in files).encode() + b"\n"
-            runs = []
+            runs, cpu = [], []
             for _ in range(5):
-                start = time.perf_counter()
+                start, used = time.perf_counter(), children_cpu()
                 subprocess.run(["bogofilter", "-d", str(bogo), "-b"], input=names, stdout=subprocess.DEVNULL,
                                check=False)
                 runs.append(time.perf_counter() - start)
+                cpu.append(children_cpu() - used)
+            cpu_ms["bogofilter -b"] = statistics.median(cpu) / len(files) * 1000
             tput["bogofilter -b (one process, batch)"] = {"messages_per_s": len(files) / statistics.median(runs),
                                                           "n": len(files), "seconds": statistics.median(runs),
                                                           "clients": 1}
         results["throughput"] = tput
+        results["cpu_ms_per_message"] = cpu_ms  # CPU time (user + system): what load does not inflate much
         results["workers"] = opts.workers
         serve.stop()
         if spamd is not None:
@@ -408,6 +431,8 @@ def main() -> None:
     print(f"\n{'throughput':<48} {'msg/s':>10} {'clients':>10} {'n':>6}")
     for name, v in tput.items():  # type: ignore[union-attr]
         print(f"{name:<48} {v['messages_per_s']:>10.1f} {v['clients']:>10} {v['n']:>6}")
+    for name, ms in results["cpu_ms_per_message"].items():  # type: ignore[union-attr]
+        print(f"CPU per message, {name}: {ms:.2f} ms")
     print(f"spamtl serve adds {results['spamtl_added_over_spamc_floor_ms']:.2f} ms (median) over spamc to a null daemon; "
           f"8 spamc clients reach {results['spamc_throughput_share_of_floor']:.0%} of the null daemon's rate")
     mem = results["memory"]
