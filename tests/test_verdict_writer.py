@@ -124,3 +124,27 @@ def test_sigterm_writes_the_queued_verdicts(store: dict[str, object], tmp_path: 
         code, err = d.stop()
     assert code == 0, err
     assert len(probabilities(db, "bob")) == before + 4
+
+
+def test_sighup_writes_the_queued_verdicts_before_the_reload(store: dict[str, object], tmp_path: Path,  # noqa: F811
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    db = copy_sqlite(str(store["db"]), tmp_path / "hup.sqlite3")
+    monkeypatch.setenv("SPAMTL_SERVE_LOG_INTERVAL", "60")
+    d = Daemon(db, tmp_path, "--workers", "1")
+    try:
+        before = len(probabilities(db, "carol"))
+        for _ in range(2):
+            d.request("CHECK", SPAM, user="carol")
+        assert len(probabilities(db, "carol")) == before
+        d.proc.send_signal(signal.SIGHUP)  # the settings (and the store) may change: the old writer finishes first
+        deadline = time.monotonic() + 10
+        while len(probabilities(db, "carol")) < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(probabilities(db, "carol")) == before + 2
+        assert d.request("CHECK", SPAM, user="carol").startswith(b"SPAMD/1.5 0 EX_OK\r\n")  # still serving
+    finally:
+        code, err = d.stop()
+    assert code == 0, err
+    assert len(probabilities(db, "carol")) == before + 3
