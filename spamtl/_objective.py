@@ -307,8 +307,9 @@ def minimize_lbfgs(objective: MultiTaskLogisticLoss, theta0: np.ndarray, *, tol:
         grad *= grad_factor
         return loss / norm, grad
 
-    result = minimize(fun, theta0 * scale, jac=True, method="L-BFGS-B",
-                      options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-14, "maxcor": 10})
+    with _one_blas_thread():
+        result = minimize(fun, theta0 * scale, jac=True, method="L-BFGS-B",
+                          options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-14, "maxcor": 10})
     theta = result.x / scale
     _, grad = objective.loss_gradient(theta)
     grad_norm = float(np.max(np.abs(grad * grad_factor))) if grad.size else 0.0
@@ -376,22 +377,22 @@ def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray,
         hit = init_cols[pos] == layout.key_cols
         theta0[objective.slices["v"]][hit] = init_values[pos[hit]]
     theta0[objective.slices["c"]] = init_intercept
-    with _one_blas_thread():
-        theta, _, grad_norm = minimize_lbfgs(objective, theta0, tol=tol, max_iter=max_iter)
+    theta, _, grad_norm = minimize_lbfgs(objective, theta0, tol=tol, max_iter=max_iter)
     p = objective.unpack(theta)
     return layout.key_cols.copy(), p["v"].copy(), float(p["c"][0]), grad_norm
 
 
 def _one_blas_thread() -> Any:
-    """BLAS limited to one thread for a single-task refit (feedback, TELL).
+    """BLAS limited to one thread while L-BFGS-B runs (training, feedback refits, TELL).
 
-    L-BFGS-B's work is level-1 BLAS on vectors of one user's columns (about
-    1e5): OpenBLAS's threads cost more in hand-offs and spinning than they
+    L-BFGS-B's own work is level-1 BLAS on the parameter vector (1e5 to 1e6
+    entries): OpenBLAS's threads cost more in hand-offs and spinning than they
     save, and on a machine whose cores are busy (a mail server, the daemon's
-    other worker) the spinning steals them.  Measured on the 2-core machine:
-    a 500-message Junk folder's refit took 3.5 s with OpenBLAS's default
-    threads and 0.3 s with one.  One thread also makes the sums' rounding
-    independent of the machine's core count.
+    other worker, other jobs) the spinning steals them.  Measured on the
+    2-core machine at a load of 10-14: a 500-message Junk folder's refit took
+    3.5 s with OpenBLAS's default threads and 0.3 s with one; `spamtl train`
+    on 2,000 messages 18.5 s and 2.0 s.  One thread also makes the sums'
+    rounding independent of the machine's core count.
     """
     try:
         from threadpoolctl import threadpool_limits

@@ -487,24 +487,26 @@ def test_model_files_of_the_first_format_still_load() -> None:
         ModelWeights.load(future)
 
 
-def test_single_task_refit_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Feedback's refit limits BLAS to one thread (OpenBLAS's threads made it ten times slower on 2 busy cores)."""
+def test_lbfgs_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """L-BFGS (training and feedback refits) runs BLAS on one thread (OpenBLAS's made it ten times slower on 2 busy cores)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from spamtl import _objective
 
-    seen: list[list[int]] = []
-    solve = _objective.minimize_lbfgs
+    seen: list[set[int]] = []
+    solve = _objective.minimize
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append([p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"])
+        seen.append({p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"})
         return solve(*args, **kwargs)
 
-    monkeypatch.setattr(_objective, "minimize_lbfgs", spy)
+    monkeypatch.setattr(_objective, "minimize", spy)
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):  # as on a machine with 2 cores or more
         rng = np.random.default_rng(0)
         X = sp.random(40, 30, density=0.2, format="csr", random_state=rng)
         y = np.where(rng.random(40) < 0.5, 1.0, -1.0)
-        _objective.fit_single_task(X, y, np.zeros(30), 0.0, weight=1.0, alpha=1.0, mu=1.0)
-        outside = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
-    assert seen and seen[0] and set(seen[0]) == {1}
-    assert outside and set(outside) == {2}  # the limit is the refit's alone
+        _objective.fit_single_task(X, y, np.zeros(30), 0.0, weight=1.0, alpha=1.0, mu=1.0)  # feedback
+        X, y, tasks, _ = make_problem(n_per_task=10)
+        MultiTaskLogisticRegression(alpha=1.0, mu=1.0).fit(X, y, tasks)  # training
+        outside = {p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}
+    assert len(seen) >= 2 and all(threads == {1} for threads in seen), seen
+    assert outside == {2}  # the limit is the solver's alone
