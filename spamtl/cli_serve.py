@@ -52,7 +52,8 @@ def serve(
             workers=workers or settings.serve_workers,
             max_connections=max_connections or settings.serve_max_connections,
             read_timeout=timeout or settings.serve_read_timeout,
-            refresh_interval=settings.serve_refresh_interval, default_user=default_user)
+            refresh_interval=settings.serve_refresh_interval, log_interval=settings.serve_log_interval,
+            default_user=default_user)
 
         def announce(line: str) -> None:
             typer.echo(line)

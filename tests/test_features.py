@@ -9,6 +9,8 @@ import zlib
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spamtl.features import FeatureConfig, FeatureRow, IdfWeights, featurize, hash_tokens, rows_to_csr, tokenize
 from spamtl.mail import parse_message
@@ -152,3 +154,55 @@ def test_feature_config_key_round_trip() -> None:
         assert FeatureConfig.from_key(config.key) == config
     with pytest.raises(ValueError, match="another version"):
         FeatureConfig.from_key("v999:n1024:b0:h1")
+
+
+# The word pattern before it was respelt for speed: the oracle the new spelling must match.
+_OLD_WORD_RE = __import__("re").compile(r"[^\W_](?:[\w'’.-]*[^\W_])?")
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab9Z_'’.- \n\tÉé٣ß") + ["\u00a0", "\u2019", "x"]), max_size=200))
+@settings(max_examples=400, deadline=None)
+def test_words_are_what_the_old_spelling_found(text: str) -> None:
+    from spamtl.features import _words
+
+    for limit in (3, 1000):  # ASCII text takes a pattern of its own: hypothesis draws both kinds
+        assert _words(text, limit) == [w for w in _OLD_WORD_RE.findall(text[:limit * 16].lower()) if len(w) <= 40][:limit]
+    assert _words(text + " x" * 41 + "y" * 41, 1000) == [w for w in _OLD_WORD_RE.findall(
+        (text + " x" * 41 + "y" * 41).lower()) if len(w) <= 40]
+
+
+def _reference_row(msg, config: FeatureConfig) -> FeatureRow:  # type: ignore[no-untyped-def]
+    """featurize by its definition: Counter over tokenize's list, CRC-32 per token (no caches, no parts)."""
+    from collections import Counter
+
+    counts = Counter(tokenize(msg, config))
+    if not counts:
+        return FeatureRow(np.zeros(0, np.int32), np.zeros(0, np.float32))
+    cols = np.array([zlib.crc32(t.encode("utf-8", "surrogatepass")) for t in counts], np.int64) % config.n_features
+    weights = (np.ones(len(counts)) if config.tf == "binary"
+               else 1.0 + np.log(np.array(list(counts.values()), dtype=np.float64)))
+    uniq, inverse = np.unique(cols, return_inverse=True)
+    values = np.bincount(inverse, weights=weights, minlength=len(uniq))
+    values /= np.sqrt(values @ values)
+    return FeatureRow(uniq.astype(np.int32), values.astype(np.float32))
+
+
+CONFIGS = [FeatureConfig(), FeatureConfig(tf="log", bigrams=True), FeatureConfig(headers=False, n_features=2**10)]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "log-bigrams", "small-no-headers"])
+def test_featurize_equals_hashing_the_token_list_exactly(config: FeatureConfig) -> None:
+    import dataclasses
+
+    from .crafted import SHAPES
+
+    raws = [RAW, b"", b"Subject: \n\n", b"Subject: body body\n\nbody: bodylen body2 subj subj:x",
+            b"Subject: a\n\n" + b"word another " * 3000]
+    messages = [parse_message(raw) for raw in raws + [shape(20_000) for shape in SHAPES.values()]]
+    # More tokens than MAX_TOKENS (20,000; the parser's own limits stay below it): the cut falls in the headers.
+    many = [(f"x-h{i}", " ".join(f"w{i}v{j}" for j in range(40))) for i in range(600)]
+    messages.append(dataclasses.replace(messages[-1], headers=many))
+    for msg in messages:
+        row, expected = featurize(msg, config), _reference_row(msg, config)
+        assert row.indices.tolist() == expected.indices.tolist()
+        assert row.values.tobytes() == expected.values.tobytes()  # bit for bit

@@ -485,3 +485,28 @@ def test_model_files_of_the_first_format_still_load() -> None:
     future.seek(0)
     with pytest.raises(ValueError, match="unsupported model format 99"):
         ModelWeights.load(future)
+
+
+def test_lbfgs_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """L-BFGS (training and feedback refits) runs BLAS on one thread (OpenBLAS's made it ten times slower on 2 busy cores)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from spamtl import _objective
+
+    seen: list[set[int]] = []
+    solve = _objective.minimize
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append({p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"})
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(_objective, "minimize", spy)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):  # as on a machine with 2 cores or more
+        rng = np.random.default_rng(0)
+        X = sp.random(40, 30, density=0.2, format="csr", random_state=rng)
+        y = np.where(rng.random(40) < 0.5, 1.0, -1.0)
+        _objective.fit_single_task(X, y, np.zeros(30), 0.0, weight=1.0, alpha=1.0, mu=1.0)  # feedback
+        X, y, tasks, _ = make_problem(n_per_task=10)
+        MultiTaskLogisticRegression(alpha=1.0, mu=1.0).fit(X, y, tasks)  # training
+        outside = {p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}
+    assert len(seen) >= 2 and all(threads == {1} for threads in seen), seen
+    assert outside == {2}  # the limit is the solver's alone

@@ -95,6 +95,7 @@ serve_workers = 4
 serve_max_connections = 8
 serve_read_timeout = 5.0
 serve_refresh_interval = 0.5
+serve_log_interval = 0.2
 raw_retention_days = 7
 classification_retention_days = 30
 keep_promoted_versions = 2

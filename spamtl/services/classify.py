@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,7 +35,7 @@ from spamtl.sources import RawMail, Unreadable
 from spamtl.store import lite
 
 __all__ = ["SHORT_ID_CHARS", "Prepared", "Verdict", "UserModel", "ModelReader", "VerdictLogger",
-           "prepare", "classify_messages", "open_reader", "verdict_headers"]
+           "VerdictWriter", "prepare", "classify_messages", "open_reader", "verdict_headers"]
 
 SHORT_ID_CHARS = 12
 """Hex characters of the sha256 shown as a message's id (48 bits: unambiguous in any real store)."""
@@ -346,33 +346,154 @@ class VerdictLogger:
         """Log a batch of verdicts for one user; False when the user is unknown and not created."""
         if not items:
             return True
+        with self.store.transaction():
+            return self._log_user(model, [(message, verdict, now) for message, verdict in items])
+
+    def log_each(self, entries: Sequence[tuple[UserModel, Prepared, Verdict, datetime]]) -> int:
+        """Log verdicts of any users, each with its own time, in one transaction; how many were stored."""
+        by_user: dict[int, tuple[UserModel, list[tuple[Prepared, Verdict, datetime]]]] = {}
+        for model, message, verdict, now in entries:  # grouped by model object, each group in order
+            by_user.setdefault(id(model), (model, []))[1].append((message, verdict, now))
+        stored = 0
+        with self.store.transaction():
+            for model, items in by_user.values():
+                stored += len(items) if self._log_user(model, items) else 0
+        return stored
+
+    def _log_user(self, model: UserModel, items: list[tuple[Prepared, Verdict, datetime]]) -> bool:
+        """The rows of one user's verdicts, inside the caller's transaction."""
         from spamtl.mail import parse_envelope
 
         store = self.store
-        stamp = store.value(now)
-        with store.transaction():
-            user_id = model.user_id
-            if user_id is None:
-                if not self.create_users:
-                    return False
-                store.execute(lite.CREATE_USER, {"name": model.user, "now": stamp})
-                row = store.one(lite.USER, {"name": model.user})
-                user_id = model.user_id = int(row[0]) if row else None
-            for message, verdict in items:
+        user_id = model.user_id
+        if user_id is None:
+            if not self.create_users:
+                return False
+            store.execute(lite.CREATE_USER, {"name": model.user, "now": store.value(items[0][2])})
+            row = store.one(lite.USER, {"name": model.user})
+            user_id = model.user_id = int(row[0]) if row else None
+        for message, verdict, now in items:
+            stamp = store.value(now)
+            row = store.one(lite.MESSAGE_PK, {"sha256": message.sha256})
+            if row is None:
+                message_id, date = parse_envelope(message.raw)
+                store.execute(lite.STORE_MESSAGE, {
+                    "sha256": message.sha256, "message_id": message_id or None,
+                    "raw": lite.compress(message.raw), "size": len(message.raw),
+                    "date": store.value(lite.naive_utc(date)), "now": stamp,
+                    "subject": verdict.subject[:255] or None})
                 row = store.one(lite.MESSAGE_PK, {"sha256": message.sha256})
-                if row is None:
-                    message_id, date = parse_envelope(message.raw)
-                    store.execute(lite.STORE_MESSAGE, {
-                        "sha256": message.sha256, "message_id": message_id or None,
-                        "raw": lite.compress(message.raw), "size": len(message.raw),
-                        "date": store.value(lite.naive_utc(date)), "now": stamp,
-                        "subject": verdict.subject[:255] or None})
-                    row = store.one(lite.MESSAGE_PK, {"sha256": message.sha256})
-                assert row is not None
-                store.execute(lite.LOG_VERDICT, {
-                    "user_id": user_id, "message_pk": int(row[0]), "probability": verdict.probability,
-                    "verdict": verdict.verdict, "version": verdict.model_version, "now": stamp})
+            assert row is not None
+            store.execute(lite.LOG_VERDICT, {
+                "user_id": user_id, "message_pk": int(row[0]), "probability": verdict.probability,
+                "verdict": verdict.verdict, "version": verdict.model_version, "now": stamp})
         return True
+
+
+class VerdictWriter:
+    """Group commit for a daemon: verdicts are queued at once and written by one thread, in batches.
+
+    The scoring thread calls :meth:`submit` (a list append) and answers the
+    client; the writer thread, on its own connection, writes every verdict
+    queued during the last ``interval`` seconds (or ``max_batch`` of them) in
+    one transaction (:meth:`VerdictLogger.log_each`).  So the daemon takes the
+    store's write lock a few times a second instead of once per message, and
+    never waits for it (or for another process's writer) while clients wait.
+
+    A verdict is in the store within ``interval`` (plus the write itself);
+    :meth:`close` writes everything still queued, so a graceful stop loses
+    none.  When a batch fails, each user's verdicts are retried in a
+    transaction of their own, so one bad row (a user deleted meanwhile) does
+    not take the others with it; what still fails goes to ``on_error``.
+    """
+
+    def __init__(self, settings: Settings, *, interval: float, max_batch: int = 500,
+                 on_error: Callable[[int, Exception], None] | None = None) -> None:
+        import threading
+
+        self.settings = settings
+        self.interval = max(0.0, interval)
+        self.max_batch = max(1, max_batch)
+        self.on_error = on_error
+        self.written = 0
+        self._pending: list[tuple[UserModel, Prepared, Verdict, datetime]] = []
+        self._busy = False
+        self._closed = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="spamtl-verdicts", daemon=True)
+        self._thread.start()
+
+    def submit(self, model: UserModel, message: Prepared, verdict: Verdict, now: datetime) -> None:
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the verdict writer is closed")
+            self._pending.append((model, message, verdict, now))
+            if len(self._pending) == 1 or len(self._pending) >= self.max_batch:
+                self._wake.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is written (or failed); False on timeout."""
+        with self._wake:
+            return self._wake.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import time
+
+        store: lite.Store | None = None
+        try:
+            while True:
+                with self._wake:
+                    self._wake.wait_for(lambda: self._pending or self._closed)
+                    if not self._pending:
+                        return  # closed, nothing left
+                    deadline = time.monotonic() + self.interval
+                    while not self._closed and len(self._pending) < self.max_batch:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or not self._wake.wait(left):
+                            break
+                    batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                    self._busy = True
+                try:
+                    if store is None:
+                        store = lite.open_store(self.settings.database_url)
+                    self._write(store, batch)
+                except Exception as exc:  # noqa: BLE001 - the writer thread must outlive a bad store
+                    self._failed(len(batch), exc)
+                finally:
+                    with self._wake:
+                        self._busy = False
+                        self._wake.notify_all()
+        finally:
+            if store is not None:
+                store.close()
+
+    def _write(self, store: lite.Store, batch: list[tuple[UserModel, Prepared, Verdict, datetime]]) -> None:
+        logger = VerdictLogger(store, create_users=self.settings.auto_create_users)
+        try:
+            self.written += logger.log_each(batch)
+            return
+        except DatabaseError:
+            if len({id(m) for m, *_ in batch}) == 1:
+                raise
+        users: dict[int, list[tuple[UserModel, Prepared, Verdict, datetime]]] = {}
+        for entry in batch:
+            users.setdefault(id(entry[0]), []).append(entry)
+        for entries in users.values():
+            try:
+                self.written += logger.log_each(entries)
+            except DatabaseError as exc:
+                self._failed(len(entries), exc)
+
+    def _failed(self, count: int, exc: Exception) -> None:
+        if self.on_error is not None:
+            self.on_error(count, exc)
 
 
 def open_reader(settings: Settings) -> ModelReader:
