@@ -504,3 +504,21 @@ def test_cli_train_says_how_many_verdicts_it_learned(engine, tmp_path: Path,  # 
         "3 users, 155 labelled messages (of them 5 uncorrected verdicts), ")
     result = runner.invoke(app, ["train", "--db", settings.database_url, "--format", "json"])
     assert json.loads(result.stdout)["metrics"]["uncorrected_verdicts"] == 5
+
+
+def test_a_correction_learns_its_own_new_words_at_once(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Catches a refit that keeps out every column training did not see: a new campaign's words would
+    wait for the night."""
+    settings = _build(engine, tmp_path)
+    words = "zorblax quintessa florbic"
+    plain = make_mail("project meeting notes", "agenda minutes budget review for the team")
+    marked = make_mail("project meeting notes", f"agenda minutes budget review for the team {words}")
+
+    def gap() -> float:
+        with_words, without = _bob_scores(settings, [marked, plain])
+        return float(with_words - without)
+
+    before = gap()
+    record_feedback(engine, settings, user="bob", label="spam", now=LATER,
+                    raw=make_mail("a new offer", f"{words} {words} exclusive"))
+    assert gap() > before + 0.1  # (+0.24 here; without the new words learned it falls by 0.09)

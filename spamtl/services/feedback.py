@@ -242,14 +242,15 @@ def _user_cutoffs(settings: Settings, user: str) -> tuple[float, float]:
     return spam, ham
 
 
-def _training_columns(X: Any, weights: Any) -> Any:
-    """X without the columns training dropped as too rare (``training.min_df_mask``), unless two of these rows
-    have them: unchanged labels give the trained part back, and words new since the night that recur in
-    the user's mail are learned at once."""
+def _training_columns(X: Any, weights: Any, new: np.ndarray) -> Any:
+    """X without the columns training dropped as too rare (``training.min_df_mask``), except those of rows
+    ``new`` since that training: unchanged labels give the trained part back, and a correction's own new
+    words are learned at once."""
     known = weights.idf.cols if weights.idf is not None else weights.shared.cols
     X = X.tocsr().copy()
-    df = np.bincount(X.indices, minlength=X.shape[1])
-    keep = np.isin(X.indices, known) | (df[X.indices] >= 2)
+    fresh = np.zeros(X.shape[1], dtype=bool)
+    fresh[X[np.flatnonzero(new)].indices] = True
+    keep = np.isin(X.indices, known) | fresh[X.indices]
     X.data[~keep] = 0.0
     X.eliminate_zeros()
     return X
@@ -274,6 +275,7 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
     with translate_errors(), Session(engine) as session:
         version, weights = load_user_slice(session=session, user=user, group=group)
         version_id, feature_key, params = version.id, version.feature_key, dict(version.params)
+        version_trained = version.created_at
         labels = queries.current_labels(session=session, users=[user])
         window = settings.autolearn_window(now)
         if window is not None:
@@ -291,7 +293,7 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
         result.probability_before = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
     y = np.array([1.0 if lab.is_spam else -1.0 for lab in labels])
     X = rows_to_csr([rows[lab.message_pk] for lab in labels], config.n_features)
-    X = _training_columns(X, weights)
+    X = _training_columns(X, weights, np.array([lab.labelled_at > version_trained for lab in labels], dtype=bool))
     if weights.idf is not None:  # the version's own idf: fixed until the next training
         X = weights.idf.transform(X)
     # Offsets: the fixed shared (+ group) part, dense over the hashed space.
