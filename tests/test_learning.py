@@ -231,7 +231,7 @@ def test_gate_rules() -> None:
     assert "worse by" in refused.reason
     assert _gate(y, good, good).promoted  # a tie promotes
     slightly = [0.3] + good[1:]  # worse on one message of 30: about one standard error
-    assert _gate(y, slightly, good).promoted  # within two standard errors ...
+    assert _gate(y, slightly, good).promoted  # within three standard errors (the default) ...
     assert not _gate(y, slightly, good, promote_margin_se=0.0).promoted  # ... but not within 0
     # Rows without a logged score are left out; with none at all, the candidate alone is judged.
     nan_act = [float("nan")] * 30
