@@ -339,8 +339,7 @@ def minimize_lbfgs(objective: MultiTaskLogisticLoss, theta0: np.ndarray, *, tol:
 
 
 def lbfgs_numpy(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, *, tol: float,
-                max_iter: int, memory: int = 10,
-                history_bytes: float = HISTORY_BYTES) -> tuple[np.ndarray, int, str]:
+                max_iter: int, memory: int = 10, history_bytes: float | None = None) -> tuple[np.ndarray, int, str]:
     """Unconstrained L-BFGS in numpy, for problems with millions of parameters.
 
     SciPy's L-BFGS-B keeps 2m + 5 float64 vectors of the parameters' size
@@ -356,6 +355,7 @@ def lbfgs_numpy(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.nd
     Returns (x, iterations, message).
     """
     n = len(x0)
+    history_bytes = HISTORY_BYTES if history_bytes is None else history_bytes
     # float64 pairs while `memory` of them fit in the budget, else float32 and as many as fit (at least 3).
     dtype = np.float64 if 2 * memory * 8 * n <= history_bytes else np.float32
     m = int(max(3, min(memory, history_bytes // max(2 * np.dtype(dtype).itemsize * n, 1))))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +30,11 @@ from spamtl._objective import (
 )
 from spamtl.features import IdfWeights
 from spamtl.metrics import macro_auc_error
+from spamtl.parallel import Inherited, SerialExecutor, release, resolve, share
 from spamtl.scoring import ModelWeights, SparsePart
 
 __all__ = ["ConvergenceWarning", "MultiTaskLogisticRegression", "HyperparameterSearch",
-           "select_hyperparameters", "task_weights"]
+           "select_hyperparameters", "fit_fold", "task_weights"]
 
 
 
@@ -510,7 +512,8 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
                            n_splits: int = 3, random_state: int = 0,
                            estimator: MultiTaskLogisticRegression | None = None,
                            cv: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
-                           scoring: str = "log_loss", rule: str = "one_se") -> HyperparameterSearch:
+                           scoring: str = "log_loss", rule: str = "one_se",
+                           executor: Executor | None = None) -> HyperparameterSearch:
     """Choose alpha and mu by task-stratified K-fold cross-validation.
 
     Folds are stratified on (task, label), so every fold holds a share of
@@ -518,7 +521,10 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     to weak regularisation (large alpha, large mu first), each fit
     warm-started from the previous one, which makes the whole search cost a
     few full fits.  ``cv`` may give the (train, test) index pairs instead,
-    e.g. one chronological split for a quick nightly search.
+    e.g. one chronological split for a quick nightly search.  The folds are
+    independent (:func:`fit_fold`): with an ``executor`` (e.g.
+    :func:`spamtl.parallel.training_executor`) they run side by side, with
+    the same results as in-process.
 
     ``scoring='log_loss'`` (default) ranks by the held-out logistic loss
     averaged per task, then over tasks; ``'auc'`` by macro 1 - ROC AUC.  Near
@@ -570,17 +576,19 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     message_losses: dict[tuple[float, float], list[np.ndarray]] = {g: [] for g in grid}
     splits = list(cv) if cv is not None else list(splitter.split(X, strata_idx))
     oof = {g: np.full(len(y), np.nan) for g in grid}
-    for train, test in splits:
-        est = clone(base).set_params(warm_start=True)
+    executor = executor if executor is not None else SerialExecutor()
+    payload = share(executor, (X, y, tasks, garr))
+    try:
+        futures = [executor.submit(fit_fold, payload, train, test, clone(base), grid) for train, test in splits]
+        fold_results = [f.result() for f in futures]
+    finally:
+        if isinstance(payload, Inherited):
+            release(payload)
+    for (_, test), (positive_class, fold_scores) in zip(splits, fold_results):
         fold_weights = _macro_weights(tasks[test])
-        for a, m in grid:
-            est.set_params(alpha=a, mu=m)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                est.fit(X[train], y[train], tasks=tasks[train], groups=None if garr is None else garr[train])
-            p = est.decision_function(X[test], tasks=tasks[test], groups=None if garr is None else garr[test])
+        for (a, m), p in zip(grid, fold_scores):
             oof[(a, m)][test] = p
-            positive = y[test] == est.classes_[1]
+            positive = y[test] == positive_class
             losses = np.logaddexp(0.0, -np.where(positive, 1.0, -1.0) * p)
             message_losses[(a, m)].append(losses)
             aucs[(a, m)].append(macro_auc_error(positive, p, tasks[test]))
@@ -605,6 +613,33 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
         chosen = (pick["alpha"], pick["mu"])
     return HyperparameterSearch(alpha=chosen[0], mu=chosen[1], score=mean[chosen], table=table,
                                 best_alpha=best[0], best_mu=best[1], oof_scores=oof[chosen])
+
+
+def fit_fold(payload: Any, train: np.ndarray, test: np.ndarray, estimator: MultiTaskLogisticRegression,
+             grid: Sequence[tuple[float, float]]) -> tuple[Any, list[np.ndarray]]:
+    """One cross-validation fold: fit on ``train`` rows for each (alpha, mu) of ``grid`` in order, each
+    fit warm-started from the previous one, and score the ``test`` rows.
+
+    ``payload`` is ``(X, y, tasks, groups)`` (or a :mod:`spamtl.parallel` handle to it): the folds of a
+    search are independent, so :func:`select_hyperparameters` runs them on an executor.  Returns the
+    positive class and the test rows' decision scores under each setting.
+    """
+    from sklearn.base import clone
+
+    X, y, tasks, garr = resolve(payload)
+    est = clone(estimator).set_params(warm_start=True)  # never a fit another fold left behind (a leak)
+    Xtr, ytr, ttr = X[train], y[train], tasks[train]
+    gtr = None if garr is None else garr[train]
+    Xte, tte = X[test], tasks[test]
+    gte = None if garr is None else garr[test]
+    scores = []
+    for a, m in grid:
+        est.set_params(alpha=a, mu=m)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(Xtr, ytr, tasks=ttr, groups=gtr)
+        scores.append(est.decision_function(Xte, tasks=tte, groups=gte))
+    return est.classes_[1], scores
 
 
 def _macro_weights(tasks: np.ndarray) -> np.ndarray:
