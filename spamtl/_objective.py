@@ -47,7 +47,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -56,8 +58,7 @@ from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
 __all__ = ["TASK_WEIGHTINGS", "task_weights", "ConvergenceWarning", "TaskLayout", "MultiTaskLogisticLoss",
-           "minimize_lbfgs", "lbfgs_numpy",
-           "fit_single_task"]
+           "UserBlock", "user_blocks", "block_loss_grad", "minimize_lbfgs", "lbfgs_numpy", "fit_single_task"]
 
 
 TASK_WEIGHTINGS = ("sample", "task")
@@ -168,6 +169,74 @@ class TaskLayout:
         return len(self.key_cols)
 
 
+@dataclass(frozen=True)
+class UserBlock:
+    """The rows and keys of a contiguous range of tasks (users): what :func:`block_loss_grad` needs.
+
+    Keys of tasks ``t0..t1-1`` are contiguous (``key_start:key_stop`` of the layout), and their rows touch
+    no other key, so a block is self-contained given its effective per-key weights.
+    """
+
+    t0: int
+    t1: int
+    key_start: int
+    key_stop: int
+    Xk: sp.csr_matrix  # (block rows, block keys)
+    XkT: sp.csr_matrix
+    y: np.ndarray
+    s: np.ndarray
+    task: np.ndarray  # each row's task, 0-based within the block
+
+
+def user_blocks(layout: TaskLayout, y: np.ndarray, s: np.ndarray, task_index: np.ndarray,
+                n_blocks: int) -> list[UserBlock]:
+    """Split the data into ``n_blocks`` contiguous task ranges of about equal non-zeros."""
+    T = len(layout.task_offsets) - 1
+    row_nnz = np.diff(layout.Xk.indptr)
+    per_task = np.bincount(task_index, weights=row_nnz, minlength=T)
+    cum = np.cumsum(per_task)
+    total = cum[-1] if T else 0.0
+    cuts = np.searchsorted(cum, total * np.arange(1, n_blocks) / n_blocks, side="right") + 1
+    bounds = np.unique(np.concatenate([[0], np.minimum(cuts, T), [T]]))
+    blocks = []
+    for t0, t1 in zip(bounds[:-1], bounds[1:]):
+        rows = np.flatnonzero((task_index >= t0) & (task_index < t1))
+        k0, k1 = int(layout.task_offsets[t0]), int(layout.task_offsets[t1])
+        sub = layout.Xk[rows]
+        Xk = sp.csr_matrix((sub.data, sub.indices - k0, sub.indptr), shape=(len(rows), k1 - k0))
+        blocks.append(UserBlock(int(t0), int(t1), k0, k1, Xk, Xk.T.tocsr(), y[rows], s[rows],
+                                (task_index[rows] - t0).astype(np.int64)))
+    return blocks
+
+
+def block_loss_grad(block: UserBlock, W: np.ndarray, task_intercept: np.ndarray) -> tuple[float, np.ndarray,
+                                                                                        np.ndarray]:
+    """The loss of one block of users and its gradient, given their effective weights.
+
+    ``W`` holds the block's keys' effective weights (w0 + u_g + v_t on each key), ``task_intercept``
+    each of its tasks' b0 + cg_g + c_t.  Returns the weighted logistic loss of the block's rows, its
+    gradient with respect to W (per key) and the sum of dJ/dz over each task's rows; the shared
+    gradients are sums of these over blocks (:meth:`MultiTaskLogisticLoss.loss_gradient`).  Needs
+    nothing of any other user: this is the map step of a distributed fit (README, "Scaling").
+    """
+    from spamtl.parallel import resolve
+
+    block = resolve(block)
+    z = block.Xk @ W + task_intercept[block.task]
+    yz = block.y * z
+    loss = float(block.s @ np.logaddexp(0.0, -yz))
+    r = -block.y * block.s * expit(-yz)
+    return loss, block.XkT @ r, np.bincount(block.task, weights=r, minlength=block.t1 - block.t0)
+
+
+@dataclass(frozen=True)
+class _Span:
+    t0: int
+    t1: int
+    key_start: int
+    key_stop: int
+
+
 class MultiTaskLogisticLoss:
     """Objective J and its exact gradient on the compact parameter vector.
 
@@ -258,8 +327,62 @@ class MultiTaskLogisticLoss:
         b = p["b0"][0] + cg[self.gi] + p["c"][self.ti]
         return W, b
 
+    def distribute(self, blocks: list[Any], executor: Executor) -> None:
+        """Evaluate the data terms block by block (:func:`block_loss_grad`) on ``executor`` from now on.
+
+        ``blocks`` are :func:`user_blocks` of this objective's data (or handles to them that the
+        executor's workers resolve).  Same loss and gradient as in-process, up to summation order.
+        """
+        if self.is_fixed:
+            raise ValueError("a fixed-shared objective has one task: nothing to distribute")
+        self.blocks = blocks
+        self.executor = executor
+
+    def _blocked(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        p = self.unpack(theta)
+        lay = self.layout
+        W = p["w0"][lay.key_shared] + p["v"]
+        if self.n_groups:
+            has = lay.key_group >= 0
+            W[has] += p["u"][lay.key_group[has]]
+        cg = np.append(p["cg"], 0.0)
+        tg = np.where(self.tg >= 0, self.tg, self.n_groups)
+        b_task = p["b0"][0] + cg[tg] + p["c"]
+        spans = [(b.t0, b.t1, b.key_start, b.key_stop) for b in self._spans()]
+        futures = [self.executor.submit(block_loss_grad, block, W[k0:k1], b_task[t0:t1])
+                   for block, (t0, t1, k0, k1) in zip(self.blocks, spans)]
+        loss = 0.0
+        G = np.empty(lay.n_keys)
+        r_task = np.empty(self.n_tasks)
+        for future, (t0, t1, k0, k1) in zip(futures, spans):
+            part, G[k0:k1], r_task[t0:t1] = future.result()
+            loss += part
+        grad = np.empty_like(theta)
+        sl = self.slices
+        grad[sl["v"]] = G
+        grad[sl["w0"]] = np.bincount(lay.key_shared, weights=G, minlength=self.sizes["w0"])
+        if self.n_groups:
+            has = lay.key_group >= 0
+            grad[sl["u"]] = np.bincount(lay.key_group[has], weights=G[has], minlength=self.sizes["u"])
+            grad[sl["cg"]] = np.bincount(tg, weights=r_task, minlength=self.n_groups + 1)[:-1]
+        grad[sl["b0"]] = r_task.sum()
+        grad[sl["c"]] = r_task
+        pen_theta = self.alpha_penalty * theta
+        loss += 0.5 * float(theta @ pen_theta)
+        grad += pen_theta
+        return loss, grad
+
+    def _spans(self) -> list[Any]:
+        if not hasattr(self, "_block_spans"):
+            from spamtl.parallel import resolve
+
+            self._block_spans = [_Span(b.t0, b.t1, b.key_start, b.key_stop) for b in map(resolve, self.blocks)]
+        return self._block_spans
+
     def loss_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """J(theta) and dJ/dtheta in the original (unscaled, unnormalised) form."""
+        if getattr(self, "blocks", None) is not None:
+            return self._blocked(theta)
         W, b = self.effective(theta)
         z = self.layout.Xk @ W + b
         yz = self.y * z

@@ -9,7 +9,7 @@ parameters and follows scikit-learn's conventions.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,7 @@ from spamtl._objective import (
     fit_single_task,
     minimize_lbfgs,
     task_weights,
+    user_blocks,
 )
 from spamtl.features import IdfWeights
 from spamtl.metrics import macro_auc_error
@@ -156,7 +157,8 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter!r}")
 
     def fit(self, X: Any, y: Any, tasks: Any = None, groups: Any = None,
-            sample_weight: Any = None) -> MultiTaskLogisticRegression:
+            sample_weight: Any = None, executor: Executor | Callable[[], Executor] | None = None,
+            n_blocks: int | None = None) -> MultiTaskLogisticRegression:
         """Fit the model.
 
         Parameters
@@ -171,6 +173,13 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             entries mean "no group").
         sample_weight : array-like of shape (n_samples,), optional
             Multiplies the task weights.
+        executor : Executor or a function returning one, optional
+            Evaluate the loss in ``n_blocks`` blocks of users on it
+            (:func:`spamtl._objective.block_loss_grad`; default two blocks
+            per worker): the same fit, with the data terms computed where
+            the executor runs them.  A function is called once the blocks
+            exist, so a fork pool's workers inherit them (:mod:`spamtl.parallel`).
+        n_blocks : int, optional
 
         Returns
         -------
@@ -212,8 +221,22 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         objective = MultiTaskLogisticLoss(layout, y_pm, s, tidx, task_group, alpha=float(self.alpha),
                                           mu=float(self.mu), mu_group=float(self.mu_group))
         theta0 = self._initial_theta(objective, layout, task_labels, group_labels, y_pm, s)
-        theta, n_iter, grad_norm = minimize_lbfgs(objective, theta0, tol=float(self.tol),
-                                                  max_iter=int(self.max_iter))
+        pool, own, handles = None, False, []
+        if executor is not None:
+            own = not isinstance(executor, Executor)
+            blocks = user_blocks(layout, y_pm, s, tidx, n_blocks or 2 * getattr(executor, "_max_workers", 2))
+            pool = executor() if own else executor  # type: ignore[operator]
+            handles = [share(pool, b) for b in blocks]
+            objective.distribute(handles, pool)
+        try:
+            theta, n_iter, grad_norm = minimize_lbfgs(objective, theta0, tol=float(self.tol),
+                                                      max_iter=int(self.max_iter))
+        finally:
+            for h in handles:
+                if isinstance(h, Inherited):
+                    release(h)
+            if own and pool is not None:
+                pool.shutdown()
         p = objective.unpack(theta)
 
         self.classes_ = classes

@@ -177,3 +177,41 @@ def test_scale_settings_are_checked(field: str, value: int, message: str) -> Non
     with pytest.raises(ValueError) as excinfo:
         Settings(database_url="sqlite://", **{field: value})
     assert str(excinfo.value) == message
+
+
+def test_blocked_loss_and_gradient_equal_the_whole_one() -> None:
+    """Catches: a block that sees another block's keys or rows, a wrong reduction of the shared, group or
+    intercept gradients (each is checked), or per-task sums written to the wrong tasks."""
+    X, y, tasks, groups = make_problem(n_per_task=25)
+    _, tidx = np.unique(tasks, return_inverse=True)
+    names = sorted({g for g in groups if g is not None})
+    task_group = np.array([names.index(g) if g else -1 for g in [groups[tasks == t][0] for t in np.unique(tasks)]])
+    layout = objective.TaskLayout.build(sp.csr_matrix(X), tidx, 4, task_group, len(names))
+    rng = np.random.default_rng(3)
+    y_pm, s = np.where(y == 1, 1.0, -1.0), rng.uniform(0.5, 2, len(y))
+    make = lambda: objective.MultiTaskLogisticLoss(layout, y_pm, s, tidx, task_group, alpha=0.7, mu=2.5,  # noqa: E731
+                                                   mu_group=0.4)
+    whole, blocked = make(), make()
+    blocks = objective.user_blocks(layout, y_pm, s, tidx, 3)
+    assert len(blocks) == 3 and sum(b.Xk.nnz for b in blocks) == layout.Xk.nnz
+    blocked.distribute(blocks, SerialExecutor())
+    theta = rng.normal(size=whole.n_params)
+    (f1, g1), (f2, g2) = whole.loss_gradient(theta), blocked.loss_gradient(theta)
+    assert f2 == pytest.approx(f1, rel=1e-12)
+    for name, part in whole.slices.items():
+        np.testing.assert_allclose(g2[part], g1[part], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_fit_on_user_blocks_in_worker_processes_equals_the_plain_fit() -> None:
+    """Catches: the executor path of `fit` (blocks in forked workers) giving other weights than in-process."""
+    X, y, tasks, groups = make_problem(n_per_task=30)
+    plain = MultiTaskLogisticRegression(alpha=0.5, mu=2.0, tol=1e-8).fit(X, y, tasks=tasks, groups=groups)
+    serial = MultiTaskLogisticRegression(alpha=0.5, mu=2.0, tol=1e-8).fit(X, y, tasks=tasks, groups=groups,
+                                                                        executor=SerialExecutor(), n_blocks=3)
+    forked = MultiTaskLogisticRegression(alpha=0.5, mu=2.0, tol=1e-8).fit(
+        X, y, tasks=tasks, groups=groups, executor=lambda: training_executor(2), n_blocks=3)
+    for est in (serial, forked):
+        np.testing.assert_allclose(est.coef_shared_, plain.coef_shared_, atol=1e-6)
+        np.testing.assert_allclose((est.coef_tasks_ - plain.coef_tasks_).toarray(), 0.0, atol=1e-6)
+        np.testing.assert_allclose((est.coef_groups_ - plain.coef_groups_).toarray(), 0.0, atol=1e-6)
+        np.testing.assert_allclose(est.intercept_tasks_, plain.intercept_tasks_, atol=1e-6)
