@@ -95,6 +95,8 @@ serve_refresh_interval = 0.5
 raw_retention_days = 7
 classification_retention_days = 30
 keep_promoted_versions = 2
+mu_search_users = 50
+train_workers = 1
 [features]
 n_features = 1024
 bigrams = true
