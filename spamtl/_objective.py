@@ -327,15 +327,17 @@ class MultiTaskLogisticLoss:
         b = p["b0"][0] + cg[self.gi] + p["c"][self.ti]
         return W, b
 
-    def distribute(self, blocks: list[Any], executor: Executor) -> None:
+    def distribute(self, blocks: list[UserBlock], executor: Executor, payloads: list[Any] | None = None) -> None:
         """Evaluate the data terms block by block (:func:`block_loss_grad`) on ``executor`` from now on.
 
-        ``blocks`` are :func:`user_blocks` of this objective's data (or handles to them that the
-        executor's workers resolve).  Same loss and gradient as in-process, up to summation order.
+        ``blocks`` are :func:`user_blocks` of this objective's data; ``payloads`` what is submitted in
+        their place (handles a fork pool's workers resolve, or a Dask client's scattered futures;
+        default the blocks themselves).  Same loss and gradient as in-process, up to summation order.
         """
         if self.is_fixed:
             raise ValueError("a fixed-shared objective has one task: nothing to distribute")
-        self.blocks = blocks
+        self._block_spans = [_Span(b.t0, b.t1, b.key_start, b.key_stop) for b in blocks]
+        self.blocks = payloads if payloads is not None else blocks
         self.executor = executor
 
     def _blocked(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -348,7 +350,7 @@ class MultiTaskLogisticLoss:
         cg = np.append(p["cg"], 0.0)
         tg = np.where(self.tg >= 0, self.tg, self.n_groups)
         b_task = p["b0"][0] + cg[tg] + p["c"]
-        spans = [(b.t0, b.t1, b.key_start, b.key_stop) for b in self._spans()]
+        spans = [(b.t0, b.t1, b.key_start, b.key_stop) for b in self._block_spans]
         futures = [self.executor.submit(block_loss_grad, block, W[k0:k1], b_task[t0:t1])
                    for block, (t0, t1, k0, k1) in zip(self.blocks, spans)]
         loss = 0.0
@@ -371,13 +373,6 @@ class MultiTaskLogisticLoss:
         loss += 0.5 * float(theta @ pen_theta)
         grad += pen_theta
         return loss, grad
-
-    def _spans(self) -> list[Any]:
-        if not hasattr(self, "_block_spans"):
-            from spamtl.parallel import resolve
-
-            self._block_spans = [_Span(b.t0, b.t1, b.key_start, b.key_stop) for b in map(resolve, self.blocks)]
-        return self._block_spans
 
     def loss_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """J(theta) and dJ/dtheta in the original (unscaled, unnormalised) form."""

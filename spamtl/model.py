@@ -227,7 +227,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             blocks = user_blocks(layout, y_pm, s, tidx, n_blocks or 2 * getattr(executor, "_max_workers", 2))
             pool = executor() if own else executor  # type: ignore[operator]
             handles = [share(pool, b) for b in blocks]
-            objective.distribute(handles, pool)
+            objective.distribute(blocks, pool, handles)
         try:
             theta, n_iter, grad_norm = minimize_lbfgs(objective, theta0, tol=float(self.tol),
                                                       max_iter=int(self.max_iter))
