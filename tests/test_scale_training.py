@@ -95,6 +95,18 @@ def test_search_sample_is_all_users_up_to_the_limit_and_seeded_beyond() -> None:
     assert not np.array_equal(a, c)
 
 
+def test_a_sample_that_cannot_be_cross_fitted_falls_back_to_all_users() -> None:
+    """Catches: a crash (one class in a fold's training rows) when the sampled users all have one label."""
+    data = _store_like(12, 0.0, per_user=30, d=60)
+    rows = search_sample(data, _settings(mu_search_users=2))
+    assert rows is not None
+    data.y[rows] = 0  # the two sampled users have ham only
+    folds = cross_fit_folds(data, 3, seed=0)
+    choice = choose_mu(data, data.y, folds, _settings(mu_search_users=2, mus=(10.0, 1.0)), executor=SerialExecutor())
+    assert choice.searched_users is None
+    assert np.isfinite(choice.oof_scores).all()
+
+
 def test_folds_on_worker_processes_give_the_serial_results() -> None:
     """Catches: folds whose results come back out of order, or workers that see other data than the parent."""
     X, y, tasks, groups = make_problem(n_per_task=30)

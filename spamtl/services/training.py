@@ -193,6 +193,8 @@ def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, n
                       np.full(len(y), np.nan))
     rows = search_sample(data, settings)
     cv = folds if rows is None else [(tr[rows[tr]], te[rows[te]]) for tr, te in folds]
+    if rows is not None and any(len(np.unique(y[tr])) < 2 or len(te) == 0 for tr, te in cv):
+        rows, cv = None, folds  # the sample cannot be cross-fitted (one class in a fold): search on everyone
     own = executor is None
     pool = training_executor(settings.train_workers) if own else executor
     try:
