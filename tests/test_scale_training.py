@@ -227,3 +227,43 @@ def test_fit_on_user_blocks_in_worker_processes_equals_the_plain_fit() -> None:
         np.testing.assert_allclose((est.coef_tasks_ - plain.coef_tasks_).toarray(), 0.0, atol=1e-6)
         np.testing.assert_allclose((est.coef_groups_ - plain.coef_groups_).toarray(), 0.0, atol=1e-6)
         np.testing.assert_allclose(est.intercept_tasks_, plain.intercept_tasks_, atol=1e-6)
+
+
+def test_training_workers_die_with_the_trainer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Catches: fold workers left running (holding their memory, blocked for ever) when the trainer is
+    killed, e.g. by the out-of-memory killer."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "trainer.py"
+    script.write_text(
+        "import time\n"
+        "from spamtl.parallel import training_executor\n"
+        "pool = training_executor(2)\n"
+        "futures = [pool.submit(time.sleep, 600) for _ in range(2)]\n"
+        "print(' '.join(str(p) for p in pool._processes), flush=True)\n"
+        "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 30  # a generous budget, not a timing assertion
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in workers if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert left == []
