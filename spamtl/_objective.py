@@ -68,6 +68,9 @@ LARGE_PROBLEM = 20_000_000
 """Above this many parameters (about 4,000 users of ~100 labels) :func:`minimize_lbfgs` uses
 :func:`lbfgs_numpy` instead of SciPy's L-BFGS-B, whose workspace is ~25 float64 copies of the parameters
 (10 GB at 10,000 users); below it every fit is exactly what it was (tests and bench_model run there)."""
+SINGLE_BLAS_THREAD_ABOVE = 1_000_000
+"""Fits with more parameters than this (about 130 users of ~100 labels; bench_model's six Enron users
+stay below) run BLAS on one thread (see :func:`minimize_lbfgs`)."""
 HISTORY_BYTES = 2e9
 """At most this much memory for :func:`lbfgs_numpy`'s (s, y) pairs: 10 float64 pairs up to 12.5M parameters."""
 
@@ -433,10 +436,13 @@ def minimize_lbfgs(objective: MultiTaskLogisticLoss, theta0: np.ndarray, *, tol:
         grad *= grad_factor
         return loss / norm, grad
 
-    # One BLAS thread: the solver's BLAS calls are vector operations (dot, axpy) that OpenBLAS splits
-    # over threads which then spin; on a loaded 2-core machine that made a fit 2.6x slower (25.8 s -> 9.9 s
-    # at 300 users), and where cores are free, training runs independent fits side by side instead.
-    with threadpool_limits(limits=1, user_api="blas"):
+    # One BLAS thread on large problems: the solver's BLAS calls are vector operations (dot, axpy) that
+    # OpenBLAS splits over threads which then spin; on a loaded 2-core machine that made a fit 2.6x slower
+    # (25.8 s -> 9.9 s at 300 users), and training runs independent fits side by side instead.  Below
+    # SINGLE_BLAS_THREAD_ABOVE the first release's threading is kept: a different summation order moves
+    # an ill-conditioned fit within its tolerance, and bench_model's n=all figures moved 7-19 %.
+    limit = 1 if len(theta0) > SINGLE_BLAS_THREAD_ABOVE else None
+    with threadpool_limits(limits=limit, user_api="blas"):
         if len(theta0) > LARGE_PROBLEM:
             x, nit, message = lbfgs_numpy(fun, theta0 * scale, tol=tol, max_iter=max_iter)
         else:
