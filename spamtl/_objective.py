@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,13 +56,24 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
 from scipy.special import expit
+from threadpoolctl import threadpool_limits
 
-__all__ = ["TASK_WEIGHTINGS", "task_weights", "ConvergenceWarning", "TaskLayout", "MultiTaskLogisticLoss", "minimize_lbfgs", "fit_single_task"]
+__all__ = ["TASK_WEIGHTINGS", "task_weights", "ConvergenceWarning", "TaskLayout", "MultiTaskLogisticLoss",
+           "UserBlock", "user_blocks", "block_loss_grad", "minimize_lbfgs", "lbfgs_numpy", "fit_single_task"]
 
 
 TASK_WEIGHTINGS = ("sample", "task")
 RESCALE_BELOW = 0.01
 """Penalty factors below this switch the preconditioner to the smallest factor (module Notes)."""
+LARGE_PROBLEM = 20_000_000
+"""Above this many parameters (about 4,000 users of ~100 labels) :func:`minimize_lbfgs` uses
+:func:`lbfgs_numpy` instead of SciPy's L-BFGS-B, whose workspace is ~25 float64 copies of the parameters
+(10 GB at 10,000 users); below it every fit is exactly what it was (tests and bench_model run there)."""
+SINGLE_BLAS_THREAD_ABOVE = 1_000_000
+"""Fits with more parameters than this (about 130 users of ~100 labels; bench_model's six Enron users
+stay below) run BLAS on one thread (see :func:`minimize_lbfgs`)."""
+HISTORY_BYTES = 2e9
+"""At most this much memory for :func:`lbfgs_numpy`'s (s, y) pairs: 10 float64 pairs up to 12.5M parameters."""
 
 
 def task_weights(counts: np.ndarray, weighting: str, scale: float | None = None) -> np.ndarray:
@@ -160,6 +173,74 @@ class TaskLayout:
         return len(self.key_cols)
 
 
+@dataclass(frozen=True)
+class UserBlock:
+    """The rows and keys of a contiguous range of tasks (users): what :func:`block_loss_grad` needs.
+
+    Keys of tasks ``t0..t1-1`` are contiguous (``key_start:key_stop`` of the layout), and their rows touch
+    no other key, so a block is self-contained given its effective per-key weights.
+    """
+
+    t0: int
+    t1: int
+    key_start: int
+    key_stop: int
+    Xk: sp.csr_matrix  # (block rows, block keys)
+    XkT: sp.csr_matrix
+    y: np.ndarray
+    s: np.ndarray
+    task: np.ndarray  # each row's task, 0-based within the block
+
+
+def user_blocks(layout: TaskLayout, y: np.ndarray, s: np.ndarray, task_index: np.ndarray,
+                n_blocks: int) -> list[UserBlock]:
+    """Split the data into ``n_blocks`` contiguous task ranges of about equal non-zeros."""
+    T = len(layout.task_offsets) - 1
+    row_nnz = np.diff(layout.Xk.indptr)
+    per_task = np.bincount(task_index, weights=row_nnz, minlength=T)
+    cum = np.cumsum(per_task)
+    total = cum[-1] if T else 0.0
+    cuts = np.searchsorted(cum, total * np.arange(1, n_blocks) / n_blocks, side="right") + 1
+    bounds = np.unique(np.concatenate([[0], np.minimum(cuts, T), [T]]))
+    blocks = []
+    for t0, t1 in zip(bounds[:-1], bounds[1:]):
+        rows = np.flatnonzero((task_index >= t0) & (task_index < t1))
+        k0, k1 = int(layout.task_offsets[t0]), int(layout.task_offsets[t1])
+        sub = layout.Xk[rows]
+        Xk = sp.csr_matrix((sub.data, sub.indices - k0, sub.indptr), shape=(len(rows), k1 - k0))
+        blocks.append(UserBlock(int(t0), int(t1), k0, k1, Xk, Xk.T.tocsr(), y[rows], s[rows],
+                                (task_index[rows] - t0).astype(np.int64)))
+    return blocks
+
+
+def block_loss_grad(block: UserBlock, W: np.ndarray, task_intercept: np.ndarray) -> tuple[float, np.ndarray,
+                                                                                        np.ndarray]:
+    """The loss of one block of users and its gradient, given their effective weights.
+
+    ``W`` holds the block's keys' effective weights (w0 + u_g + v_t on each key), ``task_intercept``
+    each of its tasks' b0 + cg_g + c_t.  Returns the weighted logistic loss of the block's rows, its
+    gradient with respect to W (per key) and the sum of dJ/dz over each task's rows; the shared
+    gradients are sums of these over blocks (:meth:`MultiTaskLogisticLoss.loss_gradient`).  Needs
+    nothing of any other user: this is the map step of a distributed fit (README, "Scaling").
+    """
+    from spamtl.parallel import resolve
+
+    block = resolve(block)
+    z = block.Xk @ W + task_intercept[block.task]
+    yz = block.y * z
+    loss = float(block.s @ np.logaddexp(0.0, -yz))
+    r = -block.y * block.s * expit(-yz)
+    return loss, block.XkT @ r, np.bincount(block.task, weights=r, minlength=block.t1 - block.t0)
+
+
+@dataclass(frozen=True)
+class _Span:
+    t0: int
+    t1: int
+    key_start: int
+    key_stop: int
+
+
 class MultiTaskLogisticLoss:
     """Objective J and its exact gradient on the compact parameter vector.
 
@@ -250,8 +331,57 @@ class MultiTaskLogisticLoss:
         b = p["b0"][0] + cg[self.gi] + p["c"][self.ti]
         return W, b
 
+    def distribute(self, blocks: list[UserBlock], executor: Executor, payloads: list[Any] | None = None) -> None:
+        """Evaluate the data terms block by block (:func:`block_loss_grad`) on ``executor`` from now on.
+
+        ``blocks`` are :func:`user_blocks` of this objective's data; ``payloads`` what is submitted in
+        their place (handles a fork pool's workers resolve, or a Dask client's scattered futures;
+        default the blocks themselves).  Same loss and gradient as in-process, up to summation order.
+        """
+        if self.is_fixed:
+            raise ValueError("a fixed-shared objective has one task: nothing to distribute")
+        self._block_spans = [_Span(b.t0, b.t1, b.key_start, b.key_stop) for b in blocks]
+        self.blocks = payloads if payloads is not None else blocks
+        self.executor = executor
+
+    def _blocked(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        p = self.unpack(theta)
+        lay = self.layout
+        W = p["w0"][lay.key_shared] + p["v"]
+        if self.n_groups:
+            has = lay.key_group >= 0
+            W[has] += p["u"][lay.key_group[has]]
+        cg = np.append(p["cg"], 0.0)
+        tg = np.where(self.tg >= 0, self.tg, self.n_groups)
+        b_task = p["b0"][0] + cg[tg] + p["c"]
+        spans = [(b.t0, b.t1, b.key_start, b.key_stop) for b in self._block_spans]
+        futures = [self.executor.submit(block_loss_grad, block, W[k0:k1], b_task[t0:t1])
+                   for block, (t0, t1, k0, k1) in zip(self.blocks, spans)]
+        loss = 0.0
+        G = np.empty(lay.n_keys)
+        r_task = np.empty(self.n_tasks)
+        for future, (t0, t1, k0, k1) in zip(futures, spans):
+            part, G[k0:k1], r_task[t0:t1] = future.result()
+            loss += part
+        grad = np.empty_like(theta)
+        sl = self.slices
+        grad[sl["v"]] = G
+        grad[sl["w0"]] = np.bincount(lay.key_shared, weights=G, minlength=self.sizes["w0"])
+        if self.n_groups:
+            has = lay.key_group >= 0
+            grad[sl["u"]] = np.bincount(lay.key_group[has], weights=G[has], minlength=self.sizes["u"])
+            grad[sl["cg"]] = np.bincount(tg, weights=r_task, minlength=self.n_groups + 1)[:-1]
+        grad[sl["b0"]] = r_task.sum()
+        grad[sl["c"]] = r_task
+        pen_theta = self.alpha_penalty * theta
+        loss += 0.5 * float(theta @ pen_theta)
+        grad += pen_theta
+        return loss, grad
+
     def loss_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """J(theta) and dJ/dtheta in the original (unscaled, unnormalised) form."""
+        if getattr(self, "blocks", None) is not None:
+            return self._blocked(theta)
         W, b = self.effective(theta)
         z = self.layout.Xk @ W + b
         yz = self.y * z
@@ -307,20 +437,104 @@ def minimize_lbfgs(objective: MultiTaskLogisticLoss, theta0: np.ndarray, *, tol:
         grad *= grad_factor
         return loss / norm, grad
 
-    with _one_blas_thread():
-        result = minimize(fun, theta0 * scale, jac=True, method="L-BFGS-B",
-                          options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-14, "maxcor": 10})
-    theta = result.x / scale
+    # One BLAS thread on large problems: the solver's BLAS calls are vector operations (dot, axpy) that
+    # OpenBLAS splits over threads which then spin; on a loaded 2-core machine that made a fit 2.6x slower
+    # (25.8 s -> 9.9 s at 300 users), and training runs independent fits side by side instead.  Below
+    # SINGLE_BLAS_THREAD_ABOVE the first release's threading is kept: a different summation order moves
+    # an ill-conditioned fit within its tolerance, and bench_model's n=all figures moved 7-19 %.
+    limit = 1 if len(theta0) > SINGLE_BLAS_THREAD_ABOVE else None
+    with threadpool_limits(limits=limit, user_api="blas"):
+        if len(theta0) > LARGE_PROBLEM:
+            x, nit, message = lbfgs_numpy(fun, theta0 * scale, tol=tol, max_iter=max_iter)
+        else:
+            result = minimize(fun, theta0 * scale, jac=True, method="L-BFGS-B",
+                              options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-14, "maxcor": 10})
+            x, nit, message = result.x, int(result.nit), str(result.message)
+    theta = x / scale
     _, grad = objective.loss_gradient(theta)
     grad_norm = float(np.max(np.abs(grad * grad_factor))) if grad.size else 0.0
     if grad_norm > tol:
         warnings.warn(
-            f"L-BFGS stopped after {result.nit} iterations with gradient norm {grad_norm:.2e} "
-            f"> tol={tol:.0e} ({result.message}); increase max_iter or tol",
+            f"L-BFGS stopped after {nit} iterations with gradient norm {grad_norm:.2e} "
+            f"> tol={tol:.0e} ({message}); increase max_iter or tol",
             ConvergenceWarning,
             stacklevel=3,
         )
-    return theta, int(result.nit), grad_norm
+    return theta, nit, grad_norm
+
+
+def lbfgs_numpy(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, *, tol: float,
+                max_iter: int, memory: int = 10, history_bytes: float | None = None) -> tuple[np.ndarray, int, str]:
+    """Unconstrained L-BFGS in numpy, for problems with millions of parameters.
+
+    SciPy's L-BFGS-B keeps 2m + 5 float64 vectors of the parameters' size
+    (and its Fortran-in-C bookkeeping costs more per iteration than the
+    objective at millions of parameters).  This is the textbook two-loop recursion
+    (Nocedal & Wright, Algorithm 7.4) with an Armijo backtracking line
+    search, which suffices on a convex objective.  At most ``history_bytes``
+    of (s, y) pairs are kept: ``memory`` pairs in float64 if they fit, else
+    float32 pairs and fewer of them (at least 3), so the optimiser's memory
+    stays bounded on a huge problem.  Same stopping rule as the SciPy path:
+    the max-norm of the gradient below ``tol``.
+
+    Returns (x, iterations, message).
+    """
+    n = len(x0)
+    history_bytes = HISTORY_BYTES if history_bytes is None else history_bytes
+    # float64 pairs while `memory` of them fit in the budget, else float32 and as many as fit (at least 3).
+    dtype = np.float64 if 2 * memory * 8 * n <= history_bytes else np.float32
+    m = int(max(3, min(memory, history_bytes // max(2 * np.dtype(dtype).itemsize * n, 1))))
+    x = np.array(x0, dtype=np.float64)
+    f, g = fun(x)
+    s_hist: list[np.ndarray] = []
+    y_hist: list[np.ndarray] = []
+    rho: list[float] = []
+    for it in range(max_iter):
+        if not g.size or float(np.max(np.abs(g))) <= tol:
+            return x, it, "converged"
+        # Two-loop recursion: d = -H g.
+        q = g.copy()
+        a = np.empty(len(s_hist))
+        for i in range(len(s_hist) - 1, -1, -1):
+            a[i] = rho[i] * float(s_hist[i] @ q)
+            q -= a[i] * y_hist[i]
+        if s_hist:
+            y_last = y_hist[-1].astype(np.float64)
+            q *= float(s_hist[-1] @ y_last) / float(y_last @ y_last)
+            del y_last
+        for i in range(len(s_hist)):
+            b = rho[i] * float(y_hist[i] @ q)
+            q += (a[i] - b) * s_hist[i]
+        d = -q
+        del q
+        slope = float(g @ d)
+        if slope >= 0:  # not a descent direction (rounding): restart from steepest descent
+            s_hist.clear(), y_hist.clear(), rho.clear()
+            d = -g
+            slope = -float(g @ g)
+        step = 1.0 if s_hist else min(1.0, 1.0 / max(float(np.sqrt(g @ g)), 1e-12))
+        for _ in range(40):
+            x_new = x + step * d
+            f_new, g_new = fun(x_new)
+            if np.isfinite(f_new) and f_new <= f + 1e-4 * step * slope:
+                break
+            step *= 0.5
+        else:
+            return x, it, "line search failed"
+        s_vec = (x_new - x).astype(dtype, copy=False)
+        y_vec = (g_new - g).astype(dtype, copy=False)
+        sy = float(s_vec @ y_vec.astype(np.float64, copy=False))
+        reduction = (f - f_new) / max(abs(f), abs(f_new), 1.0)
+        x, f, g = x_new, f_new, g_new
+        if sy > 1e-12:
+            if len(s_hist) == m:
+                s_hist.pop(0), y_hist.pop(0), rho.pop(0)
+            s_hist.append(s_vec)
+            y_hist.append(y_vec)
+            rho.append(1.0 / sy)
+        if reduction <= 1e-14 * np.finfo(float).eps:
+            return x, it + 1, "no further reduction"
+    return x, max_iter, "max_iter reached"
 
 
 def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray,
@@ -377,13 +591,14 @@ def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray,
         hit = init_cols[pos] == layout.key_cols
         theta0[objective.slices["v"]][hit] = init_values[pos[hit]]
     theta0[objective.slices["c"]] = init_intercept
-    theta, _, grad_norm = minimize_lbfgs(objective, theta0, tol=tol, max_iter=max_iter)
+    with _one_blas_thread():  # a refit is small: BLAS threads only spin (see _one_blas_thread)
+        theta, _, grad_norm = minimize_lbfgs(objective, theta0, tol=tol, max_iter=max_iter)
     p = objective.unpack(theta)
     return layout.key_cols.copy(), p["v"].copy(), float(p["c"][0]), grad_norm
 
 
 def _one_blas_thread() -> Any:
-    """BLAS limited to one thread while L-BFGS-B runs (training, feedback refits, TELL).
+    """BLAS limited to one thread while a feedback refit's L-BFGS-B runs (feedback, TELL).
 
     L-BFGS-B's own work is level-1 BLAS on the parameter vector (1e5 to 1e6
     entries): OpenBLAS's threads cost more in hand-offs and spinning than they
@@ -391,8 +606,8 @@ def _one_blas_thread() -> Any:
     other worker, other jobs) the spinning steals them.  Measured on the
     2-core machine at a load of 10-14: a 500-message Junk folder's refit took
     3.5 s with OpenBLAS's default threads and 0.3 s with one; `spamtl train`
-    on 2,000 messages 18.5 s and 2.0 s.  One thread also makes the sums'
-    rounding independent of the machine's core count.
+    on 2,000 messages 18.5 s and 2.0 s.  Training's fits keep BLAS's own
+    threading below SINGLE_BLAS_THREAD_ABOVE parameters (see minimize_lbfgs).
     """
     try:
         from threadpoolctl import threadpool_limits

@@ -9,7 +9,8 @@ parameters and follows scikit-learn's conventions.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +27,15 @@ from spamtl._objective import (
     fit_single_task,
     minimize_lbfgs,
     task_weights,
+    user_blocks,
 )
 from spamtl.features import IdfWeights
 from spamtl.metrics import macro_auc_error
+from spamtl.parallel import Inherited, SerialExecutor, release, resolve, share
 from spamtl.scoring import ModelWeights, SparsePart
 
 __all__ = ["ConvergenceWarning", "MultiTaskLogisticRegression", "HyperparameterSearch",
-           "select_hyperparameters", "task_weights"]
+           "select_hyperparameters", "fit_fold", "task_weights"]
 
 
 
@@ -154,7 +157,8 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter!r}")
 
     def fit(self, X: Any, y: Any, tasks: Any = None, groups: Any = None,
-            sample_weight: Any = None) -> MultiTaskLogisticRegression:
+            sample_weight: Any = None, executor: Executor | Callable[[], Executor] | None = None,
+            n_blocks: int | None = None) -> MultiTaskLogisticRegression:
         """Fit the model.
 
         Parameters
@@ -169,6 +173,13 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             entries mean "no group").
         sample_weight : array-like of shape (n_samples,), optional
             Multiplies the task weights.
+        executor : Executor or a function returning one, optional
+            Evaluate the loss in ``n_blocks`` blocks of users on it
+            (:func:`spamtl._objective.block_loss_grad`; default two blocks
+            per worker): the same fit, with the data terms computed where
+            the executor runs them.  A function is called once the blocks
+            exist, so a fork pool's workers inherit them (:mod:`spamtl.parallel`).
+        n_blocks : int, optional
 
         Returns
         -------
@@ -210,8 +221,22 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         objective = MultiTaskLogisticLoss(layout, y_pm, s, tidx, task_group, alpha=float(self.alpha),
                                           mu=float(self.mu), mu_group=float(self.mu_group))
         theta0 = self._initial_theta(objective, layout, task_labels, group_labels, y_pm, s)
-        theta, n_iter, grad_norm = minimize_lbfgs(objective, theta0, tol=float(self.tol),
-                                                  max_iter=int(self.max_iter))
+        pool, own, handles = None, False, []
+        if executor is not None:
+            own = not isinstance(executor, Executor)
+            blocks = user_blocks(layout, y_pm, s, tidx, n_blocks or 2 * getattr(executor, "_max_workers", 2))
+            pool = executor() if own else executor  # type: ignore[operator]
+            handles = [share(pool, b) for b in blocks]
+            objective.distribute(blocks, pool, handles)
+        try:
+            theta, n_iter, grad_norm = minimize_lbfgs(objective, theta0, tol=float(self.tol),
+                                                      max_iter=int(self.max_iter))
+        finally:
+            for h in handles:
+                if isinstance(h, Inherited):
+                    release(h)
+            if own and pool is not None:
+                pool.shutdown()
         p = objective.unpack(theta)
 
         self.classes_ = classes
@@ -510,7 +535,8 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
                            n_splits: int = 3, random_state: int = 0,
                            estimator: MultiTaskLogisticRegression | None = None,
                            cv: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
-                           scoring: str = "log_loss", rule: str = "one_se") -> HyperparameterSearch:
+                           scoring: str = "log_loss", rule: str = "one_se",
+                           executor: Executor | None = None) -> HyperparameterSearch:
     """Choose alpha and mu by task-stratified K-fold cross-validation.
 
     Folds are stratified on (task, label), so every fold holds a share of
@@ -518,7 +544,10 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     to weak regularisation (large alpha, large mu first), each fit
     warm-started from the previous one, which makes the whole search cost a
     few full fits.  ``cv`` may give the (train, test) index pairs instead,
-    e.g. one chronological split for a quick nightly search.
+    e.g. one chronological split for a quick nightly search.  The folds are
+    independent (:func:`fit_fold`): with an ``executor`` (e.g.
+    :func:`spamtl.parallel.training_executor`) they run side by side, with
+    the same results as in-process.
 
     ``scoring='log_loss'`` (default) ranks by the held-out logistic loss
     averaged per task, then over tasks; ``'auc'`` by macro 1 - ROC AUC.  Near
@@ -570,17 +599,19 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     message_losses: dict[tuple[float, float], list[np.ndarray]] = {g: [] for g in grid}
     splits = list(cv) if cv is not None else list(splitter.split(X, strata_idx))
     oof = {g: np.full(len(y), np.nan) for g in grid}
-    for train, test in splits:
-        est = clone(base).set_params(warm_start=True)
+    executor = executor if executor is not None else SerialExecutor()
+    payload = share(executor, (X, y, tasks, garr))
+    try:
+        futures = [executor.submit(fit_fold, payload, train, test, clone(base), grid) for train, test in splits]
+        fold_results = [f.result() for f in futures]
+    finally:
+        if isinstance(payload, Inherited):
+            release(payload)
+    for (_, test), (positive_class, fold_scores) in zip(splits, fold_results):
         fold_weights = _macro_weights(tasks[test])
-        for a, m in grid:
-            est.set_params(alpha=a, mu=m)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                est.fit(X[train], y[train], tasks=tasks[train], groups=None if garr is None else garr[train])
-            p = est.decision_function(X[test], tasks=tasks[test], groups=None if garr is None else garr[test])
+        for (a, m), p in zip(grid, fold_scores):
             oof[(a, m)][test] = p
-            positive = y[test] == est.classes_[1]
+            positive = y[test] == positive_class
             losses = np.logaddexp(0.0, -np.where(positive, 1.0, -1.0) * p)
             message_losses[(a, m)].append(losses)
             aucs[(a, m)].append(macro_auc_error(positive, p, tasks[test]))
@@ -605,6 +636,33 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
         chosen = (pick["alpha"], pick["mu"])
     return HyperparameterSearch(alpha=chosen[0], mu=chosen[1], score=mean[chosen], table=table,
                                 best_alpha=best[0], best_mu=best[1], oof_scores=oof[chosen])
+
+
+def fit_fold(payload: Any, train: np.ndarray, test: np.ndarray, estimator: MultiTaskLogisticRegression,
+             grid: Sequence[tuple[float, float]]) -> tuple[Any, list[np.ndarray]]:
+    """One cross-validation fold: fit on ``train`` rows for each (alpha, mu) of ``grid`` in order, each
+    fit warm-started from the previous one, and score the ``test`` rows.
+
+    ``payload`` is ``(X, y, tasks, groups)`` (or a :mod:`spamtl.parallel` handle to it): the folds of a
+    search are independent, so :func:`select_hyperparameters` runs them on an executor.  Returns the
+    positive class and the test rows' decision scores under each setting.
+    """
+    from sklearn.base import clone
+
+    X, y, tasks, garr = resolve(payload)
+    est = clone(estimator).set_params(warm_start=True)  # never a fit another fold left behind (a leak)
+    Xtr, ytr, ttr = X[train], y[train], tasks[train]
+    gtr = None if garr is None else garr[train]
+    Xte, tte = X[test], tasks[test]
+    gte = None if garr is None else garr[test]
+    scores = []
+    for a, m in grid:
+        est.set_params(alpha=a, mu=m)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(Xtr, ytr, tasks=ttr, groups=gtr)
+        scores.append(est.decision_function(Xte, tasks=tte, groups=gte))
+    return est.classes_[1], scores
 
 
 def _macro_weights(tasks: np.ndarray) -> np.ndarray:

@@ -99,6 +99,8 @@ serve_log_interval = 0.2
 raw_retention_days = 7
 classification_retention_days = 30
 keep_promoted_versions = 2
+mu_search_users = 50
+train_workers = 1
 [features]
 n_features = 1024
 bigrams = true

@@ -22,6 +22,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,13 +35,16 @@ from sqlalchemy.orm import Session
 from spamtl.config import Settings
 from spamtl.errors import NoModelError, UsageError
 from spamtl.metrics import macro_auc_error
+from spamtl.parallel import Inherited, SerialExecutor, release, share, training_executor
 from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.models import load_weights, save_weights
 from spamtl.store import learning
 from spamtl.store.db import check_schema, translate_errors
 
 __all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "Cutoff", "train", "load_labels",
-           "prepare_features", "cross_fit_folds", "choose_mu", "fit_candidate", "load_active", "active_scores",
+           "prepare_features", "cross_fit_folds", "choose_mu", "search_sample", "one_se_for_all_users", "cross_fit_and_fit",
+           "choose_and_fit",
+           "fit_candidate", "load_active", "active_scores",
            "gate", "choose_cutoffs", "save_version", "holdout_split", "fit_model", "min_df_mask",
            "choose_params", "base_params", "EXIT_REFUSED"]
 
@@ -151,6 +155,7 @@ class Choice:
     params: dict[str, Any]
     table: list[Any]
     oof_scores: np.ndarray  # log-odds per row, NaN where no fold scored it
+    searched_users: int | None = None  # the grid was cross-fitted on this many sampled users (None: all)
 
 
 def base_params(settings: Settings) -> dict[str, Any]:
@@ -163,13 +168,31 @@ def _groups(data: TrainingData) -> np.ndarray | None:
     return data.groups if any(g is not None for g in data.groups) else None
 
 
+def search_sample(data: TrainingData, settings: Settings) -> np.ndarray | None:
+    """Rows of the users the mu grid is cross-fitted on: all (None) up to ``settings.mu_search_users``
+    users, else a seeded random sample of that many users (README, "Scaling")."""
+    users = np.unique(data.users)
+    limit = settings.mu_search_users
+    if limit <= 0 or len(users) <= limit:
+        return None
+    sample = np.random.default_rng(settings.seed).choice(users, size=limit, replace=False)
+    return np.isin(data.users, sample)
+
+
 def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-              settings: Settings) -> Choice:
+              settings: Settings, executor: Executor | None = None) -> Choice:
     """Choose alpha and mu by K-fold cross-fitting; keep the chosen setting's out-of-fold scores.
 
     ``y`` is what the candidate is fitted on (normally ``data.y``).  Each
     fold's fit learns its own IDF from its own rows, so the scores are
     out-of-sample in every respect but the label-free min_df mask.
+
+    With more than ``settings.mu_search_users`` users the grid is
+    cross-fitted on the same folds restricted to a sample of that many users
+    (:func:`search_sample`), and ``oof_scores`` is NaN outside it: call
+    :func:`cross_fit` for every row's score at the chosen setting.  The folds
+    run side by side on ``executor`` (default: ``settings.train_workers``
+    forked processes).
     """
     from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters
 
@@ -177,10 +200,67 @@ def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, n
     if not folds:
         return Choice({**base, "alpha": settings.alphas[0], "mu": settings.mus[0]}, [],
                       np.full(len(y), np.nan))
-    search = select_hyperparameters(data.X, y, data.users, _groups(data), alphas=settings.alphas,
-                                    mus=settings.mus, cv=folds, estimator=MultiTaskLogisticRegression(**base))
+    rows = search_sample(data, settings)
+    cv = folds if rows is None else [(tr[rows[tr]], te[rows[te]]) for tr, te in folds]
+    if rows is not None and any(len(np.unique(y[tr])) < 2 or len(te) == 0 for tr, te in cv):
+        rows, cv = None, folds  # the sample cannot be cross-fitted (one class in a fold): search on everyone
+    own = executor is None
+    pool = training_executor(settings.train_workers) if own else executor
+    try:
+        search = select_hyperparameters(data.X, y, data.users, _groups(data), alphas=settings.alphas,
+                                        mus=settings.mus, cv=cv, estimator=MultiTaskLogisticRegression(**base),
+                                        executor=pool)
+    finally:
+        if own:
+            pool.shutdown()
     assert search.oof_scores is not None
-    return Choice({**base, "alpha": search.alpha, "mu": search.mu}, search.table, search.oof_scores)
+    if rows is None:
+        return Choice({**base, "alpha": search.alpha, "mu": search.mu}, search.table, search.oof_scores)
+    # The one-SE rule on a sample: the standard error of a macro mean over users shrinks as
+    # 1/sqrt(users), so the sample's SE is scaled to what all users would give; otherwise a smaller
+    # sample would pick a more shared mu than the full search (it did at 300 users, sample 100).
+    searched = len(np.unique(data.users[rows]))
+    table, pick = one_se_for_all_users(search.table, searched, data.n_users)
+    return Choice({**base, "alpha": pick["alpha"], "mu": pick["mu"]}, table, search.oof_scores, searched)
+
+
+def one_se_for_all_users(table: list[dict[str, float]], searched: int, users: int) -> tuple[list[dict[str, float]],
+                                                                                             dict[str, float]]:
+    """The one-SE rule on a search over ``searched`` of ``users`` users, with each row's standard error
+    scaled by sqrt(searched / users) (``gap_se_all_users``): the most shared setting within it of the best."""
+    shrink = math.sqrt(searched / users)
+    table = [{**r, "gap_se_all_users": r["gap_se"] * shrink} for r in table]
+    pick = max((r for r in table if r["gap_to_best"] <= r["gap_se_all_users"]), key=lambda r: (r["mu"], r["alpha"]))
+    return table, pick
+
+
+def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
+                      params: dict[str, Any], warm: Any = None,
+                      executor: Executor | None = None) -> tuple[np.ndarray, Any]:
+    """Every row's out-of-fold score at ``params`` (K fits) and the candidate fitted on all rows.
+
+    The K fold fits and the final fit are independent: the folds go to
+    ``executor`` (default: ``settings.train_workers`` forked processes) while
+    this process fits the candidate.  Same results as in sequence.
+    """
+    from spamtl.model import MultiTaskLogisticRegression, fit_fold
+
+    oof = np.full(len(y), np.nan)
+    pool = executor if executor is not None else SerialExecutor()
+    payload = share(pool, (data.X, y, data.users, _groups(data)))
+    try:
+        if isinstance(pool, ProcessPoolExecutor):
+            pool.submit(int).result()  # fork the workers now, before this process starts fitting
+        grid = [(params["alpha"], params["mu"])]
+        est = MultiTaskLogisticRegression(**{k: v for k, v in params.items() if k not in ("alpha", "mu")})
+        futures = [pool.submit(fit_fold, payload, tr, te, est, grid) for tr, te in folds]
+        candidate = fit_candidate(data, y, params, warm=warm)
+        for (_, test), future in zip(folds, futures):
+            oof[test] = future.result()[1][0]
+    finally:
+        if isinstance(payload, Inherited):
+            release(payload)
+    return oof, candidate
 
 
 # --------------------------------------------------------------------- step 4: fit
@@ -195,6 +275,28 @@ def fit_candidate(data: TrainingData, y: np.ndarray, params: dict[str, Any], war
         warnings.simplefilter("ignore", UserWarning)
         est.fit(data.X, y, tasks=data.users, groups=_groups(data))
     return est
+
+
+def choose_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
+                   settings: Settings, warm: Any = None, say: Callable[[str], None] | None = None) -> tuple[Choice,
+                                                                                                          Any]:
+    """Steps 3 and 4: the chosen setting (with every row's out-of-fold score) and the candidate.
+
+    Up to ``mu_search_users`` users: the grid search on all rows, then the
+    final fit (as the first release did).  Beyond: the grid on a sample of
+    users, then the chosen setting's K fold fits on all rows side by side
+    with the final fit (:func:`cross_fit_and_fit`): K + 1 fits on all rows
+    instead of K x grid + 1.
+    """
+    choice = choose_mu(data, y, folds, settings)
+    if say is not None:
+        say(f"fitting on all {len(y)} labels (alpha={choice.params['alpha']:g}, mu={choice.params['mu']:g})"
+            + ("" if choice.searched_users is None else ", cross-fitting it for every user"))
+    if choice.searched_users is None:
+        return choice, fit_candidate(data, y, choice.params, warm=warm)
+    with training_executor(settings.train_workers) as pool:
+        choice.oof_scores, candidate = cross_fit_and_fit(data, y, folds, choice.params, warm=warm, executor=pool)
+    return choice, candidate
 
 
 # -------------------------------------------------------------------- step 5: gate
@@ -454,9 +556,7 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
 
     folds = cross_fit_folds(data, settings.cv_folds, settings.seed)
     say(f"choosing mu ({len(folds)}-fold cross-fitting)")
-    choice = choose_mu(data, y_fit, folds, settings)
-    say(f"fitting on all {len(data.y)} labels (alpha={choice.params['alpha']:g}, mu={choice.params['mu']:g})")
-    candidate = fit_candidate(data, y_fit, choice.params, warm=active.estimator)
+    choice, candidate = choose_and_fit(data, y_fit, folds, settings, warm=active.estimator, say=say)
 
     say("comparing with the active model")
     decision = gate(data, choice.oof_scores, active_scores(engine, active, data), active, settings)
@@ -464,7 +564,8 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
 
     metrics: dict[str, Any] = {"train_messages": int(len(data.y)),
                                "uncorrected_verdicts": int((~data.learned).sum()), "alpha": choice.params["alpha"],
-                               "mu": choice.params["mu"], "search": choice.table, **decision.metrics,
+                               "mu": choice.params["mu"], "search": choice.table,
+                               "search_users": choice.searched_users or data.n_users, **decision.metrics,
                                "shared_cutoff": None if shared is None else shared.__dict__,
                                "cutoffs": {u: c.__dict__ for u, c in sorted(cutoffs.items())}}
     say("saving")

@@ -1,0 +1,269 @@
+"""Issue 11, scale: the nightly search on a sample of users, independent fits side by side, the large solver.
+
+Each test names the defect it exists to catch (they were planted and seen to fail).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import spamtl._objective as objective
+from spamtl.config import Settings
+from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters
+from spamtl.parallel import SerialExecutor, training_executor
+from spamtl.services.dataset import TrainingData
+from spamtl.services.training import (
+    choose_and_fit,
+    choose_mu,
+    cross_fit_and_fit,
+    cross_fit_folds,
+    fit_candidate,
+    one_se_for_all_users,
+    search_sample,
+    train,
+)
+
+from .test_learning import NEXT_NIGHT, _build
+from .test_model import make_problem
+
+
+def _store_like(n_users: int, personal: float, seed: int = 0, per_user: int = 40, d: int = 400) -> TrainingData:
+    """Bag-of-words-like rows for many users: a shared spam direction plus ``personal`` times each user's own."""
+    rng = np.random.default_rng(seed)
+    n = n_users * per_user
+    X = sp.random(n, d, density=0.04, random_state=seed, format="csr", data_rvs=lambda k: np.ones(k))
+    users = np.repeat([f"u{i:03d}" for i in range(n_users)], per_user)
+    shared = rng.normal(size=d)
+    own = rng.normal(size=(n_users, d))
+    margin = X @ shared + personal * np.einsum("ij,ij->i", X.toarray(), own[np.repeat(np.arange(n_users), per_user)])
+    y = (margin > np.median(margin)).astype(np.int64)
+    return TrainingData(X, y, users, np.full(n, None, dtype=object), np.arange(n), np.zeros(n))
+
+
+def _settings(**overrides) -> Settings:  # type: ignore[no-untyped-def]
+    return Settings(database_url="sqlite://", **{"train_workers": 1, **overrides})
+
+
+@pytest.mark.parametrize(("personal", "d", "per_user", "expected_mu"), [(0.0, 40, 40, 100.0), (3.0, 30, 80, 10.0)],
+                         ids=["pooled", "personal"])
+def test_sampled_search_chooses_what_the_full_search_chooses(personal: float, d: int, per_user: int,
+                                                             expected_mu: float) -> None:
+    """Catches: a sampled search that searches on the wrong rows or is not scaled to all users.
+
+    Stores where the shared part is learned as well from half the users as from all (as at hundreds of
+    users of real mail); on tiny random stores the choice is noise either way."""
+    data = _store_like(24, personal, d=d, per_user=per_user)
+    folds = cross_fit_folds(data, 3, seed=0)
+    full = choose_mu(data, data.y, folds, _settings(mu_search_users=0), executor=SerialExecutor())
+    sampled = choose_mu(data, data.y, folds, _settings(mu_search_users=12), executor=SerialExecutor())
+    assert full.searched_users is None and sampled.searched_users == 12
+    # The two stores ask for different settings, so this is not one answer for everything.
+    assert sampled.params["mu"] == full.params["mu"] == expected_mu
+    # Out-of-fold scores only where the sample was cross-fitted, every row of a sampled user.
+    rows = search_sample(data, _settings(mu_search_users=12))
+    assert rows is not None and len(np.unique(data.users[rows])) == 12
+    np.testing.assert_array_equal(np.isfinite(sampled.oof_scores), rows)
+
+
+def test_one_se_rule_on_a_sample_uses_the_standard_error_all_users_would_give() -> None:
+    """Catches: the sample's own standard error in the one-SE rule (a smaller sample would pick a more
+    shared mu than the full search).  Figures from the 300-user store searched on 100 users."""
+    table = [{"alpha": 0.01, "mu": 10.0, "gap_to_best": 0.00261, "gap_se": 0.00092},
+             {"alpha": 0.01, "mu": 3.0, "gap_to_best": 0.00027, "gap_se": 0.0004},
+             {"alpha": 0.01, "mu": 1.0, "gap_to_best": 0.0, "gap_se": 0.0}]
+    scaled, pick = one_se_for_all_users(table, 100, 300)
+    assert pick["mu"] == 1.0  # 0.00027 > 0.0004 * sqrt(1/3) = 0.00023; unscaled, mu=3 would be within one SE
+    assert scaled[1]["gap_se_all_users"] == pytest.approx(0.0004 / np.sqrt(3))
+    assert one_se_for_all_users(table, 300, 300)[1]["mu"] == 3.0
+
+
+def test_search_sample_is_all_users_up_to_the_limit_and_seeded_beyond() -> None:
+    """Catches: sampling below the limit (changing small stores' choice) or an unseeded sample."""
+    data = _store_like(12, 1.0, per_user=4, d=20)
+    assert search_sample(data, _settings(mu_search_users=12)) is None
+    assert search_sample(data, _settings(mu_search_users=0)) is None
+    a = search_sample(data, _settings(mu_search_users=5))
+    b = search_sample(data, _settings(mu_search_users=5))
+    c = search_sample(data, _settings(mu_search_users=5, seed=1))
+    assert a is not None and b is not None and c is not None
+    assert len(np.unique(data.users[a])) == 5
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_a_sample_that_cannot_be_cross_fitted_falls_back_to_all_users() -> None:
+    """Catches: a crash (one class in a fold's training rows) when the sampled users all have one label."""
+    data = _store_like(12, 0.0, per_user=30, d=60)
+    rows = search_sample(data, _settings(mu_search_users=2))
+    assert rows is not None
+    data.y[rows] = 0  # the two sampled users have ham only
+    folds = cross_fit_folds(data, 3, seed=0)
+    choice = choose_mu(data, data.y, folds, _settings(mu_search_users=2, mus=(10.0, 1.0)), executor=SerialExecutor())
+    assert choice.searched_users is None
+    assert np.isfinite(choice.oof_scores).all()
+
+
+def test_folds_on_worker_processes_give_the_serial_results() -> None:
+    """Catches: folds whose results come back out of order, or workers that see other data than the parent."""
+    X, y, tasks, groups = make_problem(n_per_task=30)
+    kwargs = dict(alphas=(1.0,), mus=(10.0, 1.0), n_splits=3, random_state=0)
+    serial = select_hyperparameters(X, y, tasks, groups, **kwargs)
+    with training_executor(2) as pool:
+        parallel = select_hyperparameters(X, y, tasks, groups, executor=pool, **kwargs)
+    assert (parallel.alpha, parallel.mu) == (serial.alpha, serial.mu)
+    np.testing.assert_allclose(parallel.oof_scores, serial.oof_scores, rtol=1e-9, atol=1e-12)
+    assert [r["score"] for r in parallel.table] == pytest.approx([r["score"] for r in serial.table], rel=1e-9)
+
+
+def test_cross_fit_and_fit_gives_every_row_a_score_and_the_candidate_on_all_rows() -> None:
+    """Catches: out-of-fold scores written to the wrong rows, a candidate fitted on a fold instead of all
+    rows, or the process pool changing either."""
+    data = _store_like(8, 1.0, per_user=30, d=200)
+    folds = cross_fit_folds(data, 3, seed=0)
+    params = {"task_weighting": "sample", "tol": 1e-6, "max_iter": 500, "idf": True, "alpha": 0.01, "mu": 3.0}
+    oof, candidate = cross_fit_and_fit(data, data.y, folds, params, executor=SerialExecutor())
+    # Reference: each fold fitted by hand on its training rows and scored on its test rows.
+    expected = np.full(len(data.y), np.nan)
+    for train_rows, test_rows in folds:
+        est = fit_candidate(data.subset(train_rows), data.y[train_rows], params)
+        expected[test_rows] = est.decision_function(data.X[test_rows], tasks=data.users[test_rows])
+    np.testing.assert_allclose(oof, expected, rtol=1e-9, atol=1e-9)
+    whole = fit_candidate(data, data.y, params)
+    np.testing.assert_allclose(candidate.coef_shared_, whole.coef_shared_)
+    with training_executor(2) as pool:
+        oof2, candidate2 = cross_fit_and_fit(data, data.y, folds, params, executor=pool)
+    np.testing.assert_allclose(oof2, oof, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(candidate2.coef_shared_, candidate.coef_shared_)
+
+
+def test_choose_and_fit_beyond_the_sample_size_cross_fits_everyone() -> None:
+    """Catches: the sampled path leaving users outside the sample without out-of-fold scores (their
+    cutoffs would silently fall back to the shared one and the gate would compare on the sample only)."""
+    data = _store_like(12, 1.0, per_user=30, d=200)
+    folds = cross_fit_folds(data, 3, seed=0)
+    choice, candidate = choose_and_fit(data, data.y, folds, _settings(mu_search_users=6, train_workers=2))
+    assert choice.searched_users == 6
+    assert np.isfinite(choice.oof_scores).all()
+    assert sorted(candidate.tasks_) == sorted(np.unique(data.users))
+    assert "gap_se_all_users" in choice.table[0]
+
+
+def test_nightly_train_reports_the_sampled_search(engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Catches: the sampled path not reached from `train`, or its out-of-fold scores missing for the gate."""
+    settings = _build(engine, tmp_path, mu_search_users=2, mus=(10.0, 1.0))
+    result = train(engine, settings, now=NEXT_NIGHT)
+    assert result.metrics["search_users"] == 2
+    assert result.metrics["cross_fitted_messages"] == result.messages
+
+
+@pytest.mark.parametrize(("history_bytes", "slower"), [(2e9, 3), (1.0, 4)], ids=["float64-history", "float32-3-pairs"])
+def test_large_problem_solver_reaches_the_scipy_optimum(monkeypatch: pytest.MonkeyPatch, history_bytes: float,
+                                                        slower: int) -> None:
+    """Catches: a wrong two-loop recursion or line search in the numpy L-BFGS (used above LARGE_PROBLEM
+    parameters): it must stop where SciPy's L-BFGS-B does, on the mathematics' optimum."""
+    X, y, tasks, groups = make_problem(n_per_task=40)
+    params = dict(alpha=0.3, mu=2.0, tol=1e-8, max_iter=5000)
+    reference = MultiTaskLogisticRegression(**params).fit(X, y, tasks=tasks, groups=groups)
+    monkeypatch.setattr(objective, "LARGE_PROBLEM", 0)
+    monkeypatch.setattr(objective, "HISTORY_BYTES", history_bytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a ConvergenceWarning fails the test
+        large = MultiTaskLogisticRegression(**params).fit(X, y, tasks=tasks, groups=groups)
+    assert large.gradient_norm_ <= 1e-8
+    # A quasi-Newton method, not a crawl that gets there (3 float32 pairs are noisier near tol=1e-8).
+    assert large.n_iter_ <= slower * reference.n_iter_
+    np.testing.assert_allclose(large.decision_function(X, tasks=tasks), reference.decision_function(X, tasks=tasks),
+                               atol=1e-5)
+    np.testing.assert_allclose(large.coef_shared_, reference.coef_shared_, atol=1e-5)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("mu_search_users", -1, "mu_search_users must be >= 0 (0: search on all users)"),
+    ("train_workers", 0, "train_workers must be at least 1"),
+])
+def test_scale_settings_are_checked(field: str, value: int, message: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        Settings(database_url="sqlite://", **{field: value})
+    assert str(excinfo.value) == message
+
+
+def test_blocked_loss_and_gradient_equal_the_whole_one() -> None:
+    """Catches: a block that sees another block's keys or rows, a wrong reduction of the shared, group or
+    intercept gradients (each is checked), or per-task sums written to the wrong tasks."""
+    X, y, tasks, groups = make_problem(n_per_task=25)
+    _, tidx = np.unique(tasks, return_inverse=True)
+    names = sorted({g for g in groups if g is not None})
+    task_group = np.array([names.index(g) if g else -1 for g in [groups[tasks == t][0] for t in np.unique(tasks)]])
+    layout = objective.TaskLayout.build(sp.csr_matrix(X), tidx, 4, task_group, len(names))
+    rng = np.random.default_rng(3)
+    y_pm, s = np.where(y == 1, 1.0, -1.0), rng.uniform(0.5, 2, len(y))
+    make = lambda: objective.MultiTaskLogisticLoss(layout, y_pm, s, tidx, task_group, alpha=0.7, mu=2.5,  # noqa: E731
+                                                   mu_group=0.4)
+    whole, blocked = make(), make()
+    blocks = objective.user_blocks(layout, y_pm, s, tidx, 3)
+    assert len(blocks) == 3 and sum(b.Xk.nnz for b in blocks) == layout.Xk.nnz
+    blocked.distribute(blocks, SerialExecutor())
+    theta = rng.normal(size=whole.n_params)
+    (f1, g1), (f2, g2) = whole.loss_gradient(theta), blocked.loss_gradient(theta)
+    assert f2 == pytest.approx(f1, rel=1e-12)
+    for name, part in whole.slices.items():
+        np.testing.assert_allclose(g2[part], g1[part], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_fit_on_user_blocks_in_worker_processes_equals_the_plain_fit() -> None:
+    """Catches: the executor path of `fit` (blocks in forked workers) giving other weights than in-process."""
+    X, y, tasks, groups = make_problem(n_per_task=30)
+    plain = MultiTaskLogisticRegression(alpha=0.5, mu=2.0, tol=1e-8).fit(X, y, tasks=tasks, groups=groups)
+    serial = MultiTaskLogisticRegression(alpha=0.5, mu=2.0, tol=1e-8).fit(X, y, tasks=tasks, groups=groups,
+                                                                        executor=SerialExecutor(), n_blocks=3)
+    forked = MultiTaskLogisticRegression(alpha=0.5, mu=2.0, tol=1e-8).fit(
+        X, y, tasks=tasks, groups=groups, executor=lambda: training_executor(2), n_blocks=3)
+    for est in (serial, forked):
+        np.testing.assert_allclose(est.coef_shared_, plain.coef_shared_, atol=1e-6)
+        np.testing.assert_allclose((est.coef_tasks_ - plain.coef_tasks_).toarray(), 0.0, atol=1e-6)
+        np.testing.assert_allclose((est.coef_groups_ - plain.coef_groups_).toarray(), 0.0, atol=1e-6)
+        np.testing.assert_allclose(est.intercept_tasks_, plain.intercept_tasks_, atol=1e-6)
+
+
+def test_training_workers_die_with_the_trainer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Catches: fold workers left running (holding their memory, blocked for ever) when the trainer is
+    killed, e.g. by the out-of-memory killer."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "trainer.py"
+    script.write_text(
+        "import time\n"
+        "from spamtl.parallel import training_executor\n"
+        "pool = training_executor(2)\n"
+        "futures = [pool.submit(time.sleep, 600) for _ in range(2)]\n"
+        "print(' '.join(str(p) for p in pool._processes), flush=True)\n"
+        "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 30  # a generous budget, not a timing assertion
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in workers if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert left == []
