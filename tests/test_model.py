@@ -488,7 +488,8 @@ def test_model_files_of_the_first_format_still_load() -> None:
 
 
 def test_lbfgs_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """L-BFGS (training and feedback refits) runs BLAS on one thread (OpenBLAS's made it ten times slower on 2 busy cores)."""
+    """A feedback refit's L-BFGS runs BLAS on one thread (OpenBLAS's made it ten times slower on 2 busy cores);
+    a small training fit keeps BLAS's threading (bench_model's figures depend on its summation order)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from spamtl import _objective
 
@@ -508,5 +509,5 @@ def test_lbfgs_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
         X, y, tasks, _ = make_problem(n_per_task=10)
         MultiTaskLogisticRegression(alpha=1.0, mu=1.0).fit(X, y, tasks)  # training
         outside = {p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}
-    assert len(seen) >= 2 and all(threads == {1} for threads in seen), seen
-    assert outside == {2}  # the limit is the solver's alone
+    assert len(seen) >= 2 and seen[0] == {1} and all(threads == {2} for threads in seen[1:]), seen
+    assert outside == {2}  # the limit is the refit's alone
