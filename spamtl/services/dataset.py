@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from spamtl.features import FeatureConfig, FeatureRow, featurize, rows_to_csr
 from spamtl.mail import parse_message
-from spamtl.store import queries
+from spamtl.store import learning, queries
 from spamtl.store.db import translate_errors
 
 __all__ = ["TrainingData", "load_training_data", "feature_rows", "featurize_raw"]
@@ -134,14 +134,8 @@ def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence
     that their user never corrected are added as labels too, marked in
     ``TrainingData.uncorrected`` (see :func:`spamtl.store.learning.uncorrected_verdicts`).
     """
-    from spamtl.store import learning
-
     with translate_errors(), Session(engine) as session:
-        labels = queries.current_labels(session=session, users=users)
-        n_given = len(labels)
-        if uncorrected is not None:
-            labels = labels + learning.uncorrected_verdicts(session=session, since=uncorrected[0],
-                                                            until=uncorrected[1], users=users)
+        labels, n_given = learning.labels_to_learn(session=session, users=users, window=uncorrected)
         groups = {u.name: u.group_name for u in queries.users_by_name(session=session).values()}
     given = np.arange(len(labels)) < n_given
     rows = feature_rows(engine, [lab.message_pk for lab in labels], config, progress)

@@ -276,10 +276,7 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
         version, weights = load_user_slice(session=session, user=user, group=group)
         version_id, feature_key, params = version.id, version.feature_key, dict(version.params)
         version_trained = version.created_at
-        labels = queries.current_labels(session=session, users=[user])
-        window = settings.autolearn_window(now)
-        if window is not None:
-            labels += learning.uncorrected_verdicts(session=session, since=window[0], until=window[1], users=[user])
+        labels, _ = learning.labels_to_learn(session=session, users=[user], window=settings.autolearn_window(now))
         sources = learning.label_sources(session=session, user_id=user_id)
     config = FeatureConfig.from_key(feature_key)
     extra = [message_pk] if message_pk is not None else []

@@ -36,6 +36,7 @@ from spamtl.config import Settings
 from spamtl.errors import NoModelError, UsageError
 from spamtl.metrics import macro_auc_error
 from spamtl.parallel import Inherited, SerialExecutor, release, share, training_executor
+from spamtl.services.cutoffs import ham_for
 from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.models import load_weights, save_weights
 from spamtl.store import learning
@@ -473,7 +474,7 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
 
     def cutoff(z: float, source: str) -> Cutoff:
         spam = round(_sigmoid(z), 6)
-        return Cutoff(spam, min(settings.ham_cutoff, spam), source)
+        return Cutoff(spam, ham_for(spam, settings), source)
 
     shared = cutoff(max(z_shared, z_global), f"shared: target {pct} ham FPR on {int(ham.sum())} ham of all users")
     out: dict[str, Cutoff] = {}

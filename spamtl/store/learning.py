@@ -13,10 +13,11 @@ from datetime import datetime
 from sqlalchemy import and_, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from spamtl.store import queries
 from spamtl.store.queries import LabelledMessage, bump_generation
 from spamtl.store.schema import Classification, Label, Message, User, UserCutoff
 
-__all__ = ["LoggedScore", "logged_scores_before_labels", "uncorrected_verdicts", "label_sources", "add_user_cutoffs",
+__all__ = ["LoggedScore", "logged_scores_before_labels", "uncorrected_verdicts", "labels_to_learn", "label_sources", "add_user_cutoffs",
            "set_user_override"]
 
 
@@ -75,6 +76,19 @@ def uncorrected_verdicts(*, session: Session, since: datetime, until: datetime,
     if users is not None:
         q = q.where(User.name.in_(users))
     return [LabelledMessage(u, int(m), v == "spam", d, c) for u, m, v, d, c in session.execute(q)]
+
+
+def labels_to_learn(*, session: Session, users: Sequence[str] | None = None,
+                    window: tuple[datetime, datetime] | None = None) -> tuple[list[LabelledMessage], int]:
+    """What a fit learns: every current label, then (with ``window``) the uncorrected verdicts logged in it.
+
+    Returns the list and how many of its first entries are the users' own labels.
+    """
+    labels = queries.current_labels(session=session, users=users)
+    given = len(labels)
+    if window is not None:
+        labels += uncorrected_verdicts(session=session, since=window[0], until=window[1], users=users)
+    return labels, given
 
 
 def label_sources(*, session: Session, user_id: int) -> dict[int, str]:
