@@ -29,7 +29,7 @@ def test_cutoffs_list_set_unset_and_users_columns(engine, tmp_path: Path) -> Non
     assert [r["user"] for r in listed] == ["ann", "bob", "cat"]
     assert all(r["source"].startswith("model v1: target 0.1% ham FPR on ") for r in listed)
     bob = listed[1]
-    assert 0.5 <= bob["spam_cutoff"] < 1 and 0 < bob["ham_cutoff"] < bob["spam_cutoff"]
+    assert 0.5 <= bob["spam_cutoff"] < 1 and 0.5 <= bob["ham_cutoff"] <= bob["spam_cutoff"]
 
     before = _generation(db)
     result = run(db, "cutoffs", "set", "bob", "--spam", "0.99", "--ham", "0.3")

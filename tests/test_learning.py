@@ -232,7 +232,14 @@ def test_gate_rules() -> None:
     assert _gate(y, good, good).promoted  # a tie promotes
     slightly = [0.3] + good[1:]  # worse on one message of 30: about one standard error
     assert _gate(y, slightly, good).promoted  # within three standard errors (the default) ...
-    assert not _gate(y, slightly, good, promote_margin_se=0.0).promoted  # ... but not within 0
+    assert not _gate(y, slightly, good, promote_margin_se=0.0, promote_relative_margin=0.0).promoted  # not 0
+    assert _gate(y, slightly, good, promote_margin_se=0.0).promoted  # within half the active's loss (default)
+    # Non-inferiority: the margin is a share of the ACTIVE model's loss.  Every message alike (SE 0):
+    # candidate log loss -log(0.8) = 0.223 vs active -log(0.9) = 0.105, worse by 0.118.
+    vague, sure = [0.2, 0.2, 0.2, 0.8, 0.8, 0.8] * 5, [0.1, 0.1, 0.1, 0.9, 0.9, 0.9] * 5
+    assert not _gate(y, vague, sure).promoted  # 0.118 > 0.5 x 0.105
+    assert not _gate(y, vague, sure, promote_relative_margin=1.0).promoted  # 0.118 > 1.0 x 0.105 (not 0.223)
+    assert _gate(y, vague, sure, promote_relative_margin=1.2).promoted  # 0.118 < 1.2 x 0.105
     # Rows without a logged score are left out; with none at all, the candidate alone is judged.
     nan_act = [float("nan")] * 30
     assert _gate(y, good, nan_act).promoted and _gate(y, good, nan_act).metrics["compared_messages"] == 0
@@ -255,7 +262,8 @@ def test_cutoffs_shrink_toward_shared_and_never_fall_below_the_floor() -> None:
     users = ["big"] * 1000 + ["tiny"] * 20 + ["spammy"] * 20
     y = [0] * 1000 + [0, 0] + [1] * 18 + [1] * 20
     scores = np.concatenate([rng.normal(-1, 1, 1000), [-12.0, -11.0], rng.normal(5, 1, 18), rng.normal(5, 1, 20)])
-    settings = Settings("sqlite://", target_ham_fpr=0.001, cutoff_shrinkage=100.0, min_spam_cutoff=0.5)
+    settings = Settings("sqlite://", target_ham_fpr=0.001, cutoff_shrinkage=100.0, min_spam_cutoff=0.5,
+                        target_spam_as_ham=0.0)  # the ham side: the next test
     cutoffs, shared = choose_cutoffs(_data(users, y), scores, settings)
 
     def sigmoid(z: float) -> float:
@@ -284,6 +292,54 @@ def test_cutoffs_shrink_toward_shared_and_never_fall_below_the_floor() -> None:
     assert low["tiny"].spam == pytest.approx(sigmoid(tiny_floor), abs=1e-6)
     assert low["big"].source.endswith(f"raised to the floor {sigmoid((1 - w_big) * z_global):.4f}")
     assert choose_cutoffs(_data(users, y), scores, Settings("sqlite://", target_ham_fpr=0.0)) == ({}, None)
+
+
+def test_ham_cutoffs_let_through_the_target_share_of_each_users_spam() -> None:
+    """Catches: the quantile taken from above (or of the ham), shrinkage missing or inverted, the floor at
+    the global ham cutoff or the cap at the spam cutoff missing, uncorrected spam verdicts left out."""
+    rng = np.random.default_rng(1)
+    # ann: 400 spam scored N(4, 1), half of it uncorrected verdicts; bob: 10 spam at N(6, 0.1);
+    # cat: 15 spam scored as low as ham (her ham cutoff stays the global one); 300 ham each.
+    users = ["ann"] * 700 + ["bob"] * 310 + ["cat"] * 315
+    y = [1] * 400 + [0] * 300 + [1] * 10 + [0] * 300 + [1] * 15 + [0] * 300
+    scores = np.concatenate([rng.normal(4, 1, 400), rng.normal(-4, 1, 300), rng.normal(6, 0.1, 10),
+                             rng.normal(-4, 1, 300), rng.normal(-3, 0.5, 15), rng.normal(-4, 1, 300)])
+    data = _data(users, y)
+    data.uncorrected = np.zeros(len(y), dtype=bool)
+    data.uncorrected[200:400] = True  # ann's uncorrected spam verdicts count: spam she received
+    settings = Settings("sqlite://", target_spam_as_ham=0.05, cutoff_shrinkage=100.0)
+    cutoffs, shared = choose_cutoffs(data, scores, settings)
+    is_spam = np.array(y) == 1
+    z_shared = float(np.quantile(scores[is_spam], 0.05, method="lower"))
+
+    def expected(rows: slice) -> float:
+        mine = scores[rows]
+        w = len(mine) / (len(mine) + 100.0)
+        return float(1 / (1 + np.exp(-(w * np.quantile(mine, 0.05, method="lower") + (1 - w) * z_shared))))
+
+    assert z_shared > 0 and shared is not None
+    assert shared.ham == pytest.approx(1 / (1 + np.exp(-z_shared)), abs=1e-6)
+    ann = expected(slice(0, 400))
+    assert 0.85 < ann < 0.95  # about 4 - 1.645 in log-odds, a little toward the shared quantile
+    assert cutoffs["ann"].ham == pytest.approx(min(ann, cutoffs["ann"].spam), abs=1e-6)
+    assert cutoffs["ann"].source.endswith("; ham: 5% of spam below")
+    assert (np.array([1 / (1 + np.exp(-s)) for s in scores[:400]]) <= cutoffs["ann"].ham).mean() < 0.08
+    # bob has 10 spam: his own quantile (6) is shrunk 91 % toward the shared one.
+    assert cutoffs["bob"].ham == pytest.approx(min(expected(slice(700, 710)), cutoffs["bob"].spam), abs=1e-6)
+    assert cutoffs["bob"].ham < 1 / (1 + np.exp(-5.0))
+    # cat: 15 spam shrunk 87 % toward the shared quantile, above her spam cutoff (her ham scores very low,
+    # so her spam cutoff is low): capped there.
+    cat = expected(slice(1010, 1025))
+    assert cutoffs["cat"].spam < cat and cutoffs["cat"].ham == cutoffs["cat"].spam
+    for c in cutoffs.values():
+        assert 0.5 <= c.ham <= c.spam
+    # Every spam scored low: never below the global 0.5, and the source says nothing of it.
+    low, low_shared = choose_cutoffs(data, scores - 8, settings)
+    assert low_shared is not None and low_shared.ham == 0.5
+    assert {c.ham for c in low.values()} == {0.5} and not any("of spam below" in c.source for c in low.values())
+    # Off: the global ham cutoff for everyone.
+    off, _ = choose_cutoffs(data, scores, replace(settings, target_spam_as_ham=0.0))
+    assert {c.ham for c in off.values()} == {0.5}
 
 
 def test_trained_cutoffs_follow_the_version_and_admin_overrides_win(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

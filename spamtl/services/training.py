@@ -12,7 +12,10 @@
   candidate configuration, each scoring the fold it did not see, folds
   grouped by message.  Both are compared on the same messages with the same
   metric (:func:`gate`).  A feedback refit changes the active model after
-  its verdict was logged, so feedback can no longer block a night.
+  its verdict was logged, so feedback can no longer block a night.  The
+  comparison is a non-inferiority test: the candidate may be worse by a
+  share of the active model's loss plus a few standard errors (it is biased
+  against the candidate on corrected mail; ``Settings.promote_relative_margin``).
 - Cutoffs (:func:`choose_cutoffs`) come from the same out-of-sample scores.
 """
 
@@ -369,7 +372,8 @@ def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.n
     3. Rows where both the active model's logged score and the candidate's
        out-of-fold score exist are compared by log loss (mean per user, then
        over users).  Refuse iff the candidate's is larger by more than
-       ``promote_tolerance + promote_margin_se * SE`` of the paired difference;
+       ``promote_tolerance + promote_relative_margin * L_active +
+       promote_margin_se * SE`` (SE of the paired difference);
        equal (a tie) or better promotes.  Macro 1-AUC on the same rows is
        reported too (it is undefined for users with one class there).
     4. No comparable rows (or a NaN difference): promote, saying why.
@@ -409,7 +413,8 @@ def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.n
             err = macro_auc_error(y[both] == 1, scores, data.users[both])
             metrics[f"{name}_compared_auc_error_pct"] = None if math.isnan(err) else round(err, 4)
         if math.isfinite(gap) and math.isfinite(se):
-            margin = settings.promote_tolerance + settings.promote_margin_se * se
+            margin = (settings.promote_tolerance + settings.promote_margin_se * se
+                      + settings.promote_relative_margin * float(w @ act_loss))
             said = (f"candidate log loss {w @ cand_loss:.4f} vs active v{active.version} {w @ act_loss:.4f} "
                     f"on {n} messages neither was fitted on")
             if gap > margin + _TIE:
@@ -441,12 +446,24 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
+def _shrunk_quantile(scores: np.ndarray, mine: np.ndarray, q: float, shrinkage: float, method: str,
+                     z_shared: float) -> tuple[float, int, float]:
+    """The ``q`` quantile of ``scores[mine]`` shrunk toward ``z_shared``: ``w z_u + (1 - w) z_shared`` with
+    ``w = n / (n + shrinkage)`` for ``n`` rows; returns it, n and w (no rows: ``z_shared``, 0, 0)."""
+    n = int(mine.sum())
+    if n == 0:
+        return z_shared, 0, 0.0
+    w = n / (n + shrinkage)
+    return w * float(np.quantile(scores[mine], q, method=method)) + (1 - w) * z_shared, n, w
+
+
 def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Settings) -> tuple[dict[str, Cutoff],
                                                                                                  Cutoff | None]:
-    """Each user's cutoffs for ``settings.target_ham_fpr``, from out-of-sample scores.
+    """Each user's spam and ham cutoffs, from out-of-sample scores (README, "Verdicts and cutoffs").
 
-    In log-odds, with ``w = n_ham / (n_ham + cutoff_shrinkage)`` for a user
-    with ``n_ham`` cross-fitted ham:
+    Spam cutoff, for ``settings.target_ham_fpr``, in log-odds, with
+    ``w = n_ham / (n_ham + cutoff_shrinkage)`` for a user with ``n_ham``
+    cross-fitted ham labels:
 
     - the shared cutoff z_s is the (1 - target) quantile of every user's
       out-of-fold ham scores, the user's own z_u that of their ham;
@@ -457,41 +474,59 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
       it is safe, so a user with 2 ham labels cannot get a cutoff that calls
       most mail spam (the shared scores are mostly other users' ham).
 
-    The ham cutoff is the global one (0.5 by default: ham is what the model
-    finds more likely ham), or the spam cutoff if that is lower: unsure is
-    mail more likely spam than ham but below the user's spam cutoff.  Returns ({}, None) when disabled
-    (target 0) or without out-of-fold ham.
+    Only labels count for it, not uncorrected verdicts (easy ham by
+    construction: the tail that matters would look thinner than it is).
+
+    Ham cutoff, for ``settings.target_spam_as_ham``: the same shrinkage of
+    the target quantile (from below) of the user's spam, labels and
+    uncorrected verdicts alike (together they are the spam the user received,
+    corrected or not), never below the global ``ham_cutoff`` and never above
+    the spam cutoff.  Target 0: the global ham cutoff for everyone.
+
+    Returns ({}, None) when disabled (``target_ham_fpr`` 0) or without
+    out-of-fold ham.
     """
     target = settings.target_ham_fpr
-    ham = (data.y == 0) & np.isfinite(oof_scores) & data.learned
+    scored = np.isfinite(oof_scores)
+    ham = (data.y == 0) & scored & data.learned
     if target <= 0 or not ham.any():
         return {}, None
-    q = 1.0 - target
+    k = settings.cutoff_shrinkage
     z_min = _logit(settings.min_spam_cutoff)
     z_global = max(_logit(settings.spam_cutoff), z_min)
-    z_shared = float(np.quantile(oof_scores[ham], q, method="higher"))
+    z_shared = float(np.quantile(oof_scores[ham], 1.0 - target, method="higher"))
+    spam = (data.y == 1) & scored
+    spam_share = settings.target_spam_as_ham
+    z_ham_global = _logit(settings.ham_cutoff)
+    z_ham_shared = z_ham_global
+    if spam_share > 0 and spam.any():
+        z_ham_shared = float(np.quantile(oof_scores[spam], spam_share, method="lower"))
     pct = f"{100 * target:g}%"
 
-    def cutoff(z: float, source: str) -> Cutoff:
-        spam = round(_sigmoid(z), 6)
-        return Cutoff(spam, ham_for(spam, settings), source)
+    def cutoff(z: float, z_ham: float, source: str) -> Cutoff:
+        spam_p = round(_sigmoid(z), 6)
+        if z_ham <= z_ham_global:
+            return Cutoff(spam_p, ham_for(spam_p, settings), source)
+        ham_p = min(spam_p, round(_sigmoid(z_ham), 6))
+        return Cutoff(spam_p, ham_p, f"{source}; ham: {100 * spam_share:g}% of spam below")
 
-    shared = cutoff(max(z_shared, z_global), f"shared: target {pct} ham FPR on {int(ham.sum())} ham of all users")
+    shared = cutoff(max(z_shared, z_global), z_ham_shared,
+                    f"shared: target {pct} ham FPR on {int(ham.sum())} ham of all users")
     out: dict[str, Cutoff] = {}
     for user in np.unique(data.users):
-        mine = ham & (data.users == user)
-        n_ham = int(mine.sum())
+        of_user = data.users == user
+        z_ham = z_ham_global
+        if spam_share > 0:
+            z_ham = _shrunk_quantile(oof_scores, spam & of_user, spam_share, k, "lower", z_ham_shared)[0]
+        z, n_ham, w = _shrunk_quantile(oof_scores, ham & of_user, 1.0 - target, k, "higher", z_shared)
         if n_ham == 0:
-            out[str(user)] = Cutoff(shared.spam, shared.ham, "shared (no ham)")
+            out[str(user)] = cutoff(max(z_shared, z_global), z_ham, "shared (no ham)")
             continue
-        z_user = float(np.quantile(oof_scores[mine], q, method="higher"))
-        w = n_ham / (n_ham + settings.cutoff_shrinkage)
-        z = w * z_user + (1 - w) * z_shared
         floor = w * z_min + (1 - w) * z_global
         source = f"target {pct} ham FPR on {n_ham} ham, shrunk {100 * (1 - w):.0f}% to shared"
         if z < floor:
             z, source = floor, source + f", raised to the floor {_sigmoid(floor):.4f}"
-        out[str(user)] = cutoff(z, source)
+        out[str(user)] = cutoff(z, z_ham, source)
     return out, shared
 
 
