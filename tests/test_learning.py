@@ -296,10 +296,11 @@ def test_cutoffs_shrink_toward_shared_and_never_fall_below_the_floor() -> None:
 
 def test_ham_cutoffs_let_through_the_target_share_of_each_users_spam() -> None:
     """Catches: the quantile taken from above (or of the ham), shrinkage missing or inverted, the floor at
-    the global ham cutoff or the cap at the spam cutoff missing, uncorrected spam verdicts left out."""
+    the global ham cutoff or the cap one log-odds under the spam cutoff missing, uncorrected spam verdicts
+    left out."""
     rng = np.random.default_rng(1)
     # ann: 400 spam scored N(4, 1), half of it uncorrected verdicts; bob: 10 spam at N(6, 0.1);
-    # cat: 15 spam scored as low as ham (her ham cutoff stays the global one); 300 ham each.
+    # cat: 15 spam scored as low as ham; 300 ham each.
     users = ["ann"] * 700 + ["bob"] * 310 + ["cat"] * 315
     y = [1] * 400 + [0] * 300 + [1] * 10 + [0] * 300 + [1] * 15 + [0] * 300
     scores = np.concatenate([rng.normal(4, 1, 400), rng.normal(-4, 1, 300), rng.normal(6, 0.1, 10),
@@ -307,38 +308,57 @@ def test_ham_cutoffs_let_through_the_target_share_of_each_users_spam() -> None:
     data = _data(users, y)
     data.uncorrected = np.zeros(len(y), dtype=bool)
     data.uncorrected[200:400] = True  # ann's uncorrected spam verdicts count: spam she received
-    settings = Settings("sqlite://", target_spam_as_ham=0.05, cutoff_shrinkage=100.0)
-    cutoffs, shared = choose_cutoffs(data, scores, settings)
+    # Spam cutoffs held high (a floor of 0.99 or more), so that no ham cutoff is near one.
+    high = Settings("sqlite://", target_spam_as_ham=0.05, cutoff_shrinkage=100.0, spam_cutoff=0.999,
+                    min_spam_cutoff=0.99)
+    cutoffs, shared = choose_cutoffs(data, scores, high)
     is_spam = np.array(y) == 1
     z_shared = float(np.quantile(scores[is_spam], 0.05, method="lower"))
+
+    def sigmoid(z: float) -> float:
+        return float(1 / (1 + np.exp(-z)))
 
     def expected(rows: slice) -> float:
         mine = scores[rows]
         w = len(mine) / (len(mine) + 100.0)
-        return float(1 / (1 + np.exp(-(w * np.quantile(mine, 0.05, method="lower") + (1 - w) * z_shared))))
+        return sigmoid(w * np.quantile(mine, 0.05, method="lower") + (1 - w) * z_shared)
 
     assert z_shared > 0 and shared is not None
-    assert shared.ham == pytest.approx(1 / (1 + np.exp(-z_shared)), abs=1e-6)
+    assert shared.ham == pytest.approx(sigmoid(z_shared), abs=1e-6)
+    assert all(c.spam > 0.99 for c in cutoffs.values())
     ann = expected(slice(0, 400))
     assert 0.85 < ann < 0.95  # about 4 - 1.645 in log-odds, a little toward the shared quantile
-    assert cutoffs["ann"].ham == pytest.approx(min(ann, cutoffs["ann"].spam), abs=1e-6)
-    assert cutoffs["ann"].source.endswith("; ham: 5% of spam below")
-    assert (np.array([1 / (1 + np.exp(-s)) for s in scores[:400]]) <= cutoffs["ann"].ham).mean() < 0.08
+    assert cutoffs["ann"].ham == pytest.approx(ann, abs=1e-6)
+    assert cutoffs["ann"].source.endswith("; ham: 5% of spam below")  # and not held under the spam cutoff
+    assert (np.array([sigmoid(s) for s in scores[:400]]) <= cutoffs["ann"].ham).mean() < 0.08
     # bob has 10 spam: his own quantile (6) is shrunk 91 % toward the shared one.
-    assert cutoffs["bob"].ham == pytest.approx(min(expected(slice(700, 710)), cutoffs["bob"].spam), abs=1e-6)
-    assert cutoffs["bob"].ham < 1 / (1 + np.exp(-5.0))
-    # cat: 15 spam shrunk 87 % toward the shared quantile, above her spam cutoff (her ham scores very low,
-    # so her spam cutoff is low): capped there.
-    cat = expected(slice(1010, 1025))
-    assert cutoffs["cat"].spam < cat and cutoffs["cat"].ham == cutoffs["cat"].spam
-    for c in cutoffs.values():
-        assert 0.5 <= c.ham <= c.spam
+    assert cutoffs["bob"].ham == pytest.approx(expected(slice(700, 710)), abs=1e-6)
+    assert cutoffs["bob"].ham < sigmoid(5.0)
+    # cat: 15 spam scored low, shrunk 87 % toward the shared quantile.
+    assert cutoffs["cat"].ham == pytest.approx(expected(slice(1010, 1025)), abs=1e-6)
+    assert cutoffs["cat"].ham < cutoffs["ann"].ham
+
+    # Spam cutoffs lower (floor from 0.95 toward 0.8): ann's 5 % quantile would leave less than one unit
+    # of log-odds of unsure band; the ham cutoff is held there, odds(spam cutoff) / e, above 0.5.
+    mid, _ = choose_cutoffs(data, scores, replace(high, spam_cutoff=0.95, min_spam_cutoff=0.8))
+    spam_odds = mid["ann"].spam / (1 - mid["ann"].spam)
+    assert ann > mid["ann"].spam / (mid["ann"].spam + (1 - mid["ann"].spam) * np.e)  # the cap binds
+    assert mid["ann"].ham == pytest.approx(spam_odds / np.e / (1 + spam_odds / np.e), abs=1e-6)
+    assert 0.5 < mid["ann"].ham < mid["ann"].spam
+    assert mid["ann"].source.endswith("; ham: 5% of spam below, held 1 log-odds under spam")
+    # Default spam cutoffs (floor from 0.90 toward 0.5): one log-odds under them is below 0.5, so the
+    # global ham cutoff, and the source says nothing of the spam quantile.
+    low_spam, _ = choose_cutoffs(data, scores, replace(high, spam_cutoff=0.9, min_spam_cutoff=0.5))
+    assert low_spam["ann"].spam < sigmoid(1.0)
+    assert low_spam["ann"].ham == 0.5 and "of spam below" not in low_spam["ann"].source
+    for c in [*cutoffs.values(), *mid.values(), *low_spam.values()]:
+        assert 0.5 <= c.ham < c.spam
     # Every spam scored low: never below the global 0.5, and the source says nothing of it.
-    low, low_shared = choose_cutoffs(data, scores - 8, settings)
+    low, low_shared = choose_cutoffs(data, scores - 8, high)
     assert low_shared is not None and low_shared.ham == 0.5
     assert {c.ham for c in low.values()} == {0.5} and not any("of spam below" in c.source for c in low.values())
     # Off: the global ham cutoff for everyone.
-    off, _ = choose_cutoffs(data, scores, replace(settings, target_spam_as_ham=0.0))
+    off, _ = choose_cutoffs(data, scores, replace(high, target_spam_as_ham=0.0))
     assert {c.ham for c in off.values()} == {0.5}
 
 
