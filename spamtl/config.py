@@ -15,16 +15,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
-class LearnWindow:
-    """Which uncorrected verdicts are learned: those logged in [since, until], spam verdicts at any
-    probability, ham verdicts only at or below ``ham_at_most`` (the model found them more likely ham)."""
-
-    since: datetime
-    until: datetime
-    ham_at_most: float = 1.0
-
-
-@dataclass(frozen=True)
 class Settings:
     """What a service needs to know; build one per command and pass it in.
 
@@ -169,18 +159,11 @@ class Settings:
             if days is not None and days < 0:
                 raise ValueError(f"{name} must be >= 0 or None (keep forever)")
 
-    def autolearn_window(self, now: datetime) -> LearnWindow | None:
-        """Which uncorrected verdicts are learned as labels (None: autolearn is off).
-
-        Those logged between ``autolearn_days`` and ``autolearn_after_hours``
-        before ``now``; ham verdicts only at or below the global ``ham_cutoff``
-        (a trained ham cutoff above it calls some spam ham; README, "Learning
-        from uncorrected verdicts").
-        """
+    def autolearn_window(self, now: datetime) -> tuple[datetime, datetime] | None:
+        """When the verdicts learned as labels were logged (None: autolearn is off)."""
         if not self.autolearn:
             return None
-        return LearnWindow(now - timedelta(days=self.autolearn_days), now - timedelta(hours=self.autolearn_after_hours),
-                           ham_at_most=self.ham_cutoff)
+        return now - timedelta(days=self.autolearn_days), now - timedelta(hours=self.autolearn_after_hours)
 
     def verdict(self, probability: float) -> str:
         """The verdict at the global cutoffs (see :func:`verdict_at`)."""

@@ -522,31 +522,6 @@ def test_uncorrected_spam_and_ham_verdicts_are_learned_at_night(engine, tmp_path
     assert result.metrics["compared_messages"] == 1  # the gate judges by bob's own label only
 
 
-def test_ham_verdicts_above_the_global_ham_cutoff_are_not_learned(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Catches: spam called ham under a high (trained or admin) ham cutoff and left uncorrected learned as
-    ham, or the bound applied to spam verdicts too."""
-    from spamtl.services.cutoffs import set_cutoffs
-    from spamtl.services.training import prepare_features
-
-    settings = _build(engine, tmp_path)
-    # cat's ham cutoff is raised to just under her spam cutoff: her spam is called ham at high probability.
-    set_cutoffs(engine, settings, user="cat", spam=0.999999, ham=0.999998)
-    spam_as_ham = _classify(settings, "cat", _mails(45, "spam", 3), LATER)
-    assert all(v.verdict == "ham" and v.probability > 0.5 for v in spam_as_ham)
-    real_ham = _classify(settings, "cat", _mails(46, "cat", 3), LATER)
-    assert all(v.verdict == "ham" and v.probability <= 0.5 for v in real_ham)
-    spam = _classify(settings, "bob", _mails(47, "spam", 2), LATER)
-    assert all(v.verdict == "spam" for v in spam)
-
-    data = prepare_features(load_labels(engine, settings, now=NEXT_NIGHT))
-    assert data.uncorrected is not None
-    learned = sorted((str(u), int(y)) for u, y, auto in zip(data.users, data.y, data.uncorrected) if auto)
-    assert learned == [("bob", 1)] * 2 + [("cat", 0)] * 3
-    # With the global ham cutoff at 0.9999985 they are "more likely ham" by the administrator's own rule.
-    lax = replace(settings, ham_cutoff=0.9999985, spam_cutoff=0.999999)
-    assert len(prepare_features(load_labels(engine, lax, now=NEXT_NIGHT)).y) == len(data.y) + 3
-
-
 def test_gate_and_cutoffs_judge_by_the_users_labels_only() -> None:
     """Catches: the active model's own (uncorrected) verdicts counted in the gate or in the cutoff's ham."""
     rng = np.random.default_rng(3)

@@ -19,7 +19,6 @@ import scipy.sparse as sp
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.config import LearnWindow
 from spamtl.features import FeatureConfig, FeatureRow, featurize, rows_to_csr
 from spamtl.mail import parse_message
 from spamtl.store import learning, queries
@@ -128,10 +127,10 @@ def _timestamp(value: datetime | None, fallback: datetime) -> float:
 
 def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence[str] | None = None,
                        progress: Progress | None = None,
-                       uncorrected: LearnWindow | None = None) -> TrainingData:
+                       uncorrected: tuple[datetime, datetime] | None = None) -> TrainingData:
     """Every current label (optionally of some users) with its message's features.
 
-    With ``uncorrected`` (a window, ``Settings.autolearn_window``) the verdicts logged in it
+    With ``uncorrected=(since, until)`` the verdicts logged in that window
     that their user never corrected are added as labels too, marked in
     ``TrainingData.uncorrected`` (see :func:`spamtl.store.learning.uncorrected_verdicts`).
     """

@@ -9,17 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import and_, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from spamtl.store import queries
 from spamtl.store.queries import LabelledMessage, bump_generation
 from spamtl.store.schema import Classification, Label, Message, User, UserCutoff
-
-if TYPE_CHECKING:
-    from spamtl.config import LearnWindow
 
 __all__ = ["LoggedScore", "logged_scores_before_labels", "uncorrected_verdicts", "labels_to_learn", "label_sources", "add_user_cutoffs",
            "set_user_override"]
@@ -56,21 +52,15 @@ def logged_scores_before_labels(*, session: Session, version_id: int) -> list[Lo
     return [LoggedScore(u, pk, p) for (u, pk), p in latest.items()]
 
 
-def uncorrected_verdicts(*, session: Session, window: LearnWindow,
+def uncorrected_verdicts(*, session: Session, since: datetime, until: datetime,
                          users: Sequence[str] | None = None) -> list[LabelledMessage]:
-    """Verdicts logged in ``window`` that their user never corrected, as labels.
+    """Verdicts logged between ``since`` and ``until`` that their user never corrected, as labels.
 
     Per (user, message) the latest classification in that window counts, if
-    it said spam, or ham at a probability at most ``window.ham_at_most``
-    (never unsure or error), and the user has no label on that message at
-    all (any label, even a later one, means the user spoke for themselves).
-    ``labelled_at`` is when the verdict was logged.
-
-    The probability bound matters where a user's ham cutoff is above 0.5: a
-    spam message called ham at 0.8 that its user let pass would otherwise be
-    learned as ham, and move the next night's cutoffs further its way.
+    it said spam or ham (never unsure or error) and the user has no label on
+    that message at all (any label, even a later one, means the user spoke
+    for themselves).  ``labelled_at`` is when the verdict was logged.
     """
-    since, until = window.since, window.until
     latest = (select(func.max(Classification.id).label("id"))
               .where(Classification.created_at >= since, Classification.created_at <= until)
               .group_by(Classification.user_id, Classification.message_id).subquery())
@@ -81,9 +71,7 @@ def uncorrected_verdicts(*, session: Session, window: LearnWindow,
          .join(latest, latest.c.id == Classification.id)
          .join(User, User.id == Classification.user_id)
          .join(Message, Message.id == Classification.message_id)
-         .where(or_(Classification.verdict == "spam",
-                    and_(Classification.verdict == "ham", Classification.probability <= window.ham_at_most)),
-                ~labelled)
+         .where(Classification.verdict.in_(("spam", "ham")), ~labelled)
          .order_by(User.name, Classification.message_id))
     if users is not None:
         q = q.where(User.name.in_(users))
@@ -91,7 +79,7 @@ def uncorrected_verdicts(*, session: Session, window: LearnWindow,
 
 
 def labels_to_learn(*, session: Session, users: Sequence[str] | None = None,
-                    window: LearnWindow | None = None) -> tuple[list[LabelledMessage], int]:
+                    window: tuple[datetime, datetime] | None = None) -> tuple[list[LabelledMessage], int]:
     """What a fit learns: every current label, then (with ``window``) the uncorrected verdicts logged in it.
 
     Returns the list and how many of its first entries are the users' own labels.
@@ -99,7 +87,7 @@ def labels_to_learn(*, session: Session, users: Sequence[str] | None = None,
     labels = queries.current_labels(session=session, users=users)
     given = len(labels)
     if window is not None:
-        labels += uncorrected_verdicts(session=session, window=window, users=users)
+        labels += uncorrected_verdicts(session=session, since=window[0], until=window[1], users=users)
     return labels, given
 
 
