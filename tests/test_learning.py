@@ -300,11 +300,12 @@ def test_ham_cutoffs_let_through_the_target_share_of_each_users_spam() -> None:
     left out."""
     rng = np.random.default_rng(1)
     # ann: 400 spam scored N(4, 1), half of it uncorrected verdicts; bob: 10 spam at N(6, 0.1);
-    # cat: 15 spam scored as low as ham; 300 ham each.
-    users = ["ann"] * 700 + ["bob"] * 310 + ["cat"] * 315
-    y = [1] * 400 + [0] * 300 + [1] * 10 + [0] * 300 + [1] * 15 + [0] * 300
+    # cat: 15 spam scored as low as ham; dan: no spam; 300 ham each.
+    users = ["ann"] * 700 + ["bob"] * 310 + ["cat"] * 315 + ["dan"] * 300
+    y = [1] * 400 + [0] * 300 + [1] * 10 + [0] * 300 + [1] * 15 + [0] * 300 + [0] * 300
     scores = np.concatenate([rng.normal(4, 1, 400), rng.normal(-4, 1, 300), rng.normal(6, 0.1, 10),
-                             rng.normal(-4, 1, 300), rng.normal(-3, 0.5, 15), rng.normal(-4, 1, 300)])
+                             rng.normal(-4, 1, 300), rng.normal(-3, 0.5, 15), rng.normal(-4, 1, 300),
+                             rng.normal(-4, 1, 300)])
     data = _data(users, y)
     data.uncorrected = np.zeros(len(y), dtype=bool)
     data.uncorrected[200:400] = True  # ann's uncorrected spam verdicts count: spam she received
@@ -329,7 +330,8 @@ def test_ham_cutoffs_let_through_the_target_share_of_each_users_spam() -> None:
     ann = expected(slice(0, 400))
     assert 0.85 < ann < 0.95  # about 4 - 1.645 in log-odds, a little toward the shared quantile
     assert cutoffs["ann"].ham == pytest.approx(ann, abs=1e-6)
-    assert cutoffs["ann"].source.endswith("; ham: 5% of spam below")  # and not held under the spam cutoff
+    # ... and not held under the spam cutoff
+    assert cutoffs["ann"].source.endswith("; ham: 5% of spam below on 400 spam, shrunk 20% to shared")
     assert (np.array([sigmoid(s) for s in scores[:400]]) <= cutoffs["ann"].ham).mean() < 0.08
     # bob has 10 spam: his own quantile (6) is shrunk 91 % toward the shared one.
     assert cutoffs["bob"].ham == pytest.approx(expected(slice(700, 710)), abs=1e-6)
@@ -337,6 +339,9 @@ def test_ham_cutoffs_let_through_the_target_share_of_each_users_spam() -> None:
     # cat: 15 spam scored low, shrunk 87 % toward the shared quantile.
     assert cutoffs["cat"].ham == pytest.approx(expected(slice(1010, 1025)), abs=1e-6)
     assert cutoffs["cat"].ham < cutoffs["ann"].ham
+    # dan has no spam of his own: the shared quantile, and the source says so.
+    assert cutoffs["dan"].ham == pytest.approx(sigmoid(z_shared), abs=1e-6)
+    assert cutoffs["dan"].source.endswith("; ham: 5% of spam below, shared (no spam)")
 
     # Spam cutoffs lower (floor from 0.95 toward 0.8): ann's 5 % quantile would leave less than one unit
     # of log-odds of unsure band; the ham cutoff is held there, odds(spam cutoff) / e, above 0.5.
@@ -345,7 +350,7 @@ def test_ham_cutoffs_let_through_the_target_share_of_each_users_spam() -> None:
     assert ann > mid["ann"].spam / (mid["ann"].spam + (1 - mid["ann"].spam) * np.e)  # the cap binds
     assert mid["ann"].ham == pytest.approx(spam_odds / np.e / (1 + spam_odds / np.e), abs=1e-6)
     assert 0.5 < mid["ann"].ham < mid["ann"].spam
-    assert mid["ann"].source.endswith("; ham: 5% of spam below, held 1 log-odds under spam")
+    assert mid["ann"].source.endswith("on 400 spam, shrunk 20% to shared, held 1 log-odds under spam")
     # Default spam cutoffs (floor from 0.90 toward 0.5): one log-odds under them is below 0.5, so the
     # global ham cutoff, and the source says nothing of the spam quantile.
     low_spam, _ = choose_cutoffs(data, scores, replace(high, spam_cutoff=0.9, min_spam_cutoff=0.5))

@@ -510,11 +510,11 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
         z_ham_shared = float(np.quantile(oof_scores[spam], spam_share, method="lower"))
     pct = f"{100 * target:g}%"
 
-    def cutoff(z: float, z_ham: float, source: str) -> Cutoff:
+    def cutoff(z: float, z_ham: float, source: str, ham_sample: str = "") -> Cutoff:
         spam_p = round(_sigmoid(z), 6)
         if z_ham <= z_ham_global:
             return Cutoff(spam_p, ham_for(spam_p, settings), source)
-        ham_source = f"{source}; ham: {100 * spam_share:g}% of spam below"
+        ham_source = f"{source}; ham: {100 * spam_share:g}% of spam below{ham_sample}"
         if z_ham > z - MIN_UNSURE_LOG_ODDS:
             z_ham = z - MIN_UNSURE_LOG_ODDS
             ham_source += f", held {MIN_UNSURE_LOG_ODDS:g} log-odds under spam"
@@ -527,18 +527,21 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
     out: dict[str, Cutoff] = {}
     for user in np.unique(data.users):
         of_user = data.users == user
-        z_ham = z_ham_global
+        z_ham, ham_sample = z_ham_global, ""
         if spam_share > 0:
-            z_ham = _shrunk_quantile(oof_scores, spam & of_user, spam_share, k, "lower", z_ham_shared)[0]
+            z_ham, n_spam, w_spam = _shrunk_quantile(oof_scores, spam & of_user, spam_share, k, "lower",
+                                                     z_ham_shared)
+            ham_sample = (f" on {n_spam} spam, shrunk {100 * (1 - w_spam):.0f}% to shared" if n_spam
+                          else ", shared (no spam)")
         z, n_ham, w = _shrunk_quantile(oof_scores, ham & of_user, 1.0 - target, k, "higher", z_shared)
         if n_ham == 0:
-            out[str(user)] = cutoff(max(z_shared, z_global), z_ham, "shared (no ham)")
+            out[str(user)] = cutoff(max(z_shared, z_global), z_ham, "shared (no ham)", ham_sample)
             continue
         floor = w * z_min + (1 - w) * z_global
         source = f"target {pct} ham FPR on {n_ham} ham, shrunk {100 * (1 - w):.0f}% to shared"
         if z < floor:
             z, source = floor, source + f", raised to the floor {_sigmoid(floor):.4f}"
-        out[str(user)] = cutoff(z, z_ham, source)
+        out[str(user)] = cutoff(z, z_ham, source, ham_sample)
     return out, shared
 
 
