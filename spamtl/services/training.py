@@ -512,15 +512,13 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
 
     def cutoff(z: float, z_ham: float, source: str, ham_sample: str = "") -> Cutoff:
         spam_p = round(_sigmoid(z), 6)
+        held = z_ham > z - MIN_UNSURE_LOG_ODDS
+        z_ham = min(z_ham, z - MIN_UNSURE_LOG_ODDS)
         if z_ham <= z_ham_global:
             return Cutoff(spam_p, ham_for(spam_p, settings), source)
-        ham_source = f"{source}; ham: {100 * spam_share:g}% of spam below{ham_sample}"
-        if z_ham > z - MIN_UNSURE_LOG_ODDS:
-            z_ham = z - MIN_UNSURE_LOG_ODDS
-            ham_source += f", held {MIN_UNSURE_LOG_ODDS:g} log-odds under spam"
-        if z_ham <= z_ham_global:
-            return Cutoff(spam_p, ham_for(spam_p, settings), source)
-        return Cutoff(spam_p, round(_sigmoid(z_ham), 6), ham_source)
+        held_note = f", held {MIN_UNSURE_LOG_ODDS:g} log-odds under spam" if held else ""
+        return Cutoff(spam_p, round(_sigmoid(z_ham), 6),
+                      f"{source}; ham: {100 * spam_share:g}% of spam below{ham_sample}{held_note}")
 
     shared = cutoff(max(z_shared, z_global), z_ham_shared,
                     f"shared: target {pct} ham FPR on {int(ham.sum())} ham of all users")
