@@ -308,8 +308,11 @@ def test_cli_feedback_is_seen_within_a_second(daemon: Daemon, store: dict[str, o
             break
         time.sleep(0.05)
     assert seen[-1] > before, seen
-    assert all(float(status(daemon.request("PROCESS", probe, user="carol"))["probability"]) == seen[-1]
-               for _ in range(8))  # every worker
+    # One worker has seen it; the other refreshes at most 0.25 s (serve_refresh_interval) after its last check,
+    # which may have fallen just before the feedback committed. Past that, every worker answers the new score.
+    time.sleep(0.3)
+    after = [float(status(daemon.request("PROCESS", probe, user="carol"))["probability"]) for _ in range(8)]
+    assert set(after) == {seen[-1]}, after  # every worker
 
 
 def test_models_activate_is_seen_without_restart(daemon: Daemon, store: dict[str, object]) -> None:
