@@ -218,6 +218,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             s = s * sw
 
         layout = TaskLayout.build(X, tidx, T, task_group, G)
+        del X  # the layout holds the data now (its own key indices, the same values)
         objective = MultiTaskLogisticLoss(layout, y_pm, s, tidx, task_group, alpha=float(self.alpha),
                                           mu=float(self.mu), mu_group=float(self.mu_group))
         theta0 = self._initial_theta(objective, layout, task_labels, group_labels, y_pm, s)

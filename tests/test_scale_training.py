@@ -160,11 +160,13 @@ def test_nightly_train_reports_the_sampled_search(engine, tmp_path) -> None:  # 
     assert result.metrics["cross_fitted_messages"] == result.messages
 
 
-@pytest.mark.parametrize(("history_bytes", "slower"), [(2e9, 3), (1.0, 4)], ids=["float64-history", "float32-3-pairs"])
+@pytest.mark.parametrize(("history_bytes", "slower"), [(2e9, 2), (1.0, 3)], ids=["float64-history", "float32-3-pairs"])
 def test_large_problem_solver_reaches_the_scipy_optimum(monkeypatch: pytest.MonkeyPatch, history_bytes: float,
                                                         slower: int) -> None:
     """Catches: a wrong two-loop recursion or line search in the numpy L-BFGS (used above LARGE_PROBLEM
-    parameters): it must stop where SciPy's L-BFGS-B does, on the mathematics' optimum."""
+    parameters): it must stop where SciPy's L-BFGS-B does, on the mathematics' optimum, in about as many
+    iterations (50 and 100 against SciPy's 47; a backtracking search without the curvature condition took
+    171 with three float32 pairs)."""
     X, y, tasks, groups = make_problem(n_per_task=40)
     params = dict(alpha=0.3, mu=2.0, tol=1e-8, max_iter=5000)
     reference = MultiTaskLogisticRegression(**params).fit(X, y, tasks=tasks, groups=groups)
@@ -179,6 +181,25 @@ def test_large_problem_solver_reaches_the_scipy_optimum(monkeypatch: pytest.Monk
     np.testing.assert_allclose(large.decision_function(X, tasks=tasks), reference.decision_function(X, tasks=tasks),
                                atol=1e-5)
     np.testing.assert_allclose(large.coef_shared_, reference.coef_shared_, atol=1e-5)
+
+
+def test_numpy_line_search_meets_both_wolfe_conditions() -> None:
+    """Catches: a line search that stops at sufficient decrease (plain backtracking), which on a flat
+    direction accepts a step far too short to say anything about the curvature."""
+    c = 0.01  # f(x) = c x^2 / 2 from x = 1: the first step of 1 is 10x too short
+    fun = lambda x: (0.5 * c * float(x @ x), c * x)  # noqa: E731
+    x = np.ones(1)
+    f, g = fun(x)
+    d = -g
+    slope = float(g @ d)
+    x_new, f_new, g_new = objective._wolfe_step(fun, x, f, slope, d, 1.0)
+    step = float((x_new - x)[0] / d[0])
+    assert f_new <= f + 1e-4 * step * slope  # sufficient decrease
+    assert float(g_new @ d) >= 0.9 * slope  # curvature: step >= 10
+    assert 10 <= step <= 190  # and not past the far end of the Armijo interval (step < 2 / c)
+    # A step that overshoots is cut back into the interval.
+    x_new, f_new, _ = objective._wolfe_step(fun, x, f, slope, d, 1000.0)
+    assert f_new <= f + 1e-4 * float((x_new - x)[0] / d[0]) * slope
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
