@@ -30,6 +30,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -196,6 +197,8 @@ def main() -> None:
                         help="spamtl systems to replay (mtl, pooled, per_user; default mtl)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "replay.json")
     args = parser.parse_args()
+    # SIGTERM as an exception: subprocess.run then kills the `spamtl evaluate` child instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     systems = args.system or ["mtl"]
     if shutil.which("bogofilter") is None:
         raise SystemExit("bogofilter is not installed (Debian: apt-get install -y bogofilter)")

@@ -5,7 +5,9 @@ Each test names the defect it exists to catch (they were planted and seen to fai
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ from spamtl.services.training import (
     train,
 )
 
-from .test_learning import NEXT_NIGHT, _build
+from .test_learning import NEXT_NIGHT, NOW, _build
 from .test_model import make_problem
 
 
@@ -154,10 +156,41 @@ def test_choose_and_fit_beyond_the_sample_size_cross_fits_everyone() -> None:
 
 def test_nightly_train_reports_the_sampled_search(engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Catches: the sampled path not reached from `train`, or its out-of-fold scores missing for the gate."""
-    settings = _build(engine, tmp_path, mu_search_users=2, mus=(10.0, 1.0))
+    settings = _build(engine, tmp_path, mu_search_users=2, mu_search_days=0, mus=(10.0, 1.0))
     result = train(engine, settings, now=NEXT_NIGHT)
     assert result.metrics["search_users"] == 2
     assert result.metrics["cross_fitted_messages"] == result.messages
+
+
+def test_a_large_store_searches_mu_weekly_and_cross_fits_the_reused_setting(engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Catches: the search skipped on the wrong nights (age compared the wrong way, the date of the last
+    search not carried over from a night that reused it), or a reused setting left without out-of-fold
+    scores for the gate and the cutoffs."""
+    settings = _build(engine, tmp_path, mu_search_users=2, mus=(10.0, 1.0))  # v1, searched at NOW
+    first = train(engine, settings, now=NOW + timedelta(hours=1))  # v2: a second run the same night
+    assert first.metrics["search"] == [] and first.metrics["search_reused_from"] == 1
+    second = train(engine, settings, now=NEXT_NIGHT)
+    assert second.metrics["search"] == [] and second.metrics["search_reused_from"] == 2
+    assert second.metrics["searched_at"] == NOW.isoformat() and second.metrics["search_users"] == 0
+    assert second.metrics["cross_fitted_messages"] == second.messages and second.promoted
+    assert (second.metrics["alpha"], second.metrics["mu"]) == (first.metrics["alpha"], first.metrics["mu"])
+    # A week after the search that chose it (not after the last night that reused it): searched again.
+    week = train(engine, settings, now=NOW + timedelta(days=7, hours=12))
+    assert week.metrics["search"] and week.metrics["search_reused_from"] is None
+    assert week.metrics["searched_at"] == (NOW + timedelta(days=7, hours=12)).isoformat()
+
+
+@pytest.mark.parametrize("change", ["mu_search_days=0", "grid without the chosen mu", "small store"])
+def test_mu_is_searched_every_night_where_reuse_does_not_apply(engine, tmp_path, change: str) -> None:  # type: ignore[no-untyped-def]
+    """Catches: reuse where the admin turned it off, where the grid no longer holds the chosen setting, or
+    below mu_search_users users (where the search runs on everyone and costs what a fit costs)."""
+    settings = _build(engine, tmp_path, mu_search_users=2, mus=(10.0, 1.0))
+    chosen = train(engine, settings, now=NOW + timedelta(hours=1)).metrics["mu"]
+    tweaks = {"mu_search_days=0": {"mu_search_days": 0},
+              "grid without the chosen mu": {"mus": tuple(m for m in (10.0, 3.0, 1.0) if m != chosen)},
+              "small store": {"mu_search_users": 0}}[change]
+    night = train(engine, dataclasses.replace(settings, **tweaks), now=NEXT_NIGHT)
+    assert night.metrics["search"] and night.metrics["search_reused_from"] is None
 
 
 @pytest.mark.parametrize(("history_bytes", "slower"), [(2e9, 2), (1.0, 3)], ids=["float64-history", "float32-3-pairs"])
@@ -205,6 +238,7 @@ def test_numpy_line_search_meets_both_wolfe_conditions() -> None:
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("mu_search_users", -1, "mu_search_users must be >= 0 (0: search on all users)"),
     ("train_workers", 0, "train_workers must be at least 1"),
+    ("mu_search_days", -1, "mu_search_days must be >= 0 (0: search every night)"),
 ])
 def test_scale_settings_are_checked(field: str, value: int, message: str) -> None:
     with pytest.raises(ValueError) as excinfo:

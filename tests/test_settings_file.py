@@ -102,6 +102,7 @@ raw_retention_days = 7
 classification_retention_days = 30
 keep_promoted_versions = 2
 mu_search_users = 50
+mu_search_days = 3
 train_workers = 1
 [features]
 n_features = 1024

@@ -120,6 +120,12 @@ def load_user_slice(*, session: Session, user: str, group: str | None,
     return v, weights
 
 
+def version_info(engine: Engine, version: int) -> VersionInfo:
+    """What ``spamtl models`` says about one version (no weights)."""
+    with translate_errors(), Session(engine) as session:
+        return _info(_version(session, version))
+
+
 def list_versions(engine: Engine) -> list[VersionInfo]:
     check_schema(engine)
     with translate_errors(), Session(engine) as session:

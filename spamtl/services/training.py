@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -41,12 +41,12 @@ from spamtl.metrics import macro_auc_error
 from spamtl.parallel import Inherited, SerialExecutor, release, share, training_executor
 from spamtl.services.cutoffs import ham_for
 from spamtl.services.dataset import TrainingData, load_training_data
-from spamtl.services.models import load_weights, save_weights
+from spamtl.services.models import load_weights, save_weights, version_info
 from spamtl.store import learning
 from spamtl.store.db import check_schema, translate_errors
 
 __all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "Cutoff", "train", "load_labels",
-           "prepare_features", "cross_fit_folds", "choose_mu", "search_sample", "one_se_for_all_users", "cross_fit_and_fit",
+           "prepare_features", "cross_fit_folds", "choose_mu", "search_sample", "reused_choice", "one_se_for_all_users", "cross_fit_and_fit",
            "choose_and_fit",
            "fit_candidate", "load_active", "active_scores",
            "gate", "choose_cutoffs", "save_version", "holdout_split", "fit_model", "min_df_mask",
@@ -166,6 +166,8 @@ class Choice:
     table: list[Any]
     oof_scores: np.ndarray  # log-odds per row, NaN where no fold scored it
     searched_users: int | None = None  # the grid was cross-fitted on this many sampled users (None: all)
+    reused_from: int | None = None  # no search tonight: this active version's alpha and mu (reused_choice)
+    searched_at: str | None = None  # when the reused setting was searched (ISO); None: searched tonight
 
 
 def base_params(settings: Settings) -> dict[str, Any]:
@@ -234,6 +236,32 @@ def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, n
     return Choice({**base, "alpha": pick["alpha"], "mu": pick["mu"]}, table, search.oof_scores, searched)
 
 
+def reused_choice(data: TrainingData, settings: Settings, active: ActiveModel, now: datetime) -> Choice | None:
+    """The active model's alpha and mu instead of tonight's search, or None to search.
+
+    Only where the search is the sampled one (more than ``mu_search_users`` users: a fixed cost for a
+    choice that moves slowly with a large store), at most ``mu_search_days`` after the search that chose
+    them (carried in each version's metrics as ``searched_at``), and only while they are still in the grid
+    and the active model is on tonight's features.  The setting is still cross-fitted on every row, so
+    the gate and the cutoffs are what they would be after a search that chose it.
+    """
+    limit, days = settings.mu_search_users, settings.mu_search_days
+    if days <= 0 or limit <= 0 or data.n_users <= limit or active.estimator is None or active.version is None:
+        return None
+    searched_at = active.metrics.get("searched_at")
+    alpha, mu = float(active.estimator.alpha), float(active.estimator.mu)
+    if not isinstance(searched_at, str) or alpha not in settings.alphas or mu not in settings.mus:
+        return None
+    try:
+        age = now - datetime.fromisoformat(searched_at)
+    except ValueError:
+        return None
+    if not timedelta(0) <= age < timedelta(days=days):  # a clock set back searches too
+        return None
+    return Choice({**base_params(settings), "alpha": alpha, "mu": mu}, [], np.full(len(data.y), np.nan),
+                  reused_from=active.version, searched_at=searched_at)
+
+
 def one_se_for_all_users(table: list[dict[str, float]], searched: int, users: int) -> tuple[list[dict[str, float]],
                                                                                              dict[str, float]]:
     """The one-SE rule on a search over ``searched`` of ``users`` users, with each row's standard error
@@ -288,21 +316,23 @@ def fit_candidate(data: TrainingData, y: np.ndarray, params: dict[str, Any], war
 
 
 def choose_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                   settings: Settings, warm: Any = None, say: Callable[[str], None] | None = None) -> tuple[Choice,
-                                                                                                          Any]:
+                   settings: Settings, warm: Any = None, say: Callable[[str], None] | None = None,
+                   reuse: Choice | None = None) -> tuple[Choice, Any]:
     """Steps 3 and 4: the chosen setting (with every row's out-of-fold score) and the candidate.
 
     Up to ``mu_search_users`` users: the grid search on all rows, then the
     final fit (as the first release did).  Beyond: the grid on a sample of
-    users, then the chosen setting's K fold fits on all rows side by side
-    with the final fit (:func:`cross_fit_and_fit`): K + 1 fits on all rows
-    instead of K x grid + 1.
+    users (or ``reuse``, the active model's setting: :func:`reused_choice`),
+    then the chosen setting's K fold fits on all rows side by side with the
+    final fit (:func:`cross_fit_and_fit`): K + 1 fits on all rows instead of
+    K x grid + 1.
     """
-    choice = choose_mu(data, y, folds, settings)
+    choice = reuse if reuse is not None else choose_mu(data, y, folds, settings)
     if say is not None:
-        say(f"fitting on all {len(y)} labels (alpha={choice.params['alpha']:g}, mu={choice.params['mu']:g})"
-            + ("" if choice.searched_users is None else ", cross-fitting it for every user"))
-    if choice.searched_users is None:
+        say(f"fitting on all {len(y)} labels (alpha={choice.params['alpha']:g}, mu={choice.params['mu']:g}"
+            + ("" if reuse is None else f", as searched for v{reuse.reused_from}") + ")"
+            + ("" if choice.searched_users is None and reuse is None else ", cross-fitting it for every user"))
+    if choice.searched_users is None and reuse is None:
         return choice, fit_candidate(data, y, choice.params, warm=warm)
     with training_executor(settings.train_workers) as pool:
         choice.oof_scores, candidate = cross_fit_and_fit(data, y, folds, choice.params, warm=warm, executor=pool)
@@ -317,6 +347,7 @@ class ActiveModel:
     version: int | None
     same_features: bool
     estimator: Any = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # what training recorded for it
 
 
 def load_active(engine: Engine, settings: Settings) -> ActiveModel:
@@ -328,7 +359,8 @@ def load_active(engine: Engine, settings: Settings) -> ActiveModel:
         return ActiveModel(version, False)
     from spamtl.model import MultiTaskLogisticRegression
 
-    return ActiveModel(version, True, MultiTaskLogisticRegression.from_weights(weights))
+    return ActiveModel(version, True, MultiTaskLogisticRegression.from_weights(weights),
+                       version_info(engine, version).metrics)
 
 
 def active_scores(engine: Engine, active: ActiveModel, data: TrainingData) -> np.ndarray:
@@ -604,8 +636,10 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
     active = load_active(engine, settings)
 
     folds = cross_fit_folds(data, settings.cv_folds, settings.seed)
-    say(f"choosing mu ({len(folds)}-fold cross-fitting)")
-    choice, candidate = choose_and_fit(data, y_fit, folds, settings, warm=active.estimator, say=say)
+    reuse = reused_choice(data, settings, active, now)
+    if reuse is None:
+        say(f"choosing mu ({len(folds)}-fold cross-fitting)")
+    choice, candidate = choose_and_fit(data, y_fit, folds, settings, warm=active.estimator, say=say, reuse=reuse)
 
     say("comparing with the active model")
     decision = gate(data, choice.oof_scores, active_scores(engine, active, data), active, settings)
@@ -614,7 +648,9 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
     metrics: dict[str, Any] = {"train_messages": int(len(data.y)),
                                "uncorrected_verdicts": int((~data.learned).sum()), "alpha": choice.params["alpha"],
                                "mu": choice.params["mu"], "search": choice.table,
-                               "search_users": choice.searched_users or data.n_users, **decision.metrics,
+                               "search_users": 0 if reuse is not None else choice.searched_users or data.n_users,
+                               "searched_at": choice.searched_at or now.isoformat(),
+                               "search_reused_from": choice.reused_from, **decision.metrics,
                                "shared_cutoff": None if shared is None else shared.__dict__,
                                "cutoffs": {u: c.__dict__ for u, c in sorted(cutoffs.items())}}
     say("saving")
