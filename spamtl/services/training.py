@@ -46,9 +46,9 @@ from spamtl.store import learning
 from spamtl.store.db import check_schema, translate_errors
 
 __all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "Cutoff", "train", "load_labels",
-           "prepare_features", "cross_fit_folds", "choose_mu", "search_sample", "reused_choice", "one_se_for_all_users", "cross_fit_and_fit",
-           "choose_and_fit",
-           "fit_candidate", "load_active", "active_scores",
+           "prepare_features", "cross_fit_folds", "choose_mu", "search_sample", "reused_choice",
+           "one_se_for_all_users", "cross_fit_and_fit", "choose_and_fit", "fit_candidate", "load_active",
+           "active_scores",
            "gate", "choose_cutoffs", "save_version", "holdout_split", "fit_model", "min_df_mask",
            "choose_params", "base_params", "EXIT_REFUSED"]
 
@@ -328,11 +328,13 @@ def choose_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarr
     K x grid + 1.
     """
     choice = reuse if reuse is not None else choose_mu(data, y, folds, settings)
+    # The search scored every row only if it ran on every user; otherwise the folds are fitted here.
+    scored = choice.searched_users is None and choice.reused_from is None
     if say is not None:
         say(f"fitting on all {len(y)} labels (alpha={choice.params['alpha']:g}, mu={choice.params['mu']:g}"
-            + ("" if reuse is None else f", as searched for v{reuse.reused_from}") + ")"
-            + ("" if choice.searched_users is None and reuse is None else ", cross-fitting it for every user"))
-    if choice.searched_users is None and reuse is None:
+            + ("" if choice.reused_from is None else f", as searched for v{choice.reused_from}") + ")"
+            + ("" if scored else ", cross-fitting it for every user"))
+    if scored:
         return choice, fit_candidate(data, y, choice.params, warm=warm)
     with training_executor(settings.train_workers) as pool:
         choice.oof_scores, candidate = cross_fit_and_fit(data, y, folds, choice.params, warm=warm, executor=pool)
@@ -648,7 +650,8 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
     metrics: dict[str, Any] = {"train_messages": int(len(data.y)),
                                "uncorrected_verdicts": int((~data.learned).sum()), "alpha": choice.params["alpha"],
                                "mu": choice.params["mu"], "search": choice.table,
-                               "search_users": 0 if reuse is not None else choice.searched_users or data.n_users,
+                               "search_users": 0 if choice.reused_from is not None
+                               else choice.searched_users or data.n_users,
                                "searched_at": choice.searched_at or now.isoformat(),
                                "search_reused_from": choice.reused_from, **decision.metrics,
                                "shared_cutoff": None if shared is None else shared.__dict__,
