@@ -14,6 +14,16 @@ workers inherited at fork time (copy-on-write memory, no copy).  Serial and
 distributed executors never pickle the handle's key for another process
 they did not fork, so :func:`resolve` accepts either the handle or the
 object itself.
+
+Forking is only safe while no other thread runs: a thread that holds a lock
+at the moment of the fork (a module being imported, a BLAS call, a database
+driver's mutex) leaves that lock held for ever in the child, and the worker
+blocks on it the first time it needs it (a train run from a thread while
+another thread recorded feedback did exactly that, and never returned).  So
+:func:`training_executor` and :func:`fork_pool_is_safe` fall back to
+in-process work whenever another thread is alive, except threads spamtl
+starts itself and marks with :func:`mark_fork_safe` (the training lock's
+heartbeat, which holds nothing a worker needs).
 """
 
 from __future__ import annotations
@@ -21,11 +31,13 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
-__all__ = ["SerialExecutor", "Inherited", "inherit", "release", "share", "resolve", "training_executor"]
+__all__ = ["SerialExecutor", "Inherited", "inherit", "release", "share", "resolve", "training_executor",
+           "fork_pool_is_safe", "mark_fork_safe"]
 
 _REGISTRY: dict[int, Any] = {}
 _KEYS = itertools.count()
@@ -97,15 +109,34 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+_FORK_SAFE_ATTR = "_spamtl_fork_safe"
+
+
+def mark_fork_safe(thread: threading.Thread) -> threading.Thread:
+    """Declare that ``thread`` never holds a lock a forked worker could need (see the module docstring)."""
+    setattr(thread, _FORK_SAFE_ATTR, True)
+    return thread
+
+
+def fork_pool_is_safe() -> bool:
+    """Whether this process may fork workers now: fork is available and every other live thread is
+    one spamtl marked fork-safe."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    me = threading.current_thread()
+    return all(t is me or getattr(t, _FORK_SAFE_ATTR, False) for t in threading.enumerate())
+
+
 def training_executor(workers: int) -> Executor:
-    """Worker processes forked on first use (``workers`` <= 1 or no fork: run in this process).
+    """Worker processes forked on first use (``workers`` <= 1, no fork, or other threads running: run in
+    this process, see :func:`fork_pool_is_safe`).
 
     Fork, not spawn: the workers start with the trainer's arrays mapped (see :func:`inherit`), and
     register nothing themselves.  They die with the trainer (a 3,000-user train killed by the OOM
     killer left its two fold workers blocked for ever).
     """
     workers = min(workers, os.cpu_count() or 1)
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    if workers <= 1 or not fork_pool_is_safe():
         return SerialExecutor()
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
                                initializer=_die_with_parent)

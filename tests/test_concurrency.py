@@ -65,11 +65,12 @@ def _race(jobs: list[Callable[[Engine], object]], url: str, table: str) -> list[
         except BaseException as exc:  # noqa: BLE001 - collected and asserted on
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(job, eng)) for job, eng in zip(jobs, engines)]
+    threads = [threading.Thread(target=run, args=(job, eng), daemon=True) for job, eng in zip(jobs, engines)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    errors += [TimeoutError(f"racer {i} still running after 120 s") for i, t in enumerate(threads) if t.is_alive()]
     for eng in engines:
         eng.dispose()
     return errors
@@ -129,12 +130,13 @@ def _race_classify(settings: Settings, jobs: list[tuple[str, bytes]], table: str
         finally:
             reader.store.close()
 
-    threads = [threading.Thread(target=job, args=pair) for pair in jobs]
+    threads = [threading.Thread(target=job, args=pair, daemon=True) for pair in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
-    return errors
+    return errors + [TimeoutError(f"classifier {i} still running after 120 s")
+                     for i, t in enumerate(threads) if t.is_alive()]
 
 
 def test_same_new_message_classified_for_many_users_at_once(trained: str) -> None:
@@ -247,6 +249,19 @@ def test_stale_train_lock_is_taken_over(trained: str, holder: str) -> None:
     result = CliRunner().invoke(app, ["train", "--db", trained, "--format", "json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert count_rows(trained, "locks") == 0  # released after the run
+
+
+def test_the_train_locks_heartbeat_leaves_worker_processes_allowed(db_url: str) -> None:
+    """Catches: the heartbeat thread every train runs beside turning its folds serial (training refuses
+    to fork while a thread it does not know runs; spamtl.parallel)."""
+    from spamtl.parallel import fork_pool_is_safe
+    from spamtl.services.lock import hold
+
+    engine = make_engine(db_url)
+    with hold(engine, "train", heartbeat=0.01):
+        assert [t.name for t in threading.enumerate()].count("spamtl-lock-train") == 1
+        assert fork_pool_is_safe()
+    engine.dispose()
 
 
 def test_lock_is_exclusive_between_racers(db_url: str) -> None:

@@ -115,10 +115,42 @@ def test_folds_on_worker_processes_give_the_serial_results() -> None:
     kwargs = dict(alphas=(1.0,), mus=(10.0, 1.0), n_splits=3, random_state=0)
     serial = select_hyperparameters(X, y, tasks, groups, **kwargs)
     with training_executor(2) as pool:
+        assert not isinstance(pool, SerialExecutor)  # no other thread alive in this test
         parallel = select_hyperparameters(X, y, tasks, groups, executor=pool, **kwargs)
     assert (parallel.alpha, parallel.mu) == (serial.alpha, serial.mu)
     np.testing.assert_allclose(parallel.oof_scores, serial.oof_scores, rtol=1e-9, atol=1e-12)
     assert [r["score"] for r in parallel.table] == pytest.approx([r["score"] for r in serial.table], rel=1e-9)
+
+
+def test_no_fork_pool_while_another_thread_runs() -> None:
+    """Catches: forking fold workers while another thread runs (a train called from a thread while another
+    thread recorded feedback: the worker inherited a lock held by the other thread and the train never
+    returned), or the training lock's own heartbeat thread turning every nightly train serial."""
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    from spamtl.parallel import fork_pool_is_safe, mark_fork_safe
+
+    assert fork_pool_is_safe()
+    release_it = threading.Event()
+    other = threading.Thread(target=release_it.wait, daemon=True)
+    other.start()
+    try:
+        assert not fork_pool_is_safe()
+        assert isinstance(training_executor(2), SerialExecutor)
+    finally:
+        release_it.set()
+        other.join()
+    heartbeat_stop = threading.Event()
+    heartbeat = mark_fork_safe(threading.Thread(target=heartbeat_stop.wait, daemon=True))
+    heartbeat.start()
+    try:
+        with training_executor(2) as pool:
+            assert isinstance(pool, ProcessPoolExecutor)
+            assert pool.submit(sum, [1, 2]).result(timeout=60) == 3
+    finally:
+        heartbeat_stop.set()
+        heartbeat.join()
 
 
 def test_cross_fit_and_fit_gives_every_row_a_score_and_the_candidate_on_all_rows() -> None:

@@ -2,12 +2,14 @@
 
 Feature rows are computed once per message and feature configuration and
 kept in ``message_features``; raw mail is read and featurised in chunks (with
-worker processes when there is much to do), so memory is bounded by the
+worker processes when there is much to do and no other thread runs, see
+:func:`spamtl.parallel.fork_pool_is_safe`), so memory is bounded by the
 features, not by the raw corpus.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from spamtl.features import FeatureConfig, FeatureRow, featurize, rows_to_csr
 from spamtl.mail import parse_message
+from spamtl.parallel import fork_pool_is_safe
 from spamtl.store import learning, queries
 from spamtl.store.db import translate_errors
 
@@ -83,7 +86,9 @@ def feature_rows(engine: Engine, message_pks: Sequence[int], config: FeatureConf
         progress(len(cached))
     missing = [p for p in wanted if p not in cached]
     workers = min(os.cpu_count() or 1, 4)
-    pool = ProcessPoolExecutor(max_workers=workers) if len(missing) >= _PARALLEL_MIN and workers > 1 else None
+    parallel = len(missing) >= _PARALLEL_MIN and workers > 1 and fork_pool_is_safe()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) \
+        if parallel else None
     try:
         pending = []
         for chunk in _chunks(missing, _CHUNK):

@@ -33,6 +33,7 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
 from spamtl.errors import SpamtlError
+from spamtl.parallel import mark_fork_safe
 from spamtl.store import queries
 from spamtl.store.db import translate_errors
 from spamtl.store.schema import Lock
@@ -136,8 +137,8 @@ def hold(engine: Engine, name: str, *, what: str | None = None, lease: float = L
     """Hold lock ``name`` for the duration of the block, refreshing its heartbeat meanwhile."""
     holder = acquire(engine, name, what=what, lease=lease)
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(engine, name, holder, stop, heartbeat), daemon=True,
-                            name=f"spamtl-lock-{name}")
+    beat = mark_fork_safe(threading.Thread(target=_heartbeat, args=(engine, name, holder, stop, heartbeat),
+                                           daemon=True, name=f"spamtl-lock-{name}"))
     beat.start()
     try:
         yield holder
