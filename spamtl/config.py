@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -167,6 +168,37 @@ class Settings:
             days = getattr(self, name)
             if days is not None and days < 0:
                 raise ValueError(f"{name} must be >= 0 or None (keep forever)")
+        self._check_training_and_serving()
+
+    def _check_training_and_serving(self) -> None:
+        """Values a night's training or the daemon would otherwise reject minutes later, or misuse silently."""
+        for name in ("alphas", "mus"):
+            grid = getattr(self, name)
+            if not grid or not all(isinstance(v, (int, float)) and 0.0 < v < math.inf for v in grid):
+                raise ValueError(f"{name} must be a non-empty list of positive numbers, got {list(grid)!r}")
+        if self.task_weighting not in ("sample", "task"):
+            raise ValueError(f"task_weighting must be 'sample' or 'task', got {self.task_weighting!r}")
+        if self.cv_folds < 2:
+            raise ValueError("cv_folds must be at least 2 (every label is scored by a model fitted without it)")
+        if not 0.0 < self.min_spam_cutoff < 1.0:
+            raise ValueError("min_spam_cutoff must be between 0 and 1 (exclusive)")
+        if not 0.0 < self.holdout_fraction < 1.0 or self.holdout_min < 1:
+            raise ValueError("holdout_fraction must be between 0 and 1 (exclusive) and holdout_min at least 1")
+        at_least = {"tol": (0.0, False), "max_iter": (1, True), "feedback_weight": (0.0, False),
+                    "feedback_max_doublings": (0, True), "cutoff_shrinkage": (0.0, True),
+                    "promote_tolerance": (0.0, True), "promote_margin_se": (0.0, True),
+                    "autolearn_after_hours": (0.0, True),
+                    "autolearn_days": (0.0, True), "chunk_size": (1, True), "max_message_bytes": (1, True),
+                    "serve_workers": (1, True), "serve_max_connections": (1, True),
+                    "serve_read_timeout": (0.0, False), "serve_refresh_interval": (0.0, True),
+                    "serve_log_interval": (0.0, True)}
+        for name, (low, inclusive) in at_least.items():
+            value = getattr(self, name)
+            if not (value >= low if inclusive else value > low) or value != value:
+                raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {low}, got {value!r}")
+        for user, (spam, ham) in self.user_cutoffs.items():
+            if not 0.0 <= ham <= spam <= 1.0:
+                raise ValueError(f"users.{user}: cutoffs must satisfy 0 <= ham_cutoff <= spam_cutoff <= 1")
 
     def autolearn_window(self, now: datetime) -> tuple[datetime, datetime] | None:
         """When the verdicts learned as labels were logged (None: autolearn is off)."""

@@ -294,6 +294,21 @@ def test_cutoffs_shrink_toward_shared_and_never_fall_below_the_floor() -> None:
     assert choose_cutoffs(_data(users, y), scores, Settings("sqlite://", target_ham_fpr=0.0)) == ({}, None)
 
 
+def test_a_raised_ham_cutoff_raises_the_floor_of_every_spam_cutoff() -> None:
+    """Catches: the floor taken from min_spam_cutoff alone, so an admin's ham_cutoff of 0.7 (above the
+    default min_spam_cutoff 0.5) let a user with much low-scored ham get a spam cutoff below it: mail both
+    'at or above the spam cutoff' and 'at or below the ham cutoff'."""
+    users = ["big"] * 1000 + ["spammy"] * 20
+    y = [0] * 1000 + [1] * 20
+    scores = np.concatenate([np.full(1000, -20.0), np.full(20, 5.0)])
+    settings = Settings("sqlite://", spam_cutoff=0.9, ham_cutoff=0.7, min_spam_cutoff=0.5, target_spam_as_ham=0.0)
+    cutoffs, _ = choose_cutoffs(_data(users, y), scores, settings)
+    w = 1000 / 1100  # the floor runs from the global 0.9 (no ham) to max(0.5, 0.7) with much ham
+    floor = float(1 / (1 + np.exp(-(w * _logit(0.7) + (1 - w) * _logit(0.9)))))
+    assert cutoffs["big"].spam == pytest.approx(floor, abs=1e-6)
+    assert all(c.spam > 0.7 and c.ham <= c.spam for c in cutoffs.values())
+
+
 def test_ham_cutoffs_let_through_the_target_share_of_each_users_spam() -> None:
     """Catches: the quantile taken from above (or of the ham), shrinkage missing or inverted, the floor at
     the global ham cutoff or the cap one log-odds under the spam cutoff missing, uncorrected spam verdicts

@@ -533,7 +533,7 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
     if target <= 0 or not ham.any():
         return {}, None
     k = settings.cutoff_shrinkage
-    z_min = _logit(settings.min_spam_cutoff)
+    z_min = _logit(max(settings.min_spam_cutoff, settings.ham_cutoff))  # spam never at or below the ham cutoff
     z_global = max(_logit(settings.spam_cutoff), z_min)
     z_shared = float(np.quantile(oof_scores[ham], 1.0 - target, method="higher"))
     spam = (data.y == 1) & scored
