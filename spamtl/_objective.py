@@ -574,7 +574,7 @@ def _wolfe_step(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.nda
     return best  # sufficient decrease without the curvature condition beats stopping
 
 
-def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray,
+def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray | Callable[[np.ndarray], np.ndarray],
                     offset_intercept: float, *, weight: float | np.ndarray, alpha: float, mu: float,
                     init_cols: np.ndarray | None = None, init_values: np.ndarray | None = None,
                     init_intercept: float = 0.0, tol: float = 1e-6,
@@ -591,7 +591,8 @@ def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray,
     y : ndarray, shape (m,)
         Labels in {-1, +1}.
     offset_weights : ndarray, shape (n_features,) or callable
-        w0 + u_g, dense, fixed.
+        w0 + u_g, fixed: dense, or a function of the task's columns (sorted int64) returning w0 + u_g on
+        them (what a caller refitting thousands of tasks passes instead of a dense copy per task).
     offset_intercept : float
         b0 + cg_g, fixed.
     weight : float or ndarray of shape (m,)
@@ -618,7 +619,8 @@ def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray,
         layout, y.astype(np.float64), np.broadcast_to(np.asarray(weight, np.float64), (m,)).copy(),
         np.zeros(m, np.int64),
         np.full(1, -1, np.int64), alpha=alpha, mu=mu, mu_group=1.0,
-        fixed_shared=np.asarray(offset_weights, np.float64)[layout.key_cols],
+        fixed_shared=(np.asarray(offset_weights(layout.key_cols), np.float64) if callable(offset_weights)
+                      else np.asarray(offset_weights, np.float64)[layout.key_cols]),
         fixed_intercept=np.full(m, float(offset_intercept)),
     )
     theta0 = np.zeros(objective.n_params)

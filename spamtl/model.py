@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from spamtl._objective import (
@@ -35,7 +35,7 @@ from spamtl.parallel import Inherited, SerialExecutor, release, resolve, share
 from spamtl.scoring import ModelWeights, SparsePart
 
 __all__ = ["ConvergenceWarning", "MultiTaskLogisticRegression", "HyperparameterSearch",
-           "select_hyperparameters", "fit_fold", "task_weights"]
+           "select_hyperparameters", "fit_fold", "task_weights", "score_refitted_tasks", "cross_fit_fold"]
 
 
 
@@ -571,7 +571,6 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     HyperparameterSearch
         The chosen (alpha, mu), its score, the best setting and the full table.
     """
-    from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
 
     X = sp.csr_matrix(check_array(X, accept_sparse="csr", dtype=np.float64))
@@ -648,7 +647,6 @@ def fit_fold(payload: Any, train: np.ndarray, test: np.ndarray, estimator: Multi
     search are independent, so :func:`select_hyperparameters` runs them on an executor.  Returns the
     positive class and the test rows' decision scores under each setting.
     """
-    from sklearn.base import clone
 
     X, y, tasks, garr = resolve(payload)
     est = clone(estimator).set_params(warm_start=True)  # never a fit another fold left behind (a leak)
@@ -664,6 +662,75 @@ def fit_fold(payload: Any, train: np.ndarray, test: np.ndarray, estimator: Multi
             est.fit(Xtr, ytr, tasks=ttr, groups=gtr)
         scores.append(est.decision_function(Xte, tasks=tte, groups=gte))
     return est.classes_[1], scores
+
+
+def cross_fit_fold(payload: Any, fit_rows: np.ndarray, train: np.ndarray, test: np.ndarray,
+                   estimator: MultiTaskLogisticRegression) -> np.ndarray:
+    """One cross-fitting fold for many users: ``estimator`` fitted on ``fit_rows`` (a sample of the users'
+    ``train`` rows), then every user's ``test`` rows scored by :func:`score_refitted_tasks` (their personal
+    part refitted on their own ``train`` rows).  ``payload`` as for :func:`fit_fold`; returns the scores of
+    ``test`` in order."""
+    X, y, tasks, garr = resolve(payload)
+    est = clone(estimator).set_params(warm_start=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X[fit_rows], y[fit_rows], tasks=tasks[fit_rows], groups=None if garr is None else garr[fit_rows])
+    return score_refitted_tasks(payload, est, train, test)
+
+
+def score_refitted_tasks(payload: Any, estimator: MultiTaskLogisticRegression, train: np.ndarray,
+                         test: np.ndarray) -> np.ndarray:
+    """Scores of the ``test`` rows, each task's personal part fitted on that task's ``train`` rows with
+    ``estimator``'s shared and group parts (and IDF) held fixed; ``estimator`` is not changed.
+
+    Given the shared parts, tasks are independent problems (:meth:`MultiTaskLogisticRegression.refit_task`
+    solves one), so a model fitted on some tasks scores any other task's held-out rows this way, task by
+    task: nightly training's cross-fitting beyond ``mu_search_users`` users (``spamtl.services.training``).
+    A task with no ``train`` rows is scored by the shared and group parts.  ``payload`` is ``(X, y, tasks,
+    groups)`` or a :mod:`spamtl.parallel` handle to it, as for :func:`fit_fold`.
+    """
+    X, y, tasks, garr = resolve(payload)
+    est = estimator
+    check_is_fitted(est, "coef_shared_")
+    alpha, mu = float(est.alpha), float(est.mu)
+    group_index = {g: i for i, g in enumerate(est.groups_)}
+    out = np.empty(len(test))
+    train_by_task = _rows_by_task(tasks, train)
+    test_by_task = _rows_by_task(tasks, test)
+    position = np.empty(len(tasks), dtype=np.int64)
+    position[test] = np.arange(len(test))
+    for task, te in test_by_task.items():
+        g = -1 if garr is None or garr[te[0]] is None else group_index.get(garr[te[0]], -1)
+        offset_b = est.intercept_shared_ + (est.intercept_groups_[g] if g >= 0 else 0.0)
+        group_row = est.coef_groups_[g] if g >= 0 else None
+        Xte = est._rows(X[te])
+        scores = Xte @ est.coef_shared_ + offset_b
+        if group_row is not None and group_row.nnz:
+            scores += (Xte @ group_row.T).toarray().ravel()
+        tr = train_by_task.get(task)
+        if tr is not None:
+            def offset(cols: np.ndarray, group_row: Any = group_row) -> np.ndarray:
+                value = est.coef_shared_[cols]
+                if group_row is not None and group_row.nnz:
+                    value = value + _lookup(group_row, np.zeros(len(cols), dtype=np.int64), cols)
+                return value
+
+            y_pm = np.where(y[tr] == est.classes_[1], 1.0, -1.0)
+            weight = float(task_weights(np.array([len(tr)]), est.task_weighting, est.weight_scale_)[0])
+            cols, values, intercept, _ = fit_single_task(est._rows(X[tr]), y_pm, offset, offset_b, weight=weight,
+                                                         alpha=alpha, mu=mu, tol=float(est.tol),
+                                                         max_iter=int(est.max_iter))
+            personal = sp.csr_matrix((values, cols, [0, len(cols)]), shape=(1, est.n_features_in_))
+            scores += (Xte @ personal.T).toarray().ravel() + intercept
+        out[position[te]] = scores
+    return out
+
+
+def _rows_by_task(tasks: np.ndarray, rows: np.ndarray) -> dict[Any, np.ndarray]:
+    """``rows`` split by task, each part in the order given."""
+    order = np.argsort(tasks[rows], kind="stable")
+    names, starts = np.unique(tasks[rows][order], return_index=True)
+    return {name: rows[part] for name, part in zip(names, np.split(order, starts[1:]))}
 
 
 def _macro_weights(tasks: np.ndarray) -> np.ndarray:

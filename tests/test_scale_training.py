@@ -153,25 +153,64 @@ def test_no_fork_pool_while_another_thread_runs() -> None:
         heartbeat.join()
 
 
-def test_cross_fit_and_fit_gives_every_row_a_score_and_the_candidate_on_all_rows() -> None:
-    """Catches: out-of-fold scores written to the wrong rows, a candidate fitted on a fold instead of all
-    rows, or the process pool changing either."""
+@pytest.mark.parametrize("sampled", [False, True], ids=["all-users", "sample"])
+def test_cross_fit_and_fit_gives_every_row_a_score_and_the_candidate_on_all_rows(sampled: bool) -> None:
+    """Catches: out-of-fold scores written to the wrong rows, a fold fitted on rows it then scores (or on
+    users outside the sample), a user's personal part not refitted on their own training rows, a candidate
+    fitted on a fold instead of all rows, or the process pool changing any of it.
+
+    The reference is built by hand: each fold's model fitted on the sampled users' training rows, then
+    each user's part fitted with ``refit_task`` (its own code path, a dense offset) on that user's training
+    rows of the fold, and the user's held-out rows scored by ``decision_function``."""
     data = _store_like(8, 1.0, per_user=30, d=200)
+    data.groups = np.array(["even" if int(u[1:]) % 2 == 0 else "odd" for u in data.users], dtype=object)
     folds = cross_fit_folds(data, 3, seed=0)
-    params = {"task_weighting": "sample", "tol": 1e-6, "max_iter": 500, "idf": True, "alpha": 0.01, "mu": 3.0}
-    oof, candidate = cross_fit_and_fit(data, data.y, folds, params, executor=SerialExecutor())
-    # Reference: each fold fitted by hand on its training rows and scored on its test rows.
+    params = {"task_weighting": "task" if sampled else "sample", "tol": 1e-8, "max_iter": 1000, "idf": True,
+              "alpha": 0.01, "mu": 3.0}
+    sample = np.isin(data.users, ["u000", "u003", "u005"]) if sampled else None
+    oof, candidate = cross_fit_and_fit(data, data.y, folds, params, sample, executor=SerialExecutor())
     expected = np.full(len(data.y), np.nan)
     for train_rows, test_rows in folds:
-        est = fit_candidate(data.subset(train_rows), data.y[train_rows], params)
-        expected[test_rows] = est.decision_function(data.X[test_rows], tasks=data.users[test_rows])
-    np.testing.assert_allclose(oof, expected, rtol=1e-9, atol=1e-9)
+        fit_rows = train_rows if sample is None else train_rows[sample[train_rows]]
+        est = fit_candidate(data.subset(fit_rows), data.y[fit_rows], params)
+        for user in np.unique(data.users):
+            mine = train_rows[data.users[train_rows] == user]
+            est.refit_task(data.X[mine], data.y[mine], task=user, group=data.groups[mine][0])
+            held = test_rows[data.users[test_rows] == user]
+            expected[held] = est.decision_function(data.X[held], tasks=data.users[held])
+    assert np.isfinite(oof).all()
+    np.testing.assert_allclose(oof, expected, rtol=1e-4, atol=1e-4)
     whole = fit_candidate(data, data.y, params)
     np.testing.assert_allclose(candidate.coef_shared_, whole.coef_shared_)
     with training_executor(2) as pool:
-        oof2, candidate2 = cross_fit_and_fit(data, data.y, folds, params, executor=pool)
+        oof2, candidate2 = cross_fit_and_fit(data, data.y, folds, params, sample, executor=pool)
     np.testing.assert_allclose(oof2, oof, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(candidate2.coef_shared_, candidate.coef_shared_)
+
+
+def test_refitting_each_users_part_given_the_shared_parts_reproduces_the_joint_fit() -> None:
+    """Catches: a per-user refit that is not the joint objective's personal problem (wrong weight, penalty,
+    offset or IDF): at the joint optimum each user's part is already optimal given the shared and group
+    parts, so refitting it on the same rows must give back the joint fit's scores.  A user with no training
+    rows is scored by the shared and group parts alone."""
+    from spamtl.model import score_refitted_tasks
+
+    data = _store_like(6, 1.0, per_user=30, d=120)
+    groups = np.array(["a" if u < "u003" else "b" for u in data.users], dtype=object)
+    for weighting in ("sample", "task"):
+        est = MultiTaskLogisticRegression(alpha=0.01, mu=3.0, tol=1e-10, max_iter=5000, idf=True,
+                                          task_weighting=weighting)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(data.X, data.y, tasks=data.users, groups=groups)
+            rows = np.arange(len(data.y))
+            scores = score_refitted_tasks((data.X, data.y, data.users, groups), est, rows, rows)
+        np.testing.assert_allclose(scores, est.decision_function(data.X, tasks=data.users, groups=groups),
+                                   atol=1e-4)
+    stranger = np.flatnonzero(data.users == "u004")
+    others = np.flatnonzero(data.users != "u004")
+    scores = score_refitted_tasks((data.X, data.y, data.users, groups), est, others, stranger)
+    np.testing.assert_allclose(scores, est.decision_function(data.X[stranger], groups=groups[stranger]))
 
 
 def test_choose_and_fit_beyond_the_sample_size_cross_fits_everyone() -> None:

@@ -25,7 +25,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -273,28 +273,36 @@ def one_se_for_all_users(table: list[dict[str, float]], searched: int, users: in
 
 
 def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                      params: dict[str, Any], warm: Any = None,
+                      params: dict[str, Any], sample: np.ndarray | None, warm: Any = None,
                       executor: Executor | None = None) -> tuple[np.ndarray, Any]:
-    """Every row's out-of-fold score at ``params`` (K fits) and the candidate fitted on all rows.
+    """Every row's out-of-fold score at ``params`` and the candidate fitted on all rows.
 
-    The K fold fits and the final fit are independent: the folds go to
-    ``executor`` (default: ``settings.train_workers`` forked processes) while
-    this process fits the candidate.  Same results as in sequence.
+    Each fold is fitted on the training rows of the sampled users only (``sample``, a row mask from
+    :func:`search_sample`; None: all users). Every user's held-out rows are then scored with that user's
+    personal part refitted on their own training rows, the fold's shared and group parts held fixed
+    (:func:`spamtl.model.score_refitted_tasks`). No fold fit saw a held-out row, so the scores are out of
+    sample as K fits on all rows would give, at a fraction of the cost and memory: the users' refits are
+    small and independent. A fold's shared part learned from the sample is somewhat weaker than one learned
+    from everyone, so these scores lean pessimistic (cutoffs and the gate err toward caution).
+
+    Each fold (its fit, then its users' refits) goes to ``executor`` (default: in-process) while this process
+    fits the candidate.  Same results as in sequence.
     """
-    from spamtl.model import MultiTaskLogisticRegression, fit_fold
+    from spamtl.model import MultiTaskLogisticRegression, cross_fit_fold
 
     oof = np.full(len(y), np.nan)
     pool = executor if executor is not None else SerialExecutor()
     payload = share(pool, (data.X, y, data.users, _groups(data)))
     try:
-        if isinstance(pool, ProcessPoolExecutor):
-            pool.submit(int).result()  # fork the workers now, before this process starts fitting
-        grid = [(params["alpha"], params["mu"])]
-        est = MultiTaskLogisticRegression(**{k: v for k, v in params.items() if k not in ("alpha", "mu")})
-        futures = [pool.submit(fit_fold, payload, tr, te, est, grid) for tr, te in folds]
+        sampled = [tr if sample is None else tr[sample[tr]] for tr, _ in folds]
+        if any(len(np.unique(y[tr])) < 2 for tr in sampled):  # the sample has one class in a fold: fit on all
+            sampled = [tr for tr, _ in folds]
+        est = MultiTaskLogisticRegression(**params)
+        futures = [pool.submit(cross_fit_fold, payload, fit_rows, train_rows, test_rows, est)
+                   for fit_rows, (train_rows, test_rows) in zip(sampled, folds)]
         candidate = fit_candidate(data, y, params, warm=warm)
-        for (_, test), future in zip(folds, futures):
-            oof[test] = future.result()[1][0]
+        for (_, test_rows), future in zip(folds, futures):
+            oof[test_rows] = future.result()
     finally:
         if isinstance(payload, Inherited):
             release(payload)
@@ -323,9 +331,9 @@ def choose_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarr
     Up to ``mu_search_users`` users: the grid search on all rows, then the
     final fit (as the first release did).  Beyond: the grid on a sample of
     users (or ``reuse``, the active model's setting: :func:`reused_choice`),
-    then the chosen setting's K fold fits on all rows side by side with the
-    final fit (:func:`cross_fit_and_fit`): K + 1 fits on all rows instead of
-    K x grid + 1.
+    then the chosen setting's K folds fitted on the sample and every user's
+    part refitted per fold, side by side with the final fit
+    (:func:`cross_fit_and_fit`): one fit on all rows instead of K x grid + 1.
     """
     choice = reuse if reuse is not None else choose_mu(data, y, folds, settings)
     # The search scored every row only if it ran on every user; otherwise the folds are fitted here.
@@ -337,7 +345,8 @@ def choose_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarr
     if scored:
         return choice, fit_candidate(data, y, choice.params, warm=warm)
     with training_executor(settings.train_workers) as pool:
-        choice.oof_scores, candidate = cross_fit_and_fit(data, y, folds, choice.params, warm=warm, executor=pool)
+        choice.oof_scores, candidate = cross_fit_and_fit(data, y, folds, choice.params, search_sample(data, settings),
+                                                         warm=warm, executor=pool)
     return choice, candidate
 
 
