@@ -60,7 +60,8 @@ from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
 __all__ = ["TASK_WEIGHTINGS", "task_weights", "ConvergenceWarning", "TaskLayout", "MultiTaskLogisticLoss",
-           "UserBlock", "user_blocks", "block_loss_grad", "minimize_lbfgs", "lbfgs_numpy", "fit_single_task"]
+           "UserBlock", "user_blocks", "block_loss_grad", "minimize_lbfgs", "lbfgs_numpy", "fit_single_task",
+           "Blockwise"]
 
 
 TASK_WEIGHTINGS = ("sample", "task")
@@ -248,6 +249,46 @@ class _Span:
     key_stop: int
 
 
+class Blockwise:
+    """A vector of the parameters' size that is constant on each block of the parameter vector (the
+    penalty factors, the preconditioner), kept as one value per block.
+
+    Arrays of that size are what a fit at 10,000 users runs out of memory on (~80M parameters, 640 MB
+    each); these two would be constant on six blocks.  Each operation is the elementwise one, block by
+    block, so results are bit-for-bit those of the full vectors.
+    """
+
+    def __init__(self, slices: dict[str, slice], values: dict[str, float]) -> None:
+        self.parts = [(sl, float(values[name])) for name, sl in slices.items() if sl.stop > sl.start]
+
+    def times(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """x * self (elementwise); ``out`` may be ``x``."""
+        out = np.empty_like(x, dtype=np.float64) if out is None else out
+        for sl, value in self.parts:
+            np.multiply(x[sl], value, out=out[sl])
+        return out
+
+    def divide(self, x: np.ndarray) -> np.ndarray:
+        """x / self (elementwise)."""
+        out = np.empty_like(x, dtype=np.float64)
+        for sl, value in self.parts:
+            np.divide(x[sl], value, out=out[sl])
+        return out
+
+    def inverse(self) -> Blockwise:
+        """1 / self."""
+        return self._with([1.0 / v for _, v in self.parts])
+
+    def over(self, c: float) -> Blockwise:
+        """self / c."""
+        return self._with([v / c for _, v in self.parts])
+
+    def _with(self, values: list[float]) -> Blockwise:
+        out = Blockwise({}, {})
+        out.parts = [(sl, v) for (sl, _), v in zip(self.parts, values)]
+        return out
+
+
 class MultiTaskLogisticLoss:
     """Objective J and its exact gradient on the compact parameter vector.
 
@@ -306,20 +347,26 @@ class MultiTaskLogisticLoss:
             self.slices[name] = slice(start, start + size)
             start += size
         self.n_params = start
-        penalty = np.concatenate([np.full(self.sizes[k], factors[k]) for k in self.sizes])
         # Preconditioning: optimise theta' = scale * theta (see module Notes).
         penalised = [factors[k] for k in self.sizes if self.sizes[k] and factors[k] > 0]
         smallest = float(min(penalised)) if penalised else 1.0
         # See the module Notes: rescale by the smallest factor only where the factors differ by more
         # than RESCALE_BELOW; above it the first release's coordinates (and so its fits) are kept.
         reference = smallest if smallest < RESCALE_BELOW else 1.0
-        self.scale = np.sqrt(np.maximum(penalty / reference, 1.0))
+        self.scale = Blockwise(self.slices, {k: float(np.sqrt(np.maximum(np.float64(f) / reference, 1.0)))
+                                             for k, f in factors.items()})
         self.total_weight = float(self.s.sum())
-        self.alpha_penalty = alpha * penalty
-        del penalty  # two parameter-sized vectors are kept (scale, alpha_penalty), not three
-        # Keys of grouped tasks and their group keys, gathered once rather than at every evaluation.
-        self._grouped = np.flatnonzero(layout.key_group >= 0)
-        self._grouped_key = layout.key_group[self._grouped]
+        self.alpha_penalty = Blockwise(self.slices, {k: alpha * f for k, f in factors.items()})
+        # Keys of grouped tasks and their group keys, gathered once rather than at every evaluation; where
+        # every task has a group (as at a site that puts everyone in a department) no index is kept.
+        grouped = layout.key_group >= 0
+        if grouped.all():
+            self._grouped: np.ndarray | slice = slice(None)
+            self._grouped_key = layout.key_group
+        else:
+            self._grouped = np.flatnonzero(grouped)
+            self._grouped_key = layout.key_group[self._grouped]
+        del grouped
         # The backward product X^T r as a CSR mat-vec is 7 % faster than the CSC one of ``Xk.T``, at the price
         # of a second copy of the data: kept for small problems, dropped where memory is what runs out.
         self._XkT = layout.Xk.T.tocsr() if self.n_params <= LARGE_PROBLEM else layout.Xk.T
@@ -384,7 +431,7 @@ class MultiTaskLogisticLoss:
             grad[sl["cg"]] = np.bincount(tg, weights=r_task, minlength=self.n_groups + 1)[:-1]
         grad[sl["b0"]] = r_task.sum()
         grad[sl["c"]] = r_task
-        pen_theta = self.alpha_penalty * theta
+        pen_theta = self.alpha_penalty.times(theta)
         loss += 0.5 * float(theta @ pen_theta)
         grad += pen_theta
         return loss, grad
@@ -413,7 +460,7 @@ class MultiTaskLogisticLoss:
                 grad[sl["cg"]] = np.bincount(self.gi, weights=r, minlength=self.n_groups + 1)[:-1]
             grad[sl["b0"]] = r.sum()
             grad[sl["c"]] = np.bincount(self.ti, weights=r, minlength=self.n_tasks)
-        pen_theta = self.alpha_penalty * theta
+        pen_theta = self.alpha_penalty.times(theta)
         loss += 0.5 * float(theta @ pen_theta)
         grad += pen_theta
         return loss, grad
@@ -440,12 +487,12 @@ def minimize_lbfgs(objective: MultiTaskLogisticLoss, theta0: np.ndarray, *, tol:
     """
     scale = objective.scale
     norm = objective.total_weight or 1.0
-    inv_scale = 1.0 / scale
-    grad_factor = inv_scale / norm
+    inv_scale = scale.inverse()
+    grad_factor = inv_scale.over(norm)
 
     def fun(theta_scaled: np.ndarray) -> tuple[float, np.ndarray]:
-        loss, grad = objective.loss_gradient(theta_scaled * inv_scale)
-        grad *= grad_factor
+        loss, grad = objective.loss_gradient(inv_scale.times(theta_scaled))
+        grad_factor.times(grad, out=grad)
         return loss / norm, grad
 
     # One BLAS thread on large problems: the solver's BLAS calls are vector operations (dot, axpy) that
@@ -456,14 +503,14 @@ def minimize_lbfgs(objective: MultiTaskLogisticLoss, theta0: np.ndarray, *, tol:
     limit = 1 if len(theta0) > SINGLE_BLAS_THREAD_ABOVE else None
     with threadpool_limits(limits=limit, user_api="blas"):
         if len(theta0) > LARGE_PROBLEM:
-            x, nit, message = lbfgs_numpy(fun, theta0 * scale, tol=tol, max_iter=max_iter)
+            x, nit, message = lbfgs_numpy(fun, scale.times(theta0), tol=tol, max_iter=max_iter)
         else:
-            result = minimize(fun, theta0 * scale, jac=True, method="L-BFGS-B",
+            result = minimize(fun, scale.times(theta0), jac=True, method="L-BFGS-B",
                               options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-14, "maxcor": 10})
             x, nit, message = result.x, int(result.nit), str(result.message)
-    theta = x / scale
+    theta = scale.divide(x)
     _, grad = objective.loss_gradient(theta)
-    grad_norm = float(np.max(np.abs(grad * grad_factor))) if grad.size else 0.0
+    grad_norm = float(np.max(np.abs(grad_factor.times(grad, out=grad)))) if grad.size else 0.0
     if grad_norm > tol:
         warnings.warn(
             f"L-BFGS stopped after {nit} iterations with gradient norm {grad_norm:.2e} "

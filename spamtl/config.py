@@ -51,9 +51,10 @@ class Settings:
     mu_search_users: int = 500
     # Beyond mu_search_users users, the grid is searched at most every this many days: on the nights
     # between, the active model's alpha and mu (if still in the grid, on the same features) are reused and
-    # only cross-fitted on everyone.  The sampled search is a fixed cost (240 of 430 s a night at 1,000
-    # users) for a choice that moves slowly with a large store.  0 searches every night.  Smaller stores
-    # search every night whatever this says.
+    # only cross-fitted (folds fitted on the sample, each user's part refitted given them; README "Scaling").
+    # The sampled search is a fixed cost (240 of 430 s a night at 1,000 users) for a choice that moves
+    # slowly with a large store.  0 searches every night.  Smaller stores search every night whatever this
+    # says.
     mu_search_days: int = 7
     # Worker processes for training's independent fits (cross-fitting folds beside the final fit); one
     # per core of this 2-core machine.  Each holds one fold's arrays: memory grows with it.

@@ -393,3 +393,42 @@ def test_training_workers_die_with_the_trainer(tmp_path) -> None:  # type: ignor
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert left == []
+
+
+def test_blockwise_vectors_match_the_full_vectors_bit_for_bit() -> None:
+    """Catches: a block left out, or a block's operation other than the elementwise one (a fit's penalty and
+    preconditioner are kept per block, and fits must stay exactly what the full vectors gave)."""
+    rng = np.random.default_rng(0)
+    slices = {"a": slice(0, 3), "empty": slice(3, 3), "b": slice(3, 10), "c": slice(10, 11)}
+    values = {"a": 0.3, "empty": 5.0, "b": 7.0, "c": 1e-3}
+    full = np.concatenate([np.full(sl.stop - sl.start, values[k]) for k, sl in slices.items()])
+    block = objective.Blockwise(slices, values)
+    x = rng.normal(size=11)
+    assert np.array_equal(block.times(x), x * full)
+    assert np.array_equal(block.divide(x), x / full)
+    assert np.array_equal(block.inverse().over(7.5).times(x), x * ((1.0 / full) / 7.5))
+    y = x.copy()
+    block.times(y, out=y)
+    assert np.array_equal(y, x * full)
+
+
+def test_loss_gradient_is_the_same_with_or_without_a_grouped_key_index() -> None:
+    """Catches: the every-task-grouped shortcut (no index array) adding group weights to the wrong keys."""
+    X, y, tasks, _ = make_problem(n_per_task=20)
+    groups = np.array([f"g{int(t == tasks[0])}" for t in tasks], dtype=object)  # every task in a group
+    tidx = np.unique(tasks, return_inverse=True)[1].astype(np.int64)
+    names, gidx = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    task_group = np.zeros(tidx.max() + 1, np.int64)
+    task_group[tidx] = gidx
+    layout = objective.TaskLayout.build(sp.csr_matrix(X), tidx, len(task_group), task_group, len(names))
+    y_pm = np.where(y == 1, 1.0, -1.0)
+    loss = objective.MultiTaskLogisticLoss(layout, y_pm, np.ones(len(y)), tidx, task_group, alpha=0.5, mu=2.0,
+                                           mu_group=3.0)
+    assert isinstance(loss._grouped, slice)
+    theta = np.random.default_rng(1).normal(size=loss.n_params)
+    f, g = loss.loss_gradient(theta)
+    loss._grouped = np.flatnonzero(layout.key_group >= 0)  # the general path, as for a store with ungrouped users
+    loss._grouped_key = layout.key_group[loss._grouped]
+    f2, g2 = loss.loss_gradient(theta)
+    assert f == f2
+    assert np.array_equal(g, g2)
