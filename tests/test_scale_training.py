@@ -432,3 +432,24 @@ def test_loss_gradient_is_the_same_with_or_without_a_grouped_key_index() -> None
     f2, g2 = loss.loss_gradient(theta)
     assert f == f2
     assert np.array_equal(g, g2)
+
+
+def test_task_layout_keys_are_np_unique_of_task_and_column() -> None:
+    """Catches: a lean key index that differs from the plain one (np.unique of task * d + column) on
+    rows out of task order, empty rows, tasks without rows, or repeated columns."""
+    rng = np.random.default_rng(3)
+    X = sp.random(60, 50, density=0.1, random_state=3, format="lil")
+    X[5] = 0.0  # an empty row
+    X = X.tocsr()
+    task_index = rng.integers(0, 7, size=60).astype(np.int64)
+    task_index[task_index == 4] = 5  # task 4 has no rows
+    layout = objective.TaskLayout.build(X, task_index, 7, np.full(7, -1, np.int64), 0)
+    key = np.repeat(task_index, np.diff(X.indptr)) * 50 + X.indices
+    keys, inverse = np.unique(key, return_inverse=True)
+    np.testing.assert_array_equal(layout.key_cols, keys % 50)
+    np.testing.assert_array_equal(layout.task_offsets, np.searchsorted(keys // 50, np.arange(8)))
+    np.testing.assert_array_equal(layout.Xk.indices, inverse)
+    np.testing.assert_array_equal(layout.Xk.data, X.data)
+    np.testing.assert_allclose(layout.Xk.toarray()[:, :], np.array(
+        [[X[i, layout.key_cols[k]] if keys[k] // 50 == task_index[i] else 0.0 for k in range(len(keys))]
+         for i in range(60)]))
