@@ -31,7 +31,7 @@ from spamtl._objective import (
 )
 from spamtl.features import IdfWeights
 from spamtl.metrics import macro_auc_error
-from spamtl.parallel import Inherited, SerialExecutor, release, resolve, share
+from spamtl.parallel import Inherited, SerialExecutor, release, resolve, return_free_memory, share
 from spamtl.scoring import ModelWeights, SparsePart
 
 __all__ = ["ConvergenceWarning", "MultiTaskLogisticRegression", "HyperparameterSearch",
@@ -675,7 +675,10 @@ def cross_fit_fold(payload: Any, fit_rows: np.ndarray, train: np.ndarray, test: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X[fit_rows], y[fit_rows], tasks=tasks[fit_rows], groups=None if garr is None else garr[fit_rows])
-    return score_refitted_tasks(payload, est, train, test)
+    scores = score_refitted_tasks(payload, est, train, test)
+    del est
+    return_free_memory()  # a worker is done long before the final fit beside it
+    return scores
 
 
 def score_refitted_tasks(payload: Any, estimator: MultiTaskLogisticRegression, train: np.ndarray,

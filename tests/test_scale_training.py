@@ -6,8 +6,12 @@ Each test names the defect it exists to catch (they were planted and seen to fai
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import textwrap
 import warnings
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -453,3 +457,27 @@ def test_task_layout_keys_are_np_unique_of_task_and_column() -> None:
     np.testing.assert_allclose(layout.Xk.toarray()[:, :], np.array(
         [[X[i, layout.key_cols[k]] if keys[k] // 50 == task_index[i] else 0.0 for k in range(len(keys))]
          for i in range(60)]))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim; elsewhere a no-op")
+def test_return_free_memory_gives_freed_heap_back_to_the_system() -> None:
+    """Catches: a no-op (cross-fitting workers then hold their folds' freed memory through the final fit).
+    Freed arrays below the mmap threshold stay in the heap (the control run shows it) until trimmed."""
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from spamtl.parallel import return_free_memory
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096
+        blocks = [np.ones(12_000) for _ in range(5_000)]  # 96 KB each, 480 MB
+        keep = blocks[-1]  # the heap's top stays in use: free alone cannot shrink it
+        del blocks
+        if sys.argv[1] == "trim":
+            return_free_memory()
+        print(rss())
+    """)
+    held, trimmed = (int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                                        check=True, cwd=str(Path(__file__).parent.parent)).stdout)
+                     for mode in ("control", "trim"))
+    assert held > 400 * 2**20  # the freed blocks are still counted without a trim
+    assert trimmed < held - 300 * 2**20
