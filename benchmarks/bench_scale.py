@@ -200,6 +200,10 @@ def main() -> None:
     print(f"feedback refit: {result['feedback_refit_s']} s (median of 3); database: {result['db_bytes']:,} bytes")
     users = result["store"]["users"]  # type: ignore[index]
     result["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                      cwd=HERE).stdout.strip() or None
+    for k in range(len(rates)):  # the import-rate users go again, so a second run measures the same store
+        _spamtl("users", "delete", f"import-rate-{k}", "--yes", "--db", args.db)
     (HERE / "results" / f"scale_{users}users.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
