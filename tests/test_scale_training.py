@@ -481,3 +481,27 @@ def test_return_free_memory_gives_freed_heap_back_to_the_system() -> None:
                      for mode in ("control", "trim"))
     assert held > 400 * 2**20  # the freed blocks are still counted without a trim
     assert trimmed < held - 300 * 2**20
+
+
+def test_a_warm_started_candidate_leaves_the_active_model_as_it_was() -> None:
+    """Catches: a warm start that fits the active model itself (the active model in memory would become the
+    candidate, which the gate may refuse) or that differs from starting from a full copy of it."""
+    data = _store_like(6, 1.0, per_user=30, d=120)
+    params = {"task_weighting": "sample", "tol": 1e-6, "max_iter": 500, "idf": True, "alpha": 0.01, "mu": 3.0}
+    active = fit_candidate(data.subset(np.arange(0, len(data.y), 2)), data.y[::2], {**params, "mu": 10.0})
+    before = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in vars(active).items() if k.endswith("_")}
+    candidate = fit_candidate(data, data.y, params, warm=active)
+    assert active.mu == 10.0 and candidate.mu == 3.0
+    for name, value in before.items():
+        now = getattr(active, name)
+        if sp.issparse(value):
+            assert (value != now).nnz == 0, name
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(now, value, err_msg=name)
+    reference = MultiTaskLogisticRegression.from_weights(active.to_weights())
+    reference.set_params(**params, warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        reference.fit(data.X, data.y, tasks=data.users)
+    np.testing.assert_array_equal(candidate.coef_shared_, reference.coef_shared_)
+    assert candidate.n_iter_ == reference.n_iter_
