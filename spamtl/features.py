@@ -22,7 +22,9 @@ so that classifying a single message stays cheap.
 
 from __future__ import annotations
 
+import io
 import re
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -39,6 +41,7 @@ __all__ = [
     "FeatureRow",
     "FeatureConfig",
     "IdfWeights",
+    "load_npz",
     "TF_MODES",
     "tokenize",
     "hash_tokens",
@@ -448,8 +451,22 @@ class IdfWeights:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> IdfWeights:
-        import io
+        z = load_npz(io.BytesIO(data))
+        return cls(z["cols"].astype(np.int64), z["values"].astype(np.float64), float(z["default"]),
+                   int(z["n_documents"]))
 
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return cls(z["cols"].astype(np.int64), z["values"].astype(np.float64), float(z["default"]),
-                       int(z["n_documents"]))
+
+_NPZ_LOCK = threading.Lock()
+
+
+def load_npz(source: Any) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file or buffer (never unpickled), read under one lock for the process.
+
+    NumPy parses each array's header with ``ast.literal_eval``, and CPython 3.11 keeps the AST
+    constructor's recursion depth in state shared by all threads: two threads parsing at once can fail
+    with ``SystemError: AST constructor recursion depth mismatch`` (python/cpython#106905).  It happened
+    with twelve threads classifying at once (CI, tests/test_concurrency.py); the daemon reads model parts
+    in its TELL thread beside its main one.  Reading is short, so one lock costs nothing measurable.
+    """
+    with _NPZ_LOCK, np.load(source, allow_pickle=False) as z:
+        return {name: z[name] for name in z.files}

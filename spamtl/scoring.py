@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from spamtl.features import FeatureRow, IdfWeights
+from spamtl.features import FeatureRow, IdfWeights, load_npz
 
 __all__ = ["FORMAT_VERSION", "SparsePart", "ModelWeights", "score_rows", "sigmoid"]
 
@@ -62,8 +62,8 @@ class SparsePart:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SparsePart:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return cls(z["cols"], z["values"], float(z["intercept"]))
+        z = load_npz(io.BytesIO(data))
+        return cls(z["cols"], z["values"], float(z["intercept"]))
 
 
 @dataclass
@@ -135,19 +135,18 @@ class ModelWeights:
     @classmethod
     def load(cls, file: Any) -> ModelWeights:
         """Read a file written by :meth:`save`; never unpickles anything."""
-        with np.load(file, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("format_version") not in _READABLE_FORMATS:
-                raise ValueError(f"unsupported model format {meta.get('format_version')!r}")
-            parts: dict[str, dict[str, SparsePart]] = {}
-            for kind in ("group", "task"):
-                names = [str(n) for n in z[f"{kind}_names"]]
-                offsets = z[f"{kind}_offsets"]
-                blob = z[f"{kind}_blobs"].tobytes()
-                parts[kind] = {n: SparsePart.from_bytes(blob[offsets[i]:offsets[i + 1]])
-                               for i, n in enumerate(names)}
-            shared = SparsePart.from_bytes(z["shared"].tobytes())
-            idf = IdfWeights.from_bytes(z["idf"].tobytes()) if "idf" in z.files else None
+        z = load_npz(file)
+        meta = json.loads(str(z["meta"]))
+        if meta.get("format_version") not in _READABLE_FORMATS:
+            raise ValueError(f"unsupported model format {meta.get('format_version')!r}")
+        parts: dict[str, dict[str, SparsePart]] = {}
+        for kind in ("group", "task"):
+            names = [str(n) for n in z[f"{kind}_names"]]
+            offsets = z[f"{kind}_offsets"]
+            blob = z[f"{kind}_blobs"].tobytes()
+            parts[kind] = {n: SparsePart.from_bytes(blob[offsets[i]:offsets[i + 1]]) for i, n in enumerate(names)}
+        shared = SparsePart.from_bytes(z["shared"].tobytes())
+        idf = IdfWeights.from_bytes(z["idf"].tobytes()) if "idf" in z else None
         return cls(int(meta["n_features"]), shared, parts["group"], parts["task"],
                    dict(meta["task_groups"]), dict(meta["params"]), idf)
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine, event, text
 from typer.testing import CliRunner
@@ -298,3 +299,51 @@ def test_cli_two_trains_one_runs_other_waits_or_says_so(trained: str) -> None:
     assert results[1][0] == 0 or (results[1][0] == 75 and results[1][1].startswith(
         "Error: another spamtl train is running (pid ") and results[1][1].count("\n") == 1)
     assert count_rows(trained, "model_versions", "WHERE status = 'active'") == 1
+
+
+def test_model_parts_are_read_by_one_thread_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catches: .npz reads without the lock.  NumPy parses array headers with ast, whose state CPython 3.11
+    shares between threads: concurrent parses failed a classify race in CI with "SystemError: AST
+    constructor recursion depth mismatch".  Here ast.parse is widened (a short sleep) and the threads
+    inside it at once are counted."""
+    import ast
+    import time
+
+    from spamtl.features import IdfWeights
+    from spamtl.scoring import SparsePart
+
+    part = SparsePart(np.array([1, 5], dtype=np.int64), np.array([0.5, -1.0]), 0.25).to_bytes()
+    idf = IdfWeights(np.array([2], dtype=np.int64), np.array([1.5]), 1.0, 10).to_bytes()
+    inside, most = [0], [0]
+    guard = threading.Lock()
+    original = ast.parse
+
+    def slow_parse(*args: Any, **kwargs: Any) -> Any:
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.002)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(ast, "parse", slow_parse)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in range(20):
+                assert SparsePart.from_bytes(part).intercept == 0.25
+                assert IdfWeights.from_bytes(idf).n_documents == 10
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert most[0] == 1
