@@ -439,18 +439,30 @@ def test_loss_gradient_is_the_same_with_or_without_a_grouped_key_index() -> None
 
 
 def test_task_layout_keys_are_np_unique_of_task_and_column() -> None:
-    """Catches: a lean key index that differs from the plain one (np.unique of task * d + column) on
-    rows out of task order, empty rows, tasks without rows, or repeated columns."""
+    """Catches: a lean key index that differs from the plain one (np.unique of task * d + column, of the
+    keys' columns, and of group * d + column) on rows out of task order, empty rows, tasks without rows,
+    tasks in no group, or repeated columns."""
     rng = np.random.default_rng(3)
     X = sp.random(60, 50, density=0.1, random_state=3, format="lil")
     X[5] = 0.0  # an empty row
     X = X.tocsr()
     task_index = rng.integers(0, 7, size=60).astype(np.int64)
     task_index[task_index == 4] = 5  # task 4 has no rows
-    layout = objective.TaskLayout.build(X, task_index, 7, np.full(7, -1, np.int64), 0)
+    task_group = np.array([1, -1, 0, 1, 0, -1, 1], dtype=np.int64)  # tasks 1 and 5 in no group
+    layout = objective.TaskLayout.build(X, task_index, 7, task_group, 2)
     key = np.repeat(task_index, np.diff(X.indptr)) * 50 + X.indices
     keys, inverse = np.unique(key, return_inverse=True)
     np.testing.assert_array_equal(layout.key_cols, keys % 50)
+    shared_cols, key_shared = np.unique(keys % 50, return_inverse=True)
+    np.testing.assert_array_equal(layout.shared_cols, shared_cols)
+    np.testing.assert_array_equal(layout.key_shared, key_shared)
+    kg = task_group[keys // 50]
+    gkeys, ginv = np.unique(kg[kg >= 0] * 50 + (keys % 50)[kg >= 0], return_inverse=True)
+    np.testing.assert_array_equal(layout.group_cols, gkeys % 50)
+    np.testing.assert_array_equal(layout.group_offsets, np.searchsorted(gkeys // 50, np.arange(3)))
+    expected_group = np.full(len(keys), -1, dtype=np.int64)
+    expected_group[kg >= 0] = ginv
+    np.testing.assert_array_equal(layout.key_group, expected_group)
     np.testing.assert_array_equal(layout.task_offsets, np.searchsorted(keys // 50, np.arange(8)))
     np.testing.assert_array_equal(layout.Xk.indices, inverse)
     np.testing.assert_array_equal(layout.Xk.data, X.data)
