@@ -384,23 +384,35 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             self.intercept_tasks_ = np.append(self.intercept_tasks_, 0.0)
             self.task_weights_ = np.append(self.task_weights_, 1.0)
             t = len(self.tasks_) - 1
-        g = self.task_groups_[t]
-        offset = self.coef_shared_.copy()
-        offset_b = self.intercept_shared_
-        if g >= 0:
-            row = self.coef_groups_[g]
-            offset[row.indices] += row.data
-            offset_b += self.intercept_groups_[g]
-        old = self.coef_tasks_[t]
-        weight = float(task_weights(np.array([len(y)]), self.task_weighting, self.weight_scale_)[0])
-        cols, values, intercept, _ = fit_single_task(
-            X, y_pm, offset, offset_b, weight=weight, alpha=float(self.alpha), mu=float(self.mu),
-            init_cols=old.indices.astype(np.int64), init_values=old.data, init_intercept=self.intercept_tasks_[t],
-            tol=float(self.tol), max_iter=int(self.max_iter))
+        cols, values, intercept, weight = self._fit_personal(X, y_pm, int(self.task_groups_[t]),
+                                                             self.coef_tasks_[t], self.intercept_tasks_[t])
         self.coef_tasks_ = _replace_row(self.coef_tasks_, t, cols, values)
         self.intercept_tasks_[t] = intercept
         self.task_weights_[t] = weight
         return self
+
+    def _fit_personal(self, X: sp.csr_matrix, y_pm: np.ndarray, g: int, old: sp.csr_matrix | None = None,
+                      old_intercept: float = 0.0) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """One task's personal part fitted on its rows ``X`` (already through :meth:`_rows`), labels in
+        {-1, +1}, with the shared part and group ``g``'s part (-1: none) held fixed, warm-started from the
+        row ``old`` if given.  Returns (cols, values, intercept, weight); the estimator is not changed.
+        """
+        group_row = self.coef_groups_[g] if g >= 0 else None
+        offset_b = self.intercept_shared_ + (self.intercept_groups_[g] if g >= 0 else 0.0)
+
+        def offset(cols: np.ndarray) -> np.ndarray:  # w0 + u_g on the task's columns, no dense copy
+            value = self.coef_shared_[cols]
+            if group_row is not None and group_row.nnz:
+                value = value + _lookup(group_row, np.zeros(len(cols), dtype=np.int64), cols)
+            return value
+
+        weight = float(task_weights(np.array([len(y_pm)]), self.task_weighting, self.weight_scale_)[0])
+        cols, values, intercept, _ = fit_single_task(
+            X, y_pm, offset, offset_b, weight=weight, alpha=float(self.alpha), mu=float(self.mu),
+            init_cols=None if old is None else old.indices.astype(np.int64),
+            init_values=None if old is None else old.data, init_intercept=old_intercept,
+            tol=float(self.tol), max_iter=int(self.max_iter))
+        return cols, values, intercept, weight
 
     # ------------------------------------------------------------ persist
     def to_weights(self) -> ModelWeights:
@@ -695,34 +707,21 @@ def score_refitted_tasks(payload: Any, estimator: MultiTaskLogisticRegression, t
     X, y, tasks, garr = resolve(payload)
     est = estimator
     check_is_fitted(est, "coef_shared_")
-    alpha, mu = float(est.alpha), float(est.mu)
     group_index = {g: i for i, g in enumerate(est.groups_)}
     out = np.empty(len(test))
     train_by_task = _rows_by_task(tasks, train)
-    test_by_task = _rows_by_task(tasks, test)
     position = np.empty(len(tasks), dtype=np.int64)
     position[test] = np.arange(len(test))
-    for task, te in test_by_task.items():
+    for task, te in _rows_by_task(tasks, test).items():
         g = -1 if garr is None or garr[te[0]] is None else group_index.get(garr[te[0]], -1)
-        offset_b = est.intercept_shared_ + (est.intercept_groups_[g] if g >= 0 else 0.0)
-        group_row = est.coef_groups_[g] if g >= 0 else None
         Xte = est._rows(X[te])
-        scores = Xte @ est.coef_shared_ + offset_b
-        if group_row is not None and group_row.nnz:
-            scores += (Xte @ group_row.T).toarray().ravel()
+        scores = Xte @ est.coef_shared_ + est.intercept_shared_
+        if g >= 0:
+            scores += (Xte @ est.coef_groups_[g].T).toarray().ravel() + est.intercept_groups_[g]
         tr = train_by_task.get(task)
         if tr is not None:
-            def offset(cols: np.ndarray, group_row: Any = group_row) -> np.ndarray:
-                value = est.coef_shared_[cols]
-                if group_row is not None and group_row.nnz:
-                    value = value + _lookup(group_row, np.zeros(len(cols), dtype=np.int64), cols)
-                return value
-
             y_pm = np.where(y[tr] == est.classes_[1], 1.0, -1.0)
-            weight = float(task_weights(np.array([len(tr)]), est.task_weighting, est.weight_scale_)[0])
-            cols, values, intercept, _ = fit_single_task(est._rows(X[tr]), y_pm, offset, offset_b, weight=weight,
-                                                         alpha=alpha, mu=mu, tol=float(est.tol),
-                                                         max_iter=int(est.max_iter))
+            cols, values, intercept, _ = est._fit_personal(est._rows(X[tr]), y_pm, g)
             personal = sp.csr_matrix((values, cols, [0, len(cols)]), shape=(1, est.n_features_in_))
             scores += (Xte @ personal.T).toarray().ravel() + intercept
         out[position[te]] = scores
