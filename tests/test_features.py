@@ -95,6 +95,28 @@ def test_idf_weights_equal_scikit_learn_tfidf(seed: int) -> None:
                                    atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1 << 16])
+def test_idf_transform_in_row_chunks_equals_scikit_learn_and_shares_only_index_arrays(chunk_rows: int) -> None:
+    """Catches: a chunk boundary that drops or double-counts a row's values in its norm, and a result that
+    shares the input's values (writing to it would change the caller's data) or shares indices a caller
+    could later sort in place (non-canonical input: duplicate columns are weighted separately, as before)."""
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    X = _random_counts(4)
+    reference = TfidfTransformer(norm="l2", smooth_idf=True).fit(X)
+    weights = IdfWeights.fit(X)
+    out = weights.transform(X, chunk_rows=chunk_rows)
+    np.testing.assert_allclose(out.toarray(), reference.transform(X).toarray(), atol=1e-12)
+    assert not np.shares_memory(out.data, X.data) and np.shares_memory(out.indices, X.indices)
+    d = X.shape[1]
+    messy = sp.csr_matrix((np.array([1.0, 2.0, 3.0]), np.array([4, 1, 4]), np.array([0, 3])), shape=(1, d))
+    assert not messy.has_canonical_format
+    out = weights.transform(messy, chunk_rows=chunk_rows)
+    assert not np.shares_memory(out.indices, messy.indices)
+    expected = np.array([1.0, 2.0, 3.0]) * weights.dense(d)[[4, 1, 4]]
+    np.testing.assert_allclose(out.data, expected / np.linalg.norm(expected), rtol=1e-12)
+
+
 def test_idf_transform_leaves_its_input_alone_and_round_trips_bytes() -> None:
     X = _random_counts(7)
     before = X.copy()

@@ -64,7 +64,9 @@ def fit(X, y, tasks, groups=None, **params):  # type: ignore[no-untyped-def]
 def test_equals_logistic_regression_on_augmented_design(use_groups, weighting, alpha, mu, mu_group) -> None:  # type: ignore[no-untyped-def]
     X, y, tasks, groups = make_problem(n_per_task=30 + 10 * (weighting == "task"))
     tasks = tasks.copy()
-    tasks[:15] = "ann"  # unequal task sizes make the weighting matter
+    tasks[:15] = "dan"  # unequal task sizes make the weighting matter (ann 15 fewer rows, dan 15 more)
+    groups = groups.copy()
+    groups[:15] = GROUPS["dan"]
     g = groups if use_groups else np.full(len(y), None, dtype=object)
     est = fit(X, y, tasks, g if use_groups else None, alpha=alpha, mu=mu, mu_group=mu_group,
               task_weighting=weighting)

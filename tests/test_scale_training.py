@@ -217,6 +217,34 @@ def test_refitting_each_users_part_given_the_shared_parts_reproduces_the_joint_f
     np.testing.assert_allclose(scores, est.decision_function(data.X[stranger], groups=groups[stranger]))
 
 
+@pytest.mark.parametrize(("chunk_rows", "dual_max_rows"), [(25, 512), (70, 512), (10**6, 12)],
+                         ids=["a-task-a-chunk", "chunks-of-two-tasks", "primal-users"])
+def test_refits_in_chunks_or_in_the_primal_give_the_one_chunk_scores(monkeypatch: pytest.MonkeyPatch,
+                                                                     chunk_rows: int, dual_max_rows: int) -> None:
+    """Catches: chunked refits that mix up which task's rows, offsets, weights or group go where (chunks
+    of one and of two tasks), and users above ``DUAL_MAX_ROWS`` (solved by their own L-BFGS) refitted
+    differently from the batched dual ones."""
+    import spamtl._projected as projected
+    from spamtl.model import score_refitted_tasks
+
+    data = _store_like(6, 1.0, per_user=30, d=120)
+    groups = np.array(["a" if u < "u003" else None for u in data.users], dtype=object)
+    est = MultiTaskLogisticRegression(alpha=0.01, mu=3.0, tol=1e-9, max_iter=5000, idf=True, task_weighting="task")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(data.X, data.y, tasks=data.users, groups=groups)
+    rng = np.random.default_rng(3)
+    train_rows = np.sort(rng.choice(len(data.y), size=120, replace=False))
+    test_rows = np.setdiff1d(np.arange(len(data.y)), train_rows)
+    payload = (data.X, data.y, data.users, groups)
+    whole = score_refitted_tasks(payload, est, train_rows, test_rows)
+    monkeypatch.setattr(projected, "DUAL_MAX_ROWS", dual_max_rows)
+    parts = score_refitted_tasks(payload, est, train_rows, test_rows, chunk_rows=chunk_rows)
+    np.testing.assert_allclose(parts, whole, atol=1e-5)
+    assert not np.allclose(whole, est.decision_function(data.X[test_rows], tasks=data.users[test_rows],
+                                                        groups=groups[test_rows]), atol=1e-3)
+
+
 def test_choose_and_fit_beyond_the_sample_size_cross_fits_everyone() -> None:
     """Catches: the sampled path leaving users outside the sample without out-of-fold scores (their
     cutoffs would silently fall back to the shared one and the gate would compare on the sample only)."""

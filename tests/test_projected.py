@@ -1,0 +1,200 @@
+"""The variable-projection solver (spamtl._projected) against scikit-learn, finite differences and the joint fit."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.optimize import check_grad
+from sklearn.linear_model import LogisticRegression
+
+import spamtl._projected as projected
+import spamtl.model as model
+from spamtl._objective import TaskLayout
+from spamtl._projected import ProjectedLoss, dual_newton
+from spamtl.model import MultiTaskLogisticRegression
+from tests.test_model import GROUPS, TASKS, augmented_design, make_problem
+
+
+def _user(seed: int, m: int, d: int = 15) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = sp.random(m, d, density=0.4, random_state=seed, format="csr")
+    y = np.where(X @ rng.normal(size=d) + 0.5 * rng.normal(size=m) > 0, 1.0, -1.0)
+    return X, y, rng.uniform(0.5, 2.0, m)
+
+
+def test_one_batch_of_padded_users_each_equals_its_own_l2_logistic_regression() -> None:
+    """Two users of 23 and 9 rows padded to 24, offsets zero: each is sklearn's L2 logistic regression on
+    [x | 1] (the constant column is c_t, penalised like v_t) with C = 1/lam and their sample weights."""
+    lam, P = 0.7, 24
+    users = [_user(0, 23), _user(1, 9)]
+    K = np.zeros((2, P, P))
+    y = np.zeros((2, P))
+    s = np.zeros((2, P))
+    for b, (X, yy, ss) in enumerate(users):
+        m = X.shape[0]
+        K[b, :m, :m] = (X @ X.T).toarray() + 1.0
+        y[b, :m], s[b, :m] = yy, ss
+    a = np.zeros((2, P))
+    objective, r, _ = dual_newton(K, np.zeros((2, P)), y, s, a, lam, tol=1e-12)
+    for b, (X, yy, ss) in enumerate(users):
+        m = X.shape[0]
+        Z = sp.hstack([X, np.ones((m, 1))]).tocsr()
+        lr = LogisticRegression(C=1.0 / lam, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(Z, yy, sample_weight=ss)
+        beta = Z.T @ a[b, :m]  # the representer: beta = Xt^T a
+        np.testing.assert_allclose(beta, lr.coef_[0], atol=1e-7)
+        z = Z @ lr.coef_[0]
+        expected = float(ss @ np.logaddexp(0.0, -yy * z)) + 0.5 * lam * float(lr.coef_[0] @ lr.coef_[0])
+        assert objective[b] == pytest.approx(expected, rel=1e-9)
+        np.testing.assert_allclose(r[b, :m], -yy * ss / (1.0 + np.exp(yy * z)), atol=1e-9)
+        assert not a[b, m:].any() and not r[b, m:].any()  # padded rows stay out
+
+
+def test_newton_halves_steps_where_the_full_step_overshoots() -> None:
+    """Nearly separable rows, a weak penalty and a start far away: a full Newton step would overshoot and
+    diverge; with halving the solve still reaches sklearn's optimum."""
+    X, y, s = _user(2, 30)
+    lam = 1e-3
+    K = ((X @ X.T).toarray() + 1.0)[None]
+    a = np.full((1, 30), 50.0)
+    dual_newton(K, np.zeros((1, 30)), y[None], s[None], a, lam, tol=1e-10, max_iter=200)
+    Z = sp.hstack([X, np.ones((30, 1))]).tocsr()
+    lr = LogisticRegression(C=1.0 / lam, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(Z, y, sample_weight=s)
+    np.testing.assert_allclose(Z @ (Z.T @ a[0]), Z @ lr.coef_[0], atol=1e-4)
+
+
+def _objective(dual_max_rows: int | None = None) -> ProjectedLoss:
+    X, y, tasks, groups = make_problem(d=6, n_per_task=10)
+    _, tidx = np.unique(tasks, return_inverse=True)
+    names = sorted({g for g in groups if g is not None})
+    task_group = np.array([names.index(GROUPS[t]) if GROUPS[t] else -1 for t in TASKS])
+    layout = TaskLayout.build(sp.csr_matrix(X), tidx, len(TASKS), task_group, len(names))
+    rng = np.random.default_rng(1)
+    return ProjectedLoss(layout, np.where(y == 1, 1.0, -1.0), rng.uniform(0.5, 2, len(y)), tidx, task_group,
+                         alpha=0.7, mu=2.5, mu_group=0.4, tol=1e-9, dual_max_rows=dual_max_rows)
+
+
+@pytest.mark.parametrize("dual_max_rows", [None, 5], ids=["dual", "primal"])
+def test_gradient_of_the_projected_objective_matches_finite_differences(dual_max_rows: int | None) -> None:
+    """dF/dtheta_s is the joint gradient's shared rows at the users' optimum (envelope theorem); checked
+    against differences of F, whose every value solves the users' problems again."""
+    obj = _objective(dual_max_rows)
+    assert bool(obj.users.heavy) == (dual_max_rows is not None)
+    theta = np.random.default_rng(2).normal(size=obj.n_params)
+    err = check_grad(lambda t: obj.loss_gradient(t)[0], lambda t: obj.loss_gradient(t)[1], theta, epsilon=1e-6)
+    assert err < 1e-5 * max(1.0, np.linalg.norm(obj.loss_gradient(theta)[1]))
+
+
+def _fit(X, y, tasks, groups=None, **params):  # type: ignore[no-untyped-def]
+    params.setdefault("tol", 1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return MultiTaskLogisticRegression(**params).fit(X, y, tasks=tasks, groups=groups)
+
+
+@pytest.mark.parametrize("dual_max_rows", [None, 20], ids=["dual", "some-users-primal"])
+@pytest.mark.parametrize("use_groups", [False, True], ids=["tasks", "tasks+groups"])
+@pytest.mark.parametrize("weighting", ["sample", "task"])
+@pytest.mark.parametrize(("alpha", "mu", "mu_group"), [(1.0, 1.0, 1.0), (0.3, 4.0, 0.5), (3.0, 0.2, 2.0)])
+def test_projected_fit_equals_logistic_regression_on_augmented_design(monkeypatch, dual_max_rows, use_groups,
+                                                                       weighting, alpha, mu, mu_group) -> None:  # type: ignore[no-untyped-def]
+    """The same reference as the joint solver's test (tests/test_model.py): the Evgeniou-Pontil design."""
+    if dual_max_rows is not None:
+        monkeypatch.setattr(projected, "DUAL_MAX_ROWS", dual_max_rows)
+    X, y, tasks, groups = make_problem(n_per_task=30 + 10 * (weighting == "task"))
+    tasks = tasks.copy()
+    tasks[:15] = "dan"  # unequal task sizes (ann 15 rows fewer, dan 15 more)
+    groups = groups.copy()
+    groups[:15] = GROUPS["dan"]
+    g = groups if use_groups else np.full(len(y), None, dtype=object)
+    est = _fit(X, y, tasks, g if use_groups else None, alpha=alpha, mu=mu, mu_group=mu_group,
+               task_weighting=weighting, solver="projected")
+    assert est.solver_ == "projected"
+    Z = augmented_design(X, tasks, g, mu, mu_group)
+    names, counts = np.unique(tasks, return_counts=True)
+    omega = dict(zip(names, model.task_weights(counts, weighting)))
+    lr = LogisticRegression(C=1.0 / alpha, tol=1e-12, max_iter=20_000)
+    lr.fit(Z, y, sample_weight=np.array([omega[t] for t in tasks]))
+    np.testing.assert_allclose(est.decision_function(X, tasks=tasks), lr.decision_function(Z), atol=1e-4)
+    d = X.shape[1]
+    np.testing.assert_allclose(est.coef_shared_, lr.coef_[0, :d], atol=1e-4)
+    np.testing.assert_allclose(est.intercept_shared_, lr.intercept_[0], atol=1e-4)
+    n_groups = len(est.groups_)
+    for i in range(len(est.tasks_)):
+        block = lr.coef_[0, d * (1 + n_groups + i): d * (2 + n_groups + i)] / np.sqrt(mu)
+        np.testing.assert_allclose(est.coef_tasks_[i].toarray().ravel(), block, atol=1e-4)
+
+
+@pytest.mark.parametrize("everyone_grouped", [False, True], ids=["some-grouped", "all-grouped"])
+def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch, everyone_grouped) -> None:  # type: ignore[no-untyped-def]
+    """60 users of 3 to 120 rows (several padded sizes, several batches, two primal users), groups for some
+    or for all (the group data then shares the layout's rows)."""
+    monkeypatch.setattr(projected, "DUAL_MAX_ROWS", 100)
+    monkeypatch.setattr(projected, "BATCH_BYTES", 8 * 16 * 16 * 3)  # three users of 16 rows a batch
+    rng = np.random.default_rng(5)
+    d = 40
+    common = rng.normal(size=d)
+    parts, tasks, groups, labels = [], [], [], []
+    for t in range(60):
+        m = 120 if t in (7, 31) else int(rng.integers(3, 60))
+        X = sp.random(m, d, density=0.15, random_state=int(rng.integers(1 << 30)), format="csr")
+        y = (X @ (common + rng.normal(size=d)) + 0.3 * rng.normal(size=m) > 0).astype(int)
+        if len(np.unique(y)) < 2:
+            y[0] = 1 - y[0]
+        parts.append(X)
+        labels.append(y)
+        tasks += [f"u{t:02d}"] * m
+        groups += [None if t % 4 == 0 and not everyone_grouped else f"g{t % 3}"] * m
+    X, y = sp.vstack(parts).tocsr(), np.concatenate(labels)
+    tasks_a, groups_a = np.array(tasks), np.array(groups, dtype=object)
+    joint = _fit(X, y, tasks_a, groups_a, alpha=0.05, mu=0.5, solver="joint", tol=1e-10, max_iter=20_000)
+    proj = _fit(X, y, tasks_a, groups_a, alpha=0.05, mu=0.5, solver="projected", tol=1e-10, max_iter=20_000)
+    np.testing.assert_allclose(proj.decision_function(X, tasks=tasks_a), joint.decision_function(X, tasks=tasks_a),
+                               atol=2e-4)
+    np.testing.assert_allclose(proj.intercept_tasks_, joint.intercept_tasks_, atol=2e-4)
+    assert abs(proj.coef_tasks_ - joint.coef_tasks_).max() < 2e-4
+
+
+def test_auto_solver_is_projected_from_the_threshold_on(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    X, y, tasks, groups = make_problem()
+    assert _fit(X, y, tasks, groups).solver_ == "joint"
+    monkeypatch.setattr(model, "PROJECTED_FROM_TASKS", len(TASKS))
+    est = _fit(X, y, tasks, groups)
+    assert est.solver_ == "projected"
+    loaded = MultiTaskLogisticRegression.from_weights(est.to_weights())
+    assert loaded.solver_ == "projected" and loaded.solver == "auto"
+
+
+def test_projected_warm_start_starts_from_the_shared_part() -> None:
+    X, y, tasks, groups = make_problem(n_per_task=80)
+    cold = _fit(X, y, tasks, groups, mu=1.0, solver="projected")
+    warm = _fit(X, y, tasks, groups, mu=1.5, solver="projected")
+    warm.set_params(mu=1.0, warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warm.fit(X, y, tasks=tasks, groups=groups)
+    np.testing.assert_allclose(warm.decision_function(X, tasks=tasks), cold.decision_function(X, tasks=tasks),
+                               atol=1e-5)
+    assert warm.n_iter_ < cold.n_iter_
+
+
+def test_projected_limits_pooled_and_independent() -> None:
+    X, y, tasks, _ = make_problem()
+    pooled = LogisticRegression(C=1.0, tol=1e-12, max_iter=10_000).fit(X, y)
+    est = _fit(X, y, tasks, alpha=1.0, mu=1e7, solver="projected")
+    np.testing.assert_allclose(est.decision_function(X, tasks=tasks), pooled.decision_function(X), atol=1e-4)
+    mu = 1e-6
+    est = _fit(X, y, tasks, alpha=1.0 / mu, mu=mu, solver="projected")
+    blocks = [sp.csr_matrix(X.multiply((tasks == t).astype(float)[:, None])) for t in TASKS]
+    blocks += [sp.csr_matrix((tasks == t).astype(float)[:, None]) for t in TASKS]
+    Z = sp.hstack(blocks).tocsr()
+    independent = LogisticRegression(C=1.0, tol=1e-12, max_iter=20_000).fit(Z, y)
+    np.testing.assert_allclose(est.decision_function(X, tasks=tasks), independent.decision_function(Z), atol=1e-3)
+
+
+def test_unknown_solver_is_refused() -> None:
+    X, y, tasks, _ = make_problem()
+    with pytest.raises(ValueError, match="solver must be one of"):
+        MultiTaskLogisticRegression(solver="newton").fit(X, y, tasks=tasks)
