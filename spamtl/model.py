@@ -51,9 +51,9 @@ PROJECTED_FROM_TASKS = 1000
 """``solver='auto'`` fits this many tasks or more by variable projection (:mod:`spamtl._projected`): the joint
 L-BFGS's memory grows with users x vocabulary (~13 GB at 10,000 users), and below it every fit, test and
 quality benchmark (at most 500 users) is what it was."""
-REFIT_CHUNK_ROWS = 100_000
-"""score_refitted_tasks solves the tasks of about this many training rows at a time (~14M non-zeros, a few
-hundred MB of layout and Gram matrices), whatever the number of users."""
+REFIT_CHUNK_ROWS = 50_000
+"""score_refitted_tasks solves the tasks of about this many training rows at a time (~7M non-zeros, ~300 MB
+of layout and Gram matrices), whatever the number of users."""
 PROJECTED_TOL = 0.1
 """The projected solver stops at ``tol * PROJECTED_TOL``.  Its test sees only the shared part's gradient,
 and F is flat where the users' parts absorb a change of the shared part: on 300 users of the 10,000-user
@@ -248,6 +248,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             s = s * sw
 
         layout = TaskLayout.build(X, tidx, T, task_group, G)
+        return_free_memory()  # the index building's temporaries (~4 GB at 10,000 users), kept by malloc
         projected = self.solver == "projected" or (self.solver == "auto" and T >= PROJECTED_FROM_TASKS)
         tol = float(self.tol) * (PROJECTED_TOL if projected else 1.0)
         objective: MultiTaskLogisticLoss | ProjectedLoss

@@ -126,6 +126,27 @@ def test_folds_on_worker_processes_give_the_serial_results() -> None:
     assert [r["score"] for r in parallel.table] == pytest.approx([r["score"] for r in serial.table], rel=1e-9)
 
 
+@pytest.mark.parametrize(("cores", "workers", "alongside", "expected"),
+                         [(2, 2, True, 1), (2, 2, False, 2), (8, 4, True, 4), (8, 8, True, 7), (1, 2, True, 0),
+                          (2, 1, True, 0), (4, 1, False, 0)])
+def test_workers_beside_the_trainer_leave_it_a_core(monkeypatch: pytest.MonkeyPatch, cores: int, workers: int,
+                                                     alongside: bool, expected: int) -> None:
+    """Catches: cross-fitting workers that take every core while the trainer fits beside them (on 2 cores a
+    second fold worker only shares the trainer's core and adds ~1 GB at 10,000 users), and train_workers = 1
+    no longer meaning in-process (the setting that trades time for memory)."""
+    import spamtl.parallel as parallel
+
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: cores)
+    pool = training_executor(workers, alongside=alongside)
+    try:
+        if expected == 0:
+            assert isinstance(pool, SerialExecutor)
+        else:
+            assert not isinstance(pool, SerialExecutor) and pool._max_workers == expected  # type: ignore[attr-defined]
+    finally:
+        pool.shutdown()
+
+
 def test_no_fork_pool_while_another_thread_runs() -> None:
     """Catches: forking fold workers while another thread runs (a train called from a thread while another
     thread recorded feedback: the worker inherited a lock held by the other thread and the train never
