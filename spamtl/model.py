@@ -146,7 +146,9 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
     b0 unpenalised) on the feature map x -> [x | x/sqrt(mu_group) in block
     g(t) | x/sqrt(mu) in block t] (Evgeniou & Pontil, 2004).  Solved by
     L-BFGS on the exact gradient of a compact parameterisation (see
-    :mod:`spamtl._objective`).
+    :mod:`spamtl._objective`), or from ``PROJECTED_FROM_TASKS`` tasks on by
+    L-BFGS over the shared and group parts with every task's part solved
+    given them (:mod:`spamtl._projected`): the same optimum.
 
     Examples
     --------
@@ -752,38 +754,49 @@ def score_refitted_tasks(payload: Any, estimator: MultiTaskLogisticRegression, t
     X, y, tasks, garr = resolve(payload)
     est = estimator
     check_is_fitted(est, "coef_shared_")
+    d = est.n_features_in_
+    out = np.empty(len(test))
+    for c0 in range(0, len(test), chunk_rows):  # every held-out row's shared and group parts' score
+        te = test[c0:c0 + chunk_rows]
+        out[c0:c0 + chunk_rows] = est.decision_function(X[te], groups=None if garr is None else garr[te])
     names, tidx = np.unique(tasks[train], return_inverse=True)
     counts = np.bincount(tidx, minlength=len(names))
     order = np.argsort(tidx, kind="stable")
     ends = np.cumsum(counts)
-    group_index = {g: i for i, g in enumerate(est.groups_)}
-    rows, coefs, intercepts = [], [], []
+    test_task = np.full(len(test), -1)  # each held-out row's task among those with training rows, or -1
+    if len(names):
+        at = np.minimum(np.searchsorted(names, tasks[test]), len(names) - 1)
+        test_task = np.where(names[at] == tasks[test], at, -1)
     t0 = 0
     while t0 < len(names):  # tasks t0..t1-1: at least one task, at most ~chunk_rows rows unless one task has more
         start = ends[t0 - 1] if t0 else 0
         t1 = max(t0 + 1, int(np.searchsorted(ends, start + chunk_rows, side="right")))
         pos = order[start:ends[t1 - 1]]  # positions in train, task by task
         part = train[pos]
-        coef, intercept = _personal_parts(est, X[part], y[part], tidx[pos] - t0, counts[t0:t1],
-                                          None if garr is None else garr[part])
-        coefs.append(coef)
-        intercepts.append(intercept)
-        rows.append(part[np.r_[0, np.cumsum(counts[t0:t1])[:-1]]])  # each task's first row (its group)
+        key_offsets, key_cols, v, c = _personal_parts(est, X[part], y[part], tidx[pos] - t0, counts[t0:t1],
+                                                      None if garr is None else garr[part])
+        # The chunk's held-out rows gain their task's part: each non-zero looked up among the task's keys.
+        held = np.flatnonzero((test_task >= t0) & (test_task < t1))
+        if len(held):
+            Xte = est._rows(X[test[held]])
+            local = test_task[held] - t0
+            keys = np.repeat(np.arange(t1 - t0, dtype=np.int64), np.diff(key_offsets)) * d + key_cols
+            wanted = np.repeat(local, np.diff(Xte.indptr)) * d + Xte.indices
+            terms = np.zeros(len(wanted))
+            if len(keys):
+                at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+                hit = keys[at] == wanted
+                terms[hit] = Xte.data[hit] * v[at[hit]]
+            out[held] += np.bincount(np.repeat(np.arange(len(held)), np.diff(Xte.indptr)), weights=terms,
+                                     minlength=len(held)) + c[local]
         t0 = t1
-    refitted = copy.copy(est)
-    refitted.tasks_ = names
-    refitted.coef_tasks_ = sp.vstack(coefs, format="csr") if coefs else sp.csr_matrix((0, est.n_features_in_))
-    refitted.intercept_tasks_ = np.concatenate(intercepts) if intercepts else np.zeros(0)
-    first = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    refitted.task_groups_ = np.array([-1 if garr is None or garr[i] is None else group_index.get(garr[i], -1)
-                                      for i in first], dtype=np.int64)
-    return refitted.decision_function(X[test], tasks=tasks[test], groups=None if garr is None else garr[test])
+    return out
 
 
 def _personal_parts(est: MultiTaskLogisticRegression, X: Any, y: np.ndarray, tidx: np.ndarray, counts: np.ndarray,
-                    groups: np.ndarray | None) -> tuple[sp.csr_matrix, np.ndarray]:
-    """The personal parts (coef rows, intercepts) of tasks 0..len(counts)-1 on their rows ``X`` (raw, as
-    given to fit), ``est``'s shared and group parts fixed."""
+                    groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The personal parts of tasks 0..len(counts)-1 fitted on their rows ``X`` (raw, as given to fit), ``est``'s
+    shared and group parts fixed: (key offsets per task, key columns, v per key, c per task)."""
     T = len(counts)
     offsets = est.decision_function(X, tasks=None, groups=groups)  # the shared and group parts' scores
     layout = TaskLayout.build(est._rows(X), tidx, T, np.full(T, -1, np.int64), 0)
@@ -793,7 +806,7 @@ def _personal_parts(est: MultiTaskLogisticRegression, X: Any, y: np.ndarray, tid
     tol = INNER_TOL * float(est.tol)
     parts.solve(offsets, tol * float(weight.mean()), tol, int(est.max_iter))
     v, c = parts.parts()
-    return _sparse_rows(layout.task_offsets, layout.key_cols, v, est.n_features_in_), c
+    return layout.task_offsets, layout.key_cols.astype(np.int64), v, c
 
 
 def _rows_by_task(tasks: np.ndarray, rows: np.ndarray) -> dict[Any, np.ndarray]:
