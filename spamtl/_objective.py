@@ -46,6 +46,7 @@ which does not move the optimum.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -117,6 +118,19 @@ def _unique_inverse(values: np.ndarray, index_type: type) -> tuple[np.ndarray, n
     return uniques, inverse
 
 
+BUILD_BLOCK_NNZ = 1 << 23
+"""TaskLayout.build indexes the keys of this many non-zeros at a time (tasks are never split)."""
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i]:starts[i] + lengths[i]`` for every i, concatenated (int64)."""
+    total = int(lengths.sum())
+    shift = np.asarray(starts, np.int64) - (np.cumsum(lengths) - lengths)
+    out = np.repeat(shift, lengths)
+    out += np.arange(total, dtype=np.int64)
+    return out
+
+
 @dataclass(frozen=True)
 class TaskLayout:
     """Index bookkeeping for the compact parameterisation.
@@ -132,7 +146,7 @@ class TaskLayout:
     key_cols : ndarray of int32 (int64 past 2**31 columns), shape (n_keys,)
         Original column of each key (sorted within each task).
     key_shared : ndarray of int32 (int64 past 2**31 keys), shape (n_keys,)
-        Position of each key's column in ``shared_cols``.
+        Position of each key's column in ``shared_cols`` (made on first use).
     group_cols : ndarray of int64, shape (Kg,)
         Original column of each group key; ``group_offsets`` delimit groups.
     group_offsets : ndarray of int64, shape (G + 1,)
@@ -146,7 +160,6 @@ class TaskLayout:
     shared_cols: np.ndarray
     task_offsets: np.ndarray
     key_cols: np.ndarray
-    key_shared: np.ndarray
     group_cols: np.ndarray
     group_offsets: np.ndarray
     key_group: np.ndarray
@@ -163,50 +176,87 @@ class TaskLayout:
         d = X.shape[1]
         X = X.tocsr()
         X.sum_duplicates()
-        # The key of each non-zero and its index among the sorted distinct keys (np.unique with
-        # return_inverse, built leaner: _unique_inverse). At 10,000 users of 100 labels (142M non-zeros, 52M
-        # keys) this function is the largest moment of a fit.
-        key = np.repeat(task_index.astype(np.int64), np.diff(X.indptr))
-        key *= d
-        key += X.indices
-        # int32 key indices while they fit (2 billion keys): 4 bytes per non-zero less than int64.
+        # The key of each non-zero and its index among the sorted distinct keys (np.unique of task * d + column
+        # with return_inverse).  Different tasks never share a key, so this is done a block of tasks at a time
+        # (BUILD_BLOCK_NNZ non-zeros): the blocks' sorted keys, in task order, are the sorted keys.  At 10,000
+        # users of 100 labels (142M non-zeros, 52M keys) the whole-array version was a night's memory peak
+        # (~4 GB of temporaries beside the data); int32 indices while they fit.
         index_type = np.int32 if X.nnz < np.iinfo(np.int32).max else np.int64
-        keys, inverse = _unique_inverse(key, index_type)
-        del key
-        key_task = keys // d
-        keys -= key_task * d
-        # Key-sized index arrays in int32 where their values fit (columns, shared and group positions): at
-        # 10,000 users each is 52M entries, 210 MB less apiece.
-        key_cols = keys.astype(np.int32 if d < np.iinfo(np.int32).max else np.int64)
-        del keys
-        task_offsets = np.searchsorted(key_task, np.arange(n_tasks + 1)).astype(np.int64)
-        del key_task
+        col_type = np.int32 if d < np.iinfo(np.int32).max else np.int64
+        lengths = np.diff(X.indptr)
+        row_order = np.argsort(task_index, kind="stable")
+        row_start = np.searchsorted(task_index[row_order], np.arange(n_tasks + 1))
+        task_nnz = np.cumsum(np.bincount(task_index, weights=lengths, minlength=n_tasks))
+        cuts = np.searchsorted(task_nnz, BUILD_BLOCK_NNZ * np.arange(1, int(task_nnz[-1] // BUILD_BLOCK_NNZ) + 1)
+                               if n_tasks else np.zeros(0), side="right")
+        bounds = np.unique(np.concatenate([[0], np.minimum(cuts, n_tasks), [n_tasks]])).astype(np.int64)
+        inverse = np.empty(X.nnz, dtype=index_type)
+        cols_parts = []
+        counts = np.zeros(n_tasks, np.int64)
+        n_keys = 0
+        for t0, t1 in zip(bounds[:-1], bounds[1:]):
+            rows = row_order[row_start[t0]:row_start[t1]]
+            pos = _ranges(X.indptr[rows], lengths[rows])  # the block's non-zeros
+            key = np.repeat(task_index[rows].astype(np.int64) - t0, lengths[rows])
+            key *= d
+            key += X.indices[pos]
+            keys, block_inverse = _unique_inverse(key, index_type)
+            del key
+            block_inverse += n_keys
+            inverse[pos] = block_inverse
+            del pos, block_inverse
+            key_task = keys // d
+            cols_parts.append((keys - key_task * d).astype(col_type))
+            counts[t0:t1] = np.bincount(key_task, minlength=t1 - t0)
+            n_keys += len(keys)
+            del keys, key_task
+        key_cols = np.concatenate(cols_parts) if cols_parts else np.zeros(0, col_type)
+        del cols_parts
+        task_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         key_type = np.int32 if len(key_cols) < np.iinfo(np.int32).max else np.int64
-        shared_cols, key_shared = _unique_inverse(key_cols, key_type)
-        shared_cols = shared_cols.astype(np.int64)
+        # The keys' columns among all columns used: a table over the d columns, not a sort of the keys.
+        present = np.zeros(d, dtype=bool)
+        present[key_cols] = True
+        shared_cols = np.flatnonzero(present).astype(np.int64)
+        del present
         Xk = sp.csr_matrix((X.data, inverse, X.indptr.astype(index_type)), shape=(X.shape[0], len(key_cols)))
         del inverse
 
+        # Group keys likewise, one group at a time: a group's keys are those of its tasks' key ranges.
         key_group = np.full(len(key_cols), -1, dtype=key_type)
-        group_cols = np.zeros(0, np.int64)
-        group_offsets = np.zeros(n_groups + 1, np.int64)
+        group_parts = []
+        group_counts = np.zeros(n_groups, np.int64)
         if n_groups:
-            kg = np.repeat(task_group.astype(np.int64), np.diff(task_offsets))  # each key's task's group
-            has = kg >= 0
-            gkey = kg[has]
-            del kg
-            gkey *= d
-            gkey += key_cols[has]
-            gkeys, key_group[has] = _unique_inverse(gkey, key_type)
-            del gkey
-            group_cols = gkeys % d
-            group_offsets = np.searchsorted(gkeys // d, np.arange(n_groups + 1)).astype(np.int64)
-        return cls(d, shared_cols, task_offsets, key_cols, key_shared,
-                   group_cols, group_offsets, key_group, Xk)
+            task_order = np.argsort(task_group, kind="stable")
+            group_start = np.searchsorted(task_group[task_order], np.arange(n_groups + 1))
+            n_group_keys = 0
+            for g in range(n_groups):
+                members = task_order[group_start[g]:group_start[g + 1]]
+                pos = _ranges(task_offsets[members], task_offsets[members + 1] - task_offsets[members])
+                cols, group_inverse = _unique_inverse(key_cols[pos], key_type)
+                group_inverse += n_group_keys
+                key_group[pos] = group_inverse
+                group_parts.append(cols.astype(np.int64))
+                group_counts[g] = len(cols)
+                n_group_keys += len(cols)
+                del pos, group_inverse
+        group_cols = np.concatenate(group_parts) if group_parts else np.zeros(0, np.int64)
+        group_offsets = np.concatenate([[0], np.cumsum(group_counts)]).astype(np.int64)
+        return cls(d, shared_cols, task_offsets, key_cols, group_cols, group_offsets, key_group, Xk)
 
     @property
     def n_keys(self) -> int:
         return len(self.key_cols)
+
+    @functools.cached_property
+    def key_shared(self) -> np.ndarray:
+        """Position of each key's column in ``shared_cols`` (int32 while it fits), made when first asked for:
+        the joint objective gathers w0 onto the keys with it, the projected one never does (210 MB at
+        10,000 users)."""
+        key_type = np.int32 if len(self.key_cols) < np.iinfo(np.int32).max else np.int64
+        position = np.zeros(self.n_features, dtype=key_type)
+        position[self.shared_cols] = np.arange(len(self.shared_cols), dtype=key_type)
+        return position[self.key_cols]
 
 
 @dataclass(frozen=True)
@@ -502,12 +552,13 @@ class MultiTaskLogisticLoss:
 
 
 def minimize_lbfgs(objective: Any, theta0: np.ndarray, *, tol: float, max_iter: int,
-                   secant: bool = False) -> tuple[np.ndarray, int, float]:
+                   secant: bool = False, history_bytes: float | None = None) -> tuple[np.ndarray, int, float]:
     """Minimise with scipy's L-BFGS-B in scaled coordinates.
 
     ``secant=True`` always uses :func:`lbfgs_numpy`, whose line search then extrapolates by the secant of
     the directional derivatives (what an objective whose evaluations are expensive asks for: the
-    projected one's first line search took 15 doublings on 1,000 users).
+    projected one's first line search took 15 doublings on 1,000 users).  ``history_bytes``: see
+    :func:`lbfgs_numpy`.
 
     Returns
     -------
@@ -538,7 +589,8 @@ def minimize_lbfgs(objective: Any, theta0: np.ndarray, *, tol: float, max_iter: 
     limit = 1 if len(theta0) > SINGLE_BLAS_THREAD_ABOVE else None
     with threadpool_limits(limits=limit, user_api="blas"):
         if len(theta0) > LARGE_PROBLEM or secant:
-            x, nit, message = lbfgs_numpy(fun, scale.times(theta0), tol=tol, max_iter=max_iter, secant=secant)
+            x, nit, message = lbfgs_numpy(fun, scale.times(theta0), tol=tol, max_iter=max_iter, secant=secant,
+                                          history_bytes=history_bytes)
         else:
             result = minimize(fun, scale.times(theta0), jac=True, method="L-BFGS-B",
                               options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-14, "maxcor": 10})

@@ -270,8 +270,11 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             handles = [share(pool, b) for b in blocks]
             objective.distribute(blocks, pool, handles)
         try:
+            # The projected solver's (s, y) pairs in float32 (10 of them in 4 bytes per parameter x 20: 350 MB
+            # less at 10,000 users' 4.4M shared and group parameters).
             theta, n_iter, grad_norm = minimize_lbfgs(objective, theta0, tol=tol, max_iter=int(self.max_iter),
-                                                      secant=projected)
+                                                      secant=projected,
+                                                      history_bytes=80.0 * len(theta0) if projected else None)
         finally:
             for h in handles:
                 if isinstance(h, Inherited):
@@ -790,6 +793,7 @@ def score_refitted_tasks(payload: Any, estimator: MultiTaskLogisticRegression, t
             out[held] += np.bincount(np.repeat(np.arange(len(held)), np.diff(Xte.indptr)), weights=terms,
                                      minlength=len(held)) + c[local]
         t0 = t1
+        return_free_memory()  # a chunk's layout and Gram matrices: the next chunk is of about the same size
     return out
 
 

@@ -487,10 +487,12 @@ def test_loss_gradient_is_the_same_with_or_without_a_grouped_key_index() -> None
     assert np.array_equal(g, g2)
 
 
-def test_task_layout_keys_are_np_unique_of_task_and_column() -> None:
+@pytest.mark.parametrize("block_nnz", [1 << 23, 40, 1], ids=["one-block", "blocks", "a-task-a-block"])
+def test_task_layout_keys_are_np_unique_of_task_and_column(monkeypatch: pytest.MonkeyPatch, block_nnz: int) -> None:
     """Catches: a lean key index that differs from the plain one (np.unique of task * d + column, of the
     keys' columns, and of group * d + column) on rows out of task order, empty rows, tasks without rows,
-    tasks in no group, or repeated columns."""
+    tasks in no group, or repeated columns, built in one block of tasks or in several."""
+    monkeypatch.setattr(objective, "BUILD_BLOCK_NNZ", block_nnz)
     rng = np.random.default_rng(3)
     X = sp.random(60, 50, density=0.1, random_state=3, format="lil")
     X[5] = 0.0  # an empty row
