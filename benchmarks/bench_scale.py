@@ -137,6 +137,9 @@ def main() -> None:
     parser.add_argument("--nights", type=int, default=2, choices=(1, 2),
                         help="nightly trainings to time (the second finds the features cached)")
     args = parser.parse_args()
+    # The commit measured, taken now: every `spamtl train` below runs the working tree as it is when it starts.
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                            cwd=HERE).stdout.strip() or None
     result: dict[str, object] = {"benchmark": "scale", "store": _counts(args.db), "small_store": _counts(args.small_db)}
     print(json.dumps(result["store"]))
 
@@ -200,8 +203,7 @@ def main() -> None:
     print(f"feedback refit: {result['feedback_refit_s']} s (median of 3); database: {result['db_bytes']:,} bytes")
     users = result["store"]["users"]  # type: ignore[index]
     result["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
-    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                      cwd=HERE).stdout.strip() or None
+    result["commit"] = commit
     for k in range(len(rates)):  # the import-rate users go again, so a second run measures the same store
         _spamtl("users", "delete", f"import-rate-{k}", "--yes", "--db", args.db)
     (HERE / "results" / f"scale_{users}users.json").write_text(json.dumps(result, indent=2) + "\n")
