@@ -47,6 +47,7 @@ from spamtl._objective import (
     TaskLayout,
     minimize_lbfgs,
 )
+from spamtl.parallel import return_free_memory
 
 __all__ = ["ProjectedLoss", "PersonalParts", "DUAL_MAX_ROWS", "dual_newton"]
 
@@ -54,6 +55,8 @@ DUAL_MAX_ROWS = 512
 """Users with more rows than this are solved in the primal (a Newton step in the dual costs m^3)."""
 LOOSEST = 1e3
 """The users' problems are solved at most this much looser than INNER_TOL of the outer tolerance (above)."""
+GRAM_USERS = 128
+"""Users whose Gram matrices are computed in one sparse product."""
 BATCH_BYTES = 64e6
 """Gram matrices of at most this many bytes are solved together (the Newton temporaries are of their size)."""
 INNER_TOL = 1e-3
@@ -242,6 +245,7 @@ class PersonalParts:
             per_batch = max(1, int(BATCH_BYTES // (8 * P * P)))
             for b0 in range(0, len(tasks), per_batch):
                 self.batches.append(self._batch(tasks[b0:b0 + per_batch], int(P), counts, order, starts, Xk))
+        return_free_memory()  # the products' temporaries
 
     def _batch(self, tasks: np.ndarray, P: int, counts: np.ndarray, order: np.ndarray, starts: np.ndarray,
                Xk: sp.csr_matrix) -> _Batch:
@@ -250,15 +254,18 @@ class PersonalParts:
         rows = np.zeros((B, P), np.int64)
         valid = np.arange(P)[None, :] < m[:, None]
         rows[valid] = np.concatenate([order[starts[t]:starts[t + 1]] for t in tasks])
-        flat = rows[valid]
-        sub = Xk[flat]
-        # Different users share no key, so the batch's Gram matrix is block diagonal: one product gives all.
-        gram = (sub @ sub.T).tocoo()
-        user_of = np.repeat(np.arange(B), m)
-        pos_of = np.concatenate([np.arange(k) for k in m])
         K = np.zeros((B, P, P))
-        K[user_of[gram.row], pos_of[gram.row], pos_of[gram.col]] = gram.data
+        for b0 in range(0, B, GRAM_USERS):  # the Gram matrices a few users at a time (the product's temporaries)
+            b1 = min(b0 + GRAM_USERS, B)
+            sub = Xk[rows[b0:b1][valid[b0:b1]]]
+            # Different users share no key, so their Gram matrix is block diagonal: one product gives all.
+            gram = (sub @ sub.T).tocoo()
+            user_of = np.repeat(np.arange(b0, b1), m[b0:b1])
+            pos_of = np.concatenate([np.arange(k) for k in m[b0:b1]])
+            K[user_of[gram.row], pos_of[gram.row], pos_of[gram.col]] = gram.data
+            del sub, gram
         K += valid[:, :, None] & valid[:, None, :]  # the constant column (c_t)
+        flat = rows[valid]
         y = np.zeros((B, P))
         s = np.zeros((B, P))
         y[valid] = self.y[flat]

@@ -133,6 +133,7 @@ def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch,
     or for all (the group data then shares the layout's rows)."""
     monkeypatch.setattr(projected, "DUAL_MAX_ROWS", 100)
     monkeypatch.setattr(projected, "BATCH_BYTES", 8 * 16 * 16 * 3)  # three users of 16 rows a batch
+    monkeypatch.setattr(projected, "GRAM_USERS", 2)  # their Gram matrices two users at a time
     rng = np.random.default_rng(5)
     d = 40
     common = rng.normal(size=d)
