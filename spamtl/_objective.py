@@ -367,6 +367,26 @@ class Blockwise:
         return out
 
 
+def parameter_blocks(sizes: dict[str, int], factors: dict[str, float],
+                     alpha: float) -> tuple[dict[str, slice], int, Blockwise, Blockwise]:
+    """The parameter vector's blocks: each block's slice (in ``sizes`` order), the total size, the
+    preconditioner (optimise ``theta' = scale * theta``, module Notes) and ``alpha`` times each block's
+    penalty factor."""
+    slices: dict[str, slice] = {}
+    start = 0
+    for name, size in sizes.items():
+        slices[name] = slice(start, start + size)
+        start += size
+    penalised = [factors[k] for k in sizes if sizes[k] and factors[k] > 0]
+    smallest = float(min(penalised)) if penalised else 1.0
+    # See the module Notes: rescale by the smallest factor only where the factors differ by more
+    # than RESCALE_BELOW; above it the first release's coordinates (and so its fits) are kept.
+    reference = smallest if smallest < RESCALE_BELOW else 1.0
+    scale = Blockwise(slices, {k: float(np.sqrt(np.maximum(np.float64(f) / reference, 1.0)))
+                               for k, f in factors.items()})
+    return slices, start, scale, Blockwise(slices, {k: alpha * f for k, f in factors.items()})
+
+
 class MultiTaskLogisticLoss:
     """Objective J and its exact gradient on the compact parameter vector.
 
@@ -419,22 +439,8 @@ class MultiTaskLogisticLoss:
         else:
             self.sizes = dict(w0=K0, u=Kg, v=Kv, b0=1, cg=G, c=T)
         factors = dict(w0=1.0, u=mu_group, v=mu, b0=0.0, cg=mu_group, c=mu)
-        self.slices: dict[str, slice] = {}
-        start = 0
-        for name, size in self.sizes.items():
-            self.slices[name] = slice(start, start + size)
-            start += size
-        self.n_params = start
-        # Preconditioning: optimise theta' = scale * theta (see module Notes).
-        penalised = [factors[k] for k in self.sizes if self.sizes[k] and factors[k] > 0]
-        smallest = float(min(penalised)) if penalised else 1.0
-        # See the module Notes: rescale by the smallest factor only where the factors differ by more
-        # than RESCALE_BELOW; above it the first release's coordinates (and so its fits) are kept.
-        reference = smallest if smallest < RESCALE_BELOW else 1.0
-        self.scale = Blockwise(self.slices, {k: float(np.sqrt(np.maximum(np.float64(f) / reference, 1.0)))
-                                             for k, f in factors.items()})
+        self.slices, self.n_params, self.scale, self.alpha_penalty = parameter_blocks(self.sizes, factors, alpha)
         self.total_weight = float(self.s.sum())
-        self.alpha_penalty = Blockwise(self.slices, {k: alpha * f for k, f in factors.items()})
         # Keys of grouped tasks and their group keys, gathered once rather than at every evaluation; where
         # every task has a group (as at a site that puts everyone in a department) no index is kept.
         grouped = layout.key_group >= 0

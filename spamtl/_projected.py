@@ -40,12 +40,11 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from spamtl._objective import (
-    RESCALE_BELOW,
-    Blockwise,
     ConvergenceWarning,
     MultiTaskLogisticLoss,
     TaskLayout,
     minimize_lbfgs,
+    parameter_blocks,
 )
 from spamtl.parallel import return_free_memory
 
@@ -234,7 +233,8 @@ class PersonalParts:
         order = np.argsort(self.ti, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)])
         Xk = self.Xk
-        self.heavy = [_HeavyUser(int(t), order[starts[t]:starts[t + 1]], (int(self.task_offsets[t]), int(self.task_offsets[t + 1])), Xk,
+        keys = self.task_offsets
+        self.heavy = [_HeavyUser(int(t), order[starts[t]:starts[t + 1]], (int(keys[t]), int(keys[t + 1])), Xk,
                                  self.y, self.s, self.alpha, self.mu)
                       for t in np.flatnonzero(counts > dual_max_rows)]
         light = np.flatnonzero((counts > 0) & (counts <= dual_max_rows))
@@ -323,26 +323,13 @@ class ProjectedLoss:
             X = sp.csr_matrix((layout.Xk.data, _gather(layout.key_cols, layout.Xk.indices), layout.Xk.indptr),
                               shape=(layout.Xk.shape[0], layout.n_features))
         self.X = X
-        self.y = y
         self.s = sample_weight
-        self.ti = task_index
-        self.n_tasks = len(task_group)
         self.n_groups = len(layout.group_offsets) - 1
         self.max_iter = max_iter
         self.gi = np.where(task_group[task_index] >= 0, task_group[task_index], self.n_groups)
         self.sizes = dict(w0=len(layout.shared_cols), u=len(layout.group_cols), b0=1, cg=self.n_groups)
         factors = dict(w0=1.0, u=mu_group, b0=0.0, cg=mu_group)
-        self.slices: dict[str, slice] = {}
-        start = 0
-        for name, size in self.sizes.items():
-            self.slices[name] = slice(start, start + size)
-            start += size
-        self.n_params = start
-        penalised = [factors[k] for k in self.sizes if self.sizes[k] and factors[k] > 0]
-        smallest = float(min(penalised)) if penalised else 1.0
-        reference = smallest if smallest < RESCALE_BELOW else 1.0  # as the joint objective (its module Notes)
-        self.scale = Blockwise(self.slices, {k: float(np.sqrt(max(f / reference, 1.0))) for k, f in factors.items()})
-        self.alpha_penalty = Blockwise(self.slices, {k: alpha * f for k, f in factors.items()})
+        self.slices, self.n_params, self.scale, self.alpha_penalty = parameter_blocks(self.sizes, factors, alpha)
         self.total_weight = float(self.s.sum())
         # The users' problems are solved to INNER_TOL of the outer tolerance, in dJ/dz units, or looser while
         # the outer gradient is far above its tolerance (inexact projection: the first evaluations of a fit
