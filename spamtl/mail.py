@@ -795,7 +795,10 @@ def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
       before the first header field (a parser ignores such lines at the top,
       but would fold them into a header placed above them);
     - they end with the input's own line ending (the first one found: CRLF,
-      CR or LF; LF for input that has none);
+      CR or LF; LF for input that has none), except that where that is a
+      bare CR and the byte after the block is LF they end with CRLF (a CR
+      before that LF would read as one CRLF, and a whitespace line after it
+      would fold into the last added field);
     - names and values are ASCII (others replaced by ``?``) on one line
       (CR and LF become spaces);
     - the only byte ever added besides the block is one line ending, after an

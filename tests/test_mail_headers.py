@@ -43,8 +43,13 @@ def _eol(raw: bytes) -> bytes:
     return min(found, key=lambda f: (f[0], -len(f[1])))[1] if found else b"\n"
 
 
-def _block(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
-    return b"".join(f"{n}: {v}".encode() + _eol(raw) for n, v in headers)
+def _block(raw: bytes, headers: list[tuple[str, str]], after: bytes = b"") -> bytes:
+    """The block as documented, when ``after`` follows it: the input's first line ending, but CRLF where
+    that is a bare CR and the next byte is LF."""
+    eol = _eol(raw)
+    if eol == b"\r" and after.startswith(b"\n"):
+        eol = b"\r\n"
+    return b"".join(f"{n}: {v}".encode() + eol for n, v in headers)
 
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -56,10 +61,10 @@ SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[Heal
 @example(raw=b" NO\nSubject: x\n\nbody", headers=[("X-Spam-Flag", "YES")])
 @example(raw=b"", headers=[("X-Spam-Flag", "YES")])
 @example(raw=b"Subject: a\rX: b\r\rbody", headers=[("X-Spam-Flag", "YES")])
+@example(raw=b" \r \n\n", headers=[("X-Spam-Flag", "YES")])  # a bare CR first, LF after the block: CRLF
 def test_added_block_is_whole_and_first(raw: bytes, headers: list[tuple[str, str]]) -> None:
     """output == prefix + block + rest, with prefix + rest the input (plus one line end in one documented case)."""
     out = add_headers(raw, headers)
-    block = _block(raw, headers)
     plain = add_headers(raw, [])
     if plain != raw:
         # The single exception: the input ends inside an envelope line or leading whitespace line.
@@ -68,7 +73,7 @@ def test_added_block_is_whole_and_first(raw: bytes, headers: list[tuple[str, str
         assert last.startswith((b"From ", b" ", b"\t"))
     # The block sits where add_headers(raw, []) ends its prefix: after the envelope and leading blank lines.
     for i in range(len(plain) + 1):
-        if plain[:i] + block + plain[i:] == out:
+        if plain[:i] + _block(raw, headers, plain[i:]) + plain[i:] == out:
             prefix = plain[:i]
             break
     else:  # pragma: no cover - the assertion below says what failed
