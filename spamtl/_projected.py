@@ -29,11 +29,26 @@ vocabulary) and ``||beta_t||^2 = a_t^T K_t a_t``.  Newton's step in beta maps to
 are padded to one size (rows of zero weight stay at a = 0) and solved together, batch by batch.  Users with
 more than ``DUAL_MAX_ROWS`` rows (a dense m x m system per Newton step costs m^3) are solved in the primal
 by their own L-BFGS, as a feedback refit is.  Each evaluation starts every user from their previous solution.
+
+The rows are held a chunk of users at a time (:class:`UserChunk`, ``CHUNK_ROWS`` rows): each chunk has its own
+key layout, Gram matrices and by-column data, and an evaluation is a map over the chunks (the shared parts'
+score of the chunk's rows, its users' solutions, its partial gradient: a vocabulary-sized sum) and a reduction
+(the sums added).  A fit of more than one chunk keeps the chunks' data in a scratch directory
+(:class:`ArrayStore`, under ``tempfile.gettempdir()``, i.e. ``$TMPDIR``) and reads one chunk at a time, so
+its memory is the model's (the optimiser's vectors of the shared parts, the personal parts it returns, a few
+numbers per row) plus one chunk's, not every row's: at 10,000 users of 100 labels the rows' by-column,
+by-key and by-group-key data and the Gram matrices were ~4.5 GB in memory, and are ~3.5 GB on disk instead.
+The operating system keeps the files in its page cache while it has the memory, so the reads cost little.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
+import weakref
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -48,7 +63,12 @@ from spamtl._objective import (
 )
 from spamtl.parallel import return_free_memory
 
-__all__ = ["ProjectedLoss", "PersonalParts", "DUAL_MAX_ROWS", "dual_newton"]
+__all__ = ["ProjectedLoss", "PersonalParts", "UserChunk", "ArrayStore", "DUAL_MAX_ROWS", "CHUNK_ROWS", "dual_newton"]
+
+CHUNK_ROWS = 100_000
+"""Rows (labels) per chunk of users; a fit of more rows keeps its chunks in a scratch directory (module Notes).
+A chunk's data in memory is ~250 MB at 140 features per row (its by-column and by-group-key indices and
+values), plus one batch of Gram matrices (``BATCH_BYTES``)."""
 
 DUAL_MAX_ROWS = 512
 """Users with more rows than this are solved in the primal (a Newton step in the dual costs m^3)."""
@@ -71,6 +91,59 @@ def _gather(values: np.ndarray, index: np.ndarray, chunk: int = 1 << 24) -> np.n
     for k in range(0, len(index), chunk):
         out[k:k + chunk] = values[index[k:k + chunk]]
     return out
+
+
+def _remove_directory(path: str, owner: int) -> None:
+    if os.getpid() == owner:  # not from a process forked meanwhile (a fold worker)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class ArrayStore:
+    """Arrays put away and got back by handle: kept as they are, or (``spill=True``) written to a scratch
+    directory and read back on each :meth:`get`, so that only the arrays in use are in memory.
+
+    The directory (``spamtl-fit-*`` under ``tempfile.gettempdir()``) is removed by :meth:`close`, or when the
+    store is collected, by the process that made it.
+    """
+
+    def __init__(self, spill: bool) -> None:
+        self._kept: dict[int, np.ndarray] = {}
+        self._count = 0
+        self.directory: str | None = None
+        if spill:
+            self.directory = tempfile.mkdtemp(prefix="spamtl-fit-")
+            self._finalizer = weakref.finalize(self, _remove_directory, self.directory, os.getpid())
+
+    def put(self, array: np.ndarray) -> int:
+        handle = self._count
+        self._count += 1
+        if self.directory is None:
+            self._kept[handle] = array
+            return handle
+        path = os.path.join(self.directory, f"{handle}.npy")
+        try:
+            np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write the fit's scratch data in {self.directory} ({exc.strerror}); "
+                                     "set TMPDIR to a directory with more room") from exc
+        return handle
+
+    def get(self, handle: int) -> np.ndarray:
+        if self.directory is None:
+            return self._kept[handle]
+        return np.load(os.path.join(self.directory, f"{handle}.npy"), allow_pickle=False)
+
+    def put_csr(self, X: sp.csr_matrix) -> tuple[int, int, int, tuple[int, int]]:
+        return self.put(X.data), self.put(X.indices), self.put(X.indptr), X.shape
+
+    def get_csr(self, handles: tuple[int, int, int, tuple[int, int]]) -> sp.csr_matrix:
+        data, indices, indptr, shape = handles
+        return sp.csr_matrix((self.get(data), self.get(indices), self.get(indptr)), shape=shape, copy=False)
+
+    def close(self) -> None:
+        self._kept.clear()
+        if self.directory is not None:
+            self._finalizer()
 
 
 def _padded(m: int) -> int:
@@ -155,10 +228,10 @@ def dual_newton(K: np.ndarray, o: np.ndarray, y: np.ndarray, s: np.ndarray, a: n
 class _Batch:
     """Users solved together: their rows padded to one size, their Gram matrices and dual coefficients."""
 
-    def __init__(self, rows: np.ndarray, valid: np.ndarray, K: np.ndarray, y: np.ndarray, s: np.ndarray) -> None:
+    def __init__(self, rows: np.ndarray, valid: np.ndarray, K: int, y: np.ndarray, s: np.ndarray) -> None:
         self.rows = rows  # (B, P) row indices, 0 where padded
         self.valid = valid  # (B, P) bool
-        self.K = K
+        self.K = K  # the (B, P, P) Gram matrices' handle in the ArrayStore
         self.y = y
         self.s = s
         self.a = np.zeros(rows.shape)
@@ -213,11 +286,16 @@ class PersonalParts:
     y, sample_weight, task_index : ndarray, shape (n_samples,)
     alpha, mu : float
         The personal parts' penalty is ``alpha * mu / 2 (||v_t||^2 + c_t^2)``.
+    store : ArrayStore, optional
+        Where the Gram matrices are kept (in memory if not given).  With a store, ``Xk`` is not kept either:
+        :meth:`parts` is then given it again.
     """
 
     def __init__(self, Xk: sp.csr_matrix, task_offsets: np.ndarray, y: np.ndarray, sample_weight: np.ndarray,
-                 task_index: np.ndarray, *, alpha: float, mu: float, dual_max_rows: int | None = None) -> None:
-        self.Xk = Xk
+                 task_index: np.ndarray, *, alpha: float, mu: float, dual_max_rows: int | None = None,
+                 store: ArrayStore | None = None) -> None:
+        self.store = ArrayStore(spill=False) if store is None else store
+        self.Xk: sp.csr_matrix | None = Xk
         self.task_offsets = task_offsets
         self.y = y
         self.s = sample_weight
@@ -227,6 +305,8 @@ class PersonalParts:
         self.mu = mu
         self.lam = alpha * mu
         self._build_users(DUAL_MAX_ROWS if dual_max_rows is None else dual_max_rows)
+        if store is not None:
+            self.Xk = None
 
     def _build_users(self, dual_max_rows: int) -> None:
         counts = np.bincount(self.ti, minlength=self.n_tasks)
@@ -270,7 +350,7 @@ class PersonalParts:
         s = np.zeros((B, P))
         y[valid] = self.y[flat]
         s[valid] = self.s[flat]
-        return _Batch(rows, valid, K, y, s)
+        return _Batch(rows, valid, self.store.put(K), y, s)
 
     def solve(self, offsets: np.ndarray, tol: float, heavy_tol: float, max_iter: int) -> tuple[float, np.ndarray]:
         """Solve every task given each row's offset; returns the tasks' objectives (data loss plus personal
@@ -280,7 +360,7 @@ class PersonalParts:
         loss = 0.0
         for batch in self.batches:
             ob = np.where(batch.valid, offsets[batch.rows], 0.0)
-            objective, rb, _ = dual_newton(batch.K, ob, batch.y, batch.s, batch.a, self.lam, tol=tol)
+            objective, rb, _ = dual_newton(self.store.get(batch.K), ob, batch.y, batch.s, batch.a, self.lam, tol=tol)
             loss += float(objective.sum())
             r[batch.rows[batch.valid]] = rb[batch.valid]
         for user in self.heavy:
@@ -288,12 +368,16 @@ class PersonalParts:
             loss += part
         return loss, r
 
-    def parts(self) -> tuple[np.ndarray, np.ndarray]:
-        """v on every key (layout order) and c per task, at the last :meth:`solve`."""
+    def parts(self, Xk: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """v on every key (layout order) and c per task, at the last :meth:`solve`; ``Xk`` as given to the
+        constructor (needed if it was not kept)."""
+        Xk = self.Xk if Xk is None else Xk
+        if Xk is None:
+            raise ValueError("parts() needs the data by key: it was not kept")
         a = np.zeros(len(self.y))
         for batch in self.batches:
             a[batch.rows[batch.valid]] = batch.a[batch.valid]
-        v = np.asarray(self.Xk.T @ a)  # v_t = Xt^T a_t: different users share no key
+        v = np.asarray(Xk.T @ a)  # v_t = Xt^T a_t: different users share no key
         c = np.bincount(self.ti, weights=a, minlength=self.n_tasks)
         for user in self.heavy:
             q = user.objective.unpack(user.theta)
@@ -302,32 +386,163 @@ class PersonalParts:
         return v, c
 
 
+def _group_keys(X: sp.csr_matrix, row_group: np.ndarray, chunk_rows: int = 1 << 16) -> np.ndarray:
+    """The sorted distinct ``group * d + column`` codes of the grouped rows' non-zeros (``row_group`` -1 for a
+    row without group), a chunk of rows at a time: the group keys of the whole data, with no key-sized array
+    but the result."""
+    d = X.shape[1]
+    codes = np.zeros(0, np.int64)
+    for r0 in range(0, X.shape[0], chunk_rows):
+        r1 = min(r0 + chunk_rows, X.shape[0])
+        e0, e1 = X.indptr[r0], X.indptr[r1]
+        g = np.repeat(row_group[r0:r1].astype(np.int64), np.diff(X.indptr[r0:r1 + 1]))
+        keep = g >= 0
+        if keep.any():
+            codes = np.union1d(codes, g[keep] * d + X.indices[e0:e1][keep])
+    return codes
+
+
+class UserChunk:
+    """A range of tasks (users) and their rows: one term of the projected objective, self-contained given the
+    shared parts (the map step, README "Scaling").
+
+    The chunk has its own key layout (its tasks' keys, numbered from 0) and keeps its rows by column (for
+    ``X @ w0`` and ``X^T r``), by group key (global group-key positions) and by key, and its users'
+    :class:`PersonalParts`, all in ``store``.
+
+    Parameters
+    ----------
+    X : csr_matrix, shape (n_rows, n_features)
+        The chunk's rows (weighted as the fit uses them), sorted by task.
+    task_index : ndarray, shape (n_rows,)
+        Each row's task, 0..n_tasks-1 within the chunk.
+    task_group : ndarray, shape (n_tasks,)
+        Each task's group, 0..n_groups-1 or -1.
+    y, sample_weight : ndarray, shape (n_rows,)
+    group_keys : ndarray of int64
+        All group keys of the fit as sorted ``group * n_features + column`` codes.
+    """
+
+    def __init__(self, X: sp.csr_matrix, task_index: np.ndarray, task_group: np.ndarray, y: np.ndarray,
+                 sample_weight: np.ndarray, group_keys: np.ndarray, n_groups: int, *, alpha: float, mu: float,
+                 dual_max_rows: int | None, store: ArrayStore) -> None:
+        n, d = X.shape
+        layout = TaskLayout.build(X, task_index, len(task_group), task_group, n_groups)
+        self.n_rows = n
+        self.store = store
+        self.task_offsets = layout.task_offsets
+        self.key_cols = layout.key_cols
+        row_group = task_group[task_index]
+        self.gi = np.where(row_group >= 0, row_group, n_groups)
+        Xk = layout.Xk  # X is canonical now (the layout's build sorted it in place): Xk has its values
+        self._x = store.put_csr(X)
+        self._key_indices = store.put(Xk.indices)
+        self._grouped: np.ndarray | None = None  # the grouped rows, if not all
+        self._xg: tuple[int, int, int, tuple[int, int]] | None = None
+        grouped = np.flatnonzero(row_group >= 0)
+        if len(grouped):
+            gkey_group = np.repeat(np.arange(n_groups, dtype=np.int64), np.diff(layout.group_offsets))
+            global_position = np.searchsorted(group_keys, gkey_group * d + layout.group_cols)
+            if len(grouped) == n:  # every row grouped: the same values and row pointers as X
+                gidx = _gather(global_position, layout.key_group[Xk.indices])
+                self._xg = (self._x[0], store.put(gidx), self._x[2], (n, len(group_keys)))
+            else:
+                sub = Xk[grouped]
+                self._grouped = grouped
+                gidx = _gather(global_position, layout.key_group[sub.indices])
+                self._xg = store.put_csr(sp.csr_matrix((sub.data, gidx, sub.indptr),
+                                                       shape=(sub.shape[0], len(group_keys))))
+                del sub
+            del gidx
+        del layout
+        self.users = PersonalParts(Xk, self.task_offsets, y, sample_weight, task_index, alpha=alpha, mu=mu,
+                                   dual_max_rows=dual_max_rows, store=store)
+
+    def evaluate(self, w0: np.ndarray, u: np.ndarray, intercepts: np.ndarray, tol: float, heavy_tol: float,
+                 max_iter: int) -> tuple[float, np.ndarray, np.ndarray | None, np.ndarray]:
+        """Solve the chunk's users given the shared parts: ``w0`` on every column, ``u`` on every group key,
+        ``intercepts`` b0 + cg per group (and b0 last, for rows without group).  Returns the users'
+        objectives summed, and the chunk's part of the gradient: X^T r (per column), Xg^T r (per group key,
+        None without grouped rows) and the sum of r per group (the last: rows without group)."""
+        X = self.store.get_csr(self._x)
+        o = X @ w0
+        Xg = None
+        if self._xg is not None:  # with X's own values and row pointers where every row is grouped
+            Xg = (sp.csr_matrix((X.data, self.store.get(self._xg[1]), X.indptr), shape=self._xg[3], copy=False)
+                  if self._grouped is None else self.store.get_csr(self._xg))
+            if self._grouped is None:
+                o += Xg @ u
+            else:
+                o[self._grouped] += Xg @ u
+        o += intercepts[self.gi]
+        loss, r = self.users.solve(o, tol, heavy_tol, max_iter)
+        del o
+        gw = X.T @ r
+        del X
+        gu = None
+        if Xg is not None:
+            gu = Xg.T @ (r if self._grouped is None else r[self._grouped])
+        return loss, gw, gu, np.bincount(self.gi, weights=r, minlength=len(intercepts))
+
+    def parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk's users' parts at the last evaluation: v on the chunk's keys, c per task."""
+        x = self.store.get_csr(self._x)
+        Xk = sp.csr_matrix((x.data, self.store.get(self._key_indices), x.indptr),
+                           shape=(self.n_rows, len(self.key_cols)), copy=False)
+        return self.users.parts(Xk)
+
+
 class ProjectedLoss:
     """F(theta_s) = min over the personal parts of J, and its gradient (module Notes).
 
     Duck-types what :func:`spamtl._objective.minimize_lbfgs` needs of an objective (``scale``,
     ``total_weight``, ``loss_gradient``); ``personal`` gives the users' parts at the last point evaluated.
+    Also has the index attributes of a :class:`~spamtl._objective.TaskLayout` that a fit needs to place
+    them (``n_features``, ``shared_cols``, ``group_cols``, ``group_offsets``, ``task_offsets``,
+    ``key_cols``); there is no layout of all rows.
 
     Parameter vector theta_s, in order: ``w0 (K0) | u (Kg) | b0 (1) | cg (G)``.
+
+    Parameters
+    ----------
+    X : csr_matrix, shape (n_samples, n_features)
+        The data, as given (``transform`` is applied a chunk of rows at a time).
+    y : ndarray, shape (n_samples,)
+        Labels in {-1, +1}.
+    sample_weight, task_index : ndarray, shape (n_samples,)
+    task_group : ndarray, shape (n_tasks,)
+        Each task's group or -1.
+    n_groups : int, optional
+        G (groups 0..G-1; by default one more than the largest in ``task_group``).
+    transform : callable, optional
+        Applied to each chunk's rows (the idf weighting): the weighted copy of all rows never exists.
+    chunk_rows : int, optional
+        Rows per :class:`UserChunk` (``CHUNK_ROWS``); a task is never split.  More than one chunk: they are
+        kept in a scratch directory (:class:`ArrayStore`) and read one at a time, unless ``spill=False``.
     """
 
-    def __init__(self, layout: TaskLayout, y: np.ndarray, sample_weight: np.ndarray, task_index: np.ndarray,
+    def __init__(self, X: sp.csr_matrix, y: np.ndarray, sample_weight: np.ndarray, task_index: np.ndarray,
                  task_group: np.ndarray, *, alpha: float, mu: float, mu_group: float, tol: float,
-                 max_iter: int = 500, dual_max_rows: int | None = None, X: sp.csr_matrix | None = None) -> None:
-        self.layout = layout
-        # The shared part's score and gradient come from the data by column (X @ w0, X^T r): one pass each,
-        # reading and writing vocabulary-sized vectors instead of gathering w0 onto every key and summing
-        # the keys' gradients back (two key-sized arrays, ~420 MB each at 10,000 users).  ``X`` is the
-        # layout's data by column (it shares the values); rebuilt from the layout if not given.
-        if X is None:
-            X = sp.csr_matrix((layout.Xk.data, _gather(layout.key_cols, layout.Xk.indices), layout.Xk.indptr),
-                              shape=(layout.Xk.shape[0], layout.n_features))
-        self.X = X
+                 max_iter: int = 500, dual_max_rows: int | None = None,
+                 transform: Callable[[sp.csr_matrix], sp.csr_matrix] | None = None, chunk_rows: int | None = None,
+                 spill: bool | None = None, n_groups: int | None = None) -> None:
+        X = X.tocsr()
+        n, d = X.shape
+        T = len(task_group)
+        self.n_features = d
         self.s = sample_weight
-        self.n_groups = len(layout.group_offsets) - 1
+        self.n_groups = G = int(task_group.max(initial=-1)) + 1 if n_groups is None else n_groups
         self.max_iter = max_iter
-        self.gi = np.where(task_group[task_index] >= 0, task_group[task_index], self.n_groups)
-        self.sizes = dict(w0=len(layout.shared_cols), u=len(layout.group_cols), b0=1, cg=self.n_groups)
+        present = np.zeros(d, dtype=bool)
+        present[X.indices] = True
+        self.shared_cols = np.flatnonzero(present).astype(np.int64)
+        del present
+        group_keys = _group_keys(X, task_group[task_index]) if G else np.zeros(0, np.int64)
+        key_group = group_keys // max(d, 1)
+        self.group_offsets = np.searchsorted(key_group, np.arange(G + 1)).astype(np.int64)
+        self.group_cols = group_keys - key_group * d
+        del key_group
+        self.sizes = dict(w0=len(self.shared_cols), u=len(group_keys), b0=1, cg=G)
         factors = dict(w0=1.0, u=mu_group, b0=0.0, cg=mu_group)
         self.slices, self.n_params, self.scale, self.alpha_penalty = parameter_blocks(self.sizes, factors, alpha)
         self.total_weight = float(self.s.sum())
@@ -335,25 +550,39 @@ class ProjectedLoss:
         # the outer gradient is far above its tolerance (inexact projection: the first evaluations of a fit
         # need no tight inner solves, the last ones get them).
         self.tol = tol
-        self.inner_tol = INNER_TOL * tol * self.total_weight / max(len(y), 1)
+        self.inner_tol = INNER_TOL * tol * self.total_weight / max(n, 1)
         self.heavy_tol = INNER_TOL * tol
         self._looser = 1.0
         self._grad_factor = self.scale.inverse().over(self.total_weight or 1.0)
-        # The group parts' score and gradient likewise by group key: Xg has the grouped tasks' rows, each
-        # non-zero at its (group, column) key (all rows share the layout's values and row pointers when
-        # every task has a group, as where everyone is in a department).
-        self._group_rows: np.ndarray | None = None
-        self.Xg: sp.csr_matrix | None = None
-        if self.n_groups:
-            rows = np.flatnonzero(task_group[task_index] >= 0)
-            sub = layout.Xk if len(rows) == len(y) else layout.Xk[rows]
-            self._group_rows = None if len(rows) == len(y) else rows
-            self.Xg = sp.csr_matrix((sub.data, _gather(layout.key_group, sub.indices), sub.indptr),
-                                    shape=(sub.shape[0], len(layout.group_cols)))
-            self._XgT = self.Xg.T
-        self._XT = self.X.T
-        self.users = PersonalParts(layout.Xk, layout.task_offsets, y, sample_weight, task_index, alpha=alpha, mu=mu,
-                                   dual_max_rows=dual_max_rows)
+
+        # Chunks: contiguous task ranges of about chunk_rows rows.
+        counts = np.bincount(task_index, minlength=T)
+        cum = np.cumsum(counts)
+        size = CHUNK_ROWS if chunk_rows is None else max(int(chunk_rows), 1)
+        cuts = np.searchsorted(cum, size * np.arange(1, n // size + 1), side="right")
+        bounds = np.unique(np.concatenate([[0], np.minimum(cuts, T), [T]])).astype(np.int64)
+        self.store = ArrayStore(spill=len(bounds) > 2 if spill is None else spill)
+        row_order = np.argsort(task_index, kind="stable")
+        row_start = np.concatenate([[0], cum])
+        self.chunks: list[UserChunk] = []
+        try:
+            for t0, t1 in zip(bounds[:-1], bounds[1:]):
+                rows = row_order[row_start[t0]:row_start[t1]]
+                sub = X[rows]
+                if transform is not None:
+                    sub = transform(sub)
+                self.chunks.append(UserChunk(sub, task_index[rows] - t0, task_group[t0:t1], y[rows],
+                                             sample_weight[rows], group_keys, G, alpha=alpha, mu=mu,
+                                             dual_max_rows=dual_max_rows, store=self.store))
+                del sub
+                return_free_memory()  # the chunk's temporaries, and its data once spilled
+        except BaseException:
+            self.store.close()
+            raise
+        starts = np.cumsum([0] + [c.task_offsets[-1] for c in self.chunks])
+        self.task_offsets = np.concatenate([[0]] + [c.task_offsets[1:] + k0 for c, k0 in zip(self.chunks, starts)])
+        self.key_cols = (np.concatenate([c.key_cols for c in self.chunks]) if self.chunks
+                         else np.zeros(0, np.int32))
         self._last: np.ndarray | None = None
         self.evaluations = 0
 
@@ -363,28 +592,27 @@ class ProjectedLoss:
     def loss_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """F(theta_s) and dF/dtheta_s (original, unnormalised form); the users' solutions are kept."""
         p = self.unpack(theta)
-        lay = self.layout
-        w0 = np.zeros(lay.n_features)
-        w0[lay.shared_cols] = p["w0"]
-        b = p["b0"][0] + np.append(p["cg"], 0.0)[self.gi]
-        o = self.X @ w0
-        del w0
-        if self.Xg is not None:
-            if self._group_rows is None:
-                o += self.Xg @ p["u"]
-            else:
-                o[self._group_rows] += self.Xg @ p["u"]
-        o += b
-        del b
-        loss, r = self.users.solve(o, self.inner_tol * self._looser, self.heavy_tol * self._looser, self.max_iter)
-        del o
+        w0 = np.zeros(self.n_features)
+        w0[self.shared_cols] = p["w0"]
+        intercepts = p["b0"][0] + np.append(p["cg"], 0.0)
+        loss = 0.0
+        grad_w = np.zeros(self.n_features)
+        grad_u = np.zeros(self.sizes["u"])
+        grad_b = np.zeros(self.n_groups + 1)
+        for chunk in self.chunks:  # the map over chunks of users, and the reduction
+            part, gw, gu, gb = chunk.evaluate(w0, p["u"], intercepts, self.inner_tol * self._looser,
+                                              self.heavy_tol * self._looser, self.max_iter)
+            loss += part
+            grad_w += gw
+            if gu is not None:
+                grad_u += gu
+            grad_b += gb
         grad = np.empty_like(theta)
         sl = self.slices
-        grad[sl["w0"]] = (self._XT @ r)[lay.shared_cols]
-        if self.n_groups:
-            grad[sl["u"]] = self._XgT @ (r if self._group_rows is None else r[self._group_rows])
-            grad[sl["cg"]] = np.bincount(self.gi, weights=r, minlength=self.n_groups + 1)[:-1]
-        grad[sl["b0"]] = r.sum()
+        grad[sl["w0"]] = grad_w[self.shared_cols]
+        grad[sl["u"]] = grad_u
+        grad[sl["cg"]] = grad_b[:-1]
+        grad[sl["b0"]] = grad_b.sum()
         pen_theta = self.alpha_penalty.times(theta)
         loss += 0.5 * float(theta @ pen_theta)
         grad += pen_theta
@@ -395,7 +623,14 @@ class ProjectedLoss:
         return loss, grad
 
     def personal(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The users' parts at theta: v on every key (layout order) and c per task."""
+        """The users' parts at theta: v on every key (``key_cols`` order) and c per task."""
         if self._last is None or not np.array_equal(theta, self._last):
             self.loss_gradient(theta)
-        return self.users.parts()
+        parts = [chunk.parts() for chunk in self.chunks]
+        return (np.concatenate([v for v, _ in parts]) if parts else np.zeros(0),
+                np.concatenate([c for _, c in parts]) if parts else np.zeros(0))
+
+    def close(self) -> None:
+        """Remove the scratch data (the objective cannot be evaluated afterwards)."""
+        self.chunks = []
+        self.store.close()

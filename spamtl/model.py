@@ -99,8 +99,9 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         How J is minimised; every solver finds the same optimum (to ``tol``).  ``'joint'``: one L-BFGS over
         all parameters.  ``'projected'``: L-BFGS over the shared and group parts only, each task's part
         solved exactly given them (:mod:`spamtl._projected`): the optimiser's memory is that of the
-        vocabulary, not of users x vocabulary.  ``'auto'``: projected from ``PROJECTED_FROM_TASKS``
-        tasks on.
+        vocabulary, not of users x vocabulary, and the rows are held a chunk of users at a time, in a
+        scratch directory under ``$TMPDIR`` beyond ``spamtl._projected.CHUNK_ROWS`` rows (removed when
+        the fit ends).  ``'auto'``: projected from ``PROJECTED_FROM_TASKS`` tasks on.
 
     Attributes
     ----------
@@ -225,8 +226,6 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         if y.ndim != 1 or len(y) != n:
             raise ValueError(f"y must have shape ({n},), got {y.shape}")
         idf = IdfWeights.fit(X) if self.idf else None
-        if idf is not None:
-            X = idf.transform(X)
         classes = np.unique(y)
         if len(classes) != 2:
             raise ValueError(f"y must contain exactly two classes, got {len(classes)}: {classes[:5]!r}")
@@ -249,18 +248,26 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
                 raise ValueError("sample_weight must be finite, non-negative, of shape (n_samples,)")
             s = s * sw
 
-        layout = TaskLayout.build(X, tidx, T, task_group, G)
-        return_free_memory()  # the index building's temporaries (~4 GB at 10,000 users), kept by malloc
         projected = self.solver == "projected" or (self.solver == "auto" and T >= PROJECTED_FROM_TASKS)
         tol = float(self.tol) * (PROJECTED_TOL if projected else 1.0)
         objective: MultiTaskLogisticLoss | ProjectedLoss
-        if projected:  # it also reads the data by column (X shares the layout's values)
-            objective = ProjectedLoss(layout, y_pm, s, tidx, task_group, alpha=float(self.alpha), mu=float(self.mu),
-                                      mu_group=float(self.mu_group), tol=tol, max_iter=int(self.max_iter), X=X)
-        del X  # the layout holds the data now (its own key indices, the same values)
-        if not projected:
+        layout: TaskLayout | ProjectedLoss
+        if projected:
+            # A chunk of users at a time, weighted chunk by chunk, kept on disk when there are several: no
+            # weighted copy or key layout of all rows (:mod:`spamtl._projected`).
+            objective = layout = ProjectedLoss(
+                X, y_pm, s, tidx, task_group, alpha=float(self.alpha), mu=float(self.mu),
+                mu_group=float(self.mu_group), tol=tol, max_iter=int(self.max_iter), n_groups=G,
+                transform=None if idf is None else idf.transform)
+            del X
+        else:
+            if idf is not None:
+                X = idf.transform(X)
+            layout = TaskLayout.build(X, tidx, T, task_group, G)
+            del X  # the layout holds the data now (its own key indices, the same values)
             objective = MultiTaskLogisticLoss(layout, y_pm, s, tidx, task_group, alpha=float(self.alpha),
                                               mu=float(self.mu), mu_group=float(self.mu_group))
+        return_free_memory()  # the index building's temporaries (~4 GB at 10,000 users), kept by malloc
         theta0 = self._initial_theta(objective, layout, task_labels, group_labels, y_pm, s)
         pool, own, handles = None, False, []
         if executor is not None and not projected:
@@ -272,15 +279,17 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         try:
             theta, n_iter, grad_norm = minimize_lbfgs(objective, theta0, tol=tol, max_iter=int(self.max_iter),
                                                       secant=projected)
+            p = objective.unpack(theta)
+            if isinstance(objective, ProjectedLoss):
+                p["v"], p["c"] = objective.personal(theta)
         finally:
             for h in handles:
                 if isinstance(h, Inherited):
                     release(h)
             if own and pool is not None:
                 pool.shutdown()
-        p = objective.unpack(theta)
-        if isinstance(objective, ProjectedLoss):
-            p["v"], p["c"] = objective.personal(theta)
+            if isinstance(objective, ProjectedLoss):
+                objective.close()  # its scratch files
         # The data, key indices and Gram matrices go before the fitted parts are assembled (a 10,000-user
         # night's peak was that moment, with both alive).
         shared_cols, group_offsets, group_cols = layout.shared_cols, layout.group_offsets, layout.group_cols

@@ -12,8 +12,7 @@ from sklearn.linear_model import LogisticRegression
 
 import spamtl._projected as projected
 import spamtl.model as model
-from spamtl._objective import TaskLayout
-from spamtl._projected import ProjectedLoss, dual_newton
+from spamtl._projected import ArrayStore, ProjectedLoss, dual_newton
 from spamtl.model import MultiTaskLogisticRegression
 from tests.test_model import GROUPS, TASKS, augmented_design, make_problem
 
@@ -65,23 +64,27 @@ def test_newton_halves_steps_where_the_full_step_overshoots() -> None:
     np.testing.assert_allclose(Z @ (Z.T @ a[0]), Z @ lr.coef_[0], atol=1e-4)
 
 
-def _objective(dual_max_rows: int | None = None) -> ProjectedLoss:
+def _objective(dual_max_rows: int | None = None, chunk_rows: int | None = None) -> ProjectedLoss:
     X, y, tasks, groups = make_problem(d=6, n_per_task=10)
     _, tidx = np.unique(tasks, return_inverse=True)
     names = sorted({g for g in groups if g is not None})
     task_group = np.array([names.index(GROUPS[t]) if GROUPS[t] else -1 for t in TASKS])
-    layout = TaskLayout.build(sp.csr_matrix(X), tidx, len(TASKS), task_group, len(names))
     rng = np.random.default_rng(1)
-    return ProjectedLoss(layout, np.where(y == 1, 1.0, -1.0), rng.uniform(0.5, 2, len(y)), tidx, task_group,
-                         alpha=0.7, mu=2.5, mu_group=0.4, tol=1e-9, dual_max_rows=dual_max_rows)
+    return ProjectedLoss(sp.csr_matrix(X), np.where(y == 1, 1.0, -1.0), rng.uniform(0.5, 2, len(y)), tidx,
+                         task_group, alpha=0.7, mu=2.5, mu_group=0.4, tol=1e-9, dual_max_rows=dual_max_rows,
+                         n_groups=len(names), chunk_rows=chunk_rows)
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 12], ids=["one-chunk", "chunks-on-disk"])
 @pytest.mark.parametrize("dual_max_rows", [None, 5], ids=["dual", "primal"])
-def test_gradient_of_the_projected_objective_matches_finite_differences(dual_max_rows: int | None) -> None:
+def test_gradient_of_the_projected_objective_matches_finite_differences(dual_max_rows: int | None,
+                                                                        chunk_rows: int | None) -> None:
     """dF/dtheta_s is the joint gradient's shared rows at the users' optimum (envelope theorem); checked
-    against differences of F, whose every value solves the users' problems again."""
-    obj = _objective(dual_max_rows)
-    assert bool(obj.users.heavy) == (dual_max_rows is not None)
+    against differences of F, whose every value solves the users' problems again.  Also with the users in
+    chunks of one or two (10 rows each), read back from the scratch directory on every evaluation."""
+    obj = _objective(dual_max_rows, chunk_rows)
+    assert any(c.users.heavy for c in obj.chunks) == (dual_max_rows is not None)
+    assert (len(obj.chunks) > 2) == (obj.store.directory is not None) == (chunk_rows is not None)
     theta = np.random.default_rng(2).normal(size=obj.n_params)
     err = check_grad(lambda t: obj.loss_gradient(t)[0], lambda t: obj.loss_gradient(t)[1], theta, epsilon=1e-6)
     assert err < 1e-5 * max(1.0, np.linalg.norm(obj.loss_gradient(theta)[1]))
@@ -127,10 +130,19 @@ def test_projected_fit_equals_logistic_regression_on_augmented_design(monkeypatc
         np.testing.assert_allclose(est.coef_tasks_[i].toarray().ravel(), block, atol=1e-4)
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 300], ids=["one-chunk", "chunks-on-disk"])
 @pytest.mark.parametrize("everyone_grouped", [False, True], ids=["some-grouped", "all-grouped"])
-def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch, everyone_grouped) -> None:  # type: ignore[no-untyped-def]
+def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch, tmp_path, everyone_grouped,
+                                                                    chunk_rows) -> None:  # type: ignore[no-untyped-def]
     """60 users of 3 to 120 rows (several padded sizes, several batches, two primal users), groups for some
-    or for all (the group data then shares the layout's rows)."""
+    or for all (the group data then shares the layout's rows); in one chunk, or in chunks of ~300 rows kept in
+    a scratch directory, which is gone after the fit."""
+    if chunk_rows is not None:
+        monkeypatch.setattr(projected, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(projected.tempfile, "tempdir", str(tmp_path))
+    made = []
+    real_mkdtemp = projected.tempfile.mkdtemp
+    monkeypatch.setattr(projected.tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
     monkeypatch.setattr(projected, "DUAL_MAX_ROWS", 100)
     monkeypatch.setattr(projected, "BATCH_BYTES", 8 * 16 * 16 * 3)  # three users of 16 rows a batch
     monkeypatch.setattr(projected, "GRAM_USERS", 2)  # their Gram matrices two users at a time
@@ -156,6 +168,37 @@ def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch,
                                atol=2e-4)
     np.testing.assert_allclose(proj.intercept_tasks_, joint.intercept_tasks_, atol=2e-4)
     assert abs(proj.coef_tasks_ - joint.coef_tasks_).max() < 2e-4
+    assert len(made) == (chunk_rows is not None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_array_store_on_disk_gives_back_what_it_was_given_and_removes_its_directory(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(projected.tempfile, "tempdir", str(tmp_path))
+    store = ArrayStore(spill=True)
+    X = sp.random(7, 5, density=0.5, random_state=0, format="csr")
+    handles = store.put_csr(X)
+    k = store.put(np.arange(12.0).reshape(2, 2, 3))
+    assert len(list(tmp_path.glob("spamtl-fit-*/*.npy"))) == 4
+    back = store.get_csr(handles)
+    assert (back != X).nnz == 0 and back.shape == X.shape
+    np.testing.assert_array_equal(store.get(k), np.arange(12.0).reshape(2, 2, 3))
+    store.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_fit_leaves_no_scratch_data(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(projected.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(projected, "CHUNK_ROWS", 20)
+    X, y, tasks, groups = make_problem()
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        assert len(list(tmp_path.glob("spamtl-fit-*/*.npy"))) > 0  # the chunks are on disk meanwhile
+        raise MemoryError("planted")
+
+    monkeypatch.setattr(model, "minimize_lbfgs", broken)
+    with pytest.raises(MemoryError, match="planted"):
+        MultiTaskLogisticRegression(solver="projected").fit(X, y, tasks=tasks, groups=groups)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_auto_solver_is_projected_from_the_threshold_on(monkeypatch) -> None:  # type: ignore[no-untyped-def]
