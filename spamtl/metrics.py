@@ -7,11 +7,12 @@ AUC, while verdict metrics need a ``threshold`` on the same scale).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["roc_auc", "macro_auc_error", "roc_curve_points", "spam_caught_at_fpr", "binary_metrics"]
+__all__ = ["roc_auc", "macro_auc_error", "rows_by_task", "roc_curve_points", "spam_caught_at_fpr", "binary_metrics"]
 
 
 def roc_auc(is_spam: Any, scores: Any) -> float:
@@ -55,12 +56,26 @@ def macro_auc_error(is_spam: Any, scores: Any, tasks: Any) -> float:
     s = np.asarray(scores, dtype=np.float64)
     t = np.asarray(tasks)
     errors = []
-    for task in np.unique(t):
-        m = t == task
-        auc = roc_auc(y[m], s[m])
+    for _, rows in rows_by_task(t):
+        auc = roc_auc(y[rows], s[rows])
         if not np.isnan(auc):
             errors.append(100.0 * (1.0 - auc))
     return float(np.mean(errors)) if errors else float("nan")
+
+
+def rows_by_task(tasks: Any) -> Iterator[tuple[Any, np.ndarray]]:
+    """Each distinct task (sorted) and the indices of its rows, in their order: one sort, not a comparison of
+    every row per task (at 10,000 users and 1M rows the comparisons took half a minute).
+
+    Examples
+    --------
+    >>> [(t, rows.tolist()) for t, rows in rows_by_task(["b", "a", "b"])]
+    [('a', [1]), ('b', [0, 2])]
+    """
+    t = np.asarray(tasks)
+    order = np.argsort(t, kind="stable")
+    names, starts = np.unique(t[order], return_index=True)
+    return zip(names.tolist(), np.split(order, starts[1:]))
 
 
 def roc_curve_points(is_spam: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ from spamtl._objective import (
 )
 from spamtl._projected import INNER_TOL, PersonalParts, ProjectedLoss
 from spamtl.features import IdfWeights
-from spamtl.metrics import macro_auc_error
+from spamtl.metrics import macro_auc_error, rows_by_task
 from spamtl.parallel import Inherited, SerialExecutor, release, resolve, return_free_memory, share
 from spamtl.scoring import ModelWeights, SparsePart
 
@@ -827,9 +827,7 @@ def _personal_parts(est: MultiTaskLogisticRegression, X: Any, y: np.ndarray, tid
 
 def _rows_by_task(tasks: np.ndarray, rows: np.ndarray) -> dict[Any, np.ndarray]:
     """``rows`` split by task, each part in the order given."""
-    order = np.argsort(tasks[rows], kind="stable")
-    names, starts = np.unique(tasks[rows][order], return_index=True)
-    return {name: rows[part] for name, part in zip(names, np.split(order, starts[1:]))}
+    return {name: rows[part] for name, part in rows_by_task(tasks[rows])}
 
 
 def _macro_weights(tasks: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from spamtl.metrics import binary_metrics, macro_auc_error, roc_auc, roc_curve_points, spam_caught_at_fpr
+from spamtl.metrics import (binary_metrics, macro_auc_error, roc_auc, roc_curve_points, rows_by_task,
+                            spam_caught_at_fpr)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -35,6 +36,24 @@ def test_macro_skips_one_class_tasks() -> None:
     s = np.array([0.1, 0.9, 0.8, 0.2, 0.5, 0.6])
     t = np.array(["a", "a", "b", "b", "c", "c"])
     assert macro_auc_error(y, s, t) == pytest.approx((0.0 + 100.0) / 2)
+
+
+def test_macro_on_interleaved_tasks_matches_sklearn_per_task() -> None:
+    """Rows of 40 tasks in random order (and a numeric task id): each task's AUC from its own rows only."""
+    rng = np.random.default_rng(3)
+    t = rng.integers(0, 40, 2000)
+    y = rng.random(2000) < 0.4
+    s = np.round(rng.normal(size=2000) + y * (t % 5) / 4, 1)
+    expected = [100 * (1 - roc_auc_score(y[t == k], s[t == k])) for k in range(40)]
+    assert macro_auc_error(y, s, t) == pytest.approx(np.mean(expected), abs=1e-10)
+    assert macro_auc_error(y, s, t.astype(str)) == pytest.approx(np.mean(expected), abs=1e-10)
+
+
+def test_rows_by_task_splits_every_row_once_in_order() -> None:
+    tasks = np.array(["b", "a", "c", "b", "a", "b"])
+    assert [(name, rows.tolist()) for name, rows in rows_by_task(tasks)] == [
+        ("a", [1, 4]), ("b", [0, 3, 5]), ("c", [2])]
+    assert list(rows_by_task(np.array([], dtype=str))) == []
 
 
 def test_spam_caught_at_low_fpr() -> None:

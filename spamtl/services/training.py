@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from spamtl.config import Settings
 from spamtl.errors import NoModelError, UsageError
-from spamtl.metrics import macro_auc_error
+from spamtl.metrics import macro_auc_error, rows_by_task
 from spamtl.parallel import Inherited, SerialExecutor, release, return_free_memory, share, training_executor
 from spamtl.services.cutoffs import ham_for
 from spamtl.services.dataset import TrainingData, load_training_data
@@ -500,15 +500,15 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
-def _shrunk_quantile(scores: np.ndarray, mine: np.ndarray, q: float, shrinkage: float, method: str,
+def _shrunk_quantile(scores: np.ndarray, q: float, shrinkage: float, method: str,
                      z_shared: float) -> tuple[float, int, float]:
-    """The ``q`` quantile of ``scores[mine]`` shrunk toward ``z_shared``: ``w z_u + (1 - w) z_shared`` with
-    ``w = n / (n + shrinkage)`` for ``n`` rows; returns it, n and w (no rows: ``z_shared``, 0, 0)."""
-    n = int(mine.sum())
+    """The ``q`` quantile of ``scores`` shrunk toward ``z_shared``: ``w z_u + (1 - w) z_shared`` with
+    ``w = n / (n + shrinkage)`` for ``n`` scores; returns it, n and w (no scores: ``z_shared``, 0, 0)."""
+    n = len(scores)
     if n == 0:
         return z_shared, 0, 0.0
     w = n / (n + shrinkage)
-    return w * float(np.quantile(scores[mine], q, method=method)) + (1 - w) * z_shared, n, w
+    return w * float(np.quantile(scores, q, method=method)) + (1 - w) * z_shared, n, w
 
 
 def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Settings) -> tuple[dict[str, Cutoff],
@@ -571,15 +571,14 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
     shared = cutoff(max(z_shared, z_global), z_ham_shared,
                     f"shared: target {pct} ham FPR on {int(ham.sum())} ham of all users")
     out: dict[str, Cutoff] = {}
-    for user in np.unique(data.users):
-        of_user = data.users == user
+    for user, rows in rows_by_task(data.users):
         z_ham, ham_sample = z_ham_global, ""
         if spam_share > 0:
-            z_ham, n_spam, w_spam = _shrunk_quantile(oof_scores, spam & of_user, spam_share, k, "lower",
+            z_ham, n_spam, w_spam = _shrunk_quantile(oof_scores[rows[spam[rows]]], spam_share, k, "lower",
                                                      z_ham_shared)
             ham_sample = (f" on {n_spam} spam, shrunk {100 * (1 - w_spam):.0f}% to shared" if n_spam
                           else ", shared (no spam)")
-        z, n_ham, w = _shrunk_quantile(oof_scores, ham & of_user, 1.0 - target, k, "higher", z_shared)
+        z, n_ham, w = _shrunk_quantile(oof_scores[rows[ham[rows]]], 1.0 - target, k, "higher", z_shared)
         if n_ham == 0:
             out[str(user)] = cutoff(max(z_shared, z_global), z_ham, "shared (no ham)", ham_sample)
             continue
