@@ -34,7 +34,7 @@ The rows are held a chunk of users at a time (:class:`UserChunk`, ``CHUNK_ROWS``
 key layout, Gram matrices and by-column data, and an evaluation is a map over the chunks (the shared parts'
 score of the chunk's rows, its users' solutions, its partial gradient: a vocabulary-sized sum) and a reduction
 (the sums added).  A fit of more than one chunk keeps the chunks' data in a scratch directory
-(:class:`ArrayStore`, under ``tempfile.gettempdir()``, i.e. ``$TMPDIR``) and reads one chunk at a time, so
+(:class:`ArrayStore`, under ``$TMPDIR``, or ``/var/tmp`` where ``/tmp`` is a tmpfs) and reads one chunk at a time, so
 its memory is the model's (the optimiser's vectors of the shared parts, the personal parts it returns, a few
 numbers per row) plus one chunk's, not every row's: at 10,000 users of 100 labels the rows' by-column,
 by-key and by-group-key data and the Gram matrices were ~4.5 GB in memory, and are ~3.5 GB on disk instead.
@@ -58,6 +58,7 @@ from spamtl._objective import (
     ConvergenceWarning,
     MultiTaskLogisticLoss,
     TaskLayout,
+    _ranges,
     minimize_lbfgs,
     parameter_blocks,
 )
@@ -93,6 +94,39 @@ def _gather(values: np.ndarray, index: np.ndarray, chunk: int = 1 << 24) -> np.n
     return out
 
 
+def _on_memory_filesystem(path: str, mounts: str | None = None) -> bool:
+    """Whether ``path`` is on a tmpfs or ramfs (per ``/proc/self/mounts``, or ``mounts`` in its format)."""
+    if mounts is None:
+        try:
+            with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+                mounts = f.read()
+        except OSError:
+            return False
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind in ("tmpfs", "ramfs")
+
+
+def scratch_parent(mounts: str | None = None) -> str:
+    """Where a fit keeps its chunks: ``$TMPDIR`` if set, else the system's temporary directory, unless that
+    is a tmpfs (memory: data kept there would leave none free) and ``/var/tmp`` is a writable disk."""
+    default = tempfile.gettempdir()
+    if os.environ.get("TMPDIR") or not _on_memory_filesystem(default, mounts):
+        return default
+    disk = "/var/tmp"
+    if os.path.isdir(disk) and os.access(disk, os.W_OK) and not _on_memory_filesystem(disk, mounts):
+        return disk
+    return default
+
+
 def _remove_directory(path: str, owner: int) -> None:
     if os.getpid() == owner:  # not from a process forked meanwhile (a fold worker)
         shutil.rmtree(path, ignore_errors=True)
@@ -100,10 +134,10 @@ def _remove_directory(path: str, owner: int) -> None:
 
 class ArrayStore:
     """Arrays put away and got back by handle: kept as they are, or (``spill=True``) written to a scratch
-    directory and read back on each :meth:`get`, so that only the arrays in use are in memory.
+    directory and mapped again on each :meth:`get`, so that only the arrays in use are in memory.
 
-    The directory (``spamtl-fit-*`` under ``tempfile.gettempdir()``) is removed by :meth:`close`, or when the
-    store is collected, by the process that made it.
+    The directory (``spamtl-fit-*`` in :func:`scratch_parent`) is removed by :meth:`close`, or when the store
+    is collected, by the process that made it.
     """
 
     def __init__(self, spill: bool) -> None:
@@ -111,13 +145,13 @@ class ArrayStore:
         self._count = 0
         self.directory: str | None = None
         if spill:
-            self.directory = tempfile.mkdtemp(prefix="spamtl-fit-")
+            self.directory = tempfile.mkdtemp(prefix="spamtl-fit-", dir=scratch_parent())
             self._finalizer = weakref.finalize(self, _remove_directory, self.directory, os.getpid())
 
     def put(self, array: np.ndarray) -> int:
         handle = self._count
         self._count += 1
-        if self.directory is None:
+        if self.directory is None or array.nbytes == 0:  # an empty array cannot be mapped
             self._kept[handle] = array
             return handle
         path = os.path.join(self.directory, f"{handle}.npy")
@@ -129,9 +163,11 @@ class ArrayStore:
         return handle
 
     def get(self, handle: int) -> np.ndarray:
-        if self.directory is None:
+        """The array (read-only where it is on disk: mapped, not read, so that the pages come from the page
+        cache without a copy and leave memory when the array is dropped)."""
+        if handle in self._kept:
             return self._kept[handle]
-        return np.load(os.path.join(self.directory, f"{handle}.npy"), allow_pickle=False)
+        return np.load(os.path.join(self.directory, f"{handle}.npy"), mmap_mode="r", allow_pickle=False)
 
     def put_csr(self, X: sp.csr_matrix) -> tuple[int, int, int, tuple[int, int]]:
         return self.put(X.data), self.put(X.indices), self.put(X.indptr), X.shape
@@ -386,20 +422,31 @@ class PersonalParts:
         return v, c
 
 
-def _group_keys(X: sp.csr_matrix, row_group: np.ndarray, chunk_rows: int = 1 << 16) -> np.ndarray:
+def _group_keys(X: sp.csr_matrix, row_group: np.ndarray, n_groups: int, chunk_rows: int = 1 << 16) -> np.ndarray:
     """The sorted distinct ``group * d + column`` codes of the grouped rows' non-zeros (``row_group`` -1 for a
-    row without group), a chunk of rows at a time: the group keys of the whole data, with no key-sized array
-    but the result."""
+    row without group): the group keys of the whole data.
+
+    One group at a time: a group of few non-zeros by sorting its columns, a larger one by marking its
+    columns in a table of the d columns, a chunk of its rows at a time (a sort of every code took a minute at
+    10,000 users); memory of one group's table, not of the codes of every non-zero.
+    """
     d = X.shape[1]
-    codes = np.zeros(0, np.int64)
-    for r0 in range(0, X.shape[0], chunk_rows):
-        r1 = min(r0 + chunk_rows, X.shape[0])
-        e0, e1 = X.indptr[r0], X.indptr[r1]
-        g = np.repeat(row_group[r0:r1].astype(np.int64), np.diff(X.indptr[r0:r1 + 1]))
-        keep = g >= 0
-        if keep.any():
-            codes = np.union1d(codes, g[keep] * d + X.indices[e0:e1][keep])
-    return codes
+    lengths = np.diff(X.indptr)
+    order = np.argsort(row_group, kind="stable")
+    starts = np.searchsorted(row_group[order], np.arange(n_groups + 1))
+    parts = []
+    for g in range(n_groups):
+        rows = order[starts[g]:starts[g + 1]]
+        if int(lengths[rows].sum()) * 16 < d:
+            cols = np.unique(X.indices[_ranges(X.indptr[rows], lengths[rows])])
+        else:
+            present = np.zeros(d, dtype=bool)
+            for r0 in range(0, len(rows), chunk_rows):
+                sub = rows[r0:r0 + chunk_rows]
+                present[X.indices[_ranges(X.indptr[sub], lengths[sub])]] = True
+            cols = np.flatnonzero(present)
+        parts.append(cols.astype(np.int64) + g * d)
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 class UserChunk:
@@ -537,7 +584,7 @@ class ProjectedLoss:
         present[X.indices] = True
         self.shared_cols = np.flatnonzero(present).astype(np.int64)
         del present
-        group_keys = _group_keys(X, task_group[task_index]) if G else np.zeros(0, np.int64)
+        group_keys = _group_keys(X, task_group[task_index], G) if G else np.zeros(0, np.int64)
         key_group = group_keys // max(d, 1)
         self.group_offsets = np.searchsorted(key_group, np.arange(G + 1)).astype(np.int64)
         self.group_cols = group_keys - key_group * d

@@ -342,8 +342,9 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         task_group = np.array([index.get(g, -1) if g is not None else -1 for g in per_task], dtype=np.int64)
         return np.array(names, dtype=object), task_group
 
-    def _initial_theta(self, objective: MultiTaskLogisticLoss | ProjectedLoss, layout: TaskLayout, task_labels: np.ndarray,
-                       group_labels: np.ndarray, y_pm: np.ndarray, s: np.ndarray) -> np.ndarray:
+    def _initial_theta(self, objective: MultiTaskLogisticLoss | ProjectedLoss, layout: TaskLayout | ProjectedLoss,
+                       task_labels: np.ndarray, group_labels: np.ndarray, y_pm: np.ndarray,
+                       s: np.ndarray) -> np.ndarray:
         theta = np.zeros(objective.n_params)
         sl = objective.slices
         pos = float(s[y_pm > 0].sum())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -140,6 +141,7 @@ def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch,
     if chunk_rows is not None:
         monkeypatch.setattr(projected, "CHUNK_ROWS", chunk_rows)
     monkeypatch.setattr(projected.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     made = []
     real_mkdtemp = projected.tempfile.mkdtemp
     monkeypatch.setattr(projected.tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
@@ -172,8 +174,10 @@ def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_array_store_on_disk_gives_back_what_it_was_given_and_removes_its_directory(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_array_store_on_disk_gives_back_what_it_was_given_and_removes_its_directory(  # type: ignore[no-untyped-def]
+        monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(projected.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     store = ArrayStore(spill=True)
     X = sp.random(7, 5, density=0.5, random_state=0, format="csr")
     handles = store.put_csr(X)
@@ -188,6 +192,7 @@ def test_array_store_on_disk_gives_back_what_it_was_given_and_removes_its_direct
 
 def test_a_failed_fit_leaves_no_scratch_data(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(projected.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(projected, "CHUNK_ROWS", 20)
     X, y, tasks, groups = make_problem()
 
@@ -242,3 +247,31 @@ def test_unknown_solver_is_refused() -> None:
     X, y, tasks, _ = make_problem()
     with pytest.raises(ValueError, match="solver must be one of"):
         MultiTaskLogisticRegression(solver="newton").fit(X, y, tasks=tasks)
+
+
+DISK_ROOT = "/dev/vda1 / ext4 rw,relatime 0 0\nproc /proc proc rw 0 0\n"
+
+
+@pytest.mark.skipif(not os.access("/var/tmp", os.W_OK), reason="needs a writable /var/tmp")
+def test_scratch_goes_to_disk_not_to_a_tmpfs(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Chunks kept on a tmpfs would stay in memory: /var/tmp instead, unless TMPDIR says where."""
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setattr(projected.tempfile, "tempdir", "/tmp")
+    assert projected.scratch_parent(DISK_ROOT) == "/tmp"
+    assert projected.scratch_parent(DISK_ROOT + "tmpfs /tmp tmpfs rw,nosuid 0 0\n") == "/var/tmp"
+    assert projected.scratch_parent(DISK_ROOT + "tmpfs /tmp tmpfs rw 0 0\ntmpfs /var/tmp tmpfs rw 0 0\n") == "/tmp"
+    assert projected.scratch_parent(DISK_ROOT + "tmpfs /tmpx tmpfs rw 0 0\n") == "/tmp"  # another mount's prefix
+    monkeypatch.setenv("TMPDIR", "/tmp")
+    assert projected.scratch_parent(DISK_ROOT + "tmpfs /tmp tmpfs rw 0 0\n") == "/tmp"
+
+
+def test_group_keys_are_every_grouped_rows_columns_per_group() -> None:
+    """Against sets, with groups small enough to be sorted and large enough to be marked in a table."""
+    rng = np.random.default_rng(4)
+    d = 64
+    X = sp.random(400, d, density=0.05, random_state=4, format="csr")
+    row_group = rng.choice([-1, 0, 1, 2, 3], size=400, p=[0.2, 0.5, 0.27, 0.02, 0.01])
+    expected = sorted({g * d + c for r, g in enumerate(row_group) if g >= 0 for c in X[r].indices})
+    np.testing.assert_array_equal(projected._group_keys(X, row_group, 5, chunk_rows=7), expected)
+    small = [g for g in range(5) if X[row_group == g].nnz * 16 < d]
+    assert small and len(small) < 5  # both ways were taken (group 4 has no row: no keys)
