@@ -131,6 +131,15 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return out
 
 
+def task_ranges(cumulative: np.ndarray, size: float) -> np.ndarray:
+    """Bounds ``[0, ..., T]`` of contiguous task ranges of about ``size`` each (a task is never split), where
+    ``cumulative`` is the running total over tasks of what is counted (rows, non-zeros)."""
+    T = len(cumulative)
+    total = float(cumulative[-1]) if T else 0.0
+    cuts = np.searchsorted(cumulative, size * np.arange(1, int(total // size) + 1), side="right")
+    return np.unique(np.concatenate([[0], np.minimum(cuts, T), [T]])).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class TaskLayout:
     """Index bookkeeping for the compact parameterisation.
@@ -186,10 +195,7 @@ class TaskLayout:
         lengths = np.diff(X.indptr)
         row_order = np.argsort(task_index, kind="stable")
         row_start = np.searchsorted(task_index[row_order], np.arange(n_tasks + 1))
-        task_nnz = np.cumsum(np.bincount(task_index, weights=lengths, minlength=n_tasks))
-        cuts = np.searchsorted(task_nnz, BUILD_BLOCK_NNZ * np.arange(1, int(task_nnz[-1] // BUILD_BLOCK_NNZ) + 1)
-                               if n_tasks else np.zeros(0), side="right")
-        bounds = np.unique(np.concatenate([[0], np.minimum(cuts, n_tasks), [n_tasks]])).astype(np.int64)
+        bounds = task_ranges(np.cumsum(np.bincount(task_index, weights=lengths, minlength=n_tasks)), BUILD_BLOCK_NNZ)
         inverse = np.empty(X.nnz, dtype=index_type)
         cols_parts = []
         counts = np.zeros(n_tasks, np.int64)

@@ -37,7 +37,7 @@ score of the chunk's rows, its users' solutions, its partial gradient: a vocabul
 (:class:`ArrayStore`, under ``$TMPDIR``, or ``/var/tmp`` where ``/tmp`` is a tmpfs) and reads one chunk at a time, so
 its memory is the model's (the optimiser's vectors of the shared parts, the personal parts it returns, a few
 numbers per row) plus one chunk's, not every row's: at 10,000 users of 100 labels the rows' by-column,
-by-key and by-group-key data and the Gram matrices were ~4.5 GB in memory, and are ~3.5 GB on disk instead.
+by-key and by-group-key data and the Gram matrices were ~4.5 GB in memory, and are ~3.7 GB on disk instead.
 The operating system keeps the files in its page cache while it has the memory, so the reads cost little.
 """
 
@@ -61,6 +61,7 @@ from spamtl._objective import (
     _ranges,
     minimize_lbfgs,
     parameter_blocks,
+    task_ranges,
 )
 from spamtl.parallel import return_free_memory
 
@@ -490,7 +491,7 @@ class UserChunk:
         if len(grouped):
             gkey_group = np.repeat(np.arange(n_groups, dtype=np.int64), np.diff(layout.group_offsets))
             global_position = np.searchsorted(group_keys, gkey_group * d + layout.group_cols)
-            if len(grouped) == n:  # every row grouped: the same values and row pointers as X
+            if len(grouped) == n:  # every row grouped: X's own values and row pointers (the same files)
                 gidx = _gather(global_position, layout.key_group[Xk.indices])
                 self._xg = (self._x[0], store.put(gidx), self._x[2], (n, len(group_keys)))
             else:
@@ -514,9 +515,8 @@ class UserChunk:
         X = self.store.get_csr(self._x)
         o = X @ w0
         Xg = None
-        if self._xg is not None:  # with X's own values and row pointers where every row is grouped
-            Xg = (sp.csr_matrix((X.data, self.store.get(self._xg[1]), X.indptr), shape=self._xg[3], copy=False)
-                  if self._grouped is None else self.store.get_csr(self._xg))
+        if self._xg is not None:
+            Xg = self.store.get_csr(self._xg)
             if self._grouped is None:
                 o += Xg @ u
             else:
@@ -565,19 +565,18 @@ class ProjectedLoss:
         Applied to each chunk's rows (the idf weighting): the weighted copy of all rows never exists.
     chunk_rows : int, optional
         Rows per :class:`UserChunk` (``CHUNK_ROWS``); a task is never split.  More than one chunk: they are
-        kept in a scratch directory (:class:`ArrayStore`) and read one at a time, unless ``spill=False``.
+        kept in a scratch directory (:class:`ArrayStore`) and read one at a time.
     """
 
     def __init__(self, X: sp.csr_matrix, y: np.ndarray, sample_weight: np.ndarray, task_index: np.ndarray,
                  task_group: np.ndarray, *, alpha: float, mu: float, mu_group: float, tol: float,
                  max_iter: int = 500, dual_max_rows: int | None = None,
                  transform: Callable[[sp.csr_matrix], sp.csr_matrix] | None = None, chunk_rows: int | None = None,
-                 spill: bool | None = None, n_groups: int | None = None) -> None:
+                 n_groups: int | None = None) -> None:
         X = X.tocsr()
         n, d = X.shape
         T = len(task_group)
         self.n_features = d
-        self.s = sample_weight
         self.n_groups = G = int(task_group.max(initial=-1)) + 1 if n_groups is None else n_groups
         self.max_iter = max_iter
         present = np.zeros(d, dtype=bool)
@@ -592,7 +591,7 @@ class ProjectedLoss:
         self.sizes = dict(w0=len(self.shared_cols), u=len(group_keys), b0=1, cg=G)
         factors = dict(w0=1.0, u=mu_group, b0=0.0, cg=mu_group)
         self.slices, self.n_params, self.scale, self.alpha_penalty = parameter_blocks(self.sizes, factors, alpha)
-        self.total_weight = float(self.s.sum())
+        self.total_weight = float(sample_weight.sum())
         # The users' problems are solved to INNER_TOL of the outer tolerance, in dJ/dz units, or looser while
         # the outer gradient is far above its tolerance (inexact projection: the first evaluations of a fit
         # need no tight inner solves, the last ones get them).
@@ -603,12 +602,9 @@ class ProjectedLoss:
         self._grad_factor = self.scale.inverse().over(self.total_weight or 1.0)
 
         # Chunks: contiguous task ranges of about chunk_rows rows.
-        counts = np.bincount(task_index, minlength=T)
-        cum = np.cumsum(counts)
-        size = CHUNK_ROWS if chunk_rows is None else max(int(chunk_rows), 1)
-        cuts = np.searchsorted(cum, size * np.arange(1, n // size + 1), side="right")
-        bounds = np.unique(np.concatenate([[0], np.minimum(cuts, T), [T]])).astype(np.int64)
-        self.store = ArrayStore(spill=len(bounds) > 2 if spill is None else spill)
+        cum = np.cumsum(np.bincount(task_index, minlength=T))
+        bounds = task_ranges(cum, CHUNK_ROWS if chunk_rows is None else max(int(chunk_rows), 1))
+        self.store = ArrayStore(spill=len(bounds) > 2)
         row_order = np.argsort(task_index, kind="stable")
         row_start = np.concatenate([[0], cum])
         self.chunks: list[UserChunk] = []
