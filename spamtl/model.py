@@ -49,8 +49,19 @@ def _sparse_rows(offsets: np.ndarray, cols: np.ndarray, values: np.ndarray, n_fe
 SOLVERS = ("auto", "joint", "projected")
 PROJECTED_FROM_TASKS = 1000
 """``solver='auto'`` fits this many tasks or more by variable projection (:mod:`spamtl._projected`): the joint
-L-BFGS's memory grows with users x vocabulary (~13 GB at 10,000 users), and below it every fit, test and
-quality benchmark (at most 500 users) is what it was."""
+L-BFGS's memory grows with users x vocabulary (~13 GB at 10,000 users)."""
+PROJECTED_SMALL_TASKS = (20, 256)
+"""... and from ``[0]`` tasks on when they have at most ``[1]`` rows on average, where it is also the faster.
+Three cold fits (mu 100, 10, 1) on the 10,000-user store's users took, joint / projected: 20 users of 100
+rows 3.2 / 1.0 s, 200 of 100 rows 23 / 15 s, 100 tasks of 200 rows 54 / 39 s, 50 tasks of 400 rows 44 / 84 s
+(users above ``DUAL_MAX_ROWS`` rows are solved by their own L-BFGS).  Its fits also reach the optimum where
+the joint test stops early (see ``_initial_theta``).  The 6-user quality benchmarks stay on the joint solver."""
+
+
+def auto_projected(n_tasks: int, n_rows: int) -> bool:
+    """Whether ``solver='auto'`` fits ``n_tasks`` tasks of ``n_rows`` rows in all by variable projection."""
+    few, mean_rows = PROJECTED_SMALL_TASKS
+    return n_tasks >= PROJECTED_FROM_TASKS or (n_tasks >= few and n_rows <= mean_rows * n_tasks)
 REFIT_CHUNK_ROWS = 50_000
 """score_refitted_tasks solves the tasks of about this many training rows at a time (~7M non-zeros, ~300 MB
 of layout and Gram matrices), whatever the number of users."""
@@ -85,7 +96,9 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         :mod:`spamtl._objective`) gradient of J / sum(weights) is below tol.
     warm_start : bool, default=False
         Start ``fit`` from the current fitted parameters (matched by task and
-        group label and by feature column).
+        group label and by feature column).  The joint solver starts cold
+        when alpha, mu or mu_group changed since that fit (its stopping test
+        would pass at the old optimum); the projected one always warm.
     idf : bool, default=False
         For bag-of-words rows (spamtl's features): learn inverse document
         frequencies from the rows given to ``fit`` and reweight every row
@@ -101,7 +114,8 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         solved exactly given them (:mod:`spamtl._projected`): the optimiser's memory is that of the
         vocabulary, not of users x vocabulary, and the rows are held a chunk of users at a time, in a
         scratch directory under ``$TMPDIR`` beyond ``spamtl._projected.CHUNK_ROWS`` rows (removed when
-        the fit ends).  ``'auto'``: projected from ``PROJECTED_FROM_TASKS`` tasks on.
+        the fit ends).  ``'auto'``: projected from ``PROJECTED_FROM_TASKS`` tasks on, or from
+        ``PROJECTED_SMALL_TASKS`` tasks of few rows (:func:`auto_projected`).
 
     Attributes
     ----------
@@ -147,7 +161,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
     b0 unpenalised) on the feature map x -> [x | x/sqrt(mu_group) in block
     g(t) | x/sqrt(mu) in block t] (Evgeniou & Pontil, 2004).  Solved by
     L-BFGS on the exact gradient of a compact parameterisation (see
-    :mod:`spamtl._objective`), or from ``PROJECTED_FROM_TASKS`` tasks on by
+    :mod:`spamtl._objective`), or for many tasks (:func:`auto_projected`) by
     L-BFGS over the shared and group parts with every task's part solved
     given them (:mod:`spamtl._projected`): the same optimum.
 
@@ -248,7 +262,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
                 raise ValueError("sample_weight must be finite, non-negative, of shape (n_samples,)")
             s = s * sw
 
-        projected = self.solver == "projected" or (self.solver == "auto" and T >= PROJECTED_FROM_TASKS)
+        projected = self.solver == "projected" or (self.solver == "auto" and auto_projected(T, n))
         tol = float(self.tol) * (PROJECTED_TOL if projected else 1.0)
         objective: MultiTaskLogisticLoss | ProjectedLoss
         layout: TaskLayout | ProjectedLoss
@@ -268,7 +282,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             objective = MultiTaskLogisticLoss(layout, y_pm, s, tidx, task_group, alpha=float(self.alpha),
                                               mu=float(self.mu), mu_group=float(self.mu_group))
         return_free_memory()  # the index building's temporaries (~4 GB at 10,000 users), kept by malloc
-        theta0 = self._initial_theta(objective, layout, task_labels, group_labels, y_pm, s)
+        theta0 = self._initial_theta(objective, layout, task_labels, group_labels, y_pm, s, projected)
         pool, own, handles = None, False, []
         if executor is not None and not projected:
             own = not isinstance(executor, Executor)
@@ -314,6 +328,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         self.n_iter_ = n_iter
         self.gradient_norm_ = grad_norm
         self.solver_ = "projected" if projected else "joint"
+        self.penalty_ = self._penalty()
         self.idf_ = idf
         return self
 
@@ -344,13 +359,19 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def _initial_theta(self, objective: MultiTaskLogisticLoss | ProjectedLoss, layout: TaskLayout | ProjectedLoss,
                        task_labels: np.ndarray, group_labels: np.ndarray, y_pm: np.ndarray,
-                       s: np.ndarray) -> np.ndarray:
+                       s: np.ndarray, projected: bool) -> np.ndarray:
         theta = np.zeros(objective.n_params)
         sl = objective.slices
         pos = float(s[y_pm > 0].sum())
         neg = float(s[y_pm < 0].sum())
         theta[sl["b0"]] = np.log(max(pos, 1e-12) / max(neg, 1e-12))  # the class prior
         if not (self.warm_start and hasattr(self, "coef_shared_")):
+            return theta
+        if not projected and getattr(self, "penalty_", None) != self._penalty():
+            # The joint L-BFGS from another penalty's optimum stops where it starts: its test (the max-norm of
+            # dJ / sum(s)) sees a user's part through that user's share of the weight, and after mu 100 -> 10
+            # the change in each part's gradient was below tol (0 iterations on 6 and on 50 users; held-out
+            # loss that of mu = 100).  The projected solver re-solves every part at the new penalty.
             return theta
         if self.coef_shared_.shape[0] != layout.n_features:
             warnings.warn("warm_start ignored: the number of features changed", UserWarning, stacklevel=3)
@@ -370,6 +391,9 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             theta[sl["u"]] = _lookup(self.coef_groups_, grows[gkey_group], layout.group_cols)
             theta[sl["cg"]] = np.where(grows >= 0, self.intercept_groups_[np.maximum(grows, 0)], 0.0)
         return theta
+
+    def _penalty(self) -> tuple[float, float, float]:
+        return float(self.alpha), float(self.mu), float(self.mu_group)
 
     # -------------------------------------------------------------- predict
     def _indices(self, labels: Any, known: Sequence[Any], n: int, what: str) -> np.ndarray:
@@ -497,6 +521,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
                     "task_kind": "int" if np.asarray(self.tasks_).dtype.kind in "iu" else "str",
                     "weight_scale": self.weight_scale_, "n_iter": self.n_iter_,
                     "gradient_norm": self.gradient_norm_, "solver_used": getattr(self, "solver_", "joint"),
+                    "fitted_penalty": list(getattr(self, "penalty_", self._penalty())),
                     "task_weights": {str(t): float(w) for t, w in zip(self.tasks_, self.task_weights_)}},
         )
 
@@ -512,6 +537,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         cast = int if p.get("task_kind") == "int" else str
         est.classes_ = np.array(p.get("classes", [0, 1]))
         est.solver_ = p.get("solver_used", "joint")
+        est.penalty_ = tuple(float(v) for v in p.get("fitted_penalty", est._penalty()))
         est.n_features_in_ = d
         est.tasks_ = np.array([cast(t) for t in task_names])
         est.groups_ = np.array(group_names, dtype=object)
@@ -616,8 +642,9 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     Folds are stratified on (task, label), so every fold holds a share of
     every user's ham and spam.  Within a fold the grid is walked from strong
     to weak regularisation (large alpha, large mu first), each fit
-    warm-started from the previous one, which makes the whole search cost a
-    few full fits.  ``cv`` may give the (train, test) index pairs instead,
+    warm-started from the previous one with the projected solver (many
+    users), which makes the whole search cost a few full fits; the joint
+    solver fits each setting cold.  ``cv`` may give the (train, test) index pairs instead,
     e.g. one chronological split for a quick nightly search.  The folds are
     independent (:func:`fit_fold`): with an ``executor`` (e.g.
     :func:`spamtl.parallel.training_executor`) they run side by side, with
@@ -714,7 +741,8 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
 def fit_fold(payload: Any, train: np.ndarray, test: np.ndarray, estimator: MultiTaskLogisticRegression,
              grid: Sequence[tuple[float, float]]) -> tuple[Any, list[np.ndarray]]:
     """One cross-validation fold: fit on ``train`` rows for each (alpha, mu) of ``grid`` in order, each
-    fit warm-started from the previous one, and score the ``test`` rows.
+    fit warm-started from the previous one where the solver allows (the projected one; see ``warm_start``),
+    and score the ``test`` rows.
 
     ``payload`` is ``(X, y, tasks, groups)`` (or a :mod:`spamtl.parallel` handle to it): the folds of a
     search are independent, so :func:`select_hyperparameters` runs them on an executor.  Returns the

@@ -275,3 +275,56 @@ def test_group_keys_are_every_grouped_rows_columns_per_group() -> None:
     np.testing.assert_array_equal(projected._group_keys(X, row_group, 5, chunk_rows=7), expected)
     small = [g for g in range(5) if X[row_group == g].nnz * 16 < d]
     assert small and len(small) < 5  # both ways were taken (group 4 has no row: no keys)
+
+
+def _many_users(n_users: int = 40, rows: int = 25, d: int = 30, seed: int = 3):  # type: ignore[no-untyped-def]
+    """Many small users sharing a direction, each with a twist: the shape of a real store's mu search."""
+    rng = np.random.default_rng(seed)
+    X = sp.random(n_users * rows, d, density=0.3, random_state=seed, format="csr")
+    tasks = np.repeat([f"u{i:02d}" for i in range(n_users)], rows)
+    common, own = rng.normal(size=d), rng.normal(size=(n_users, d))
+    margin = X @ common + np.einsum("ij,ij->i", X.toarray(), own[np.repeat(np.arange(n_users), rows)])
+    y = (margin + 0.3 * rng.normal(size=len(tasks)) > np.median(margin)).astype(int)
+    test = rng.random(len(y)) < 1 / 3
+    return X, y, tasks, np.flatnonzero(~test), np.flatnonzero(test)
+
+
+GRID = [(0.01, 100.0), (0.01, 10.0), (0.01, 3.0), (0.01, 1.0)]  # spamtl's default grid, walked as fit_fold does
+
+
+def test_the_warm_grid_walk_reaches_each_settings_optimum() -> None:
+    """fit_fold walks mu 100 -> 1 warm.  The joint L-BFGS's test sees a user's part through that user's share
+    of the weight, so from mu = 100's optimum it passed at once (0 iterations: the held-out scores of mu = 10
+    and 3 were mu = 100's).  Each setting's held-out scores must be its optimum's (a tight joint fit): auto's
+    projected solver reaches it within 0.3 %; the joint one at tol = 1e-5 is 3-7 % away even cold, and starts
+    cold at a new penalty (the test below)."""
+    X, y, tasks, train, test = _many_users()
+    assert model.auto_projected(len(np.unique(tasks[train])), len(train))  # 40 users of ~17 rows: projected
+    base = MultiTaskLogisticRegression(idf=False, tol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, walked = model.fit_fold((X, y, tasks, None), train, test, base, GRID)
+    for (alpha, mu), scores in zip(GRID, walked):
+        best = _fit(X[train], y[train], tasks[train], alpha=alpha, mu=mu, solver="joint", tol=1e-10, max_iter=20_000)
+        np.testing.assert_allclose(scores, best.decision_function(X[test], tasks=tasks[test]), rtol=5e-3,
+                                   atol=5e-3, err_msg=f"mu={mu}")
+
+
+def test_a_joint_warm_start_at_another_penalty_is_a_cold_start() -> None:
+    X, y, tasks, groups = make_problem()
+    cold = _fit(X, y, tasks, groups, mu=10.0, solver="joint", tol=1e-5)
+    warm = _fit(X, y, tasks, groups, mu=100.0, solver="joint", tol=1e-5).set_params(mu=10.0, warm_start=True)
+    warm.fit(X, y, tasks=tasks, groups=groups)
+    np.testing.assert_array_equal(warm.decision_function(X, tasks=tasks), cold.decision_function(X, tasks=tasks))
+    loaded = MultiTaskLogisticRegression.from_weights(warm.to_weights())  # the fitted penalty is kept
+    again = MultiTaskLogisticRegression.from_weights(warm.to_weights()).set_params(warm_start=True)
+    assert loaded.penalty_ == (1.0, 10.0, 1.0)
+    again.fit(X, y, tasks=tasks, groups=groups)  # same penalty: a true warm start, from the optimum
+    assert again.n_iter_ < cold.n_iter_ / 2
+
+
+def test_auto_solver_is_projected_for_many_small_users_only() -> None:
+    assert not model.auto_projected(19, 19 * 10)
+    assert model.auto_projected(20, 20 * 256)
+    assert not model.auto_projected(20, 20 * 256 + 1)
+    assert model.auto_projected(1000, 1000 * 5000)
