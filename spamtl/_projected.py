@@ -64,6 +64,7 @@ from spamtl._objective import (
     task_ranges,
 )
 from spamtl.parallel import return_free_memory
+from spamtl.rowfiles import release_pages, scratch_parent
 
 __all__ = ["ProjectedLoss", "PersonalParts", "UserChunk", "ArrayStore", "DUAL_MAX_ROWS", "CHUNK_ROWS", "dual_newton"]
 
@@ -93,39 +94,6 @@ def _gather(values: np.ndarray, index: np.ndarray, chunk: int = 1 << 24) -> np.n
     for k in range(0, len(index), chunk):
         out[k:k + chunk] = values[index[k:k + chunk]]
     return out
-
-
-def _on_memory_filesystem(path: str, mounts: str | None = None) -> bool:
-    """Whether ``path`` is on a tmpfs or ramfs (per ``/proc/self/mounts``, or ``mounts`` in its format)."""
-    if mounts is None:
-        try:
-            with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
-                mounts = f.read()
-        except OSError:
-            return False
-    real = os.path.realpath(path)
-    best, kind = "", ""
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        inside = real == point or real.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, kind = point, fields[2]
-    return kind in ("tmpfs", "ramfs")
-
-
-def scratch_parent(mounts: str | None = None) -> str:
-    """Where a fit keeps its chunks: ``$TMPDIR`` if set, else the system's temporary directory, unless that
-    is a tmpfs (memory: data kept there would leave none free) and ``/var/tmp`` is a writable disk."""
-    default = tempfile.gettempdir()
-    if os.environ.get("TMPDIR") or not _on_memory_filesystem(default, mounts):
-        return default
-    disk = "/var/tmp"
-    if os.path.isdir(disk) and os.access(disk, os.W_OK) and not _on_memory_filesystem(disk, mounts):
-        return disk
-    return default
 
 
 def _remove_directory(path: str, owner: int) -> None:
@@ -584,6 +552,7 @@ class ProjectedLoss:
         self.shared_cols = np.flatnonzero(present).astype(np.int64)
         del present
         group_keys = _group_keys(X, task_group[task_index], G) if G else np.zeros(0, np.int64)
+        release_pages(X)  # rows mapped from files (spamtl.rowfiles): each pass hands back what it read
         key_group = group_keys // max(d, 1)
         self.group_offsets = np.searchsorted(key_group, np.arange(G + 1)).astype(np.int64)
         self.group_cols = group_keys - key_group * d
@@ -612,6 +581,7 @@ class ProjectedLoss:
             for t0, t1 in zip(bounds[:-1], bounds[1:]):
                 rows = row_order[row_start[t0]:row_start[t1]]
                 sub = X[rows]
+                release_pages(X)
                 if transform is not None:
                     sub = transform(sub)
                 self.chunks.append(UserChunk(sub, task_index[rows] - t0, task_group[t0:t1], y[rows],

@@ -399,9 +399,10 @@ class IdfWeights:
     @classmethod
     def fit(cls, X: Any) -> IdfWeights:
         """Document frequencies of the columns of a CSR matrix (any non-zero counts as present)."""
+        from spamtl.rowfiles import column_counts  # training only: scoring never fits
+
         X = X.tocsr()
-        present = X.indices[X.data != 0]
-        df = np.bincount(present, minlength=X.shape[1]) if len(present) else np.zeros(X.shape[1], np.int64)
+        df = column_counts(X, nonzero=True)  # a batch of rows at a time (X may be mapped from disk)
         cols = np.flatnonzero(df)
         n = int(X.shape[0])
         values = np.log((1.0 + n) / (1.0 + df[cols])) + 1.0

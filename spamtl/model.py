@@ -34,6 +34,7 @@ from spamtl._projected import INNER_TOL, PersonalParts, ProjectedLoss
 from spamtl.features import IdfWeights
 from spamtl.metrics import macro_auc_error, rows_by_task
 from spamtl.parallel import Inherited, SerialExecutor, release, resolve, return_free_memory, share
+from spamtl.rowfiles import release_pages
 from spamtl.scoring import ModelWeights, SparsePart
 
 __all__ = ["ConvergenceWarning", "MultiTaskLogisticRegression", "HyperparameterSearch",
@@ -235,6 +236,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         self._check_params()
         X = check_array(X, accept_sparse="csr", dtype=np.float64)
         X = sp.csr_matrix(X)
+        release_pages(X)  # rows mapped from files (spamtl.rowfiles): the finiteness check read them all
         n, d = X.shape
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != n:
@@ -276,8 +278,10 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             del X
         else:
             if idf is not None:
-                X = idf.transform(X)
+                X, given = idf.transform(X), X
+                release_pages(given)
             layout = TaskLayout.build(X, tidx, T, task_group, G)
+            release_pages(X)
             del X  # the layout holds the data now (its own key indices, the same values)
             objective = MultiTaskLogisticLoss(layout, y_pm, s, tidx, task_group, alpha=float(self.alpha),
                                               mu=float(self.mu), mu_group=float(self.mu_group))
@@ -674,6 +678,7 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     from sklearn.model_selection import StratifiedKFold
 
     X = sp.csr_matrix(check_array(X, accept_sparse="csr", dtype=np.float64))
+    release_pages(X)
     y = np.asarray(y)
     tasks = np.asarray(tasks)
     garr = None if groups is None else np.asarray(groups, dtype=object)
@@ -754,6 +759,7 @@ def fit_fold(payload: Any, train: np.ndarray, test: np.ndarray, estimator: Multi
     Xtr, ytr, ttr = X[train], y[train], tasks[train]
     gtr = None if garr is None else garr[train]
     Xte, tte = X[test], tasks[test]
+    release_pages(X)  # the fold's rows are copies
     gte = None if garr is None else garr[test]
     scores = []
     for a, m in grid:
@@ -775,7 +781,10 @@ def cross_fit_fold(payload: Any, fit_rows: np.ndarray, train: np.ndarray, test: 
     est = clone(estimator).set_params(warm_start=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(X[fit_rows], y[fit_rows], tasks=tasks[fit_rows], groups=None if garr is None else garr[fit_rows])
+        Xfit = X[fit_rows]
+        release_pages(X)
+        est.fit(Xfit, y[fit_rows], tasks=tasks[fit_rows], groups=None if garr is None else garr[fit_rows])
+        del Xfit
     scores = score_refitted_tasks(payload, est, train, test)
     del est
     return_free_memory()  # a worker is done long before the final fit beside it
@@ -803,6 +812,7 @@ def score_refitted_tasks(payload: Any, estimator: MultiTaskLogisticRegression, t
     for c0 in range(0, len(test), chunk_rows):  # every held-out row's shared and group parts' score
         te = test[c0:c0 + chunk_rows]
         out[c0:c0 + chunk_rows] = est.decision_function(X[te], groups=None if garr is None else garr[te])
+        release_pages(X)
     names, tidx = np.unique(tasks[train], return_inverse=True)
     counts = np.bincount(tidx, minlength=len(names))
     order = np.argsort(tidx, kind="stable")
@@ -834,6 +844,7 @@ def score_refitted_tasks(payload: Any, estimator: MultiTaskLogisticRegression, t
             out[held] += np.bincount(np.repeat(np.arange(len(held)), np.diff(Xte.indptr)), weights=terms,
                                      minlength=len(held)) + c[local]
         t0 = t1
+        release_pages(X)
         return_free_memory()  # a chunk's layout and Gram matrices: the next chunk is of about the same size
     return out
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from spamtl.features import FeatureConfig, FeatureRow, featurize, rows_to_csr
 from spamtl.mail import parse_message
 from spamtl.parallel import fork_pool_is_safe
+from spamtl.rowfiles import RowWriter, row_batches
 from spamtl.store import learning, queries
 from spamtl.store.db import translate_errors
 
@@ -132,22 +133,43 @@ def _timestamp(value: datetime | None, fallback: datetime) -> float:
 
 def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence[str] | None = None,
                        progress: Progress | None = None,
-                       uncorrected: tuple[datetime, datetime] | None = None) -> TrainingData:
+                       uncorrected: tuple[datetime, datetime] | None = None,
+                       directory: str | None = None) -> TrainingData:
     """Every current label (optionally of some users) with its message's features.
 
     With ``uncorrected=(since, until)`` the verdicts logged in that window
     that their user never corrected are added as labels too, marked in
     ``TrainingData.uncorrected`` (see :func:`spamtl.store.learning.uncorrected_verdicts`).
+
+    The features are read ``BATCH_ROWS`` labels at a time; with ``directory`` each batch's rows go to a file
+    there and ``X`` maps them (:mod:`spamtl.rowfiles`), so memory holds a batch, not every label's rows.
     """
     with translate_errors(), Session(engine) as session:
         labels, n_given = learning.labels_to_learn(session=session, users=users, window=uncorrected)
         groups = {u.name: u.group_name for u in queries.users_by_name(session=session).values()}
     given = np.arange(len(labels)) < n_given
-    rows = feature_rows(engine, [lab.message_pk for lab in labels], config, progress)
-    # A label given by id after retention dropped the body has no features: it waits until the message is passed again.
-    kept = [i for i, lab in enumerate(labels) if lab.message_pk in rows]
+    writer = None if directory is None else RowWriter(directory, config.n_features)
+    parts, kept = [], []
+    for b0, b1 in row_batches(len(labels)):
+        batch = labels[b0:b1]
+        rows = feature_rows(engine, [lab.message_pk for lab in batch], config, progress)
+        # A label given by id after retention dropped the body has no features: it waits until the message is
+        # passed again.
+        here = [i for i, lab in enumerate(batch, start=b0) if lab.message_pk in rows]
+        part = rows_to_csr([rows[labels[i].message_pk] for i in here], config.n_features)
+        del rows
+        kept += here
+        if writer is None:
+            parts.append(part)
+        else:
+            writer.append(part)
     labels, given = [labels[i] for i in kept], given[kept]
-    X = rows_to_csr([rows[lab.message_pk] for lab in labels], config.n_features)
+    if writer is not None:
+        X = writer.finish()
+    elif len(parts) == 1:
+        X = parts[0]
+    else:
+        X = sp.vstack(parts, format="csr") if parts else rows_to_csr([], config.n_features)
     return TrainingData(
         X=X,
         y=np.array([int(lab.is_spam) for lab in labels], dtype=np.int64),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from spamtl.config import Settings
 from spamtl.errors import NoModelError, UsageError
 from spamtl.metrics import macro_auc_error, rows_by_task
 from spamtl.parallel import Inherited, SerialExecutor, release, return_free_memory, share, training_executor
+from spamtl.rowfiles import column_counts, map_rows, remove_rows, scratch_parent
 from spamtl.services.cutoffs import ham_for
 from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.models import load_weights, save_weights, version_info
@@ -85,16 +87,17 @@ class TrainResult:
 
 # ------------------------------------------------------------------ step 1: labels
 def load_labels(engine: Engine, settings: Settings, progress: Callable[[int], None] | None = None, *,
-                now: datetime | None = None) -> TrainingData:
+                now: datetime | None = None, directory: str | None = None) -> TrainingData:
     """Every current label with its message's features (the one place training reads labelled mail).
 
     With ``now`` and ``settings.autolearn`` on, the verdicts of the last
     ``autolearn_days`` that are at least ``autolearn_after_hours`` old and
     that nobody corrected are learned too (README, "Learning from uncorrected
     verdicts"); they are marked so the gate and the cutoffs leave them out.
+    With ``directory`` the rows are kept in files there (:mod:`spamtl.rowfiles`).
     """
     window = settings.autolearn_window(now) if now is not None else None
-    data = load_training_data(engine, settings.features, progress=progress, uncorrected=window)
+    data = load_training_data(engine, settings.features, progress=progress, uncorrected=window, directory=directory)
     if len(data.y) == 0:
         raise UsageError("no labelled mail yet; add some with `spamtl import USER PATH --label spam|ham`")
     if len(np.unique(data.y)) < 2:
@@ -103,24 +106,28 @@ def load_labels(engine: Engine, settings: Settings, progress: Callable[[int], No
 
 
 # ------------------------------------------------------- step 2: feature preparation
-def min_df_mask(X: sp.csr_matrix, min_df: int = 2) -> sp.csr_matrix:
-    """X with columns that occur in fewer than ``min_df`` rows removed (zeroed).
+def min_df_mask(X: sp.csr_matrix, min_df: int = 2, directory: str | None = None) -> sp.csr_matrix:
+    """X with columns that occur in fewer than ``min_df`` rows removed (a new matrix; with ``directory``, its
+    rows in a file there, mapped: :mod:`spamtl.rowfiles`).
 
     Features seen once carry no evidence that generalises and make the model
     bigger and slower; dropping them is a data-preparation step, so the
     estimator itself stays exactly the objective of DESIGN §2.
     """
-    df = np.bincount(X.indices, minlength=X.shape[1])
-    X = X.copy()
-    X.data[df[X.indices] < min_df] = 0.0
-    X.eliminate_zeros()
-    return X
+    rare = column_counts(X) < min_df
+
+    def drop(part: sp.csr_matrix) -> sp.csr_matrix:
+        part.data[rare[part.indices]] = 0.0
+        part.eliminate_zeros()
+        return part
+
+    return map_rows(X, drop, directory, "prepared")
 
 
-def prepare_features(data: TrainingData) -> TrainingData:
+def prepare_features(data: TrainingData, directory: str | None = None) -> TrainingData:
     """The rows the estimator sees: rare columns dropped (the estimator learns its IDF from these rows)."""
-    return TrainingData(min_df_mask(data.X), data.y, data.users, data.groups, data.message_pks, data.recency,
-                        data.uncorrected)
+    return TrainingData(min_df_mask(data.X, directory=directory), data.y, data.users, data.groups, data.message_pks,
+                        data.recency, data.uncorrected)
 
 
 # ---------------------------------------------------------------- step 3: choose mu
@@ -646,8 +653,19 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
             stage(text, total)
 
     say("loading labels and features")
-    data = prepare_features(load_labels(engine, settings, progress, now=now))
-    return_free_memory()  # the rows as read and the unfiltered matrix (~1.5 GB at 10,000 users, kept by malloc)
+    # The labels' rows live in files in the scratch directory, mapped (spamtl.rowfiles): 1.6 GB a million labels
+    # that memory no longer holds.  The directory goes when training ends, however it ends.
+    with tempfile.TemporaryDirectory(prefix="spamtl-train-", dir=scratch_parent()) as scratch:
+        data = prepare_features(load_labels(engine, settings, progress, now=now, directory=scratch), scratch)
+        remove_rows(scratch)  # the rows as read, before the rare columns were dropped: disk no longer needed
+        return_free_memory()  # a batch's rows as read (kept by malloc)
+        return _fit_and_judge(engine, settings, data, now=now, say=say, label_transform=label_transform,
+                              started=started)
+
+
+def _fit_and_judge(engine: Engine, settings: Settings, data: TrainingData, *, now: datetime,
+                   say: Callable[..., None], label_transform: Callable[[np.ndarray], np.ndarray] | None,
+                   started: float) -> TrainResult:
     y_fit = data.y if label_transform is None else np.asarray(label_transform(data.y.copy()))
     active = load_active(engine, settings)
 

@@ -1,0 +1,186 @@
+"""Training rows in files, mapped rather than held: what keeps a night's memory that of the model.
+
+A night at 10,000 users reads a million labels' feature rows: 1.6 GB as a CSR matrix (float64 values, int32
+columns, ~140 non-zeros a row).  :class:`RowWriter` writes them a batch at a time into a scratch directory
+and gives back a ``scipy.sparse.csr_matrix`` whose values and columns are read-only maps of those files
+(its row offsets, 8 bytes a row, stay in memory), so every step that reads rows (``X[rows]``, ``X @ w``,
+``X.T @ r``) works on it unchanged, and none can write into it.
+
+A mapped page that a step has read counts in the process's memory until :func:`release_pages` hands it back.
+Steps that walk every row (the column counts, the fit's chunks, the cross-fitting's refits) call it after
+each batch.  The pages stay in the operating system's page cache, so reading them again costs no disk,
+and the cache gives them up when programs need the memory.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["BATCH_ROWS", "RowWriter", "release_pages", "is_mapped", "row_batches", "column_counts", "map_rows",
+           "remove_rows", "scratch_parent"]
+
+BATCH_ROWS = 100_000
+"""Rows a whole-matrix pass reads at a time (~110 MB of a batch's values and columns at 140 per row)."""
+
+_VALUES, _COLUMNS = np.dtype(np.float64), np.dtype(np.int32)
+
+
+class RowWriter:
+    """A CSR matrix written batch by batch to ``{directory}/{name}.values`` and ``.columns``.
+
+    :meth:`append` takes batches of rows in order; :meth:`finish` gives the whole matrix, mapped.  Column
+    indices are kept as int32 (the feature space has 2^18 columns); past 2^31 non-zeros (about 15 million
+    labels) scipy needs int64 ones and copies them into memory.
+    """
+
+    def __init__(self, directory: str, n_features: int, name: str = "rows") -> None:
+        self.n_features = int(n_features)
+        self.paths = (os.path.join(directory, f"{name}.values"), os.path.join(directory, f"{name}.columns"))
+        self._files = [open(path, "xb") for path in self.paths]
+        self._ends: list[np.ndarray] = [np.zeros(1, np.int64)]
+        self._nnz = 0
+
+    def append(self, X: Any) -> None:
+        X = sp.csr_matrix(X)
+        if X.shape[1] != self.n_features:
+            raise ValueError(f"rows have {X.shape[1]} columns, expected {self.n_features}")
+        X.sum_duplicates()  # canonical (sorted, no repeats): the mapped matrix cannot be sorted in place later
+        try:
+            np.ascontiguousarray(X.data, dtype=_VALUES).tofile(self._files[0])
+            np.ascontiguousarray(X.indices, dtype=_COLUMNS).tofile(self._files[1])
+        except OSError as exc:
+            self._close()
+            raise OSError(exc.errno, f"cannot write the training rows in {os.path.dirname(self.paths[0])} "
+                                     f"({exc.strerror}); set TMPDIR to a directory with more room") from exc
+        self._ends.append(X.indptr[1:].astype(np.int64) + self._nnz)
+        self._nnz += X.nnz
+
+    def finish(self) -> sp.csr_matrix:
+        """The rows appended so far as one matrix (values and columns mapped read-only)."""
+        self._close()
+        indptr = np.concatenate(self._ends)
+        X = sp.csr_matrix((_map(self.paths[0], _VALUES), _map(self.paths[1], _COLUMNS), indptr),
+                          shape=(len(indptr) - 1, self.n_features), copy=False)
+        X.has_canonical_format = True  # as every batch was
+        return X
+
+    def _close(self) -> None:
+        for f in self._files:
+            f.close()
+
+
+def remove_rows(directory: str, name: str = "rows") -> None:
+    """Delete the files of ``{directory}/{name}``: a matrix mapping them still reads them, and their disk
+    space is freed when it is gone."""
+    for suffix in (".values", ".columns"):
+        os.remove(os.path.join(directory, name + suffix))
+
+
+def _map(path: str, dtype: np.dtype) -> np.ndarray:
+    size = os.path.getsize(path)
+    if size == 0:  # an empty file cannot be mapped
+        return np.zeros(0, dtype)
+    with open(path, "rb") as f:
+        mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    return np.frombuffer(mapping, dtype=dtype)
+
+
+def _mapping(array: np.ndarray) -> mmap.mmap | None:
+    base: Any = array
+    while base is not None:
+        if isinstance(base, mmap.mmap):
+            return base
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    return None
+
+
+def is_mapped(X: Any) -> bool:
+    """Whether ``X``'s values are a map of a :class:`RowWriter` file."""
+    return sp.issparse(X) and _mapping(X.data) is not None
+
+
+def release_pages(X: Any) -> None:
+    """Hand back the pages of ``X``'s mapped values and columns that this process has read (nothing for a
+    matrix in memory).  They stay in the page cache; the next read maps them again."""
+    if not sp.issparse(X) or not hasattr(X, "indices"):
+        return
+    for array in (X.data, X.indices):
+        mapping = _mapping(array)
+        if mapping is not None:
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def row_batches(n_rows: int, size: int | None = None) -> Iterator[tuple[int, int]]:
+    """(r0, r1) ranges of at most ``size`` (default ``BATCH_ROWS``) rows covering 0..n_rows-1."""
+    size = size or BATCH_ROWS
+    for r0 in range(0, n_rows, size):
+        yield r0, min(r0 + size, n_rows)
+
+
+def column_counts(X: sp.csr_matrix, nonzero: bool = False) -> np.ndarray:
+    """How many rows store each column (``nonzero``: with a value other than 0), a batch of rows at a time."""
+    counts = np.zeros(X.shape[1], np.int64)
+    for r0, r1 in row_batches(X.shape[0]):
+        part = X[r0:r1]  # a copy in memory (scipy copies row slices)
+        columns = part.indices[part.data != 0] if nonzero else part.indices
+        counts += np.bincount(columns, minlength=X.shape[1])
+        release_pages(X)
+    return counts
+
+
+def map_rows(X: sp.csr_matrix, change: Any, directory: str | None = None, name: str = "rows") -> sp.csr_matrix:
+    """``change`` applied to ``X`` a batch of rows at a time (each batch a CSR copy it may modify), into a
+    new mapped matrix in ``directory``, or in memory without one."""
+    writer = None if directory is None else RowWriter(directory, X.shape[1], name)
+    parts = []
+    for r0, r1 in row_batches(X.shape[0]):
+        part = change(X[r0:r1])
+        release_pages(X)
+        if writer is None:
+            parts.append(part)
+        else:
+            writer.append(part)
+    if writer is not None:
+        return writer.finish()
+    return sp.vstack(parts, format="csr") if parts else sp.csr_matrix(X.shape)
+
+
+def _on_memory_filesystem(path: str, mounts: str | None = None) -> bool:
+    """Whether ``path`` is on a tmpfs or ramfs (per ``/proc/self/mounts``, or ``mounts`` in its format)."""
+    if mounts is None:
+        try:
+            with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+                mounts = f.read()
+        except OSError:
+            return False
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind in ("tmpfs", "ramfs")
+
+
+def scratch_parent(mounts: str | None = None) -> str:
+    """Where training keeps its rows and a fit its chunks: ``$TMPDIR`` if set, else the system's temporary
+    directory, unless that is a tmpfs (memory: data kept there would leave none free) and ``/var/tmp`` is a
+    writable disk."""
+    default = tempfile.gettempdir()
+    if os.environ.get("TMPDIR") or not _on_memory_filesystem(default, mounts):
+        return default
+    disk = "/var/tmp"
+    if os.path.isdir(disk) and os.access(disk, os.W_OK) and not _on_memory_filesystem(disk, mounts):
+        return disk
+    return default
