@@ -109,8 +109,8 @@ def is_mapped(X: Any) -> bool:
 def release_pages(X: Any) -> None:
     """Hand back the pages of ``X``'s mapped values and columns that this process has read (nothing for a
     matrix in memory).  They stay in the page cache; the next read maps them again."""
-    if not sp.issparse(X) or not hasattr(X, "indices"):
-        return
+    if not sp.issparse(X) or not hasattr(X, "indices") or not hasattr(mmap, "MADV_DONTNEED"):
+        return  # (no madvise on Windows: the pages are then the system's to drop)
     for array in (X.data, X.indices):
         mapping = _mapping(array)
         if mapping is not None:
