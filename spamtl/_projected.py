@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import warnings
 import weakref
 from collections.abc import Callable
@@ -64,7 +63,7 @@ from spamtl._objective import (
     task_ranges,
 )
 from spamtl.parallel import return_free_memory
-from spamtl.rowfiles import release_pages, scratch_parent
+from spamtl.rowfiles import new_scratch_directory, release_pages
 
 __all__ = ["ProjectedLoss", "PersonalParts", "UserChunk", "ArrayStore", "DUAL_MAX_ROWS", "CHUNK_ROWS", "dual_newton"]
 
@@ -105,7 +104,7 @@ class ArrayStore:
     """Arrays put away and got back by handle: kept as they are, or (``spill=True``) written to a scratch
     directory and mapped again on each :meth:`get`, so that only the arrays in use are in memory.
 
-    The directory (``spamtl-fit-*`` in :func:`scratch_parent`) is removed by :meth:`close`, or when the store
+    The directory (``spamtl-fit-*`` in :func:`spamtl.rowfiles.scratch_parent`) is removed by :meth:`close`, or when the store
     is collected, by the process that made it.
     """
 
@@ -114,7 +113,7 @@ class ArrayStore:
         self._count = 0
         self.directory: str | None = None
         if spill:
-            self.directory = tempfile.mkdtemp(prefix="spamtl-fit-", dir=scratch_parent())
+            self.directory = new_scratch_directory("spamtl-fit-")
             self._finalizer = weakref.finalize(self, _remove_directory, self.directory, os.getpid())
 
     def put(self, array: np.ndarray) -> int:

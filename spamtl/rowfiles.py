@@ -14,8 +14,11 @@ and the cache gives them up when programs need the memory.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = ["BATCH_ROWS", "RowWriter", "release_pages", "is_mapped", "row_batches", "column_counts", "map_rows",
-           "remove_rows", "scratch_parent"]
+           "remove_rows", "scratch_parent", "scratch_directory", "new_scratch_directory"]
 
 BATCH_ROWS = 100_000
 """Rows a whole-matrix pass reads at a time (~110 MB of a batch's values and columns at 140 per row)."""
@@ -184,3 +187,38 @@ def scratch_parent(mounts: str | None = None) -> str:
     if os.path.isdir(disk) and os.access(disk, os.W_OK) and not _on_memory_filesystem(disk, mounts):
         return disk
     return default
+
+
+def new_scratch_directory(prefix: str) -> str:
+    """A new directory in :func:`scratch_parent` named for this host and process, after removing those this
+    host's processes of the same ``prefix`` left behind and no longer run: a training killed (the
+    out-of-memory killer, SIGKILL) cannot remove its own, and they hold gigabytes on a large store."""
+    parent = scratch_parent()
+    mine = f"{prefix}{socket.gethostname()}-"
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            pid = entry.name[len(mine):].split("-", 1)[0]
+            if (entry.name.startswith(mine) and pid.isdigit() and entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_uid == os.getuid() and not _running(int(pid))):
+                shutil.rmtree(entry.path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}-", dir=parent)
+
+
+@contextlib.contextmanager
+def scratch_directory(prefix: str) -> Iterator[str]:
+    """:func:`new_scratch_directory`, removed when the block ends, however it ends."""
+    path = new_scratch_directory(prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

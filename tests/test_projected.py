@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -13,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 
 import spamtl._projected as projected
 import spamtl.model as model
+import spamtl.rowfiles as rowfiles
 from spamtl._projected import ArrayStore, ProjectedLoss, dual_newton
 from spamtl.model import MultiTaskLogisticRegression
 from tests.test_model import GROUPS, TASKS, augmented_design, make_problem
@@ -140,11 +142,11 @@ def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch,
     a scratch directory, which is gone after the fit."""
     if chunk_rows is not None:
         monkeypatch.setattr(projected, "CHUNK_ROWS", chunk_rows)
-    monkeypatch.setattr(projected.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     made = []
-    real_mkdtemp = projected.tempfile.mkdtemp
-    monkeypatch.setattr(projected.tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
     monkeypatch.setattr(projected, "DUAL_MAX_ROWS", 100)
     monkeypatch.setattr(projected, "BATCH_BYTES", 8 * 16 * 16 * 3)  # three users of 16 rows a batch
     monkeypatch.setattr(projected, "GRAM_USERS", 2)  # their Gram matrices two users at a time
@@ -176,7 +178,7 @@ def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch,
 
 def test_array_store_on_disk_gives_back_what_it_was_given_and_removes_its_directory(  # type: ignore[no-untyped-def]
         monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(projected.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     store = ArrayStore(spill=True)
     X = sp.random(7, 5, density=0.5, random_state=0, format="csr")
@@ -191,7 +193,7 @@ def test_array_store_on_disk_gives_back_what_it_was_given_and_removes_its_direct
 
 
 def test_a_failed_fit_leaves_no_scratch_data(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(projected.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(projected, "CHUNK_ROWS", 20)
     X, y, tasks, groups = make_problem()
@@ -256,13 +258,13 @@ DISK_ROOT = "/dev/vda1 / ext4 rw,relatime 0 0\nproc /proc proc rw 0 0\n"
 def test_scratch_goes_to_disk_not_to_a_tmpfs(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Chunks kept on a tmpfs would stay in memory: /var/tmp instead, unless TMPDIR says where."""
     monkeypatch.delenv("TMPDIR", raising=False)
-    monkeypatch.setattr(projected.tempfile, "tempdir", "/tmp")
-    assert projected.scratch_parent(DISK_ROOT) == "/tmp"
-    assert projected.scratch_parent(DISK_ROOT + "tmpfs /tmp tmpfs rw,nosuid 0 0\n") == "/var/tmp"
-    assert projected.scratch_parent(DISK_ROOT + "tmpfs /tmp tmpfs rw 0 0\ntmpfs /var/tmp tmpfs rw 0 0\n") == "/tmp"
-    assert projected.scratch_parent(DISK_ROOT + "tmpfs /tmpx tmpfs rw 0 0\n") == "/tmp"  # another mount's prefix
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+    assert rowfiles.scratch_parent(DISK_ROOT) == "/tmp"
+    assert rowfiles.scratch_parent(DISK_ROOT + "tmpfs /tmp tmpfs rw,nosuid 0 0\n") == "/var/tmp"
+    assert rowfiles.scratch_parent(DISK_ROOT + "tmpfs /tmp tmpfs rw 0 0\ntmpfs /var/tmp tmpfs rw 0 0\n") == "/tmp"
+    assert rowfiles.scratch_parent(DISK_ROOT + "tmpfs /tmpx tmpfs rw 0 0\n") == "/tmp"  # another mount's prefix
     monkeypatch.setenv("TMPDIR", "/tmp")
-    assert projected.scratch_parent(DISK_ROOT + "tmpfs /tmp tmpfs rw 0 0\n") == "/tmp"
+    assert rowfiles.scratch_parent(DISK_ROOT + "tmpfs /tmp tmpfs rw 0 0\n") == "/tmp"
 
 
 def test_group_keys_are_every_grouped_rows_columns_per_group() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,7 @@ def test_nightly_training_reads_mapped_rows_and_removes_them(engine, tmp_path: P
     settings = _build(engine, tmp_path)
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    monkeypatch.setattr(training.tempfile, "tempdir", None)  # TMPDIR is read again
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
     seen = []
     real = training.choose_and_fit
 
@@ -256,3 +257,28 @@ def test_the_cross_fitting_refits_hold_about_one_chunk_of_mapped_rows_at_a_time(
     scores = model.score_refitted_tasks((M, y, tasks, None), est, train_rows, test_rows, chunk_rows=1_400)
     assert len(resident) >= 9 and np.isfinite(scores).all()
     assert max(resident) <= size_kb / 3, (resident, size_kb)  # a chunk is 1/7 of the rows: its pages and neighbours
+
+
+def test_a_new_scratch_directory_removes_those_killed_trainings_left(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A training killed by SIGKILL (the out-of-memory killer) cannot remove its rows; the next one does, and
+    only those of this host's processes that no longer run."""
+    import socket
+    import subprocess
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    dead = tmp_path / f"spamtl-train-{host}-{gone.pid}-abc"
+    alive = tmp_path / f"spamtl-train-{host}-{os.getppid()}-def"  # pytest's parent: running
+    elsewhere = tmp_path / f"spamtl-train-otherhost-{gone.pid}-ghi"
+    other_kind = tmp_path / f"spamtl-fit-{host}-{gone.pid}-jkl"
+    for d in (dead, alive, elsewhere, other_kind):
+        d.mkdir()
+        (d / "prepared.values").write_bytes(b"x" * 10)
+    with rowfiles.scratch_directory("spamtl-train-") as made:
+        assert Path(made).name.startswith(f"spamtl-train-{host}-{os.getpid()}-") and Path(made).is_dir()
+    assert not Path(made).exists()
+    assert not dead.exists()
+    assert alive.exists() and elsewhere.exists() and other_kind.exists()

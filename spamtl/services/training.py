@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from spamtl.config import Settings
 from spamtl.errors import NoModelError, UsageError
 from spamtl.metrics import macro_auc_error, rows_by_task
 from spamtl.parallel import Inherited, SerialExecutor, release, return_free_memory, share, training_executor
-from spamtl.rowfiles import column_counts, map_rows, remove_rows, scratch_parent
+from spamtl.rowfiles import column_counts, map_rows, remove_rows, scratch_directory
 from spamtl.services.cutoffs import ham_for
 from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.models import load_weights, save_weights, version_info
@@ -654,8 +653,8 @@ def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | 
 
     say("loading labels and features")
     # The labels' rows live in files in the scratch directory, mapped (spamtl.rowfiles): 1.6 GB a million labels
-    # that memory no longer holds.  The directory goes when training ends, however it ends.
-    with tempfile.TemporaryDirectory(prefix="spamtl-train-", dir=scratch_parent()) as scratch:
+    # that memory no longer holds.  The directory goes when training ends, however it ends (if killed, at the next).
+    with scratch_directory("spamtl-train-") as scratch:
         data = prepare_features(load_labels(engine, settings, progress, now=now, directory=scratch), scratch)
         remove_rows(scratch)  # the rows as read, before the rare columns were dropped: disk no longer needed
         return_free_memory()  # a batch's rows as read (kept by malloc)
