@@ -54,7 +54,7 @@ L-BFGS's memory grows with users x vocabulary (~13 GB at 10,000 users)."""
 PROJECTED_SMALL_TASKS = (20, 256)
 """... and from ``[0]`` tasks on when they have at most ``[1]`` rows on average, where it is also the faster.
 Three cold fits (mu 100, 10, 1) on the 10,000-user store's users took, joint / projected: 20 users of 100
-rows 3.2 / 1.0 s, 200 of 100 rows 23 / 15 s, 100 tasks of 200 rows 54 / 39 s, 50 tasks of 400 rows 44 / 84 s
+rows 3.2 / 1.0 s, 200 of 100 rows 23 / 17 s, 100 tasks of 200 rows 54 / 39 s, 50 tasks of 400 rows 44 / 84 s
 (users above ``DUAL_MAX_ROWS`` rows are solved by their own L-BFGS).  Its fits also reach the optimum where
 the joint test stops early (see ``_initial_theta``).  The 6-user quality benchmarks stay on the joint solver."""
 
