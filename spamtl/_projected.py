@@ -63,7 +63,7 @@ from spamtl._objective import (
     task_ranges,
 )
 from spamtl.parallel import return_free_memory
-from spamtl.rowfiles import new_scratch_directory, release_pages
+from spamtl.rowfiles import column_counts, new_scratch_directory, release_pages
 
 __all__ = ["ProjectedLoss", "PersonalParts", "UserChunk", "ArrayStore", "DUAL_MAX_ROWS", "CHUNK_ROWS", "dual_newton"]
 
@@ -104,8 +104,8 @@ class ArrayStore:
     """Arrays put away and got back by handle: kept as they are, or (``spill=True``) written to a scratch
     directory and mapped again on each :meth:`get`, so that only the arrays in use are in memory.
 
-    The directory (``spamtl-fit-*`` in :func:`spamtl.rowfiles.scratch_parent`) is removed by :meth:`close`, or when the store
-    is collected, by the process that made it.
+    The directory (``spamtl-fit-*`` in :func:`spamtl.rowfiles.scratch_parent`) is removed by :meth:`close`, or
+    when the store is collected, by the process that made it.
     """
 
     def __init__(self, spill: bool) -> None:
@@ -546,10 +546,7 @@ class ProjectedLoss:
         self.n_features = d
         self.n_groups = G = int(task_group.max(initial=-1)) + 1 if n_groups is None else n_groups
         self.max_iter = max_iter
-        present = np.zeros(d, dtype=bool)
-        present[X.indices] = True
-        self.shared_cols = np.flatnonzero(present).astype(np.int64)
-        del present
+        self.shared_cols = np.flatnonzero(column_counts(X)).astype(np.int64)
         group_keys = _group_keys(X, task_group[task_index], G) if G else np.zeros(0, np.int64)
         release_pages(X)  # rows mapped from files (spamtl.rowfiles): each pass hands back what it read
         key_group = group_keys // max(d, 1)

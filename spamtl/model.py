@@ -63,6 +63,8 @@ def auto_projected(n_tasks: int, n_rows: int) -> bool:
     """Whether ``solver='auto'`` fits ``n_tasks`` tasks of ``n_rows`` rows in all by variable projection."""
     few, mean_rows = PROJECTED_SMALL_TASKS
     return n_tasks >= PROJECTED_FROM_TASKS or (n_tasks >= few and n_rows <= mean_rows * n_tasks)
+
+
 REFIT_CHUNK_ROWS = 50_000
 """score_refitted_tasks solves the tasks of about this many training rows at a time (~7M non-zeros, ~300 MB
 of layout and Gram matrices), whatever the number of users."""
@@ -525,7 +527,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
                     "task_kind": "int" if np.asarray(self.tasks_).dtype.kind in "iu" else "str",
                     "weight_scale": self.weight_scale_, "n_iter": self.n_iter_,
                     "gradient_norm": self.gradient_norm_, "solver_used": getattr(self, "solver_", "joint"),
-                    "fitted_penalty": list(getattr(self, "penalty_", self._penalty())),
+                    "fitted_penalty": list(self.penalty_),
                     "task_weights": {str(t): float(w) for t, w in zip(self.tasks_, self.task_weights_)}},
         )
 
