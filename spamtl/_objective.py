@@ -564,13 +564,15 @@ class MultiTaskLogisticLoss:
 
 
 def minimize_lbfgs(objective: Any, theta0: np.ndarray, *, tol: float, max_iter: int,
-                   secant: bool = False, history_bytes: float | None = None) -> tuple[np.ndarray, int, float]:
+                   secant: bool = False, history_bytes: float | None = None,
+                   warn: bool = True) -> tuple[np.ndarray, int, float]:
     """Minimise with scipy's L-BFGS-B in scaled coordinates.
 
     ``secant=True`` always uses :func:`lbfgs_numpy`, whose line search then extrapolates by the secant of
     the directional derivatives (what an objective whose evaluations are expensive asks for: the
     projected one's first line search took 15 doublings on 1,000 users).  ``history_bytes``: see
-    :func:`lbfgs_numpy`.
+    :func:`lbfgs_numpy`.  ``warn=False``: no ConvergenceWarning (the caller checks ``grad_norm``; a
+    ``warnings.catch_warnings`` block is not safe in threads).
 
     Returns
     -------
@@ -610,7 +612,7 @@ def minimize_lbfgs(objective: Any, theta0: np.ndarray, *, tol: float, max_iter: 
     theta = scale.divide(x)
     _, grad = objective.loss_gradient(theta)
     grad_norm = float(np.max(np.abs(grad_factor.times(grad, out=grad)))) if grad.size else 0.0
-    if grad_norm > tol:
+    if warn and grad_norm > tol:
         warnings.warn(
             f"L-BFGS stopped after {nit} iterations with gradient norm {grad_norm:.2e} "
             f"> tol={tol:.0e} ({message}); increase max_iter or tol",

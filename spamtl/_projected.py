@@ -45,16 +45,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import warnings
+import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
 from spamtl._objective import (
-    ConvergenceWarning,
     MultiTaskLogisticLoss,
     TaskLayout,
     _ranges,
@@ -66,6 +67,9 @@ from spamtl.parallel import return_free_memory
 from spamtl.rowfiles import column_counts, new_scratch_directory, release_pages
 
 __all__ = ["ProjectedLoss", "PersonalParts", "UserChunk", "ArrayStore", "DUAL_MAX_ROWS", "CHUNK_ROWS", "dual_newton"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 CHUNK_ROWS = 100_000
 """Rows (labels) per chunk of users; a fit of more rows keeps its chunks in a scratch directory (module Notes).
@@ -111,14 +115,16 @@ class ArrayStore:
     def __init__(self, spill: bool) -> None:
         self._kept: dict[int, np.ndarray] = {}
         self._count = 0
+        self._lock = threading.Lock()  # chunks are built by several threads
         self.directory: str | None = None
         if spill:
             self.directory = new_scratch_directory("spamtl-fit-")
             self._finalizer = weakref.finalize(self, _remove_directory, self.directory, os.getpid())
 
     def put(self, array: np.ndarray) -> int:
-        handle = self._count
-        self._count += 1
+        with self._lock:
+            handle = self._count
+            self._count += 1
         if self.directory is None or array.nbytes == 0:  # an empty array cannot be mapped
             self._kept[handle] = array
             return handle
@@ -265,9 +271,8 @@ class _HeavyUser:
         fixed, warm from the previous solution."""
         obj = self.objective
         obj.fixed_intercept = offset_rows
-        with warnings.catch_warnings():  # its gradient norm is checked where it counts: the outer fit's
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            self.theta, _, _ = minimize_lbfgs(obj, self.theta, tol=tol, max_iter=max_iter)
+        # Its gradient norm is checked where it counts: the outer fit's.
+        self.theta, _, _ = minimize_lbfgs(obj, self.theta, tol=tol, max_iter=max_iter, warn=False)
         z = obj.decision(self.theta)
         r = -obj.y * obj.s * expit(-obj.y * z)
         loss, _ = obj.loss_gradient(self.theta)
@@ -533,13 +538,19 @@ class ProjectedLoss:
     chunk_rows : int, optional
         Rows per :class:`UserChunk` (``CHUNK_ROWS``); a task is never split.  More than one chunk: they are
         kept in a scratch directory (:class:`ArrayStore`) and read one at a time.
+    threads : int, optional
+        Chunks built and evaluated side by side by this many threads (the map over chunks; numpy's and
+        scipy's loops run without the GIL).  Each chunk keeps its users' solutions, so a chunk is never
+        evaluated by two threads at once, and the reduction adds the chunks' parts in chunk order: the
+        results are the same for any number of threads, bit for bit.  Memory: one chunk's temporaries per
+        thread.  :meth:`close` stops the threads.
     """
 
     def __init__(self, X: sp.csr_matrix, y: np.ndarray, sample_weight: np.ndarray, task_index: np.ndarray,
                  task_group: np.ndarray, *, alpha: float, mu: float, mu_group: float, tol: float,
                  max_iter: int = 500, dual_max_rows: int | None = None,
                  transform: Callable[[sp.csr_matrix], sp.csr_matrix] | None = None, chunk_rows: int | None = None,
-                 n_groups: int | None = None) -> None:
+                 n_groups: int | None = None, threads: int = 1) -> None:
         X = X.tocsr()
         n, d = X.shape
         T = len(task_group)
@@ -570,23 +581,30 @@ class ProjectedLoss:
         cum = np.cumsum(np.bincount(task_index, minlength=T))
         bounds = task_ranges(cum, CHUNK_ROWS if chunk_rows is None else max(int(chunk_rows), 1))
         self.store = ArrayStore(spill=len(bounds) > 2)
+        n_chunks = len(bounds) - 1
+        self._pool = (ThreadPoolExecutor(min(int(threads), n_chunks), thread_name_prefix="spamtl-chunks")
+                      if threads > 1 and n_chunks > 1 else None)
         row_order = np.argsort(task_index, kind="stable")
         row_start = np.concatenate([[0], cum])
+
+        def build(span: tuple[int, int]) -> UserChunk:
+            t0, t1 = span
+            rows = row_order[row_start[t0]:row_start[t1]]
+            sub = X[rows]
+            release_pages(X)
+            if transform is not None:
+                sub = transform(sub)
+            chunk = UserChunk(sub, task_index[rows] - t0, task_group[t0:t1], y[rows], sample_weight[rows],
+                              group_keys, G, alpha=alpha, mu=mu, dual_max_rows=dual_max_rows, store=self.store)
+            del sub
+            return_free_memory()  # the chunk's temporaries, and its data once spilled
+            return chunk
+
         self.chunks: list[UserChunk] = []
         try:
-            for t0, t1 in zip(bounds[:-1], bounds[1:]):
-                rows = row_order[row_start[t0]:row_start[t1]]
-                sub = X[rows]
-                release_pages(X)
-                if transform is not None:
-                    sub = transform(sub)
-                self.chunks.append(UserChunk(sub, task_index[rows] - t0, task_group[t0:t1], y[rows],
-                                             sample_weight[rows], group_keys, G, alpha=alpha, mu=mu,
-                                             dual_max_rows=dual_max_rows, store=self.store))
-                del sub
-                return_free_memory()  # the chunk's temporaries, and its data once spilled
+            self.chunks = list(self._map(build, list(zip(bounds[:-1], bounds[1:]))))
         except BaseException:
-            self.store.close()
+            self.close()
             raise
         starts = np.cumsum([0] + [c.task_offsets[-1] for c in self.chunks])
         self.task_offsets = np.concatenate([[0]] + [c.task_offsets[1:] + k0 for c, k0 in zip(self.chunks, starts)])
@@ -608,9 +626,12 @@ class ProjectedLoss:
         grad_w = np.zeros(self.n_features)
         grad_u = np.zeros(self.sizes["u"])
         grad_b = np.zeros(self.n_groups + 1)
-        for chunk in self.chunks:  # the map over chunks of users, and the reduction
-            part, gw, gu, gb = chunk.evaluate(w0, p["u"], intercepts, self.inner_tol * self._looser,
-                                              self.heavy_tol * self._looser, self.max_iter)
+        tols = (self.inner_tol * self._looser, self.heavy_tol * self._looser)
+
+        def evaluate(chunk: UserChunk) -> tuple[float, np.ndarray, np.ndarray | None, np.ndarray]:
+            return chunk.evaluate(w0, p["u"], intercepts, *tols, self.max_iter)
+
+        for part, gw, gu, gb in self._map(evaluate, self.chunks):  # the map over chunks, and the reduction
             loss += part
             grad_w += gw
             if gu is not None:
@@ -635,11 +656,18 @@ class ProjectedLoss:
         """The users' parts at theta: v on every key (``key_cols`` order) and c per task."""
         if self._last is None or not np.array_equal(theta, self._last):
             self.loss_gradient(theta)
-        parts = [chunk.parts() for chunk in self.chunks]
+        parts = list(self._map(UserChunk.parts, self.chunks))
         return (np.concatenate([v for v, _ in parts]) if parts else np.zeros(0),
                 np.concatenate([c for _, c in parts]) if parts else np.zeros(0))
 
+    def _map(self, fn: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
+        """``fn`` over ``items`` on the threads (or in this thread), results in the items' order."""
+        return map(fn, items) if self._pool is None else self._pool.map(fn, items)
+
     def close(self) -> None:
-        """Remove the scratch data (the objective cannot be evaluated afterwards)."""
+        """Stop the threads and remove the scratch data (the objective cannot be evaluated afterwards)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)  # before the files its work may be writing
+            self._pool = None
         self.chunks = []
         self.store.close()

@@ -207,7 +207,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any, tasks: Any = None, groups: Any = None,
             sample_weight: Any = None, executor: Executor | Callable[[], Executor] | None = None,
-            n_blocks: int | None = None) -> MultiTaskLogisticRegression:
+            n_blocks: int | None = None, threads: int = 1) -> MultiTaskLogisticRegression:
         """Fit the model.
 
         Parameters
@@ -230,6 +230,10 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             exist, so a fork pool's workers inherit them (:mod:`spamtl.parallel`).
             The projected solver (see ``solver``) runs in-process and does not use it.
         n_blocks : int, optional
+        threads : int, default 1
+            The projected solver's chunks of users are built and evaluated by this many threads
+            (:class:`spamtl._projected.ProjectedLoss`): the same fit, bit for bit.  The joint solver
+            ignores it (see ``executor``).
 
         Returns
         -------
@@ -276,7 +280,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             objective = layout = ProjectedLoss(
                 X, y_pm, s, tidx, task_group, alpha=float(self.alpha), mu=float(self.mu),
                 mu_group=float(self.mu_group), tol=tol, max_iter=int(self.max_iter), n_groups=G,
-                transform=None if idf is None else idf.transform)
+                transform=None if idf is None else idf.transform, threads=max(int(threads), 1))
             del X
         else:
             if idf is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -133,6 +135,25 @@ def test_projected_fit_equals_logistic_regression_on_augmented_design(monkeypatc
         np.testing.assert_allclose(est.coef_tasks_[i].toarray().ravel(), block, atol=1e-4)
 
 
+def _sixty_users(everyone_grouped: bool) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
+    """60 users of 3 to 60 rows and two of 120; groups g0-g2 for every fourth user not, unless everyone is."""
+    rng = np.random.default_rng(5)
+    d = 40
+    common = rng.normal(size=d)
+    parts, tasks, groups, labels = [], [], [], []
+    for t in range(60):
+        m = 120 if t in (7, 31) else int(rng.integers(3, 60))
+        X = sp.random(m, d, density=0.15, random_state=int(rng.integers(1 << 30)), format="csr")
+        y = (X @ (common + rng.normal(size=d)) + 0.3 * rng.normal(size=m) > 0).astype(int)
+        if len(np.unique(y)) < 2:
+            y[0] = 1 - y[0]
+        parts.append(X)
+        labels.append(y)
+        tasks += [f"u{t:02d}"] * m
+        groups += [None if t % 4 == 0 and not everyone_grouped else f"g{t % 3}"] * m
+    return sp.vstack(parts).tocsr(), np.concatenate(labels), np.array(tasks), np.array(groups, dtype=object)
+
+
 @pytest.mark.parametrize("chunk_rows", [None, 300], ids=["one-chunk", "chunks-on-disk"])
 @pytest.mark.parametrize("everyone_grouped", [False, True], ids=["some-grouped", "all-grouped"])
 def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch, tmp_path, everyone_grouped,
@@ -150,22 +171,7 @@ def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch,
     monkeypatch.setattr(projected, "DUAL_MAX_ROWS", 100)
     monkeypatch.setattr(projected, "BATCH_BYTES", 8 * 16 * 16 * 3)  # three users of 16 rows a batch
     monkeypatch.setattr(projected, "GRAM_USERS", 2)  # their Gram matrices two users at a time
-    rng = np.random.default_rng(5)
-    d = 40
-    common = rng.normal(size=d)
-    parts, tasks, groups, labels = [], [], [], []
-    for t in range(60):
-        m = 120 if t in (7, 31) else int(rng.integers(3, 60))
-        X = sp.random(m, d, density=0.15, random_state=int(rng.integers(1 << 30)), format="csr")
-        y = (X @ (common + rng.normal(size=d)) + 0.3 * rng.normal(size=m) > 0).astype(int)
-        if len(np.unique(y)) < 2:
-            y[0] = 1 - y[0]
-        parts.append(X)
-        labels.append(y)
-        tasks += [f"u{t:02d}"] * m
-        groups += [None if t % 4 == 0 and not everyone_grouped else f"g{t % 3}"] * m
-    X, y = sp.vstack(parts).tocsr(), np.concatenate(labels)
-    tasks_a, groups_a = np.array(tasks), np.array(groups, dtype=object)
+    X, y, tasks_a, groups_a = _sixty_users(everyone_grouped)
     joint = _fit(X, y, tasks_a, groups_a, alpha=0.05, mu=0.5, solver="joint", tol=1e-10, max_iter=20_000)
     proj = _fit(X, y, tasks_a, groups_a, alpha=0.05, mu=0.5, solver="projected", tol=1e-10, max_iter=20_000)
     np.testing.assert_allclose(proj.decision_function(X, tasks=tasks_a), joint.decision_function(X, tasks=tasks_a),
@@ -173,6 +179,78 @@ def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch,
     np.testing.assert_allclose(proj.intercept_tasks_, joint.intercept_tasks_, atol=2e-4)
     assert abs(proj.coef_tasks_ - joint.coef_tasks_).max() < 2e-4
     assert len(made) == (chunk_rows is not None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _chunk_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("spamtl-chunks")]
+
+
+def test_threads_give_the_same_fit_bit_for_bit_with_chunks_evaluated_side_by_side(  # type: ignore[no-untyped-def]
+        monkeypatch, tmp_path) -> None:
+    """The projected fit's chunks on three threads: the same model bit for bit as on one (the chunks' parts
+    are added in chunk order), with chunks evaluated by more than one thread and each chunk by one at a
+    time (its users' solutions are its own state); afterwards no thread and no scratch file is left."""
+    monkeypatch.setattr(projected, "CHUNK_ROWS", 150)  # about 13 chunks
+    monkeypatch.setattr(projected, "DUAL_MAX_ROWS", 100)  # two users solved in the primal
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    X, y, tasks, groups = _sixty_users(everyone_grouped=False)
+    seen: dict[int, set[int]] = {}
+    busy: set[int] = set()
+    overlap = []
+    lock = threading.Lock()
+    real = projected.UserChunk.evaluate
+
+    def evaluate(chunk, *args):  # type: ignore[no-untyped-def]
+        with lock:
+            overlap.append(id(chunk) in busy)
+            busy.add(id(chunk))
+            seen.setdefault(threading.get_ident(), set()).add(id(chunk))
+        try:
+            time.sleep(0.001)  # the GIL handed over: the other threads get their turn
+            return real(chunk, *args)
+        finally:
+            with lock:
+                busy.discard(id(chunk))
+
+    monkeypatch.setattr(projected.UserChunk, "evaluate", evaluate)
+    fits = {}
+    for threads in (1, 3):
+        seen.clear()
+        est = MultiTaskLogisticRegression(alpha=0.05, mu=0.5, solver="projected", tol=1e-8, max_iter=5_000)
+        fits[threads] = est.fit(X, y, tasks=tasks, groups=groups, threads=threads)
+        assert len(seen) == min(threads, 3), seen.keys()
+        assert _chunk_threads() == []
+    one, three = fits[1], fits[3]
+    assert one.n_iter_ == three.n_iter_
+    np.testing.assert_array_equal(three.coef_shared_, one.coef_shared_)
+    assert three.intercept_shared_ == one.intercept_shared_
+    assert (three.coef_tasks_ != one.coef_tasks_).nnz == 0 and (three.coef_groups_ != one.coef_groups_).nnz == 0
+    np.testing.assert_array_equal(three.intercept_tasks_, one.intercept_tasks_)
+    np.testing.assert_array_equal(three.intercept_groups_, one.intercept_groups_)
+    assert not any(overlap)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_chunk_on_a_thread_fails_the_fit_and_leaves_nothing(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(projected, "CHUNK_ROWS", 150)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    X, y, tasks, groups = _sixty_users(everyone_grouped=True)
+    real = projected.UserChunk.evaluate
+    calls = []
+
+    def evaluate(chunk, *args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 20:
+            raise MemoryError("planted")
+        return real(chunk, *args)
+
+    monkeypatch.setattr(projected.UserChunk, "evaluate", evaluate)
+    with pytest.raises(MemoryError, match="planted"):
+        MultiTaskLogisticRegression(solver="projected").fit(X, y, tasks=tasks, groups=groups, threads=2)
+    assert _chunk_threads() == []
     assert list(tmp_path.iterdir()) == []
 
 

@@ -281,7 +281,7 @@ def one_se_for_all_users(table: list[dict[str, float]], searched: int, users: in
 
 def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
                       params: dict[str, Any], sample: np.ndarray | None, warm: Any = None,
-                      executor: Executor | None = None) -> tuple[np.ndarray, Any]:
+                      executor: Executor | None = None, threads: int = 1) -> tuple[np.ndarray, Any]:
     """Every row's out-of-fold score at ``params`` and the candidate fitted on all rows.
 
     Each fold is fitted on the training rows of the sampled users only (``sample``, a row mask from
@@ -293,7 +293,7 @@ def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.nd
     from everyone, so these scores lean pessimistic (cutoffs and the gate err toward caution).
 
     Each fold (its fit, then its users' refits) goes to ``executor`` (default: in-process) while this process
-    fits the candidate.  Same results as in sequence.
+    fits the candidate (on ``threads`` threads: :func:`fit_candidate`).  Same results as in sequence.
     """
     from spamtl.model import MultiTaskLogisticRegression, cross_fit_fold
 
@@ -307,7 +307,7 @@ def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.nd
         est = MultiTaskLogisticRegression(**params)
         futures = [pool.submit(cross_fit_fold, payload, fit_rows, train_rows, test_rows, est)
                    for fit_rows, (train_rows, test_rows) in zip(sampled, folds)]
-        candidate = fit_candidate(data, y, params, warm=warm)
+        candidate = fit_candidate(data, y, params, warm=warm, threads=threads)
         for (_, test_rows), future in zip(folds, futures):
             oof[test_rows] = future.result()
     finally:
@@ -317,8 +317,11 @@ def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.nd
 
 
 # --------------------------------------------------------------------- step 4: fit
-def fit_candidate(data: TrainingData, y: np.ndarray, params: dict[str, Any], warm: Any = None) -> Any:
+def fit_candidate(data: TrainingData, y: np.ndarray, params: dict[str, Any], warm: Any = None,
+                  threads: int = 1) -> Any:
     """The candidate: the chosen configuration fitted on ALL labels, warm-started from ``warm`` (not changed).
+
+    ``threads``: the projected solver's chunks of users side by side (``fit(threads=)``; the same model).
 
     A shallow copy of ``warm`` suffices: ``fit`` reads the fitted arrays it starts from and replaces every
     one of them, never writing into them; a deep copy held a second copy of the active model (~1 GB at
@@ -330,7 +333,7 @@ def fit_candidate(data: TrainingData, y: np.ndarray, params: dict[str, Any], war
     est.set_params(**params, warm_start=warm is not None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        est.fit(data.X, y, tasks=data.users, groups=_groups(data))
+        est.fit(data.X, y, tasks=data.users, groups=_groups(data), threads=threads)
     return est
 
 
@@ -354,10 +357,10 @@ def choose_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarr
             + ("" if choice.reused_from is None else f", as searched for v{choice.reused_from}") + ")"
             + ("" if scored else ", cross-fitting it for every user"))
     if scored:
-        return choice, fit_candidate(data, y, choice.params, warm=warm)
+        return choice, fit_candidate(data, y, choice.params, warm=warm, threads=settings.train_workers)
     with training_executor(settings.train_workers, alongside=True) as pool:
         choice.oof_scores, candidate = cross_fit_and_fit(data, y, folds, choice.params, search_sample(data, settings),
-                                                         warm=warm, executor=pool)
+                                                         warm=warm, executor=pool, threads=settings.train_workers)
     return choice, candidate
 
 
