@@ -75,6 +75,10 @@ CHUNK_ROWS = 100_000
 """Rows (labels) per chunk of users; a fit of more rows keeps its chunks in a scratch directory (module Notes).
 A chunk's data in memory is ~250 MB at 140 features per row (its by-column and by-group-key indices and
 values), plus one batch of Gram matrices (``BATCH_BYTES``)."""
+SPLIT_ROWS = 16_384
+"""A fit of at least twice this many rows is cut into at least two chunks (in memory up to ``CHUNK_ROWS``), so
+that two threads have work: the nightly search's fold fits on the sampled users (~33,000 rows at 500 users).
+Smaller chunks hold too few users of each padded size to batch their Newton steps well."""
 
 DUAL_MAX_ROWS = 512
 """Users with more rows than this are solved in the primal (a Newton step in the dual costs m^3)."""
@@ -536,8 +540,9 @@ class ProjectedLoss:
     transform : callable, optional
         Applied to each chunk's rows (the idf weighting): the weighted copy of all rows never exists.
     chunk_rows : int, optional
-        Rows per :class:`UserChunk` (``CHUNK_ROWS``); a task is never split.  More than one chunk: they are
-        kept in a scratch directory (:class:`ArrayStore`) and read one at a time.
+        Rows per :class:`UserChunk` (``CHUNK_ROWS``; half the rows if fewer, from 2 ``SPLIT_ROWS`` rows on); a
+        task is never split.  More rows than this: the chunks are kept in a scratch directory
+        (:class:`ArrayStore`) and read one at a time.
     threads : int, optional
         Chunks built and evaluated side by side by this many threads (the map over chunks; numpy's and
         scipy's loops run without the GIL).  Each chunk keeps its users' solutions, so a chunk is never
@@ -577,10 +582,12 @@ class ProjectedLoss:
         self._looser = 1.0
         self._grad_factor = self.scale.inverse().over(self.total_weight or 1.0)
 
-        # Chunks: contiguous task ranges of about chunk_rows rows.
+        # Chunks: contiguous task ranges of about chunk_rows rows; at least two from 2 SPLIT_ROWS rows on, on
+        # disk beyond chunk_rows.  They depend on the data only, never on ``threads`` (the same sums).
+        chunk_rows = CHUNK_ROWS if chunk_rows is None else max(int(chunk_rows), 1)
         cum = np.cumsum(np.bincount(task_index, minlength=T))
-        bounds = task_ranges(cum, CHUNK_ROWS if chunk_rows is None else max(int(chunk_rows), 1))
-        self.store = ArrayStore(spill=len(bounds) > 2)
+        bounds = task_ranges(cum, min(chunk_rows, max(SPLIT_ROWS, -(-n // 2))))
+        self.store = ArrayStore(spill=n > chunk_rows)
         n_chunks = len(bounds) - 1
         self._pool = (ThreadPoolExecutor(min(int(threads), n_chunks), thread_name_prefix="spamtl-chunks")
                       if threads > 1 and n_chunks > 1 else None)

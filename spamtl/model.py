@@ -393,14 +393,32 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             rows = np.array([old_tasks.get(t, -1) for t in task_labels], dtype=np.int64)
             key_task = np.repeat(np.arange(len(task_labels)), np.diff(layout.task_offsets))
             theta[sl["v"]] = _lookup(self.coef_tasks_, rows[key_task], layout.key_cols)
-            theta[sl["c"]] = np.where(rows >= 0, self.intercept_tasks_[np.maximum(rows, 0)], 0.0)
+            known = rows >= 0  # a start without users' parts (HyperparameterSearch.fold_models) knows none
+            theta[sl["c"]][known] = self.intercept_tasks_[rows[known]]
         if len(group_labels) and len(self.groups_):
             old_groups = {g: i for i, g in enumerate(self.groups_)}
             grows = np.array([old_groups.get(g, -1) for g in group_labels], dtype=np.int64)
             gkey_group = np.repeat(np.arange(len(group_labels)), np.diff(layout.group_offsets))
             theta[sl["u"]] = _lookup(self.coef_groups_, grows[gkey_group], layout.group_cols)
-            theta[sl["cg"]] = np.where(grows >= 0, self.intercept_groups_[np.maximum(grows, 0)], 0.0)
+            theta[sl["cg"]][grows >= 0] = self.intercept_groups_[grows[grows >= 0]]
         return theta
+
+    def without_tasks(self) -> MultiTaskLogisticRegression:
+        """A copy with the shared and group parts (and IDF) but no task's personal part (the arrays are
+        shared, not copied: ``fit`` replaces them, never writes into them).
+
+        Every task scores with it as an unknown one; it is what :func:`score_refitted_tasks` refits each task's
+        part from, and a warm start for a fit on other rows (:func:`select_hyperparameters` keeps the folds'
+        fits this way: a fraction of their size, which grows with the users' keys).
+        """
+        check_is_fitted(self, "coef_shared_")
+        shared = copy.copy(self)
+        shared.tasks_ = np.array([], dtype=object)
+        shared.task_groups_ = np.zeros(0, dtype=np.int64)
+        shared.coef_tasks_ = sp.csr_matrix((0, self.n_features_in_))
+        shared.intercept_tasks_ = np.zeros(0)
+        shared.task_weights_ = np.zeros(0)
+        return shared
 
     def _penalty(self) -> tuple[float, float, float]:
         return float(self.alpha), float(self.mu), float(self.mu_group)
@@ -634,6 +652,11 @@ class HyperparameterSearch:
     oof_scores: np.ndarray | None = None
     """Out-of-fold decision scores of the chosen setting: each sample scored by the fit of the fold
     that held it out (NaN for samples no fold held out); what nightly training's gate and cutoffs use."""
+    fold_models: dict[tuple[float, float], list[Any]] = field(default_factory=dict)
+    """With ``keep_fold_models=True``: each (alpha, mu)'s fit of each fold, in the order of the splits,
+    without the tasks' parts (:meth:`MultiTaskLogisticRegression.without_tasks`).  Nightly training refits
+    every user's part from them instead of fitting the folds again, and starts its first final fit from
+    their mean."""
 
 
 SELECTION_RULES = ("one_se", "min")
@@ -646,7 +669,8 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
                            estimator: MultiTaskLogisticRegression | None = None,
                            cv: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
                            scoring: str = "log_loss", rule: str = "one_se",
-                           executor: Executor | None = None) -> HyperparameterSearch:
+                           executor: Executor | None = None, keep_fold_models: bool = False,
+                           threads: int = 1) -> HyperparameterSearch:
     """Choose alpha and mu by task-stratified K-fold cross-validation.
 
     Folds are stratified on (task, label), so every fold holds a share of
@@ -658,7 +682,7 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     e.g. one chronological split for a quick nightly search.  The folds are
     independent (:func:`fit_fold`): with an ``executor`` (e.g.
     :func:`spamtl.parallel.training_executor`) they run side by side, with
-    the same results as in-process.
+    the same results as in-process, and each fold's projected fit on ``threads`` threads (``fit``).
 
     ``scoring='log_loss'`` (default) ranks by the held-out logistic loss
     averaged per task, then over tasks; ``'auc'`` by macro 1 - ROC AUC.  Near
@@ -713,12 +737,13 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     executor = executor if executor is not None else SerialExecutor()
     payload = share(executor, (X, y, tasks, garr))
     try:
-        futures = [executor.submit(fit_fold, payload, train, test, clone(base), grid) for train, test in splits]
+        futures = [executor.submit(fit_fold, payload, train, test, clone(base), grid, keep_fold_models, threads)
+                   for train, test in splits]
         fold_results = [f.result() for f in futures]
     finally:
         if isinstance(payload, Inherited):
             release(payload)
-    for (_, test), (positive_class, fold_scores) in zip(splits, fold_results):
+    for (_, test), (positive_class, fold_scores, _) in zip(splits, fold_results):
         fold_weights = _macro_weights(tasks[test])
         for (a, m), p in zip(grid, fold_scores):
             oof[(a, m)][test] = p
@@ -746,18 +771,24 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
         pick = max(eligible, key=lambda r: (r["mu"], r["alpha"]))
         chosen = (pick["alpha"], pick["mu"])
     return HyperparameterSearch(alpha=chosen[0], mu=chosen[1], score=mean[chosen], table=table,
-                                best_alpha=best[0], best_mu=best[1], oof_scores=oof[chosen])
+                                best_alpha=best[0], best_mu=best[1], oof_scores=oof[chosen],
+                                fold_models={g: [models[k] for _, _, models in fold_results]
+                                             for k, g in enumerate(grid) if keep_fold_models})
 
 
 def fit_fold(payload: Any, train: np.ndarray, test: np.ndarray, estimator: MultiTaskLogisticRegression,
-             grid: Sequence[tuple[float, float]]) -> tuple[Any, list[np.ndarray]]:
+             grid: Sequence[tuple[float, float]],
+             keep_models: bool = False,
+             threads: int = 1) -> tuple[Any, list[np.ndarray], list[MultiTaskLogisticRegression]]:
     """One cross-validation fold: fit on ``train`` rows for each (alpha, mu) of ``grid`` in order, each
     fit warm-started from the previous one where the solver allows (the projected one; see ``warm_start``),
     and score the ``test`` rows.
 
     ``payload`` is ``(X, y, tasks, groups)`` (or a :mod:`spamtl.parallel` handle to it): the folds of a
     search are independent, so :func:`select_hyperparameters` runs them on an executor.  Returns the
-    positive class and the test rows' decision scores under each setting.
+    positive class, the test rows' decision scores under each setting, and (``keep_models``) each setting's fit
+    without its tasks' parts (:meth:`MultiTaskLogisticRegression.without_tasks`; else an empty list).
+    ``threads``: see ``fit`` (the same results).
     """
 
     X, y, tasks, garr = resolve(payload)
@@ -767,30 +798,35 @@ def fit_fold(payload: Any, train: np.ndarray, test: np.ndarray, estimator: Multi
     Xte, tte = X[test], tasks[test]
     release_pages(X)  # the fold's rows are copies
     gte = None if garr is None else garr[test]
-    scores = []
+    scores, models = [], []
     for a, m in grid:
         est.set_params(alpha=a, mu=m)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            est.fit(Xtr, ytr, tasks=ttr, groups=gtr)
+            est.fit(Xtr, ytr, tasks=ttr, groups=gtr, threads=threads)
         scores.append(est.decision_function(Xte, tasks=tte, groups=gte))
-    return est.classes_[1], scores
+        if keep_models:
+            models.append(est.without_tasks().set_params(warm_start=False))
+    return est.classes_[1], scores, models
 
 
 def cross_fit_fold(payload: Any, fit_rows: np.ndarray, train: np.ndarray, test: np.ndarray,
-                   estimator: MultiTaskLogisticRegression) -> np.ndarray:
+                   estimator: MultiTaskLogisticRegression, fitted: bool = False) -> np.ndarray:
     """One cross-fitting fold for many users: ``estimator`` fitted on ``fit_rows`` (a sample of the users'
     ``train`` rows), then every user's ``test`` rows scored by :func:`score_refitted_tasks` (their personal
-    part refitted on their own ``train`` rows).  ``payload`` as for :func:`fit_fold`; returns the scores of
-    ``test`` in order."""
+    part refitted on their own ``train`` rows).  ``fitted=True``: ``estimator`` already is that fit (the
+    search's fold, :attr:`HyperparameterSearch.fold_models`), so only the users' parts are refitted.
+    ``payload`` as for :func:`fit_fold`; returns the scores of ``test`` in order."""
     X, y, tasks, garr = resolve(payload)
-    est = clone(estimator).set_params(warm_start=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        Xfit = X[fit_rows]
-        release_pages(X)
-        est.fit(Xfit, y[fit_rows], tasks=tasks[fit_rows], groups=None if garr is None else garr[fit_rows])
-        del Xfit
+    est = estimator
+    if not fitted:
+        est = clone(estimator).set_params(warm_start=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            Xfit = X[fit_rows]
+            release_pages(X)
+            est.fit(Xfit, y[fit_rows], tasks=tasks[fit_rows], groups=None if garr is None else garr[fit_rows])
+            del Xfit
     scores = score_refitted_tasks(payload, est, train, test)
     del est
     return_free_memory()  # a worker is done long before the final fit beside it

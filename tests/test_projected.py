@@ -383,7 +383,7 @@ def test_the_warm_grid_walk_reaches_each_settings_optimum() -> None:
     base = MultiTaskLogisticRegression(idf=False, tol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, walked = model.fit_fold((X, y, tasks, None), train, test, base, GRID)
+        _, walked, _ = model.fit_fold((X, y, tasks, None), train, test, base, GRID)
     for (alpha, mu), scores in zip(GRID, walked):
         best = _fit(X[train], y[train], tasks[train], alpha=alpha, mu=mu, solver="joint", tol=1e-10, max_iter=20_000)
         np.testing.assert_allclose(scores, best.decision_function(X[test], tasks=tasks[test]), rtol=5e-3,

@@ -178,26 +178,41 @@ def test_no_fork_pool_while_another_thread_runs() -> None:
         heartbeat.join()
 
 
-@pytest.mark.parametrize("sampled", [False, True], ids=["all-users", "sample"])
-def test_cross_fit_and_fit_gives_every_row_a_score_and_the_candidate_on_all_rows(sampled: bool) -> None:
+@pytest.mark.parametrize(("sampled", "given_folds"), [(False, False), (True, False), (True, True)],
+                         ids=["all-users", "sample", "sample-folds-given"])
+def test_cross_fit_and_fit_gives_every_row_a_score_and_the_candidate_on_all_rows(
+        monkeypatch: pytest.MonkeyPatch, sampled: bool, given_folds: bool) -> None:
     """Catches: out-of-fold scores written to the wrong rows, a fold fitted on rows it then scores (or on
     users outside the sample), a user's personal part not refitted on their own training rows, a candidate
     fitted on a fold instead of all rows, or the process pool changing any of it.
 
     The reference is built by hand: each fold's model fitted on the sampled users' training rows, then
     each user's part fitted with ``refit_task`` (its own code path, a dense offset) on that user's training
-    rows of the fold, and the user's held-out rows scored by ``decision_function``."""
+    rows of the fold, and the user's held-out rows scored by ``decision_function``.
+
+    With the folds' fits given (the sampled search's, without their users' parts), only the users' parts are
+    fitted: catches a fold fitted again or a given fit not used."""
     data = _store_like(8, 1.0, per_user=30, d=200)
     data.groups = np.array(["even" if int(u[1:]) % 2 == 0 else "odd" for u in data.users], dtype=object)
     folds = cross_fit_folds(data, 3, seed=0)
     params = {"task_weighting": "task" if sampled else "sample", "tol": 1e-8, "max_iter": 1000, "idf": True,
               "alpha": 0.01, "mu": 3.0}
     sample = np.isin(data.users, ["u000", "u003", "u005"]) if sampled else None
-    oof, candidate = cross_fit_and_fit(data, data.y, folds, params, sample, executor=SerialExecutor())
-    expected = np.full(len(data.y), np.nan)
-    for train_rows, test_rows in folds:
+    fold_fits = []
+    for train_rows, _ in folds:
         fit_rows = train_rows if sample is None else train_rows[sample[train_rows]]
-        est = fit_candidate(data.subset(fit_rows), data.y[fit_rows], params)
+        fold_fits.append(fit_candidate(data.subset(fit_rows), data.y[fit_rows], params))
+    given = [f.without_tasks() for f in fold_fits] if given_folds else None
+    fits = []
+    real_fit = MultiTaskLogisticRegression.fit
+    monkeypatch.setattr(MultiTaskLogisticRegression, "fit", lambda self, X, *a, **k: fits.append(X.shape[0])
+                        or real_fit(self, X, *a, **k))
+    oof, candidate = cross_fit_and_fit(data, data.y, folds, params, sample, executor=SerialExecutor(),
+                                       fold_models=given)
+    assert fits[-1] == len(data.y) and len(fits) == (1 if given_folds else 1 + len(folds))
+    monkeypatch.setattr(MultiTaskLogisticRegression, "fit", real_fit)
+    expected = np.full(len(data.y), np.nan)
+    for (train_rows, test_rows), est in zip(folds, fold_fits):
         for user in np.unique(data.users):
             mine = train_rows[data.users[train_rows] == user]
             est.refit_task(data.X[mine], data.y[mine], task=user, group=data.groups[mine][0])
@@ -205,12 +220,54 @@ def test_cross_fit_and_fit_gives_every_row_a_score_and_the_candidate_on_all_rows
             expected[held] = est.decision_function(data.X[held], tasks=data.users[held])
     assert np.isfinite(oof).all()
     np.testing.assert_allclose(oof, expected, rtol=1e-4, atol=1e-4)
-    whole = fit_candidate(data, data.y, params)
-    np.testing.assert_allclose(candidate.coef_shared_, whole.coef_shared_)
+    whole = fit_candidate(data, data.y, params)  # from the folds' mean: the same optimum, to the fit's tolerance
+    np.testing.assert_allclose(candidate.coef_shared_, whole.coef_shared_, rtol=1e-7, atol=1e-4 if given_folds else 0)
     with training_executor(2) as pool:
-        oof2, candidate2 = cross_fit_and_fit(data, data.y, folds, params, sample, executor=pool)
+        oof2, candidate2 = cross_fit_and_fit(data, data.y, folds, params, sample, executor=pool, fold_models=given)
     np.testing.assert_allclose(oof2, oof, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(candidate2.coef_shared_, candidate.coef_shared_)
+
+
+def test_the_sampled_search_gives_the_chosen_settings_fold_fits_and_the_first_fit_starts_from_their_mean(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catches: fold fits of another setting than the one chosen (the sampled search's pick is its own, not
+    the search's one-SE choice), of other rows than the fold's sampled training rows, fits that keep their
+    users' parts, and a first final fit that does not start from the folds' mean shared part (or that
+    starts from it when there is an active model)."""
+    import spamtl.services.training as training
+
+    data = _store_like(24, 3.0, d=30, per_user=80)
+    folds = cross_fit_folds(data, 3, seed=0)
+    settings = _settings(mu_search_users=12)
+    choice = choose_mu(data, data.y, folds, settings, executor=SerialExecutor())
+    rows = search_sample(data, settings)
+    assert choice.searched_users == 12 and rows is not None and len(choice.fold_models) == len(folds)
+    for (train_rows, _), model in zip(folds, choice.fold_models):
+        assert len(model.tasks_) == 0 and model.coef_tasks_.nnz == 0
+        assert (model.alpha, model.mu) == (choice.params["alpha"], choice.params["mu"])
+        fit_rows = train_rows[rows[train_rows]]
+        cold = fit_candidate(data.subset(fit_rows), data.y[fit_rows], {**choice.params, "tol": 1e-10})
+        scale = np.abs(cold.coef_shared_).max()
+        np.testing.assert_allclose(model.coef_shared_, cold.coef_shared_, atol=2e-3 * scale)
+    assert not choose_mu(data, data.y, folds, _settings(mu_search_users=0), executor=SerialExecutor()).fold_models
+
+    starts = []
+    real = training.fit_candidate
+    monkeypatch.setattr(training, "fit_candidate", lambda d, y, p, warm=None, threads=1: starts.append(warm)
+                        or real(d, y, p, warm=warm, threads=threads))
+    mean = np.mean([m.coef_shared_ for m in choice.fold_models], axis=0)
+    for active in (None, choice.fold_models[1]):
+        starts.clear()
+        oof, candidate = cross_fit_and_fit(data, data.y, folds, choice.params, rows, warm=active,
+                                           executor=SerialExecutor(), fold_models=choice.fold_models)
+        (start,) = starts
+        if active is None:
+            np.testing.assert_allclose(start.coef_shared_, mean, rtol=1e-12)
+            intercepts = [m.intercept_shared_ for m in choice.fold_models]
+            assert start.intercept_shared_ == pytest.approx(np.mean(intercepts))
+        else:
+            assert start is active
+        assert np.isfinite(oof).all() and len(candidate.tasks_) == 24
 
 
 def test_refitting_each_users_part_given_the_shared_parts_reproduces_the_joint_fit() -> None:
