@@ -39,6 +39,9 @@ its memory is the model's (the optimiser's vectors of the shared parts, the pers
 numbers per row) plus one chunk's, not every row's: at 10,000 users of 100 labels the rows' by-column,
 by-key and by-group-key data and the Gram matrices were ~4.5 GB in memory, and are ~3.7 GB on disk instead.
 The operating system keeps the files in its page cache while it has the memory, so the reads cost little.
+The map runs on ``threads`` threads (numpy's and scipy's loops release the GIL): 1.85x on 2 cores for 10
+chunks, and the same sums, since each chunk is evaluated by one thread at a time and the reduction adds the
+chunks' parts in chunk order.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ from spamtl.store.db import check_schema, translate_errors
 
 __all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "Cutoff", "train", "load_labels",
            "prepare_features", "cross_fit_folds", "choose_mu", "search_sample", "reused_choice",
-           "one_se_for_all_users", "cross_fit_and_fit", "mean_shared_part", "choose_and_fit", "fit_candidate", "load_active",
-           "active_scores",
+           "one_se_for_all_users", "cross_fit_and_fit", "mean_shared_part", "choose_and_fit", "fit_candidate",
+           "load_active", "active_scores",
            "gate", "choose_cutoffs", "save_version", "holdout_split", "fit_model", "min_df_mask",
            "choose_params", "base_params", "EXIT_REFUSED"]
 
