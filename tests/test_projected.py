@@ -13,6 +13,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.optimize import check_grad
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import spamtl._projected as projected
 import spamtl.model as model
@@ -88,11 +89,14 @@ def test_gradient_of_the_projected_objective_matches_finite_differences(dual_max
     against differences of F, whose every value solves the users' problems again.  Also with the users in
     chunks of one or two (10 rows each), read back from the scratch directory on every evaluation."""
     obj = _objective(dual_max_rows, chunk_rows)
-    assert any(c.users.heavy for c in obj.chunks) == (dual_max_rows is not None)
-    assert (len(obj.chunks) > 2) == (obj.store.directory is not None) == (chunk_rows is not None)
-    theta = np.random.default_rng(2).normal(size=obj.n_params)
-    err = check_grad(lambda t: obj.loss_gradient(t)[0], lambda t: obj.loss_gradient(t)[1], theta, epsilon=1e-6)
-    assert err < 1e-5 * max(1.0, np.linalg.norm(obj.loss_gradient(theta)[1]))
+    try:
+        assert any(c.users.heavy for c in obj.chunks) == (dual_max_rows is not None)
+        assert (len(obj.chunks) > 2) == (obj.store.directory is not None) == (chunk_rows is not None)
+        theta = np.random.default_rng(2).normal(size=obj.n_params)
+        err = check_grad(lambda t: obj.loss_gradient(t)[0], lambda t: obj.loss_gradient(t)[1], theta, epsilon=1e-6)
+        assert err < 1e-5 * max(1.0, np.linalg.norm(obj.loss_gradient(theta)[1]))
+    finally:
+        obj.close()
 
 
 def _fit(X, y, tasks, groups=None, **params):  # type: ignore[no-untyped-def]
@@ -190,7 +194,8 @@ def test_threads_give_the_same_fit_bit_for_bit_with_chunks_evaluated_side_by_sid
         monkeypatch, tmp_path) -> None:
     """The projected fit's chunks on three threads: the same model bit for bit as on one (the chunks' parts
     are added in chunk order), with chunks evaluated by more than one thread and each chunk by one at a
-    time (its users' solutions are its own state); afterwards no thread and no scratch file is left."""
+    time (its users' solutions are its own state), BLAS on one thread meanwhile (its own threads competed
+    with the chunks'); afterwards no thread and no scratch file is left, and BLAS is as it was."""
     monkeypatch.setattr(projected, "CHUNK_ROWS", 150)  # about 13 chunks
     monkeypatch.setattr(projected, "DUAL_MAX_ROWS", 100)  # two users solved in the primal
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -199,6 +204,7 @@ def test_threads_give_the_same_fit_bit_for_bit_with_chunks_evaluated_side_by_sid
     seen: dict[int, set[int]] = {}
     busy: set[int] = set()
     overlap = []
+    blas_threads = set()
     lock = threading.Lock()
     real = projected.UserChunk.evaluate
 
@@ -207,6 +213,7 @@ def test_threads_give_the_same_fit_bit_for_bit_with_chunks_evaluated_side_by_sid
             overlap.append(id(chunk) in busy)
             busy.add(id(chunk))
             seen.setdefault(threading.get_ident(), set()).add(id(chunk))
+            blas_threads.update(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
         try:
             time.sleep(0.001)  # the GIL handed over: the other threads get their turn
             return real(chunk, *args)
@@ -219,9 +226,12 @@ def test_threads_give_the_same_fit_bit_for_bit_with_chunks_evaluated_side_by_sid
     for threads in (1, 3):
         seen.clear()
         est = MultiTaskLogisticRegression(alpha=0.05, mu=0.5, solver="projected", tol=1e-8, max_iter=5_000)
-        fits[threads] = est.fit(X, y, tasks=tasks, groups=groups, threads=threads)
+        with threadpool_limits(limits=2, user_api="blas"):  # BLAS on one thread during the fit, then as it was
+            fits[threads] = est.fit(X, y, tasks=tasks, groups=groups, threads=threads)
+            assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
         assert len(seen) == min(threads, 3), seen.keys()
         assert _chunk_threads() == []
+    assert blas_threads == {1}
     one, three = fits[1], fits[3]
     assert one.n_iter_ == three.n_iter_
     np.testing.assert_array_equal(three.coef_shared_, one.coef_shared_)
