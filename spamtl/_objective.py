@@ -600,8 +600,10 @@ def minimize_lbfgs(objective: Any, theta0: np.ndarray, *, tol: float, max_iter: 
     # (25.8 s -> 9.9 s at 300 users), and training runs independent fits side by side instead.  Below
     # SINGLE_BLAS_THREAD_ABOVE the first release's threading is kept: a different summation order moves
     # an ill-conditioned fit within its tolerance, and bench_model's n=all figures moved 7-19 %.
+    # No limit: no threadpoolctl call at all (it is not thread-safe, and the projected fit's users solved in
+    # the primal run this from its chunk threads).
     limit = 1 if len(theta0) > SINGLE_BLAS_THREAD_ABOVE else None
-    with threadpool_limits(limits=limit, user_api="blas"):
+    with threadpool_limits(limits=1, user_api="blas") if limit is not None else contextlib.nullcontext():
         if len(theta0) > LARGE_PROBLEM or secant:
             x, nit, message = lbfgs_numpy(fun, scale.times(theta0), tol=tol, max_iter=max_iter, secant=secant,
                                           history_bytes=history_bytes)

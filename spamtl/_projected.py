@@ -79,10 +79,11 @@ CHUNK_ROWS = 100_000
 """Rows (labels) per chunk of users; a fit of more rows keeps its chunks in a scratch directory (module Notes).
 A chunk's data in memory is ~250 MB at 140 features per row (its by-column and by-group-key indices and
 values), plus one batch of Gram matrices (``BATCH_BYTES``)."""
-SPLIT_ROWS = 16_384
-"""A fit of at least twice this many rows is cut into at least two chunks (in memory up to ``CHUNK_ROWS``), so
-that two threads have work: the nightly search's fold fits on the sampled users (~33,000 rows at 500 users).
-Smaller chunks hold too few users of each padded size to batch their Newton steps well."""
+SPLIT_ROWS = 8_192
+"""A fit of at least twice this many rows is cut into at least two chunks of at least this many rows (in memory
+up to ``CHUNK_ROWS``), so that two threads have work: the nightly search's fold fits on the sampled users
+(~33,000 rows at 500 users).  Smaller chunks hold too few users of each padded size to batch their Newton
+steps well."""
 
 DUAL_MAX_ROWS = 512
 """Users with more rows than this are solved in the primal (a Newton step in the dual costs m^3)."""
@@ -552,7 +553,8 @@ class ProjectedLoss:
         scipy's loops run without the GIL).  Each chunk keeps its users' solutions, so a chunk is never
         evaluated by two threads at once, and the reduction adds the chunks' parts in chunk order: the
         results are the same for any number of threads, bit for bit.  Memory: one chunk's temporaries per
-        thread.  BLAS runs on one thread until :meth:`close`, which also stops the threads.
+        thread.  BLAS runs on one thread until :meth:`close` (call it from the thread that made the
+        objective), which also stops the threads.
     """
 
     def __init__(self, X: sp.csr_matrix, y: np.ndarray, sample_weight: np.ndarray, task_index: np.ndarray,
@@ -590,34 +592,39 @@ class ProjectedLoss:
         # disk beyond chunk_rows.  They depend on the data only, never on ``threads`` (the same sums).
         chunk_rows = CHUNK_ROWS if chunk_rows is None else max(int(chunk_rows), 1)
         cum = np.cumsum(np.bincount(task_index, minlength=T))
-        bounds = task_ranges(cum, min(chunk_rows, max(SPLIT_ROWS, -(-n // 2))))
+        bounds = task_ranges(cum, min(chunk_rows, max(SPLIT_ROWS, -(-n // 2))) if n >= 2 * SPLIT_ROWS else chunk_rows)
         self.store = ArrayStore(spill=n > chunk_rows)
-        n_chunks = len(bounds) - 1
-        self._pool = (ThreadPoolExecutor(min(int(threads), n_chunks), thread_name_prefix="spamtl-chunks")
-                      if threads > 1 and n_chunks > 1 else None)
-        # BLAS on one thread, whatever ``threads`` says (so the sums do not depend on it): the chunk threads
-        # are the parallelism, and OpenBLAS's own (it threads the LU of a 112 x 112 matrix) only compete with
-        # them: 4 evaluations of 10 chunks of 1,000 users took 4.3 s on 2 chunk threads with OpenBLAS's 2
-        # threads, 1.3 s with one (and on one chunk thread 2.6 s against 2.3 s).  Restored by close().
-        self._blas: Any = threadpool_limits(limits=1, user_api="blas")
-        row_order = np.argsort(task_index, kind="stable")
-        row_start = np.concatenate([[0], cum])
-
-        def build(span: tuple[int, int]) -> UserChunk:
-            t0, t1 = span
-            rows = row_order[row_start[t0]:row_start[t1]]
-            sub = X[rows]
-            release_pages(X)
-            if transform is not None:
-                sub = transform(sub)
-            chunk = UserChunk(sub, task_index[rows] - t0, task_group[t0:t1], y[rows], sample_weight[rows],
-                              group_keys, G, alpha=alpha, mu=mu, dual_max_rows=dual_max_rows, store=self.store)
-            del sub
-            return_free_memory()  # the chunk's temporaries, and its data once spilled
-            return chunk
-
         self.chunks: list[UserChunk] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._blas: Any = None
         try:
+            n_chunks = len(bounds) - 1
+            if threads > 1 and n_chunks > 1:
+                self._pool = ThreadPoolExecutor(min(int(threads), n_chunks), thread_name_prefix="spamtl-chunks")
+            # BLAS on one thread, whatever ``threads`` says (so the sums do not depend on it): the chunk threads
+            # are the parallelism, and OpenBLAS's own (it threads the LU of a 112 x 112 matrix) only compete
+            # with them: 4 evaluations of 10 chunks of 1,000 users took 4.3 s on 2 chunk threads with OpenBLAS's
+            # 2 threads, 1.3 s with one (and on one chunk thread 2.6 s against 2.3 s).  Entered here and left
+            # by close(), in this thread: threadpoolctl lets one thread at a time set OpenBLAS's threads, and
+            # gives that control back only when a limit is left as a context manager.
+            self._blas = threadpool_limits(limits=1, user_api="blas")
+            self._blas.__enter__()
+            row_order = np.argsort(task_index, kind="stable")
+            row_start = np.concatenate([[0], cum])
+
+            def build(span: tuple[int, int]) -> UserChunk:
+                t0, t1 = span
+                rows = row_order[row_start[t0]:row_start[t1]]
+                sub = X[rows]
+                release_pages(X)
+                if transform is not None:
+                    sub = transform(sub)
+                chunk = UserChunk(sub, task_index[rows] - t0, task_group[t0:t1], y[rows], sample_weight[rows],
+                                  group_keys, G, alpha=alpha, mu=mu, dual_max_rows=dual_max_rows, store=self.store)
+                del sub
+                return_free_memory()  # the chunk's temporaries, and its data once spilled
+                return chunk
+
             self.chunks = list(self._map(build, list(zip(bounds[:-1], bounds[1:]))))
         except BaseException:
             self.close()
@@ -686,7 +693,7 @@ class ProjectedLoss:
             self._pool.shutdown(wait=True, cancel_futures=True)  # before the files its work may be writing
             self._pool = None
         if self._blas is not None:
-            self._blas.restore_original_limits()
+            self._blas.__exit__(None, None, None)
             self._blas = None
         self.chunks = []
         self.store.close()

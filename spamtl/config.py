@@ -56,9 +56,10 @@ class Settings:
     # slowly with a large store.  0 searches every night.  Smaller stores search every night whatever this
     # says.
     mu_search_days: int = 7
-    # Worker processes for training's independent fits (cross-fitting folds beside the final fit), and
-    # threads for the final fit's chunks of users (more than 100,000 labels); one per core of this 2-core
-    # machine.  Each worker holds one fold's arrays, each thread one chunk's: memory grows with it.
+    # Worker processes for training's independent fits (cross-fitting folds beside the final fit, the
+    # search's folds), and threads for each projected fit's chunks of users (fits of 16,384 labels or
+    # more, the final one and the search's folds); one per core of this 2-core machine.  Each worker
+    # holds one fold's arrays, each thread one chunk's: memory grows with it.
     train_workers: int = 2
     # The gate refuses a candidate only if its mean log loss (per user, then over users) on mail neither
     # model was fitted on exceeds the active model's by more than promote_tolerance (nats) plus

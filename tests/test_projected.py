@@ -418,3 +418,53 @@ def test_auto_solver_is_projected_for_many_small_users_only() -> None:
     assert model.auto_projected(20, 20 * 256)
     assert not model.auto_projected(20, 20 * 256 + 1)
     assert model.auto_projected(1000, 1000 * 5000)
+
+
+def test_a_threaded_fit_gives_back_control_of_blas_threads(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """threadpoolctl lets one thread at a time set OpenBLAS's threads and gives that control back only when a
+    limit is left as a context manager.  Catches: a fit (here in a thread that lives on, as a server's does)
+    that keeps control, after which another thread's limit (a feedback refit's one BLAS thread) does nothing."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: OpenBLAS has one thread whatever is asked")
+    monkeypatch.setattr(projected, "CHUNK_ROWS", 150)
+    X, y, tasks, groups = _sixty_users(everyone_grouped=False)
+    fitted, done = threading.Event(), threading.Event()
+
+    def server() -> None:
+        est = MultiTaskLogisticRegression(alpha=0.05, mu=0.5, solver="projected", max_iter=200)
+        est.fit(X, y, tasks=tasks, groups=groups, threads=2)
+        fitted.set()
+        done.wait(60)  # alive, as a server's training thread stays
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    try:
+        assert fitted.wait(120)
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas
+        want = 1 if max(blas) > 1 else 2
+        with threadpool_limits(limits=want, user_api="blas"):
+            assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {want}
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_a_fit_of_twice_split_rows_is_cut_in_two_chunks_in_memory(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Catches: a mid-size fit (the search's folds) in one chunk, which leaves the second thread idle, or its
+    two chunks spilled to disk."""
+    monkeypatch.setattr(projected, "SPLIT_ROWS", 400)
+    X, y, tasks, _ = _sixty_users(everyone_grouped=False)
+    _, tidx = np.unique(tasks, return_inverse=True)
+    assert len(y) >= 800
+    for n_rows, chunks in ((799, 1), (len(y), 2)):
+        keep = tidx < np.searchsorted(np.cumsum(np.bincount(tidx)), n_rows, side="right")
+        assert 0 < keep.sum() <= n_rows and (keep.sum() >= 800) == (chunks == 2)
+        labels, t = np.unique(tidx[keep], return_inverse=True)
+        obj = ProjectedLoss(X[keep], np.where(y[keep] == 1, 1.0, -1.0), np.ones(int(keep.sum())), t,
+                            np.full(len(labels), -1), alpha=0.1, mu=1.0, mu_group=1.0, tol=1e-6, threads=2)
+        try:
+            assert len(obj.chunks) == chunks
+            assert obj.store.directory is None
+        finally:
+            obj.close()

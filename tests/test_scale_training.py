@@ -251,6 +251,15 @@ def test_the_sampled_search_gives_the_chosen_settings_fold_fits_and_the_first_fi
         np.testing.assert_allclose(model.coef_shared_, cold.coef_shared_, atol=2e-3 * scale)
     assert not choose_mu(data, data.y, folds, _settings(mu_search_users=0), executor=SerialExecutor()).fold_models
 
+    # The pick is the sampled one-SE rule's, which may differ from the search's own choice: the fits follow it.
+    smallest = min(settings.mus)
+    monkeypatch.setattr(training, "one_se_for_all_users", lambda table, searched, users: (
+        table, next(r for r in table if r["mu"] == smallest)))
+    other = choose_mu(data, data.y, folds, settings, executor=SerialExecutor())
+    assert other.params["mu"] == smallest != choice.params["mu"]
+    assert [m.mu for m in other.fold_models] == [smallest] * len(folds)
+    monkeypatch.undo()
+
     starts = []
     real = training.fit_candidate
     monkeypatch.setattr(training, "fit_candidate", lambda d, y, p, warm=None, threads=1: starts.append(warm)
@@ -625,3 +634,31 @@ def test_a_warm_started_candidate_leaves_the_active_model_as_it_was() -> None:
         reference.fit(data.X, data.y, tasks=data.users)
     np.testing.assert_array_equal(candidate.coef_shared_, reference.coef_shared_)
     assert candidate.n_iter_ == reference.n_iter_
+
+
+def test_the_mean_shared_part_averages_each_group_over_the_folds_that_have_it() -> None:
+    """Catches: group parts dropped or averaged over folds that lack the group (a start further from the
+    optimum), or the shared part not averaged."""
+    from spamtl.services.training import mean_shared_part
+
+    data = _store_like(9, 1.0, per_user=30, d=80)
+    data.groups = np.array(["g" + str(int(u[1:]) % 3) for u in data.users], dtype=object)
+    params = {"task_weighting": "sample", "tol": 1e-6, "max_iter": 500, "idf": False, "alpha": 0.1, "mu": 3.0}
+    fits = []
+    for users in (["u000", "u001", "u002", "u004"], ["u003", "u004", "u005", "u007"], ["u001", "u004", "u007"]):
+        rows = np.flatnonzero(np.isin(data.users, users))
+        fits.append(fit_candidate(data.subset(rows), data.y[rows], params).without_tasks())
+    assert [list(f.groups_) for f in fits] == [["g0", "g1", "g2"], ["g0", "g1", "g2"], ["g1"]]
+    mean = mean_shared_part(fits)
+    np.testing.assert_allclose(mean.coef_shared_, (fits[0].coef_shared_ + fits[1].coef_shared_
+                                                   + fits[2].coef_shared_) / 3)
+    assert list(mean.groups_) == ["g0", "g1", "g2"]
+    dense = [f.coef_groups_.toarray() for f in fits]
+    np.testing.assert_allclose(mean.coef_groups_.toarray(),
+                               [(dense[0][0] + dense[1][0]) / 2, (dense[0][1] + dense[1][1] + dense[2][0]) / 3,
+                                (dense[0][2] + dense[1][2]) / 2])
+    np.testing.assert_allclose(mean.intercept_groups_, [
+        (fits[0].intercept_groups_[0] + fits[1].intercept_groups_[0]) / 2,
+        (fits[0].intercept_groups_[1] + fits[1].intercept_groups_[1] + fits[2].intercept_groups_[0]) / 3,
+        (fits[0].intercept_groups_[2] + fits[1].intercept_groups_[2]) / 2])
+    assert len(mean.tasks_) == 0 and not np.array_equal(mean.coef_shared_, fits[0].coef_shared_)

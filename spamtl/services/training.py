@@ -330,19 +330,21 @@ def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.nd
 
 
 def mean_shared_part(models: list[Any]) -> Any:
-    """A model whose shared part (and group parts, where every model has the same groups) is the mean of
-    ``models``' (fits without tasks' parts, of one setting): a start for the fit on all rows."""
+    """A model whose shared part is the mean of ``models``' and each group's part the mean over the models that
+    have that group (fits without tasks' parts, of one setting): a start for the fit on all rows."""
     mean = models[0].without_tasks()
     k = len(models)
     mean.coef_shared_ = sum(m.coef_shared_ for m in models) / k
     mean.intercept_shared_ = float(sum(m.intercept_shared_ for m in models) / k)
-    if any(list(m.groups_) != list(mean.groups_) for m in models):
-        mean.groups_ = np.array([], dtype=object)
-        mean.coef_groups_ = sp.csr_matrix((0, mean.n_features_in_))
-        mean.intercept_groups_ = np.zeros(0)
-    else:
-        mean.coef_groups_ = sum(m.coef_groups_ for m in models) / k
-        mean.intercept_groups_ = sum(m.intercept_groups_ for m in models) / k
+    names = sorted({g for m in models for g in m.groups_}, key=str)
+    rows, intercepts = [], []
+    for g in names:
+        having = [(m, list(m.groups_).index(g)) for m in models if g in list(m.groups_)]
+        rows.append(sum(m.coef_groups_[i] for m, i in having) / len(having))
+        intercepts.append(sum(float(m.intercept_groups_[i]) for m, i in having) / len(having))
+    mean.groups_ = np.array(names, dtype=object)
+    mean.coef_groups_ = sp.vstack(rows).tocsr() if rows else sp.csr_matrix((0, mean.n_features_in_))
+    mean.intercept_groups_ = np.array(intercepts, dtype=np.float64)
     return mean
 
 
