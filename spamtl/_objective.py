@@ -58,7 +58,6 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
 from scipy.special import expit
-from threadpoolctl import threadpool_limits
 
 __all__ = ["TASK_WEIGHTINGS", "task_weights", "ConvergenceWarning", "TaskLayout", "MultiTaskLogisticLoss",
            "UserBlock", "user_blocks", "block_loss_grad", "minimize_lbfgs", "lbfgs_numpy", "fit_single_task",
@@ -600,10 +599,9 @@ def minimize_lbfgs(objective: Any, theta0: np.ndarray, *, tol: float, max_iter: 
     # (25.8 s -> 9.9 s at 300 users), and training runs independent fits side by side instead.  Below
     # SINGLE_BLAS_THREAD_ABOVE the first release's threading is kept: a different summation order moves
     # an ill-conditioned fit within its tolerance, and bench_model's n=all figures moved 7-19 %.
-    # No limit: no threadpoolctl call at all (it is not thread-safe, and the projected fit's users solved in
+    # Below it no threadpoolctl call at all (it is not thread-safe, and the projected fit's users solved in
     # the primal run this from its chunk threads).
-    limit = 1 if len(theta0) > SINGLE_BLAS_THREAD_ABOVE else None
-    with threadpool_limits(limits=1, user_api="blas") if limit is not None else contextlib.nullcontext():
+    with _one_blas_thread() if len(theta0) > SINGLE_BLAS_THREAD_ABOVE else contextlib.nullcontext():
         if len(theta0) > LARGE_PROBLEM or secant:
             x, nit, message = lbfgs_numpy(fun, scale.times(theta0), tol=tol, max_iter=max_iter, secant=secant,
                                           history_bytes=history_bytes)

@@ -57,11 +57,11 @@ from typing import Any, TypeVar
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
-from threadpoolctl import threadpool_limits
 
 from spamtl._objective import (
     MultiTaskLogisticLoss,
     TaskLayout,
+    _one_blas_thread,
     _ranges,
     minimize_lbfgs,
     parameter_blocks,
@@ -607,7 +607,7 @@ class ProjectedLoss:
             # 2 threads, 1.3 s with one (and on one chunk thread 2.6 s against 2.3 s).  Entered here and left
             # by close(), in this thread: threadpoolctl lets one thread at a time set OpenBLAS's threads, and
             # gives that control back only when a limit is left as a context manager.
-            self._blas = threadpool_limits(limits=1, user_api="blas")
+            self._blas = _one_blas_thread()
             self._blas.__enter__()
             row_order = np.argsort(task_index, kind="stable")
             row_start = np.concatenate([[0], cum])

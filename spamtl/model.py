@@ -818,23 +818,18 @@ def cross_fit_fold(payload: Any, fit_rows: np.ndarray, train: np.ndarray, test: 
     part refitted on their own ``train`` rows).  ``fitted=True``: ``estimator`` already is that fit (the
     search's fold, :attr:`HyperparameterSearch.fold_models`), so only the users' parts are refitted.
     ``payload`` as for :func:`fit_fold`; returns the scores of ``test`` in order."""
-    with _one_blas_thread():  # the refits' batched Newton steps: faster so, and the trainer's threads beside
-        return _cross_fit_fold(payload, fit_rows, train, test, estimator, fitted)
-
-
-def _cross_fit_fold(payload: Any, fit_rows: np.ndarray, train: np.ndarray, test: np.ndarray,
-                    estimator: MultiTaskLogisticRegression, fitted: bool) -> np.ndarray:
     X, y, tasks, garr = resolve(payload)
-    est = estimator
-    if not fitted:
-        est = clone(estimator).set_params(warm_start=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            Xfit = X[fit_rows]
-            release_pages(X)
-            est.fit(Xfit, y[fit_rows], tasks=tasks[fit_rows], groups=None if garr is None else garr[fit_rows])
-            del Xfit
-    scores = score_refitted_tasks(payload, est, train, test)
+    with _one_blas_thread():  # the refits' batched Newton steps: faster so, and the trainer's threads beside
+        est = estimator
+        if not fitted:
+            est = clone(estimator).set_params(warm_start=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                Xfit = X[fit_rows]
+                release_pages(X)
+                est.fit(Xfit, y[fit_rows], tasks=tasks[fit_rows], groups=None if garr is None else garr[fit_rows])
+                del Xfit
+        scores = score_refitted_tasks(payload, est, train, test)
     del est
     return_free_memory()  # a worker is done long before the final fit beside it
     return scores

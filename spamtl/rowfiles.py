@@ -20,14 +20,14 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["BATCH_ROWS", "RowWriter", "release_pages", "is_mapped", "row_batches", "column_counts", "map_rows",
-           "remove_rows", "scratch_parent", "scratch_directory", "new_scratch_directory"]
+__all__ = ["BATCH_ROWS", "RowWriter", "release_pages", "is_mapped", "row_batches", "column_counts", "stack_rows",
+           "map_rows", "remove_rows", "scratch_parent", "scratch_directory", "new_scratch_directory"]
 
 BATCH_ROWS = 100_000
 """Rows a whole-matrix pass reads at a time (~110 MB of a batch's values and columns at 140 per row)."""
@@ -138,21 +138,32 @@ def column_counts(X: sp.csr_matrix, nonzero: bool = False) -> np.ndarray:
     return counts
 
 
+def stack_rows(batches: Iterable[Any], n_features: int, directory: str | None = None,
+               name: str = "rows") -> sp.csr_matrix:
+    """Batches of rows, in order, as one matrix: written to ``{directory}/{name}`` and mapped
+    (:class:`RowWriter`), or in memory without a directory."""
+    if directory is not None:
+        writer = RowWriter(directory, n_features, name)
+        for part in batches:
+            writer.append(part)
+        return writer.finish()
+    parts = [sp.csr_matrix(part) for part in batches]
+    if len(parts) == 1:
+        return parts[0]
+    return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, n_features))
+
+
 def map_rows(X: sp.csr_matrix, change: Any, directory: str | None = None, name: str = "rows") -> sp.csr_matrix:
     """``change`` applied to ``X`` a batch of rows at a time (each batch a CSR copy it may modify), into a
     new mapped matrix in ``directory``, or in memory without one."""
-    writer = None if directory is None else RowWriter(directory, X.shape[1], name)
-    parts = []
-    for r0, r1 in row_batches(X.shape[0]):
-        part = change(X[r0:r1])
-        release_pages(X)
-        if writer is None:
-            parts.append(part)
-        else:
-            writer.append(part)
-    if writer is not None:
-        return writer.finish()
-    return sp.vstack(parts, format="csr") if parts else sp.csr_matrix(X.shape)
+
+    def changed() -> Iterator[sp.csr_matrix]:
+        for r0, r1 in row_batches(X.shape[0]):
+            part = change(X[r0:r1])
+            release_pages(X)
+            yield part
+
+    return stack_rows(changed(), X.shape[1], directory, name)
 
 
 def _on_memory_filesystem(path: str, mounts: str | None = None) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from spamtl.features import FeatureConfig, FeatureRow, featurize, rows_to_csr
 from spamtl.mail import parse_message
 from spamtl.parallel import fork_pool_is_safe
-from spamtl.rowfiles import RowWriter, row_batches
+from spamtl.rowfiles import row_batches, stack_rows
 from spamtl.store import learning, queries
 from spamtl.store.db import translate_errors
 
@@ -148,28 +148,22 @@ def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence
         labels, n_given = learning.labels_to_learn(session=session, users=users, window=uncorrected)
         groups = {u.name: u.group_name for u in queries.users_by_name(session=session).values()}
     given = np.arange(len(labels)) < n_given
-    writer = None if directory is None else RowWriter(directory, config.n_features)
-    parts, kept = [], []
-    for b0, b1 in row_batches(len(labels)):
-        batch = labels[b0:b1]
-        rows = feature_rows(engine, [lab.message_pk for lab in batch], config, progress)
-        # A label given by id after retention dropped the body has no features: it waits until the message is
-        # passed again.
-        here = [i for i, lab in enumerate(batch, start=b0) if lab.message_pk in rows]
-        part = rows_to_csr([rows[labels[i].message_pk] for i in here], config.n_features)
-        del rows
-        kept += here
-        if writer is None:
-            parts.append(part)
-        else:
-            writer.append(part)
+    kept: list[int] = []
+
+    def batches() -> Iterator[sp.csr_matrix]:
+        for b0, b1 in row_batches(len(labels)):
+            batch = labels[b0:b1]
+            rows = feature_rows(engine, [lab.message_pk for lab in batch], config, progress)
+            # A label given by id after retention dropped the body has no features: it waits until the message
+            # is passed again.
+            here = [i for i, lab in enumerate(batch, start=b0) if lab.message_pk in rows]
+            kept.extend(here)
+            part = rows_to_csr([rows[labels[i].message_pk] for i in here], config.n_features)
+            del rows  # not held while the next batch is read
+            yield part
+
+    X = stack_rows(batches(), config.n_features, directory)
     labels, given = [labels[i] for i in kept], given[kept]
-    if writer is not None:
-        X = writer.finish()
-    elif len(parts) == 1:
-        X = parts[0]
-    else:
-        X = sp.vstack(parts, format="csr") if parts else rows_to_csr([], config.n_features)
     return TrainingData(
         X=X,
         y=np.array([int(lab.is_spam) for lab in labels], dtype=np.int64),

@@ -336,10 +336,11 @@ def mean_shared_part(models: list[Any]) -> Any:
     k = len(models)
     mean.coef_shared_ = sum(m.coef_shared_ for m in models) / k
     mean.intercept_shared_ = float(sum(m.intercept_shared_ for m in models) / k)
-    names = sorted({g for m in models for g in m.groups_}, key=str)
+    index = [{g: i for i, g in enumerate(m.groups_)} for m in models]
+    names = sorted({g for groups in index for g in groups}, key=str)
     rows, intercepts = [], []
     for g in names:
-        having = [(m, list(m.groups_).index(g)) for m in models if g in list(m.groups_)]
+        having = [(m, groups[g]) for m, groups in zip(models, index) if g in groups]
         rows.append(sum(m.coef_groups_[i] for m, i in having) / len(having))
         intercepts.append(sum(float(m.intercept_groups_[i]) for m, i in having) / len(having))
     mean.groups_ = np.array(names, dtype=object)
