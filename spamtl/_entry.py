@@ -4,6 +4,7 @@ In ``classify --filter`` mode fed by a pipe, nothing on the command line may
 keep the message from coming out the other side: a user name such as
 ``--help`` (from ``$LOGNAME`` in a recipe) is taken as a user name, not as a
 request for help, and a usage error still passes the message through.
+With ``classify --exit-code`` (where 2 means unsure) a usage error exits 3.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sys
 
 _OPTIONS_WITH_VALUE = ("--db", "--format")
+_FLAGS = ("--filter", "--report", "--exit-code")
 
 
 def _filter_argv(argv: list[str]) -> list[str] | None:
@@ -27,7 +29,7 @@ def _filter_argv(argv: list[str]) -> list[str] | None:
     for arg in args:
         if arg in _OPTIONS_WITH_VALUE:
             options += [arg, next(args, "")]
-        elif arg in ("--filter", "--report") or arg.startswith(tuple(f"{o}=" for o in _OPTIONS_WITH_VALUE)):
+        elif arg in _FLAGS or arg.startswith(tuple(f"{o}=" for o in _OPTIONS_WITH_VALUE)):
             options.append(arg)
         else:
             words.append(arg)
@@ -35,20 +37,39 @@ def _filter_argv(argv: list[str]) -> list[str] | None:
 
 
 def main() -> None:
-    from spamtl.cli import app, pass_through
-
     argv = sys.argv[1:]
+    if argv[:1] == ["tell"]:
+        # Run once per message moved to or from Junk, as the mail system's account: only the
+        # command itself, not the whole command line (whose settings import numpy).
+        from spamtl.cli_tell import main as tell
+
+        tell(argv[1:])
+        return
+    from spamtl.cli import EXIT_CODE_ERROR, app, pass_through
+
     guarded = _filter_argv(argv)
-    if guarded is None:
+    # `classify --exit-code`: 2 means unsure there, so the parser's usage errors (and Ctrl-C) exit 3.
+    verdict_codes = _is_exit_code(argv)
+    if guarded is None and not verdict_codes:
         app()
         return
     try:
-        code = app(guarded, standalone_mode=False)
+        code = app(guarded or argv, standalone_mode=False)
     except Exception as exc:
         # The argument parser's usage errors (click's ClickException: a bad option or value).
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if verdict_codes and type(exc).__name__ == "Abort":  # click's (typer vendors its own click)
+            print("Aborted!", file=sys.stderr)
+            sys.exit(EXIT_CODE_ERROR)
         if show is None or not isinstance(code, int):
             raise
         show()
-        sys.exit(pass_through(code))
+        code = EXIT_CODE_ERROR if verdict_codes else code
+        sys.exit(code if guarded is None else pass_through(code))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_exit_code(argv: list[str]) -> bool:
+    """A ``classify ... --exit-code`` command line (the option before any ``--``)."""
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    return "classify" in words and "--exit-code" in words

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import Enum
@@ -85,20 +84,29 @@ def _now() -> datetime:
 
 
 @contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """The one place where expected errors become a line on stderr and an exit code."""
+def _errors(exit_code: int | None = None) -> Iterator[None]:
+    """The one place where expected errors become a line on stderr and an exit code.
+
+    With ``exit_code`` (``classify --exit-code``) every failure exits with it, a bug too (its
+    traceback still printed): a script reading verdicts from exit codes must never read an error as one.
+    """
     try:
         yield
     except SpamtlError as exc:
         # One line, and never a password, whatever the message quotes.
         typer.echo(f"Error: {' '.join(redact(str(exc)).split())}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(exc.exit_code if exit_code is None else exit_code) from None
     except Exception as exc:
         problem = _database_problem(exc)
         if problem is None:
-            raise  # a bug: keep the traceback
+            if exit_code is None:
+                raise  # a bug: keep the traceback
+            import traceback
+
+            traceback.print_exc()
+            raise typer.Exit(exit_code) from None
         typer.echo(f"Error: {problem}", err=True)
-        raise typer.Exit(problem.exit_code) from None
+        raise typer.Exit(problem.exit_code if exit_code is None else exit_code) from None
 
 
 def _database_problem(exc: BaseException) -> SpamtlError | None:
@@ -117,52 +125,23 @@ def _database_problem(exc: BaseException) -> SpamtlError | None:
     return None
 
 
-class _Progress:
-    """A one-line progress counter on stderr, only when stderr is a terminal."""
+def _loaded_settings(db: str | None, options: dict[str, tuple[str, Any]] | None = None) -> Any:
+    """Settings from every source (option > environment > config files > default) and their sources.
 
-    def __init__(self, label: str, total: int | None = None) -> None:
-        self.label = label
-        self.total = total
-        self.done = 0
-        self.shown = 0.0
-        self.enabled = sys.stderr.isatty()
-        self.start = time.monotonic()
-
-    def __call__(self, n: int = 1, total: int | None = None) -> None:
-        self.done += n
-        if total is not None:
-            self.total = total
-        now = time.monotonic()
-        if self.enabled and now - self.shown > 0.2:
-            self.shown = now
-            rate = self.done / max(now - self.start, 1e-9)
-            of = f"/{self.total}" if self.total else ""
-            sys.stderr.write(f"\r{self.label}: {self.done}{of} ({rate:,.0f}/s)   ")
-            sys.stderr.flush()
-
-    def stage(self, label: str, total: int | None = None) -> None:
-        self.finish()
-        self.label, self.total, self.done, self.start = label, total, 0, time.monotonic()
-
-    def finish(self) -> None:
-        if self.enabled and self.shown:
-            sys.stderr.write("\r" + " " * 70 + "\r")
-            sys.stderr.flush()
-        self.shown = 0.0
-
-
-def _loaded_settings(db: str | None) -> Any:
-    """Settings from every source (option > environment > config files > default) and their sources."""
+    ``options`` maps a Settings field to (the option's spelling, its value or None when not given).
+    """
     from spamtl.settings_file import load_settings
 
     config = _CONFIG_PATH.get()
     if db is not None and db == os.environ.get(ENV_DATABASE_URL):
         db = None  # Typer filled --db from the environment: say so in `spamtl config`
-    return load_settings({"database_url": db}, config=config, option_names={"database_url": "--db"})
+    given = {"database_url": ("--db", db), **(options or {})}
+    return load_settings({name: value for name, (_, value) in given.items()}, config=config,
+                         option_names={name: spelling for name, (spelling, _) in given.items()})
 
 
-def _settings(db: str | None) -> Settings:
-    return _loaded_settings(db).settings  # type: ignore[no-any-return]
+def _settings(db: str | None, options: dict[str, tuple[str, Any]] | None = None) -> Settings:
+    return _loaded_settings(db, options).settings  # type: ignore[no-any-return]
 
 
 def _engine(settings: Settings, *, create: bool = False) -> Any:
@@ -177,16 +156,31 @@ def _print_json(value: Any) -> None:
 
 # ---------------------------------------------------------------- commands
 @app.command()
-def init(db: DbOption = None) -> None:
+def init(
+    db: DbOption = None,
+    group: Annotated[str | None, typer.Option(
+        "--group", metavar="GROUP", help="Share the SQLite file with this group (mode 0660) instead of keeping it "
+                                         "to its owner (0600); also applies to an existing file.")] = None,
+) -> None:
     """Create the database, or upgrade it to the current schema.
 
+    A new SQLite file is readable by its owner only (mode 0600, whatever the
+    umask); an existing one that every account may read gets a warning.
+
     Example: spamtl init --db sqlite:////var/lib/spamtl/spamtl.sqlite3
+             spamtl init --group spamtl   (shared with the group's accounts)
     """
     with _errors():
-        from spamtl.store.db import display_url, upgrade
+        from spamtl.store.db import display_url, make_engine, permission_warnings, upgrade
 
         settings = _settings(db)
-        upgrade(_engine(settings, create=True))
+        engine = make_engine(settings.database_url, create_dir=True, group=group)
+        for warning in permission_warnings(settings.database_url):
+            typer.echo(f"warning: {warning}", err=True)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
         typer.echo(f"Database ready: {display_url(settings.database_url)}")
 
 
@@ -209,19 +203,18 @@ def import_(
     Example: spamtl import alice ~/Maildir/.Junk --label spam
     """
     with _errors():
+        from spamtl.cli_progress import show_progress
         from spamtl.services.importing import ImportInterrupted, import_mail
 
         settings = _settings(db)
-        progress = _Progress(f"importing for {user}")
         try:
-            summary = import_mail(_engine(settings), user=user, paths=[str(p) for p in paths], label=label.value,
-                                  group=group, now=_now(), chunk_size=settings.chunk_size, progress=progress,
-                                  move_group=move_group)
+            with show_progress("import") as progress:
+                summary = import_mail(_engine(settings), user=user, paths=[str(p) for p in paths],
+                                      label=label.value, group=group, now=_now(), chunk_size=settings.chunk_size,
+                                      progress=progress, move_group=move_group)
         except ImportInterrupted as exc:
-            progress.finish()
             _print_import(exc.summary, output)
             raise
-        progress.finish()
         _print_import(summary, output)
 
 
@@ -287,23 +280,17 @@ def train(
     otherwise exits 3 and the active model stays.  A crash or kill leaves the
     active model untouched.
 
-    Example: spamtl train --format json   (cron: 15 3 * * *  spamtl train --format json >> /var/log/spamtl-train.log)
+    Off a terminal, one line per stage (with its duration) goes to stderr.
+
+    Example: spamtl train --format json   (cron: 15 3 * * *  spamtl train --format json >> /var/log/spamtl-train.log 2>&1)
     """
     with _errors():
+        from spamtl.cli_progress import show_progress
         from spamtl.services.training import train as run_training
 
         settings = _settings(db)
-        progress = _Progress("loading features")
-
-        def stage(label: str, total: int | None) -> None:
-            progress.stage(label, total)
-            if progress.enabled:
-                sys.stderr.write(f"\r{label}...   ")
-                sys.stderr.flush()
-                progress.shown = time.monotonic()
-
-        result = run_training(_engine(settings), settings, now=_now(), stage=stage, progress=progress)
-        progress.finish()
+        with show_progress("train") as progress:
+            result = run_training(_engine(settings), settings, now=_now(), progress=progress)
         if output is OutputFormat.json:
             _print_json(result.as_dict())
         else:
@@ -423,11 +410,12 @@ def evaluate(
 
                 raise OptionalDependencyError("--plot needs matplotlib; install it with "
                                               "`pip install 'spamtl[plot]'`") from None
+        from spamtl.cli_progress import show_progress
+
         settings = _settings(db)
-        progress = _Progress("evaluating")
-        result = run_evaluation(_engine(settings), settings, users=users_, folds=folds, chronological=chronological,
-                                stage=lambda label, total: progress.stage(label, total), with_curves=plot is not None)
-        progress.finish()
+        with show_progress("evaluate") as progress:
+            result = run_evaluation(_engine(settings), settings, users=users_, folds=folds,
+                                    chronological=chronological, progress=progress, with_curves=plot is not None)
         if plot is not None:
             _plot_curves(result.curves, plot, result.users, settings.spam_cutoff)
             if output is not TableFormat.table:  # keep stdout parseable: the line goes to stderr
@@ -540,9 +528,10 @@ def demo(
 
         folder = Path(tempfile.mkdtemp(prefix="spamtl-demo-"))
         url = db or f"sqlite:///{folder / 'demo.sqlite3'}"
-        progress = _Progress("demo")
-        report = run_demo(url, now=_now(), stage=lambda label, total: progress.stage(label, total))
-        progress.finish()
+        from spamtl.cli_progress import show_progress
+
+        with show_progress("demo", lines=False) as progress:  # stdout tells the story; stage lines would repeat it
+            report = run_demo(url, now=_now(), progress=progress)
         from spamtl.store.db import display_url
 
         typer.echo(f"Demo database: {display_url(url)}")
@@ -598,14 +587,21 @@ def _demo_hints(url: str, folder: Path, message: tuple[str, bytes] | None) -> li
 EXIT_FILTER_ERROR = 1
 EXIT_FILTER_BUG = 70  # EX_SOFTWARE
 _STREAM_CHUNK = 1 << 16
+# `classify --exit-code`: bogofilter's codes, which delivery scripts already test.  Skipped input (empty,
+# not mail, larger than max_message_bytes) takes ham's 1: delivered as if there were no filter (as spamc
+# does with mail over its size limit), never filed as spam nor queued for review as unsure.
+EXIT_CODE_BY_VERDICT = {"spam": 0, "ham": 1, "unsure": 2, "skipped": 1}
+EXIT_CODE_ERROR = 3
 
 
-def _filter_one(settings: Settings, user: str) -> int:
+def _filter_one(settings: Settings, user: str, *, exit_code: bool = False) -> int:
     """Filter mode: write the message back with verdict headers; on any failure write it unchanged.
 
     At most ``settings.max_message_bytes`` are read before deciding: a larger
     message is passed through unscanned (``X-Spamtl-Status: skipped``), streamed
-    from stdin to stdout in blocks, never held in memory whole.
+    from stdin to stdout in blocks, never held in memory whole.  So is input that
+    is empty or not mail (``skip_reason``), unscored.  With ``exit_code`` the exit
+    status is the verdict's (:data:`EXIT_CODE_BY_VERDICT`), or ``EXIT_CODE_ERROR``.
     """
     from spamtl.mail import add_headers
 
@@ -618,17 +614,19 @@ def _filter_one(settings: Settings, user: str) -> int:
         while block := stdin.read(_STREAM_CHUNK):
             out.write(block)
         out.flush()
-        return 0
+        _log_skipped(settings, user, f"larger than {limit} bytes")
+        return EXIT_CODE_BY_VERDICT["skipped"] if exit_code else 0
     code = 0
     try:
-        headers = _filter_headers(settings, user, raw)
+        headers, verdict = _filter_headers(settings, user, raw)
+        code = EXIT_CODE_BY_VERDICT[verdict] if exit_code else 0
     except SpamtlError as exc:
         typer.echo(f"Error: {' '.join(redact(str(exc)).split())} (message passed through unfiltered)", err=True)
-        headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_ERROR
+        headers, code = [("X-Spamtl-Status", "error")], EXIT_CODE_ERROR if exit_code else EXIT_FILTER_ERROR
     except Exception as exc:  # noqa: BLE001 - never lose mail, whatever went wrong
         typer.echo(f"Error: internal error {exc.__class__.__name__}: {' '.join(redact(str(exc)).split())} "
                    "(message passed through unfiltered)", err=True)
-        headers, code = [("X-Spamtl-Status", "error")], EXIT_FILTER_BUG
+        headers, code = [("X-Spamtl-Status", "error")], EXIT_CODE_ERROR if exit_code else EXIT_FILTER_BUG
     out.write(add_headers(raw, headers))
     out.flush()
     return code
@@ -646,14 +644,21 @@ def pass_through(code: int) -> int:
     return code
 
 
-def _filter_headers(settings: Settings, user: str, raw: bytes) -> list[tuple[str, str]]:
+def _filter_headers(settings: Settings, user: str, raw: bytes) -> tuple[list[tuple[str, str]], str]:
+    """The headers to add, and the verdict (``skipped`` for input that is not mail: not scored, not logged)."""
     from spamtl.config import validate_name
-    from spamtl.services.classify import VerdictLogger, open_reader, prepare, verdict_headers
+    from spamtl.services.classify import VerdictLogger, open_reader, prepare, skip_reason, verdict_headers
 
     validate_name(user)
+    reason = skip_reason(raw)
+    if reason is not None:
+        _log_skipped(settings, user, reason)
+        return [("X-Spamtl-Status", f"skipped, {reason}")], "skipped"
     reader = open_reader(settings)
     try:
         model = reader.user_model(user)
+        if model.user_id is None:
+            _note_unknown_user(settings, user)
         message = prepare(raw)
         verdict = reader.classify(model, message, "<stdin>")
         VerdictLogger(reader.store, create_users=settings.auto_create_users).log(model, [(message, verdict)], _now())
@@ -661,13 +666,36 @@ def _filter_headers(settings: Settings, user: str, raw: bytes) -> list[tuple[str
         if settings.filter_report:
             from spamtl.services.explain import explain, report_header
 
-            headers.append(("X-Spamtl-Report", report_header(explain(model, message))))
+            headers.append(("X-Spamtl-Report", report_header(explain(model, message, scored=verdict.scored))))
     finally:
         reader.store.close()
     from spamtl.logs import log_verdict
 
     log_verdict(settings, verdict)
-    return headers
+    return headers, verdict.verdict
+
+
+def _note_unknown_user(settings: Settings, user: str) -> None:
+    """Say that ``user`` is not in the store, in the log (a warning) and on stderr (once: the log may be there).
+
+    A typo in a recipe's user name must not go unnoticed, nor a new mailbox that nobody registered.
+    """
+    import logging
+
+    from spamtl.logs import is_shown_on_stderr, log_event
+
+    stored = "registered as a new user" if settings.auto_create_users else "verdicts not stored"
+    message = f"scored with the shared model, {stored} (see spamtl users)"
+    log_event(settings, "unknown_user", {"user": user, "msg": message}, level=logging.WARNING)
+    if not is_shown_on_stderr(settings, logging.WARNING):
+        typer.echo(f"spamtl: unknown user {user!r}; {message}", err=True)
+
+
+def _log_skipped(settings: Settings, user: str, reason: str, origin: str | None = None) -> None:
+    """One log line for input passed through without a verdict (never a verdict line)."""
+    from spamtl.logs import log_event
+
+    log_event(settings, "skipped", {"user": user, "reason": reason, **({"origin": origin} if origin else {})})
 
 
 @app.command()
@@ -680,36 +708,53 @@ def classify(
                                               "X-Spamtl-Status (and X-Spam-Flag: YES for spam) headers.")] = False,
     report: Annotated[bool, typer.Option("--report", help="With --filter: also add a one-line X-Spamtl-Report "
                                          "header saying why (setting filter_report).")] = False,
+    exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit with the verdict, as bogofilter does: 0 spam, "
+                                            "1 ham (or skipped), 2 unsure, 3 error. One message only.")] = False,
     db: DbOption = None,
 ) -> None:
-    """Classify mail for USER: spam, ham or unsure, with the spam probability.
+    """Classify mail for USER: spam, ham or unsure, with the spam probability and both cutoffs.
+
+    spam at or above the spam cutoff, ham at or below the ham cutoff, unsure
+    between.  Input that is empty or not mail (no header fields) is skipped:
+    never scored, nor logged.
 
     In --filter mode the message is always written back, even when something
     fails (then with "X-Spamtl-Status: error"); exit code 0 means classified
-    (or passed through unscanned because it is larger than the size limit:
-    "X-Spamtl-Status: skipped"), 1 an expected error (e.g. no model yet),
-    70 an internal error.  The id= in the header works with `feedback --id`.
+    (or passed through unscanned, "X-Spamtl-Status: skipped", because it is
+    larger than the size limit, empty or not mail), 1 an expected error (e.g.
+    no model yet), 70 an internal error.  The id= in the header works with
+    `feedback --id`.
+
+    With --exit-code the exit code is the verdict instead (also with --filter):
+    0 spam, 1 ham, 2 unsure, 1 skipped (delivered as if unfiltered), 3 any
+    error (also a wrong command line).  It takes exactly one message (stdin,
+    a file, or a folder or mbox holding one); several are refused with 3.
 
     Example: spamtl classify --filter -- alice < message.eml > tagged.eml
+             spamtl classify --exit-code alice message.eml; echo $?
     """
     if filter_mode:
+        failed = EXIT_CODE_ERROR if exit_code else EXIT_FILTER_ERROR
         try:
             settings = _settings(db)
         except SpamtlError as exc:  # a bad configuration must not lose mail either
             typer.echo(f"Error: {exc} (message passed through unfiltered)", err=True)
-            raise typer.Exit(pass_through(EXIT_FILTER_ERROR)) from None
+            raise typer.Exit(pass_through(failed)) from None
         if report:
             settings = dataclasses.replace(settings, filter_report=True)
         if paths and paths != ["-"]:
             typer.echo(f"Error: --filter reads one message from stdin; unexpected {paths[0]!r} "
                        "(message passed through unfiltered)", err=True)
-            raise typer.Exit(pass_through(EXIT_FILTER_ERROR))
-        raise typer.Exit(_filter_one(settings, user))
-    with _errors():
+            raise typer.Exit(pass_through(failed))
+        raise typer.Exit(_filter_one(settings, user, exit_code=exit_code))
+    code = EXIT_CODE_ERROR
+    with _errors(EXIT_CODE_ERROR if exit_code else None):
+        import itertools
+
         from spamtl.config import validate_name
         from spamtl.errors import UsageError
         from spamtl.logs import log_verdict
-        from spamtl.services.classify import classify_messages, open_reader
+        from spamtl.services.classify import Skipped, classify_messages, open_reader
         from spamtl.sources import RawMail, Unreadable, iter_mail
 
         settings = _settings(db)
@@ -721,31 +766,48 @@ def classify(
             missing = [p for p in paths if p != "-" and not Path(p).exists()]
             if missing:
                 raise UsageError(f"no such file or directory: {missing[0]}")
+            if exit_code and len(paths) > 1:
+                raise UsageError("--exit-code gives the verdict of one message; pass one, not several paths")
             mails = iter_mail(paths)
+            if exit_code:
+                mails = list(itertools.islice(mails, 2))
+                if len(mails) != 1:
+                    held = "more than one message" if mails else "no message"
+                    raise UsageError(f"--exit-code gives the verdict of one message; {paths[0]} holds {held}")
         reader = open_reader(settings)
         try:
             model = reader.user_model(user)
             if model.user_id is None:
-                stored = " (their verdicts are not stored)" if not settings.auto_create_users else ""
-                typer.echo(f"note: no user {user!r} in the store; scored by the shared model{stored}", err=True)
+                _note_unknown_user(settings, user)
             elif not model.is_known_user:
                 typer.echo(f"note: {user!r} has no personal model yet; scored by the shared model", err=True)
             for item in classify_messages(reader, user=user, mails=mails, now=_now(), model=model):
                 if isinstance(item, Unreadable):
                     typer.echo(f"unreadable: {item.origin}: {item.reason}", err=True)
+                    code = EXIT_CODE_ERROR
+                    continue
+                if isinstance(item, Skipped):
+                    _log_skipped(settings, user, item.reason, item.origin)
+                    code = EXIT_CODE_BY_VERDICT["skipped"]
+                    typer.echo(json.dumps(item.as_dict()) if output is OutputFormat.json
+                               else f"{item.origin}: skipped ({item.reason})")
                     continue
                 log_verdict(settings, item)
+                code = EXIT_CODE_BY_VERDICT[item.verdict]
                 if output is OutputFormat.json:
                     typer.echo(json.dumps(item.as_dict()))
                 else:
                     mid = f" <{item.message_id}>" if item.message_id else ""
                     why = ", your label" if item.reason == "label" else ""
                     typer.echo(f"{item.origin}{mid}: {item.verdict} (probability {item.probability:.4f}, "
-                               f"cutoff {item.spam_cutoff:.4f}{why}, model v{item.model_version}, id {item.short_id})")
+                               f"spam cutoff {item.spam_cutoff:.4f}, ham cutoff {item.ham_cutoff:.4f}{why}, "
+                               f"model v{item.model_version}, id {item.short_id})")
                 for warning in item.warnings:
                     typer.echo(f"warning: {item.origin}: {warning} (scored from the text recovered)", err=True)
         finally:
             reader.store.close()
+    if exit_code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -782,10 +844,11 @@ def feedback(
         label = "spam" if spam else "ham"
         settings = _settings(db)
         if ref is None and paths and not _is_one_message(paths):
-            progress = _Progress(f"feedback for {user}")
-            batch = record_feedback_batch(_engine(settings), settings, user=user, label=label, paths=paths,
-                                          now=_now(), progress=progress)
-            progress.finish()
+            from spamtl.cli_progress import show_progress
+
+            with show_progress("feedback", lines=False) as progress:  # a bar on a terminal, else quiet as before
+                batch = record_feedback_batch(_engine(settings), settings, user=user, label=label, paths=paths,
+                                              now=_now(), progress=progress)
             _print_feedback_batch(batch, output)
             return
         raw = None
@@ -800,6 +863,8 @@ def feedback(
             if not raw.strip():
                 raise UsageError("the message is empty")
         result = record_feedback(_engine(settings), settings, user=user, label=label, raw=raw, ref=ref, now=_now())
+        if result.user_created:  # on purpose (a new mailbox), or a typo: either way, say so
+            typer.echo(f"note: new user {user!r} registered by this label (see spamtl users)", err=True)
         if output is OutputFormat.json:
             _print_json(result.as_dict())
             return
@@ -855,3 +920,6 @@ from spamtl import cli_cutoffs as _cli_cutoffs  # noqa: E402,F401  registers com
 from spamtl import cli_explain as _cli_explain  # noqa: E402,F401  registers commands
 from spamtl import cli_serve as _cli_serve  # noqa: E402,F401  registers commands
 from spamtl import cli_store as _cli_store  # noqa: E402,F401  registers commands
+from spamtl import cli_tell as _cli_tell  # noqa: E402  light on purpose: `spamtl tell` also runs it alone
+
+app.command("tell")(_cli_tell.tell)

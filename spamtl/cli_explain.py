@@ -65,7 +65,8 @@ def explain(
 def _print_explanation(result: Any) -> None:
     by = ", your label" if result.reason == "label" else ""
     typer.echo(f"{result.user}: {result.verdict} (probability {result.probability:.4f}, score {result.logit:+.3f}; "
-               f"spam cutoff {result.spam_cutoff:.4f} from {result.cutoff_source}{by}), model v{result.model_version}, "
+               f"spam cutoff {result.spam_cutoff:.4f}, ham cutoff {result.ham_cutoff:.4f} from "
+               f"{result.cutoff_source}{by}), model v{result.model_version}, "
                f"id {result.short_id}")
     typer.echo(result.sentence())
     for part in result.parts:
@@ -148,6 +149,8 @@ def review(
         if not items:
             typer.echo(f"Nothing to review for {user}: no unlabelled classified mail with its text stored.")
             return
+        typer.echo(f"{user}'s cutoffs: spam {items[0].spam_cutoff:.4f}, ham {items[0].ham_cutoff:.4f} "
+                   "(spam at or above the first, ham at or below the second, unsure between)")
         typer.echo(f"{'id':<12}  {'verdict':<7} {'prob':>6}  {'why':<34}  subject")
         for item in items:
             subject = (item.subject or "-").replace("\n", " ")[:50]

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from spamtl.cli import TableFormat, _engine, _errors, _fmt, _now, _print_json, _Progress, _settings
+from spamtl.cli import TableFormat, _engine, _errors, _fmt, _now, _print_json, _settings
 
 __all__ = ["run_replay"]
 
@@ -15,14 +15,13 @@ def run_replay(users: list[str] | None, days: int, bootstrap: int, label_all: bo
                output: TableFormat, db: str | None) -> None:
     """Options -> one replay -> table, JSON or CSV."""
     with _errors():
+        from spamtl.cli_progress import show_progress
         from spamtl.services.replay import SYSTEMS, replay
 
         settings = _settings(db)
-        progress = _Progress("replay")
-        result = replay(_engine(settings), settings, now=_now(), users=users, days=days, bootstrap=bootstrap,
-                        label_all=label_all, systems=systems or SYSTEMS,
-                        stage=lambda label, total: progress.stage(label, total), progress=progress)
-        progress.finish()
+        with show_progress("replay") as progress:
+            result = replay(_engine(settings), settings, now=_now(), users=users, days=days, bootstrap=bootstrap,
+                            label_all=label_all, systems=systems or SYSTEMS, progress=progress)
         if output is TableFormat.json:
             _print_json(result.as_dict())
         elif output is TableFormat.csv:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -123,6 +124,26 @@ class Settings:
     serve_max_connections: int = 64
     # spamtl serve: seconds a client has to send a whole request (spamd's --timeout-tcp default).
     serve_read_timeout: float = 30.0
+    # spamtl serve: seconds a client has to send the request line and headers (spamc sends them at once);
+    # a client that trickles them (slowloris) is dropped after this, long before serve_read_timeout.
+    serve_header_timeout: float = 5.0
+    # spamtl serve: a worker whose event loop has not reported for this many seconds is stuck (a request
+    # takes a fraction of a second, a refit runs in a thread): the supervisor kills and replaces it.
+    serve_hung_timeout: float = 30.0
+    # spamtl serve: connections one client may hold open at once (a client is a local account, known by
+    # its uid, or a remote address).  Trusted clients (serve_trusted) are not limited: they carry everyone's mail.
+    serve_max_per_client: int = 8
+    # spamtl serve: answer TELL (spamc -L / -C) at all.  Off by default, as spamd's --allow-tell: a client
+    # then teaches only users it may act for (itself, or everyone for a trusted account).
+    serve_allow_tell: bool = False
+    # spamtl serve: local accounts (names or uids) that act for every user: the mail system's own account
+    # (Postfix's pipe user, Dovecot's mail user, vmail).  root and the daemon's own account always do.
+    serve_trusted: tuple[str, ...] = ()
+    # spamtl serve: client networks (CIDR) that act for every user over TCP (a remote MTA, with --allow-remote).
+    serve_trusted_networks: tuple[str, ...] = ()
+    # spamtl serve: the Unix socket's mode (octal) and group; clients need read and write to connect.
+    serve_socket_mode: str = "0660"
+    serve_socket_group: str | None = None
     # spamtl serve: seconds between two checks of the store generation; changes are seen within this.
     serve_refresh_interval: float = 0.25
     # spamtl serve: seconds a verdict may wait to be logged (group commit: one transaction per batch, in a
@@ -194,11 +215,23 @@ class Settings:
                     "autolearn_days": (0.0, True), "chunk_size": (1, True), "max_message_bytes": (1, True),
                     "serve_workers": (1, True), "serve_max_connections": (1, True),
                     "serve_read_timeout": (0.0, False), "serve_refresh_interval": (0.0, True),
+                    "serve_header_timeout": (0.0, False), "serve_max_per_client": (1, True),
+                    "serve_hung_timeout": (0.0, False),
                     "serve_log_interval": (0.0, True)}
         for name, (low, inclusive) in at_least.items():
             value = getattr(self, name)
             if not (value >= low if inclusive else value > low) or value != value:
                 raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {low}, got {value!r}")
+        if not re.fullmatch(r"0?[0-7]{3}", self.serve_socket_mode):
+            raise ValueError(f"serve_socket_mode must be an octal mode such as 0660, got {self.serve_socket_mode!r}")
+        for network in self.serve_trusted_networks:
+            import ipaddress  # only when configured: the classify path starts without it
+
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"serve_trusted_networks: {network!r} is not an address or network "
+                                 "such as 192.0.2.10 or 192.0.2.0/24") from None
         for user, (spam, ham) in self.user_cutoffs.items():
             if not 0.0 <= ham <= spam <= 1.0:
                 raise ValueError(f"users.{user}: cutoffs must satisfy 0 <= ham_cutoff <= spam_cutoff <= 1")

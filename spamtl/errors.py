@@ -31,6 +31,10 @@ class UsageError(SpamtlError):
     """Bad input from the user: an unknown label, a missing file, an unknown version."""
 
 
+class UnknownUserError(UsageError):
+    """A user the store does not know, where one is not created on demand (``auto_create_users``)."""
+
+
 class DatabaseError(SpamtlError):
     """The database cannot be opened, is locked, or needs ``spamtl init``."""
 
@@ -40,6 +44,17 @@ class NoModelError(SpamtlError):
 
     def __init__(self, message: str = "no trained model yet; run `spamtl train` first") -> None:
         super().__init__(message)
+
+
+class DamagedModelError(SpamtlError):
+    """A stored part of a model version cannot be read (cut short, overwritten, not spamtl's format)."""
+
+    def __init__(self, version: int, kind: str, name: str, reason: str) -> None:
+        self.version = version
+        part = {"shared": "shared part", "idf": "idf weights"}.get(kind, f"{kind} {name!r}")
+        # Short enough for a spamd status line (200 characters) with a usual user name.
+        super().__init__(f"model version {version} is damaged ({part}: {reason}); activate a good version "
+                         "(`spamtl models activate N`) or retrain (`spamtl train`)")
 
 
 class OptionalDependencyError(SpamtlError):

@@ -23,8 +23,10 @@ so that classifying a single message stays cheap.
 from __future__ import annotations
 
 import io
+import os
 import re
 import threading
+import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -41,11 +43,13 @@ __all__ = [
     "FeatureRow",
     "FeatureConfig",
     "IdfWeights",
+    "MessageTokens",
     "load_npz",
     "TF_MODES",
     "tokenize",
     "hash_tokens",
     "featurize",
+    "featurize_with_tokens",
     "rows_to_csr",
 ]
 
@@ -208,12 +212,29 @@ def tokenize(msg: ParsedMessage, config: FeatureConfig = FeatureConfig()) -> lis
     >>> [t for t in tokenize(msg) if not t.startswith("hdr:")]
     ['subj:cheap', 'subj:pills', 'body:buy', 'body:now', 'from:mail.example.org', 'from:example.org', 'fromaddr:a@mail.example.org', 'ct:text/plain', 'bodylen:2']
     """
-    head, body, tail = _token_parts(msg, config)
-    tokens = head + list(map(_BODY.__add__, body)) + tail
-    return tokens[:MAX_TOKENS]
+    return MessageTokens(*_token_parts(msg, config)).as_list()
 
 
 _BODY = "body:"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTokens:
+    """A message's tokens as :func:`featurize_with_tokens` counted them, in three parts.
+
+    ``head`` are the tokens before the body words, ``body`` the body words
+    without their ``body:`` prefix, ``tail`` the tokens after them (before the
+    ``MAX_TOKENS`` cut).  Kept with a score so that an explanation can name
+    the row's columns without tokenising the message again.
+    """
+
+    head: list[str]
+    body: list[str]
+    tail: list[str]
+
+    def as_list(self) -> list[str]:
+        """The prefixed tokens, with repetitions, cut to ``MAX_TOKENS``: what :func:`tokenize` returns."""
+        return (self.head + list(map(_BODY.__add__, self.body)) + self.tail)[:MAX_TOKENS]
 
 
 def _token_parts(msg: ParsedMessage, config: FeatureConfig) -> tuple[list[str], list[str], list[str]]:
@@ -337,7 +358,18 @@ def featurize(msg: ParsedMessage, config: FeatureConfig = FeatureConfig()) -> Fe
     own and joining the counts in order gives the same tokens, counts and
     first-occurrence order as counting the whole list.
     """
-    head, body, tail = _token_parts(msg, config)
+    return featurize_with_tokens(msg, config)[0]
+
+
+def featurize_with_tokens(msg: ParsedMessage,
+                          config: FeatureConfig = FeatureConfig()) -> tuple[FeatureRow, MessageTokens]:
+    """:func:`featurize`'s row and the tokens it was made from, in one pass (for scoring with an explanation)."""
+    tokens = MessageTokens(*_token_parts(msg, config))
+    return _featurize_tokens(tokens, config), tokens
+
+
+def _featurize_tokens(tokens: MessageTokens, config: FeatureConfig) -> FeatureRow:
+    head, body, tail = tokens.head, tokens.body, tokens.tail
     if len(head) + len(body) + len(tail) > MAX_TOKENS:  # the cut falls inside: count the list itself
         return hash_tokens((head + list(map(_BODY.__add__, body)) + tail)[:MAX_TOKENS], config.n_features,
                            config.tf)
@@ -468,9 +500,9 @@ class IdfWeights:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> IdfWeights:
-        z = load_npz(io.BytesIO(data))
-        return cls(z["cols"].astype(np.int64), z["values"].astype(np.float64), float(z["default"]),
-                   int(z["n_documents"]))
+        """Read :meth:`to_bytes`' form; ValueError when it is damaged (see :func:`load_sparse`)."""
+        cols, values, (default, n_documents) = load_sparse(data, ("default", "n_documents"))
+        return cls(cols, values, float(default), int(n_documents))
 
 
 _NPZ_LOCK = threading.Lock()
@@ -484,6 +516,56 @@ def load_npz(source: Any) -> dict[str, np.ndarray]:
     with ``SystemError: AST constructor recursion depth mismatch`` (python/cpython#106905).  It happened
     with twelve threads classifying at once (CI, tests/test_concurrency.py); the daemon reads model parts
     in its TELL thread beside its main one.  Reading is short, so one lock costs nothing measurable.
+
+    Raises
+    ------
+    ValueError
+        Whatever the bytes are (empty, cut short, not an archive, an archive of object arrays), damage
+        is this one error with a short reason (e.g. "cut short, or not .npz data"): numpy's own messages
+        range from a zip error to advice to load the data unsafely with pickle.
     """
-    with _NPZ_LOCK, np.load(source, allow_pickle=False) as z:
-        return {name: z[name] for name in z.files}
+    try:
+        with _NPZ_LOCK, np.load(source, allow_pickle=False) as z:
+            return {name: z[name] for name in z.files}
+    except Exception as exc:  # noqa: BLE001 - zipfile, zlib and numpy's parsers each raise their own
+        if isinstance(exc, OSError) and isinstance(source, str | os.PathLike):
+            raise  # the file cannot be opened (missing, no permission): not damage of what it holds
+        raise ValueError(_npz_damage(exc)) from exc
+
+
+def load_sparse(data: bytes, scalars: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """A sparse vector saved as ``.npz`` bytes: (``cols``, ``values``, the named scalars).
+
+    Raises
+    ------
+    ValueError
+        The bytes are damaged (see :func:`load_npz`), or their arrays are not a sparse vector: ``cols``
+        non-negative integers, sorted and unique; ``values`` finite floats of the same length; each
+        scalar a finite number.
+    """
+    z = load_npz(io.BytesIO(data))
+    try:
+        cols, values, extra = z["cols"], z["values"], [z[name] for name in scalars]
+    except KeyError as exc:
+        raise ValueError(f"no {exc.args[0]!r} array") from None
+    if (cols.ndim != 1 or values.shape != cols.shape or cols.dtype.kind not in "iu" or values.dtype.kind != "f"
+            or any(e.shape != () or e.dtype.kind not in "iuf" for e in extra)):
+        raise ValueError("its arrays are not a sparse vector")
+    if (len(cols) and (cols[0] < 0 or bool(np.any(np.diff(cols) <= 0)))) or not np.isfinite(values).all() \
+            or not all(np.isfinite(e) for e in extra):
+        raise ValueError("columns not sorted and unique, or values not finite")
+    return cols.astype(np.int64), values.astype(np.float64), [e.item() for e in extra]
+
+
+def _npz_damage(exc: Exception) -> str:
+    text = str(exc)
+    if isinstance(exc, EOFError):
+        return "empty or cut short"
+    if "Object arrays cannot be loaded" in text:
+        return "pickled object arrays, never loaded"
+    if "pickled" in text:  # numpy's guess for bytes that are neither .npz nor .npy
+        return "not .npz data"
+    if isinstance(exc, zipfile.BadZipFile) and "not a zip file" in text:
+        return "cut short, or not .npz data"
+    first = " ".join(text.split()[:20])
+    return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__

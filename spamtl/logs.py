@@ -3,9 +3,10 @@
 Format: ``key=value`` pairs (logfmt), one event per line, keys in a fixed order::
 
     2026-11-25T11:40:02Z spamtl[4242] level=info event=verdict user=ann id=3f2c9a1b7e4d verdict=spam
-    probability=0.9876 cutoff=0.9000 version=3 reason=model
+    probability=0.9876 cutoff=0.9000 ham_cutoff=0.5000 version=3 reason=model
 
-(one line; wrapped here).  A value with spaces, quotes, ``=`` or non-ASCII
+(one line; wrapped here; ``cutoff`` is the spam cutoff, so named before the ham cutoff was
+logged too).  A value with spaces, quotes, ``=`` or non-ASCII
 characters is double-quoted with backslash escapes, so a line always parses
 back with :func:`parse_line`.  Lines NEVER hold message bodies or subjects (a
 subject can be as private as a body): only ids (the 12-hex sha256 prefix),
@@ -31,7 +32,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["LOGGER_NAME", "configure", "format_fields", "parse_line", "log_event", "log_verdict",
+__all__ = ["LOGGER_NAME", "configure", "format_fields", "format_line", "parse_line", "log_event", "log_verdict",
            "log_feedback", "log_training"]
 
 LOGGER_NAME = "spamtl.events"
@@ -82,11 +83,16 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None) or {"msg": record.getMessage()}
-        head = f"spamtl[{os.getpid()}]: level={record.levelname.lower()} "
-        if self.with_time:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
-            head = f"{stamp} {head}"
-        return head + format_fields(fields)
+        return format_line(fields, level=record.levelname.lower(),
+                           created=record.created if self.with_time else None)
+
+
+def format_line(fields: Mapping[str, Any], *, level: str = "info", created: float | None = None) -> str:
+    """One log line as every spamtl line looks (``created``: POSIX time to stamp it with; None: no stamp)."""
+    head = f"spamtl[{os.getpid()}]: level={level} "
+    if created is not None:
+        head = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)) + " " + head
+    return head + format_fields(fields)
 
 
 def _handler(destination: str) -> logging.Handler | None:
@@ -149,12 +155,21 @@ def log_event(settings: Any, event: str, fields: Mapping[str, Any], *, level: in
         pass
 
 
+def is_shown_on_stderr(settings: Any, level: int = logging.WARNING) -> bool:
+    """Whether an event at ``level`` goes to stderr (then a command need not say it there a second time)."""
+    try:
+        logger = configure(settings)
+    except Exception:  # noqa: BLE001 - as in log_event: the log never fails a command
+        return False
+    return logger.isEnabledFor(level) and _stderr_current(logger)
+
+
 def log_verdict(settings: Any, verdict: Any, *, origin: str | None = None) -> None:
     """One line for a verdict (a :class:`~spamtl.services.classify.Verdict`): ids and numbers, no subject."""
     log_event(settings, "verdict", {
         "user": verdict.user, "id": verdict.short_id, "verdict": verdict.verdict,
-        "probability": float(verdict.probability), "cutoff": float(verdict.spam_cutoff),
-        "version": verdict.model_version, "reason": verdict.reason,
+        "probability": float(verdict.probability), "cutoff": float(verdict.spam_cutoff),  # the spam cutoff
+        "ham_cutoff": float(verdict.ham_cutoff), "version": verdict.model_version, "reason": verdict.reason,
         **({"origin": origin} if origin else {})})
 
 

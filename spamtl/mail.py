@@ -21,16 +21,21 @@ encoded size are recorded.
 
 :func:`add_headers` and :func:`strip_own_headers` edit the top-level header
 block of the raw bytes without parsing the message (see their docstrings for
-the exact rules).
+the exact rules); :func:`message_identity` says which stored message a copy
+is, whatever its delivery did to it.
 """
 
 from __future__ import annotations
 
+import binascii
 import email.feedparser
 import email.header
+import email.quoprimime
 import email.utils
+import hashlib
 import html
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
@@ -49,6 +54,8 @@ __all__ = [
     "parse_envelope",
     "add_headers",
     "strip_own_headers",
+    "message_identity",
+    "not_mail_reason",
 ]
 
 MAX_PARSE_BYTES = 4 * 1024 * 1024
@@ -66,11 +73,26 @@ MAX_HEADER_BYTES = 8 * 1024
 
 Enough for 2,000 decoded characters even of CJK text in RFC 2047 encoded words
 (about 4 raw characters per decoded one); more is an attack.  The stdlib's
-parameter parser (Content-Type) and encoded-word decoder are quadratic in the
-value, so the cut has to come first: a 1 MB Subject took more than 600 s before.
+parameter parser (Content-Type) is quadratic in the value, and so was its
+encoded-word decoder, so the cut has to come first: a 1 MB Subject took more
+than 600 s before.
+"""
+MAX_ENCODED_WORDS = 110
+"""RFC 2047 encoded words decoded per header value; the rest of the value is kept as it is.
+
+As many as fit in ``MAX_HEADER_BYTES`` at RFC 2047's longest (75 characters),
+so every value a mailer writes is decoded whole.  More are short words that
+are there to cost work: a message can hold 60,000 of ``=?a?q??=``.
 """
 MAX_HEADER_FIELDS = 1_000
 """Header fields kept per MIME part: real mail has fewer than 100; the rest are dropped (a defect)."""
+MAX_HEADER_LINES = 5_000
+"""Lines of one header block (continuation lines included) read into fields; the rest are dropped (a defect).
+
+The stdlib reads each header line in Python, so its work is in lines, and
+512 KB holds 128,000 lines of ``X:v``.  Real mail has a few hundred lines (a
+long Received chain with DKIM and ARC signatures).
+"""
 MAX_MIME_DEPTH = 10
 """MIME nesting levels parsed; a deeper multipart or message/rfc822 is read as text.
 
@@ -95,6 +117,19 @@ MAX_HOST_CHARS = 253
 """Longest DNS name; a longer "host" is cut (it would otherwise give thousands of domain suffixes)."""
 MAX_HEADER_SCAN_BYTES = 256 * 1024
 """Bytes of the top-level header block that :func:`strip_own_headers` and :func:`parse_envelope` look at."""
+MAX_HEADER_SCAN_FIELDS = MAX_HEADER_FIELDS
+"""Fields of the top-level header block they look at: as many as the parser keeps.
+
+Each field costs a few RE2 calls, so the work is in fields, and 256 KB holds
+64,000 fields of ``X:v``.  Filters add their headers at the top.
+"""
+MAX_STATUS_CHECKS = 3
+"""``X-Spamtl-Status`` fields whose ``id=`` :func:`message_identity` checks against the bytes below them.
+
+Each check hashes the message once more.  A copy carries spamtl's field at the
+top, and one more for each earlier pass through a spamtl filter; a message with
+more is not one spamtl wrote, and its further fields are not looked at.
+"""
 
 # Headers whose values are never passed on as header facts: the date gives the
 # label away in public corpora and teaches nothing that lasts, and the rest are
@@ -113,6 +148,12 @@ _URL_RE = re2.compile(
 # These run over values already cut to MAX_HEADER_BYTES, and have no nested quantifiers.
 _ADDR_DOMAIN_RE = re.compile(r"@([A-Za-z0-9.-]+)")
 _WS_RE = re.compile(r"\s+")
+# An RFC 2047 encoded word, spelt as the stdlib's decoder does (email.header.ecre), so that the same
+# words are found.  The stdlib engine runs it only up to a line's last "?=" (linear there, see
+# _decode_encoded_words); RE2 answers whether a value has one at all, over any text.
+_ENCODED_WORD = r"=\?([^?]*?)\?([qQbB])\?(.*?)\?="
+_ENCODED_WORD_RE = re.compile(_ENCODED_WORD)
+_HAS_ENCODED_WORD_RE = re2.compile(_ENCODED_WORD)
 # HTML elements whose content is not visible text (iframe, noembed and noframes hold raw text that only
 # browsers without those features would show: ads, scripts).
 _INVISIBLE_TAGS = ["script", "style", "head", "iframe", "noembed", "noframes"]
@@ -255,6 +296,7 @@ class _Message(Message):
 
     depth = 0
     dropped_fields = 0
+    dropped_lines = 0
 
     def set_raw(self, name, value):  # type: ignore[no-untyped-def]
         if len(self._headers) >= MAX_HEADER_FIELDS:  # type: ignore[attr-defined]
@@ -286,6 +328,13 @@ class _FeedParser(email.feedparser.BytesFeedParser):
         super()._new_message()  # type: ignore[misc]
         self.parts += 1
         self._cur.depth = len(self._msgstack) - 1  # type: ignore[attr-defined]
+
+    def _parse_headers(self, lines: list[str]) -> None:
+        # The stdlib hands over a part's whole header block at once; past MAX_HEADER_LINES it is dropped.
+        if len(lines) > MAX_HEADER_LINES:
+            self._cur.dropped_lines = len(lines) - MAX_HEADER_LINES  # type: ignore[attr-defined]
+            lines = lines[:MAX_HEADER_LINES]
+        super()._parse_headers(lines)  # type: ignore[misc]
 
 
 def _from_message(msg: Message, defects: list[str]) -> ParsedMessage:
@@ -320,6 +369,8 @@ def _from_message(msg: Message, defects: list[str]) -> ParsedMessage:
         if isinstance(part, _Message):
             if part.dropped_fields:
                 defects.append(f"more than {MAX_HEADER_FIELDS} header fields in a part; rest ignored")
+            if part.dropped_lines:
+                defects.append(f"more than {MAX_HEADER_LINES} header lines in a part; rest ignored")
             if part.is_too_deep and Message.get_content_type(part).startswith(("multipart/", "message/")):
                 defects.append(f"MIME nesting deeper than {MAX_MIME_DEPTH}; the rest read as text")
         ctype = _safe(part.get_content_type, "text/plain").lower()
@@ -421,16 +472,88 @@ def _decode_header_value(value: object) -> str:
     if "=?" not in text:
         return _WS_RE.sub(" ", text).strip()
     try:
-        pieces = []
-        for chunk, charset in email.header.decode_header(text):
-            if isinstance(chunk, bytes):
-                pieces.append(_decode_bytes(chunk, charset or "ascii"))
-            else:
-                pieces.append(chunk)
-        text = "".join(pieces)
-    except Exception:  # noqa: BLE001 - bad base64 or charset in an encoded word
+        text = _decode_encoded_words(text)
+    except Exception:  # noqa: BLE001 - bad base64 (binascii.Error) in an encoded word: the value is kept as is
         pass
     return _WS_RE.sub(" ", text).strip()
+
+
+def _decode_encoded_words(text: str) -> str:
+    """``text`` with its RFC 2047 encoded words decoded, as ``email.header.decode_header`` reads them.
+
+    The same text as the stdlib's decoder followed by ``_decode_bytes`` on each of its
+    (bytes, charset) pairs (compared in tests/test_encoded_words.py), in linear time: the
+    stdlib's scan is quadratic in unclosed encoded words (it scans from each ``=?a?q?x`` to
+    the end of the line for a ``?=``).  The same rules, quirks included: encoded
+    words are found line by line; whitespace between two of them is dropped; runs of words in
+    one charset are joined (unencoded runs with a space) and decoded together; once a value has
+    an encoded word, its unencoded text goes through ``raw-unicode-escape`` and ASCII.  One
+    difference: only the first ``MAX_ENCODED_WORDS`` encoded words are decoded, the rest is
+    kept as text.  Raises ``binascii.Error`` for bad base64 (the stdlib: HeaderParseError).
+    """
+    # The stdlib's test, in one linear RE2 pass.  RE2 takes UTF-8, which lone surrogates are not;
+    # escaping non-ASCII characters adds no "?", "=" or line end, so the answer is the same.
+    probe = text if text.isascii() else text.encode("ascii", "backslashreplace").decode("ascii")
+    if _HAS_ENCODED_WORD_RE.search(probe) is None:
+        return text
+    words: list[tuple[str, str | None, str | None]] = []  # (text, encoding or None, charset or None)
+    budget = MAX_ENCODED_WORDS
+    for line in text.splitlines():
+        # No encoded word ends after the line's last "?=", so the stdlib's pattern only runs up to
+        # it: there every encoded word it starts ends at the next "?=", a failed start ends at the
+        # next "?", and so each character is looked at a bounded number of times.
+        end = line.rfind("?=") + 2
+        if end >= 2 and budget > 0:
+            parts = _ENCODED_WORD_RE.split(line[:end], maxsplit=budget)
+            parts[-1] += line[end:]
+            budget -= len(parts) // 4
+        else:
+            parts = [line]
+        unencoded = parts[0].lstrip()
+        if unencoded:
+            words.append((unencoded, None, None))
+        for i in range(1, len(parts), 4):
+            charset, encoding, encoded, unencoded = parts[i:i + 4]
+            words.append((encoded, encoding.lower(), charset.lower()))
+            if unencoded:
+                words.append((unencoded, None, None))
+    # Whitespace between two encoded words goes (RFC 2047 section 6.2; the stdlib tests the
+    # word before and after in the list as it was, and drops encoded "words" of blanks too).
+    dropped = {n - 1 for n in range(2, len(words))
+               if words[n][1] and words[n - 2][1] and words[n - 1][0].isspace()}
+    runs: list[tuple[bytes, str | None]] = []
+    pieces: list[bytes] = []
+    run_charset: str | None = None
+    for n, (word, encoding, charset) in enumerate(words):
+        if n in dropped:
+            continue
+        if encoding is None:
+            data = word.encode("raw-unicode-escape")
+        elif encoding == "q":
+            data = _q_decode(word)
+        else:
+            pad = len(word) % 4
+            if pad:  # missing padding added, as the stdlib does
+                word += "==="[:4 - pad]
+            data = binascii.a2b_base64(word.encode("raw-unicode-escape"))
+        if pieces and charset != run_charset:
+            runs.append(((b" " if run_charset is None else b"").join(pieces), run_charset))
+            pieces = []
+        pieces.append(data)
+        run_charset = charset
+    runs.append(((b" " if run_charset is None else b"").join(pieces), run_charset))
+    return "".join(_decode_bytes(data, charset or "ascii") for data, charset in runs)
+
+
+def _q_decode(encoded: str) -> bytes:
+    """``email.quoprimime.header_decode(encoded)`` as raw-unicode-escape bytes; in C where that is the same.
+
+    ``binascii.a2b_qp`` reads ``_`` and ``=XX`` alike, but drops a trailing ``=`` and reads
+    ``==`` as one ``=``: those words, and non-ASCII ones, take the stdlib's (per escape) route.
+    """
+    if encoded.isascii() and "==" not in encoded and not encoded.endswith("="):
+        return binascii.a2b_qp(encoded, header=True)
+    return email.quoprimime.header_decode(encoded).encode("raw-unicode-escape")
 
 
 def _decode_bytes(data: bytes, charset: str) -> str:
@@ -650,7 +773,8 @@ _EOL_RE = re2.compile(rb"\r\n|\r|\n", _LATIN1)
 # A header field line: a name of printable characters but the colon, optional blanks, a colon.
 _FIELD_RE = re2.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:", _LATIN1)
 # Lines that begin with a blank before any field: a parser ignores them, or folds them into the
-# field above them.  RE2 so that a message of 10 MB of such lines is one linear pass.
+# field above them.  RE2 so that a message of 10 MB of such lines is one linear pass.  The same pattern
+# reads a field's continuation lines.
 _LEADING_WS_RE = re2.compile(rb"(?:[ \t][^\r\n]*(?:\r\n|\r|\n))*", _LATIN1)
 _OWN_PREFIXES = (b"x-spamtl-", b"x-spam-", b"x-spamd-", b"x-rspamd-")
 _OWN_NAMES = frozenset({b"x-bogosity"})
@@ -677,13 +801,16 @@ def _envelope_end(raw: bytes) -> int:
     return len(raw) if nxt < 0 else nxt
 
 
-def _header_fields(raw: bytes) -> tuple[int, list[tuple[int, int, bytes, bool]]]:
+def _header_fields(raw: bytes, until: Callable[[bytes], bool] | None = None,
+                   ) -> tuple[int, list[tuple[int, int, bytes, bool]]]:
     """Where the top-level header fields are: (start of the first field, [(start, end, name, whole), ...]).
 
     Skips the envelope line and leading whitespace lines; stops at the empty
     line, at a line that is neither a field nor a continuation, at the end of
-    the data, or once ``MAX_HEADER_SCAN_BYTES`` of fields have been read.  A
-    field's span includes its continuation lines and line end; ``whole`` is
+    the data, once ``MAX_HEADER_SCAN_BYTES`` of fields or
+    ``MAX_HEADER_SCAN_FIELDS`` fields have been read, or before the first
+    field whose name ``until`` accepts (for callers that need only the top).
+    A field's span includes its continuation lines and line end; ``whole`` is
     False for a last field cut by the scan limit.
     """
     pos = _envelope_end(raw)
@@ -693,7 +820,7 @@ def _header_fields(raw: bytes) -> tuple[int, list[tuple[int, int, bytes, bool]]]
     first = pos
     fields: list[tuple[int, int, bytes, bool]] = []
     limit = min(len(raw), pos + MAX_HEADER_SCAN_BYTES)
-    while pos < limit:
+    while pos < limit and len(fields) < MAX_HEADER_SCAN_FIELDS:
         if raw.startswith(b"From ", pos):
             # A misplaced envelope line: the stdlib parser skips it and reads on, so do we
             # (kept, with the continuation lines after it, as if it were a field of its own).
@@ -703,10 +830,17 @@ def _header_fields(raw: bytes) -> tuple[int, list[tuple[int, int, bytes, bool]]]
             if match is None:
                 break
             name = match.group(1)
+        if until is not None and until(name):
+            break
         start = pos
         _, pos = _line_end(raw, pos, limit)
-        while pos >= 0 and pos < limit and raw[pos:pos + 1] in (b" ", b"\t"):
-            _, pos = _line_end(raw, pos, limit)
+        if pos >= 0:  # its continuation lines that end before the limit, in one match (not one call per line)
+            more = _LEADING_WS_RE.match(raw, pos, limit)
+            pos = more.end() if more is not None else pos
+            if raw[pos:pos + 1] in (b" ", b"\t"):
+                # A continuation line without a line end before the limit, or one that starts at the limit
+                # (the field goes on past it: cut, not whole).
+                pos = -1
         if pos < 0:  # the field runs to the end of the data, or past the scan limit (then it is cut)
             fields.append((start, limit, name, limit == len(raw)))
             break
@@ -726,8 +860,8 @@ def strip_own_headers(raw: bytes) -> bytes:
     kept byte for byte; the one exception: where a removed field sat between a
     bare CR and an LF (mixed line endings), an LF is kept so that they do not
     merge into one line end.  Only the top-level header block is looked at, and of
-    it at most ``MAX_HEADER_SCAN_BYTES``; bodies and attached messages are
-    never touched.
+    it at most ``MAX_HEADER_SCAN_BYTES`` and ``MAX_HEADER_SCAN_FIELDS`` fields;
+    bodies and attached messages are never touched.
 
     Examples
     --------
@@ -756,6 +890,111 @@ def strip_own_headers(raw: bytes) -> bytes:
         joined.append(piece)
         last = piece[-1:]
     return b"".join(joined)
+
+
+# Fields a transport writes at the top of the header block, above what it was handed: RFC 5321's trace
+# fields, what delivery agents record of the envelope (Postfix: Delivered-To, X-Original-To; Exim:
+# Envelope-to, Delivery-date; others X-Envelope-*, X-Delivered-To), the results a receiving MTA prepends,
+# and a misplaced mbox "From " line (read as a field named "From ").
+_TRACE_NAMES = frozenset({
+    b"return-path", b"received", b"delivered-to", b"x-original-to", b"envelope-to", b"delivery-date",
+    b"x-envelope-to", b"x-envelope-from", b"x-delivered-to", b"received-spf", b"authentication-results",
+    b"from "})
+# What a reader sees of a message (RFC 5322 sections 3.6.2 to 3.6.7, and MIME): above spamtl's own
+# X-Spamtl-Status such a field makes the copy another message, whatever its id says.
+_CONTENT_NAMES = frozenset({
+    b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"subject", b"date", b"message-id", b"in-reply-to",
+    b"references", b"comments", b"keywords", b"mime-version"})
+_CONTENT_PREFIXES = (b"content-", b"resent-")
+_STATUS_NAME = b"x-spamtl-status"
+# The id in spamtl's X-Spamtl-Status value ("ham, probability=0.0100, ..., id=0123456789ab[, label]").
+# Run over one field cut to MAX_HEADER_BYTES; no nested quantifiers.
+_STATUS_ID_RE = re.compile(rb"(?<![0-9A-Za-z_])id=([0-9a-f]{12})(?![0-9A-Za-z])")
+
+
+def message_identity(raw: bytes) -> tuple[bytes, str]:
+    r"""(The bytes spamtl keeps of a message, its digest): the one rule for "the same message".
+
+    A copy of a message after delivery is the same message: its line ends
+    converted (CRLF, LF), trace fields written above it by the MTA or the
+    delivery agent, spamtl's and other filters' headers added, the final line
+    end added or dropped (IMAP APPEND).  Any other change (a byte of the body,
+    a header value, a field added below the first field that is not trace)
+    makes another message.
+
+    - **Kept bytes**: the message without filter headers
+      (:func:`strip_own_headers`), what is stored and featurised.  But when
+      one of the first ``MAX_STATUS_CHECKS`` ``X-Spamtl-Status`` fields of the
+      top-level header block has no content field (From, To, Subject, Date,
+      Message-ID, MIME-Version, Content-*, Resent-*, ...) above it, and its
+      ``id=`` is the start of the digest of the bytes from that field down,
+      the kept bytes are those: the copy spamtl classified, without what
+      a transport later wrote above it (an LDA's or a virus scanner's fields).
+    - **Digest**: the sha256 of the kept bytes' canonical form: without the
+      run of trace fields at the top of the header block (Received,
+      Return-Path, Delivered-To, X-Original-To, Envelope-To, Delivery-Date,
+      X-Envelope-To, X-Envelope-From, X-Delivered-To, Received-SPF,
+      Authentication-Results), nor the mbox ``From `` line and the lines
+      led by blanks before the first field (unless no field follows: bytes
+      that are not mail count whole); every line end (CRLF, CR, LF) as LF;
+      no line end at the very end.
+
+    The id in a header is never looked up: it only marks where spamtl's copy
+    begins, and is believed only when the bytes below it hash to it, so a
+    forged one cannot name another message.  The digest of the kept bytes is
+    the digest of the message (``message_identity(kept)[1] == digest``): a
+    stored message gives its own digest back.  Linear and bounded: the header
+    scans of :func:`strip_own_headers`, and at most ``MAX_STATUS_CHECKS + 1``
+    hashes of the message.
+
+    Examples
+    --------
+    >>> kept, digest = message_identity(b"Subject: hi\n\nbody\n")
+    >>> status = b"X-Spamtl-Status: ham, id=" + digest[:12].encode() + b"\r\n"
+    >>> delivered = b"Return-Path: <a@b.example>\r\nX-Virus-Scanned: yes\r\n" + status + b"Subject: hi\r\n\r\nbody"
+    >>> message_identity(delivered)[1] == digest, message_identity(b"Subject: hi\n\nbody!\n")[1] == digest
+    (True, False)
+    """
+    raw = bytes(raw)
+    _, fields = _header_fields(raw, until=_is_content)
+    seen = 0
+    for start, end, name, whole in fields:
+        if name.lower() != _STATUS_NAME:
+            continue
+        seen += 1
+        match = _STATUS_ID_RE.search(raw, start, min(end, start + MAX_HEADER_BYTES)) if whole else None
+        if match is not None:
+            below = strip_own_headers(raw[start:])
+            digest = _digest(below)
+            if digest.startswith(match.group(1).decode("ascii")):
+                return below, digest
+        if seen >= MAX_STATUS_CHECKS:
+            break
+    kept = strip_own_headers(raw)
+    return kept, _digest(kept)
+
+
+def _is_content(name: bytes) -> bool:
+    lname = name.lower()
+    return lname in _CONTENT_NAMES or lname.startswith(_CONTENT_PREFIXES)
+
+
+def _is_not_trace(name: bytes) -> bool:
+    return name.lower() not in _TRACE_NAMES
+
+
+def _digest(kept: bytes) -> str:
+    """The sha256 (hex) of the canonical form of kept bytes (see :func:`message_identity`)."""
+    first, fields = _header_fields(kept, until=_is_not_trace)
+    if not fields and _FIELD_RE.match(kept, first, first + MAX_HEADER_SCAN_BYTES) is None:
+        first = 0  # no header field: not mail, every byte counts
+    start = first
+    for _, end, _, whole in fields:
+        if not whole:
+            break
+        start = end
+    canonical = kept[start:].replace(b"\r\n", b"\n").replace(b"\r", b"\n").rstrip(b"\n")
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def _header_value(raw: bytes, start: int, end: int) -> str:
@@ -845,3 +1084,42 @@ def _header_line(name: str, value: str) -> bytes:
     name = _UNSAFE_NAME_RE.sub("-", name) or "X-Spamtl"
     value = value.replace("\r", " ").replace("\n", " ")
     return f"{name}: {value}".encode("ascii", "replace")
+
+
+NOT_MAIL_SNIFF_BYTES = 1024
+"""Bytes searched for a NUL to call input without a header field binary rather than text (a reason only)."""
+
+
+def not_mail_reason(raw: bytes) -> str | None:
+    r"""Why ``raw`` is not a mail message at all, or None when it is one (damaged or not).
+
+    Not mail: empty or whitespace-only input, and input whose first line is
+    not a header field (``Name: value``, the name starting with a letter),
+    once an mbox ``From `` envelope line and lines starting with a blank (which
+    parsers skip) are passed: no header section, so a text file, a picture,
+    an executable.  Anything that starts with a header field is mail, however
+    damaged after it: garbage or a NUL byte further down must never let a
+    sender's message through unscanned (and an MTA always puts its own
+    ``Received`` field first).  Looks at the first field only: linear in the
+    skipped blank lines, at most ``MAX_HEADER_BYTES`` for the field name.
+
+    Examples
+    --------
+    >>> not_mail_reason(b"Subject: hi\n\nbody") is None
+    True
+    >>> not_mail_reason(b" \r\n"), not_mail_reason(b"\x89PNG\r\n\x1a\n\x00\x00"), not_mail_reason(b"hello\n")
+    ('empty message', 'not mail: binary data', 'not mail: no header fields')
+    """
+    raw = bytes(raw)
+    pos = _envelope_end(raw)
+    ws = _LEADING_WS_RE.match(raw, pos)
+    if ws is not None:
+        pos = ws.end()
+    match = _FIELD_RE.match(raw, pos, min(len(raw), pos + MAX_HEADER_BYTES))
+    if match is not None and match.group(1)[:1].isalpha():
+        return None
+    if not raw[pos:].strip():
+        return "empty message"
+    if b"\x00" in raw[:NOT_MAIL_SNIFF_BYTES]:
+        return "not mail: binary data"
+    return "not mail: no header fields"

@@ -671,7 +671,7 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
                            cv: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
                            scoring: str = "log_loss", rule: str = "one_se",
                            executor: Executor | None = None, keep_fold_models: bool = False,
-                           threads: int = 1) -> HyperparameterSearch:
+                           threads: int = 1, progress: Callable[[int], None] | None = None) -> HyperparameterSearch:
     """Choose alpha and mu by task-stratified K-fold cross-validation.
 
     Folds are stratified on (task, label), so every fold holds a share of
@@ -684,6 +684,7 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     independent (:func:`fit_fold`): with an ``executor`` (e.g.
     :func:`spamtl.parallel.training_executor`) they run side by side, with
     the same results as in-process, and each fold's projected fit on ``threads`` threads (``fit``).
+    ``progress`` is called with 1 as each fold's result is in (in this thread, in fold order).
 
     ``scoring='log_loss'`` (default) ranks by the held-out logistic loss
     averaged per task, then over tasks; ``'auc'`` by macro 1 - ROC AUC.  Near
@@ -738,9 +739,18 @@ def select_hyperparameters(X: Any, y: Any, tasks: Any, groups: Any = None, *,
     executor = executor if executor is not None else SerialExecutor()
     payload = share(executor, (X, y, tasks, garr))
     try:
-        futures = [executor.submit(fit_fold, payload, train, test, clone(base), grid, keep_fold_models, threads)
-                   for train, test in splits]
-        fold_results = [f.result() for f in futures]
+        futures, reported = [], []
+        for train, test in splits:
+            futures.append(executor.submit(fit_fold, payload, train, test, clone(base), grid, keep_fold_models,
+                                           threads))
+            reported.append(progress is not None and futures[-1].done())  # in-process: it ran already
+            if progress is not None and reported[-1]:
+                progress(1)
+        fold_results = []
+        for future, was_reported in zip(futures, reported):
+            fold_results.append(future.result())
+            if progress is not None and not was_reported:
+                progress(1)
     finally:
         if isinstance(payload, Inherited):
             release(payload)

@@ -18,19 +18,21 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from spamtl.features import FeatureRow, IdfWeights, load_npz
+from spamtl.errors import DamagedModelError
+from spamtl.features import FeatureRow, IdfWeights, load_npz, load_sparse
 
-__all__ = ["FORMAT_VERSION", "SparsePart", "ModelWeights", "score_rows", "sigmoid"]
+__all__ = ["FORMAT_VERSION", "SparsePart", "ModelWeights", "decode_stored", "score_rows", "sigmoid"]
 
 FORMAT_VERSION = 2
 """2 added the optional idf weights; files and store rows of format 1 still load."""
 _READABLE_FORMATS = (1, 2)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,9 @@ class SparsePart:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SparsePart:
-        z = load_npz(io.BytesIO(data))
-        return cls(z["cols"], z["values"], float(z["intercept"]))
+        """Read :meth:`to_bytes`' form; ValueError when it is damaged (see :func:`~spamtl.features.load_sparse`)."""
+        cols, values, (intercept,) = load_sparse(data, ("intercept",))
+        return cls(cols, values, float(intercept))
 
 
 @dataclass
@@ -149,6 +152,25 @@ class ModelWeights:
         idf = IdfWeights.from_bytes(z["idf"].tobytes()) if "idf" in z else None
         return cls(int(meta["n_features"]), shared, parts["group"], parts["task"],
                    dict(meta["task_groups"]), dict(meta["params"]), idf)
+
+
+def decode_stored(decode: Callable[[bytes], T], data: bytes, *, version: int, n_features: int, kind: str,
+                  name: str = "") -> T:
+    """``decode(data)`` for one stored part of model ``version``: damage is one :class:`DamagedModelError`.
+
+    ``decode`` is :meth:`SparsePart.from_bytes` or :meth:`IdfWeights.from_bytes`; every path that reads a
+    version's parts from the store (the classify reader, training's warm start, feedback's refit) decodes
+    them through here, so a damaged part says the same thing everywhere.  A column outside the version's
+    ``n_features`` is damage too (scoring would index past its vectors).
+    """
+    try:
+        part = decode(data)
+    except ValueError as exc:
+        raise DamagedModelError(version, kind, name, str(exc)) from None
+    cols = getattr(part, "cols", None)
+    if cols is not None and len(cols) and int(cols[-1]) >= n_features:
+        raise DamagedModelError(version, kind, name, f"columns beyond the model's {n_features} features")
+    return part
 
 
 def score_rows(rows: Sequence[FeatureRow], parts: Sequence[SparsePart]) -> np.ndarray:

@@ -16,6 +16,17 @@ activate`` or anyone's feedback is seen well within a second; a verdict always
 comes from a single version.  TELL runs the feedback service in a helper
 thread, so a refit does not stall the worker's other connections.
 
+Who a client is decides what it may do (:mod:`spamtl.peers`): every client is
+scored, but only one that may act for the request's user stores its verdict
+there, and TELL is answered only when enabled and for such a client.  Slow
+clients cannot starve the rest: the request's headers have a short deadline,
+one untrusted client holds at most a few connections, and at capacity the
+connection that has spent longest still sending its request makes room.
+
+With several workers this process supervises them (:class:`_Supervisor`):
+a dead or hung worker is replaced, a crash loop is backed off and logged, and
+systemd hears readiness and watchdog pings only while a worker serves.
+
 Signals: SIGTERM (and SIGINT) stop accepting, finish the requests in flight
 and exit; SIGHUP drops every cached model and rereads the settings.
 """
@@ -29,43 +40,46 @@ import ipaddress
 import logging
 import math
 import os
+import selectors
 import signal
 import socket
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spamtl import spamd_protocol as proto
 from spamtl.config import Settings, validate_name
-from spamtl.errors import NoModelError, SpamtlError, UsageError
+from spamtl.errors import NoModelError, SpamtlError, UnknownUserError, UsageError
+
+if TYPE_CHECKING:
+    from spamtl.peers import Peer
 
 __all__ = ["ServeOptions", "serve", "bind_sockets", "Worker", "emit"]
 
 log = logging.getLogger("spamtl.serve")
 
-DRAIN_LIMIT = 64 << 20
-"""Most bytes of an oversized message read and discarded so that spamc can read the answer."""
 _SHARED = ""
 """The user name used for the shared model (no User header, no default user): no user can have it."""
 
 
 @dataclass(frozen=True)
 class ServeOptions:
+    """Where to listen and whose model answers a request without a User header.
+
+    Everything else (workers, limits, timeouts, who may teach whom) is in
+    :class:`~spamtl.config.Settings` (``serve_*``), so SIGHUP rereads it.
+    """
+
     socket_path: str | None = None
     host: str | None = None
     port: int | None = None
     allow_remote: bool = False
-    workers: int = 2  # the defaults are Settings.serve_* (see config.py)
-    max_connections: int = 64
-    read_timeout: float = 30.0
     default_user: str | None = None
-    refresh_interval: float = 0.25
-    log_interval: float = 0.05
-    socket_mode: int = 0o660
 
 
 # ------------------------------------------------------------------ sockets
@@ -81,19 +95,15 @@ def _check_host(host: str, allow_remote: bool) -> None:
                          "add --allow-remote to accept connections from other hosts")
 
 
-def systemd_sockets() -> list[socket.socket]:
-    """Sockets passed by systemd socket activation (``LISTEN_PID``/``LISTEN_FDS``), if any."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return []
-    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)
-    return [socket.socket(fileno=3 + i) for i in range(count)]
+def bind_sockets(options: ServeOptions, settings: Settings) -> list[socket.socket]:
+    """The listening sockets: systemd's, else a Unix socket and/or a TCP port (loopback unless allowed).
 
+    The Unix socket gets ``serve_socket_mode`` and ``serve_socket_group`` before it listens, so no client
+    connects through a looser mode in between.
+    """
+    from spamtl.systemd import listen_sockets
 
-def bind_sockets(options: ServeOptions) -> list[socket.socket]:
-    """The listening sockets: systemd's, else a Unix socket and/or a TCP port (loopback unless allowed)."""
-    passed = systemd_sockets()
+    passed = listen_sockets()
     if passed:
         for sock in passed:
             sock.setblocking(False)
@@ -110,11 +120,18 @@ def bind_sockets(options: ServeOptions) -> list[socket.socket]:
                 os.unlink(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sockets.append(sock)
+            gid = _group_id(settings.serve_socket_group)
             try:
-                sock.bind(path)
+                old_umask = os.umask(0o177)  # bound 0600: nobody else connects before the mode is set
+                try:
+                    sock.bind(path)
+                finally:
+                    os.umask(old_umask)
+                if gid is not None:
+                    os.chown(path, -1, gid)
+                os.chmod(path, int(settings.serve_socket_mode, 8))
             except OSError as exc:
                 raise UsageError(f"cannot listen on {path}: {exc.strerror or exc}") from None
-            os.chmod(path, options.socket_mode)
             sock.listen(128)
         if options.port is not None:
             host = options.host or "127.0.0.1"
@@ -135,6 +152,19 @@ def bind_sockets(options: ServeOptions) -> list[socket.socket]:
     for sock in sockets:
         sock.setblocking(False)
     return sockets
+
+
+def _group_id(group: str | None) -> int | None:
+    if group is None:
+        return None
+    if group.isdigit():
+        return int(group)
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UsageError(f"no group {group!r} for the socket (serve_socket_group / --socket-group)") from None
 
 
 def _is_socket(path: str) -> bool:
@@ -164,7 +194,7 @@ def emit(event: str, **fields: Any) -> None:
         return
     from spamtl.logs import log_event
 
-    level = logging.WARNING if event in ("error", "refused") else logging.INFO
+    level = logging.WARNING if event in ("error", "refused", "unknown_user") else logging.INFO
     log_event(_SETTINGS, event, fields, level=level)
 
 
@@ -173,14 +203,43 @@ _SETTINGS: Settings | None = None
 
 
 # ------------------------------------------------------------------ one worker
+class _Connection:
+    """One open connection: who it is, since when, and whether it is still sending its request."""
+
+    __slots__ = ("peer", "opened", "writer", "is_reading", "is_evicted")
+
+    def __init__(self, peer: Peer, opened: float, writer: asyncio.StreamWriter) -> None:
+        self.peer, self.opened, self.writer = peer, opened, writer
+        self.is_reading = True
+        self.is_evicted = False
+
+    def evict(self) -> None:
+        """Answer EX_TEMPFAIL and end our side (spamc then passes its mail through unscanned).
+
+        Only our side: closing while the client's bytes are still unread would make the kernel answer
+        with a reset, which can destroy the answer before the client reads it.  The request's deadline
+        still ends the connection if the client never hangs up."""
+        self.is_evicted, self.is_reading = True, False
+        with contextlib.suppress(Exception):
+            self.writer.write(proto.response(proto.EX_TEMPFAIL, "server busy and the request still incomplete"))
+            self.writer.write_eof()
+
+
+LINGER_SECONDS = 1.0
+"""How long a refused connection's unread request is read and dropped, so that the refusal arrives
+(a close with unread bytes is a reset, which can destroy the answer before the client reads it)."""
+LINGER_BYTES = 1 << 20
+"""Most bytes read and dropped from a refused connection."""
+
+
 class Worker:
-    """One process's request handling: a model reader, a verdict logger, a TELL thread."""
+    """One process's request handling: a model reader, a verdict logger, a TELL thread, its connections."""
 
     def __init__(self, settings_factory: Callable[[], Settings], options: ServeOptions) -> None:
         self.settings_factory = settings_factory
         self.options = options
-        self.limit = max(1, math.ceil(options.max_connections / max(1, options.workers)))
-        self.active = 0
+        self.connections: set[_Connection] = set()
+        self.per_client: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.tell_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spamtl-tell")
         self.reader: Any = None
@@ -195,12 +254,15 @@ class Worker:
         from spamtl.services.classify import VerdictWriter, open_reader
 
         settings = self.settings_factory()
+        policy = _policy(settings)
         reader = open_reader(settings)  # raises before anything changes
         old_reader, old_engine, old_writer = self.reader, self.engine, self.writer
         if old_writer is not None:
             old_writer.close()  # what was scored with the old settings goes to the old store, now
-        self.writer = VerdictWriter(settings, interval=self.options.log_interval, on_error=_verdicts_lost)
-        self.settings, self.reader = settings, reader
+        self.writer = VerdictWriter(settings, interval=settings.serve_log_interval, on_error=_verdicts_lost)
+        self.settings, self.reader, self.policy = settings, reader, policy
+        # Each worker takes its share of the connections the kernel hands out.
+        self.limit = max(1, math.ceil(settings.serve_max_connections / max(1, settings.serve_workers)))
         global _SETTINGS
         _SETTINGS = settings
         self.engine = None
@@ -212,7 +274,7 @@ class Worker:
 
     def fresh_reader(self) -> Any:
         now = time.monotonic()
-        if now - self._checked >= self.options.refresh_interval:
+        if now - self._checked >= self.settings.serve_refresh_interval:
             self.reader.refresh()
             self._checked = now
         return self.reader
@@ -225,44 +287,85 @@ class Worker:
         return self.engine
 
     # -- connections
+    def _admit(self, conn: _Connection) -> str | None:
+        """Why ``conn`` is refused (None: served).  At capacity, the connection that has spent longest
+        still sending its request is dropped to make room: a client that sends a request at once (spamc)
+        is served even while slow clients hold every slot."""
+        if (self.per_client[conn.peer.key] >= self.settings.serve_max_per_client
+                and not self.policy.is_trusted(conn.peer)):
+            return "too many connections from this client; try again later"
+        if len(self.connections) >= self.limit:
+            slowest = min((c for c in self.connections if c.is_reading), key=lambda c: c.opened, default=None)
+            if slowest is None:
+                return "too many connections; try again later"
+            slowest.evict()
+            self._forget(slowest)
+            emit("refused", reason="dropped at capacity while still sending its request",
+                 client=slowest.peer.describe())
+        return None
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from spamtl.peers import peer_of
+
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
-        self.active += 1
+        conn = _Connection(peer_of(writer.get_extra_info("socket")), time.monotonic(), writer)
+        refused = self._admit(conn)
         try:
-            if self.active > self.limit:
-                emit("refused", reason="too many connections", limit=self.options.max_connections)
-                writer.write(proto.response(proto.EX_TEMPFAIL, "too many connections; try again later"))
-            else:
-                await self._serve_one(reader, writer)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.drain(), self.options.read_timeout)
+            if refused is not None:
+                emit("refused", reason=refused, client=conn.peer.describe(), limit=self.settings.serve_max_connections)
+                await _refuse(reader, writer, refused)
+                return
+            self.connections.add(conn)
+            self.per_client[conn.peer.key] += 1
+            try:
+                await self._serve_one(reader, writer, conn)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.drain(), self.settings.serve_read_timeout)
+            finally:
+                self._forget(conn)
         except Exception as exc:  # noqa: BLE001 - one bad connection never takes the worker down
             emit("error", reason=f"{exc.__class__.__name__}: {exc}")
         finally:
-            self.active -= 1
             with contextlib.suppress(Exception):
                 writer.close()
             if task is not None:
                 self.tasks.discard(task)
 
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        deadline = time.monotonic() + self.options.read_timeout
+    def _forget(self, conn: _Connection) -> None:
+        """Stop counting ``conn`` (once: an evicted connection is forgotten when evicted)."""
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.per_client[conn.peer.key] -= 1
+            if self.per_client[conn.peer.key] <= 0:
+                del self.per_client[conn.peer.key]
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection) -> None:
+        settings = self.settings
+        deadline = time.monotonic() + settings.serve_read_timeout
         try:
-            # One timer for the whole request (not a task and a timer per line: a tenth of a millisecond).
-            async with asyncio.timeout(self.options.read_timeout):
-                request, body = await self._read_request(reader, deadline)
-        except proto.ProtocolError as exc:
-            emit("error", code=exc.code, reason=exc.reason)
-            writer.write(proto.response(exc.code, exc.reason))
+            # The request line and headers within serve_header_timeout (spamc sends them at once), the
+            # whole request within serve_read_timeout: one timer, moved once the headers are in.
+            async with asyncio.timeout(min(settings.serve_header_timeout, settings.serve_read_timeout)) as timer:
+                request = await self._read_head(reader, deadline)
+                timer.reschedule(asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic()))
+                body = await self._read_body(reader, request)
+        except (proto.ProtocolError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            if conn.is_evicted:
+                return  # answered when it was dropped
+            if isinstance(exc, proto.ProtocolError):
+                emit("error", code=exc.code, reason=exc.reason)
+                writer.write(proto.response(exc.code, exc.reason))
+            elif isinstance(exc, TimeoutError):
+                emit("error", reason="read timeout", client=conn.peer.describe())
+                writer.write(proto.response(proto.EX_TEMPFAIL, "timed out reading the request"))
+            else:
+                emit("error", reason="client closed the connection mid-request")
             return
-        except TimeoutError:
-            emit("error", reason="read timeout")
-            writer.write(proto.response(proto.EX_TEMPFAIL, "timed out reading the request"))
-            return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            emit("error", reason="client closed the connection mid-request")
+        finally:
+            conn.is_reading = False
+        if conn.is_evicted:
             return
         if request.command == "SKIP":
             return
@@ -274,16 +377,17 @@ class Worker:
             await self._drain_rest(reader, request, deadline)
             return
         if request.command == "TELL":
-            writer.write(await self._tell(request, body))
+            writer.write(await self._tell(request, body, conn.peer))
             return
-        answer, log_verdict = self._score(request, body)
+        answer, log_verdict = self._score(request, body, conn.peer)
         writer.write(answer)
         if log_verdict is not None:
             # Queued for the writer thread (group commit): the client never waits for the store's write,
             # the row is there within log_interval, and a graceful stop writes every queued verdict.
             log_verdict()
 
-    async def _read_request(self, reader: asyncio.StreamReader, deadline: float) -> tuple[proto.Request, bytes | None]:
+    async def _read_head(self, reader: asyncio.StreamReader, deadline: float) -> proto.Request:
+        """The request line and header lines, up to the empty line."""
         first = await self._line(reader, deadline)
         headers: list[bytes] = []
         while True:
@@ -293,15 +397,18 @@ class Worker:
             headers.append(line)
             if len(headers) > proto.MAX_HEADERS:
                 raise proto.ProtocolError(proto.EX_PROTOCOL, f"more than {proto.MAX_HEADERS} header lines")
-        request = proto.build_request(first, headers)
+        return proto.build_request(first, headers)
+
+    async def _read_body(self, reader: asyncio.StreamReader, request: proto.Request) -> bytes | None:
+        """The message (inflated if compressed); None when it is larger than max_message_bytes."""
         length = request.content_length
         if length is None:
-            return request, b""
+            return b""
         limit = self.settings.max_message_bytes
         if length > limit and not request.is_compressed:
-            return request, None
+            return None
         if length > limit * 2 + 1024:  # compressed mail is never bigger than this
-            return request, None
+            return None
         body = await reader.readexactly(length)  # under the request's timeout
         if request.is_compressed:
             inflater = zlib.decompressobj()
@@ -311,8 +418,8 @@ class Worker:
                 raise proto.ProtocolError(proto.EX_DATAERR, "bad zlib data") from None
             if len(body) > limit:
                 request.headers["content-length"] = "0"  # all of it was read: nothing to drain
-                return request, None
-        return request, body
+                return None
+        return body
 
     async def _line(self, reader: asyncio.StreamReader, deadline: float) -> bytes:
         remaining = deadline - time.monotonic()
@@ -337,7 +444,7 @@ class Worker:
 
     async def _drain_rest(self, reader: asyncio.StreamReader, request: proto.Request, deadline: float) -> None:
         """Read and drop what the client still sends, so that it gets to read the answer."""
-        left = min(request.content_length or 0, DRAIN_LIMIT)
+        left = min(request.content_length or 0, proto.MAX_SENT_BYTES)
         with contextlib.suppress(Exception):
             while left > 0:
                 block = await asyncio.wait_for(reader.read(min(left, 1 << 16)),
@@ -356,10 +463,10 @@ class Worker:
         except UsageError as exc:
             raise proto.ProtocolError(proto.EX_NOUSER, str(exc)) from None
 
-    def _score(self, request: proto.Request, body: bytes) -> tuple[bytes, Callable[[], object] | None]:
+    def _score(self, request: proto.Request, body: bytes, peer: Peer) -> tuple[bytes, Callable[[], object] | None]:
         """The answer to a scoring request, and the call that stores its verdict (None: nothing to store)."""
         try:
-            return self._answer(request, body)
+            return self._answer(request, body, peer)
         except proto.ProtocolError as exc:
             emit("error", command=request.command, code=exc.code, reason=exc.reason)
             return proto.response(exc.code, exc.reason), None
@@ -370,85 +477,128 @@ class Worker:
             emit("error", command=request.command, reason=str(exc))
             return proto.response(proto.EX_TEMPFAIL, str(exc)), None
 
-    def _answer(self, request: proto.Request, body: bytes) -> tuple[bytes, Callable[[], object] | None]:
-        from spamtl.services.classify import prepare, verdict_headers
+    def _answer(self, request: proto.Request, body: bytes, peer: Peer) -> tuple[bytes, Callable[[], object] | None]:
+        """Score for the request's user; the verdict is stored only when ``peer`` may act for that user
+        (anyone else is answered, and leaves no row: no verdict, no message, no new user)."""
+        from spamtl.services.classify import Skipped, prepare, skip_reason, verdict_headers
 
         started = time.perf_counter()
         user = self._user(request)
+        skipped = skip_reason(body)
+        if skipped is not None:  # empty or not mail: passed through, never scored (nor logged as a verdict)
+            emit("skipped", command=request.command, user=user or "-", reason=skipped)
+            return self._skipped(request, body, Skipped(user, "spamd", skipped)), None
         reader = self.fresh_reader()
         model = reader.user_model(user)
+        if not model.is_known_user and user != _SHARED:
+            emit("unknown_user", command=request.command, user=user, reason="scored with the shared model")
         message = prepare(body)
         verdict = reader.classify(model, message, "spamd")
         log_verdict = None
-        if user != _SHARED:
+        is_stored = user != _SHARED and self.policy.may_act_for(peer, user)
+        if is_stored:
             log_verdict = functools.partial(self.writer.submit, model, message, verdict, _now())
         is_spam = verdict.verdict == "spam"
-        spam = proto.spam_header(verdict.probability, verdict.spam_cutoff, is_spam)
+        spam = proto.spam_header(verdict.probability, verdict.spam_cutoff, verdict.ham_cutoff, verdict.verdict)
         emit("verdict", command=request.command, user=user or "-", verdict=verdict.verdict,
              probability=f"{verdict.probability:.4f}", cutoff=f"{verdict.spam_cutoff:.4f}",
-             version=verdict.model_version, id=verdict.short_id, reason=verdict.reason,
-             ms=f"{(time.perf_counter() - started) * 1000:.1f}")
+             ham_cutoff=f"{verdict.ham_cutoff:.4f}", version=verdict.model_version, id=verdict.short_id, reason=verdict.reason,
+             ms=f"{(time.perf_counter() - started) * 1000:.1f}",
+             **({} if is_stored or user == _SHARED else {"stored": "no", "client": peer.describe()}))
         command = request.command
         if command == "CHECK":
             return proto.response(proto.EX_OK, headers=[spam]), log_verdict
-        if command == "SYMBOLS":
-            from spamtl.services.explain import explain
+        from spamtl.services.explain import explain, symbol_names
 
-            symbols = [f"SPAMTL_{verdict.verdict.upper()}"] + (["SPAMTL_USER_LABEL"] if verdict.reason == "label" else [])
+        if command == "SYMBOLS":
             # The parts of the score, as SpamAssassin lists the rules that hit: SPAMTL_SHARED_SPAM, ...
-            symbols += [f"SPAMTL_{p.kind.upper()}_{'SPAM' if p.total > 0 else 'HAM'}"
-                        for p in explain(model, message).parts if p.total != 0]
+            # From the pass that scored the message (verdict.scored): no second parse.
+            symbols = symbol_names(verdict, explain(model, message, scored=verdict.scored))
             return proto.response(proto.EX_OK, headers=[spam], body=",".join(symbols).encode()), log_verdict
         if command in ("REPORT", "REPORT_IFSPAM"):
             text = ""
             if command == "REPORT" or is_spam:
-                from spamtl.services.explain import explain
-
-                text = _report(verdict, spam[1]) + _breakdown(explain(model, message))
+                text = _report(verdict, spam[1]) + _breakdown(explain(model, message, scored=verdict.scored))
             return proto.response(proto.EX_OK, headers=[spam], body=text.encode()), log_verdict
         from spamtl.mail import add_headers
 
-        processed = add_headers(body, verdict_headers(verdict))
+        # X-Spam-Status names the same symbols as SYMBOLS (top=0: the parts' totals, no evidence lists).
+        tests = symbol_names(verdict, explain(model, message, top=0, scored=verdict.scored))
+        processed = add_headers(body, verdict_headers(verdict, tests=tests))
         if command == "HEADERS":
             processed = _header_block(processed)
         return proto.response(proto.EX_OK, headers=[spam], body=processed), log_verdict
 
-    async def _tell(self, request: proto.Request, body: bytes) -> bytes:
+    def _skipped(self, request: proto.Request, body: bytes, skipped: Any) -> bytes:
+        """The answer for input that is not mail: not spam, 0 points, the message back marked ``skipped``."""
+        spam = ("Spam", "False ; 0.0 / 5.0")
+        if request.command in ("PROCESS", "HEADERS"):
+            from spamtl.mail import add_headers
+
+            processed = add_headers(body, [("X-Spamtl-Status", skipped.header_value())])
+            if request.command == "HEADERS":
+                processed = _header_block(processed)
+            return proto.response(proto.EX_OK, headers=[spam], body=processed)
+        if request.command == "CHECK":
+            return proto.response(proto.EX_OK, headers=[spam])
+        text = f"not scanned: {skipped.reason}\n" if request.command == "REPORT" else ""
+        return proto.response(proto.EX_OK, headers=[spam], body=text.encode())
+
+    async def _tell(self, request: proto.Request, body: bytes, peer: Peer) -> bytes:
+        """Learn (or forget) a label, if TELL is on and ``peer`` may teach the request's user."""
         try:
-            cls, do_set, do_remove = request.tell()
+            if not self.policy.allow_tell:
+                raise proto.ProtocolError(proto.EX_NOPERM, "TELL is not enabled on this daemon "
+                                                           "(serve_allow_tell / serve --allow-tell)")
+            tell = request.tell()
             user = self._user(request)
             if user == _SHARED:
                 raise proto.ProtocolError(proto.EX_NOUSER, "TELL needs a User header (or serve --default-user)")
+            if not self.policy.may_act_for(peer, user):
+                raise proto.ProtocolError(proto.EX_NOPERM, f"{peer.describe()} may not teach {user}'s filter")
+            from spamtl.services.classify import skip_reason
+
+            skipped = skip_reason(body)
+            if skipped is not None:
+                raise proto.ProtocolError(proto.EX_DATAERR, f"{skipped}; nothing learned")
         except proto.ProtocolError as exc:
-            emit("error", command="TELL", code=exc.code, reason=exc.reason)
+            emit("refused" if exc.code == proto.EX_NOPERM else "error", command="TELL", code=exc.code,
+                 reason=exc.reason, client=peer.describe())
             return proto.response(exc.code, exc.reason)
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.tell_pool, self._learn, user, cls, do_set, do_remove, body)
+            result = await loop.run_in_executor(self.tell_pool, self._learn, user, tell, body)
+        except UnknownUserError as exc:  # not created by a TELL unless auto_create_users: a permanent answer
+            emit("error", command="TELL", user=user, reason=str(exc))
+            return proto.response(proto.EX_NOUSER, str(exc))
         except SpamtlError as exc:
             emit("error", command="TELL", user=user, reason=str(exc))
             return proto.response(proto.EX_TEMPFAIL, str(exc))
         self._checked = 0.0  # the refit bumped the generation: reload before the next request
-        emit("tell", user=user, message_class=cls or "-", set=do_set, remove=do_remove, **result)
-        headers = []
-        if do_set:
-            headers.append(("DidSet", "local"))
-        if do_remove:
-            headers.append(("DidRemove", "local"))
+        label, is_changed = result.pop("label"), result.pop("changed")
+        headers = proto.tell_answer_headers(tell, label=label, is_changed=is_changed,
+                                            is_removed=result.get("removed", 0) > 0)
+        emit("tell", user=user, message_class=tell.message_class or "-", set=tell.set_local,
+             remove=tell.remove_local, **result, label=label or "none", changed=is_changed)
         return proto.response(proto.EX_OK, headers=headers)
 
-    def _learn(self, user: str, cls: str | None, do_set: bool, do_remove: bool, body: bytes) -> dict[str, Any]:
+    def _learn(self, user: str, tell: proto.Tell, body: bytes) -> dict[str, Any]:
+        """Store (or remove) the user's label; what was done, with ``label`` (the user's label now, None for
+        none) and ``changed`` (Set: local stored a label the user did not have)."""
         from spamtl.services.feedback import forget_feedback, record_feedback
 
         engine = self._engine()
-        out: dict[str, Any] = {}
-        if do_remove:
+        out: dict[str, Any] = {"label": None, "changed": False}
+        if tell.remove_local:
             forgot = forget_feedback(engine, self.settings, user=user, raw=body, now=_now())
             out.update(removed=forgot.removed, id=forgot.sha256[:12])
-        if do_set:
-            assert cls is not None
-            result = record_feedback(engine, self.settings, user=user, label=cls, raw=body, now=_now())
-            out.update(id=result.sha256[:12], version=result.model_version, labels=result.user_labels)
+        if tell.set_local:
+            assert tell.message_class is not None
+            result = record_feedback(engine, self.settings, user=user, label=tell.message_class, raw=body, now=_now(),
+                                     create_user=self.settings.auto_create_users)
+            out.update(id=result.sha256[:12], version=result.model_version, labels=result.user_labels,
+                       label=result.label, previous=result.previous_label or "-",
+                       changed=result.previous_label != result.label)
         return out
 
     def close(self) -> None:
@@ -459,6 +609,28 @@ class Worker:
             self.reader.store.close()
         if self.engine is not None:
             self.engine.dispose()
+
+
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reason: str) -> None:
+    """Answer EX_TEMPFAIL, end our side, and read and drop what the client still sends for a moment."""
+    writer.write(proto.response(proto.EX_TEMPFAIL, reason))
+    with contextlib.suppress(Exception):
+        writer.write_eof()
+        async with asyncio.timeout(LINGER_SECONDS):
+            left = LINGER_BYTES
+            while left > 0 and (block := await reader.read(min(left, 1 << 16))):
+                left -= len(block)
+
+
+def _policy(settings: Settings) -> Any:
+    """Who may act for whom (:class:`spamtl.peers.Policy`), from the ``serve_*`` settings."""
+    from spamtl.peers import Policy
+
+    try:
+        return Policy.from_settings(trusted=settings.serve_trusted, trusted_networks=settings.serve_trusted_networks,
+                                    allow_tell=settings.serve_allow_tell)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _verdicts_lost(count: int, exc: Exception) -> None:
@@ -476,7 +648,7 @@ def _report(verdict: Any, spam_value: str) -> str:
     return (f"spamtl verdict for {verdict.user or '(shared model)'}: {verdict.verdict}\n"
             f"  spam probability {verdict.probability:.4f}, spam cutoff {verdict.spam_cutoff:.4f}, "
             f"ham cutoff {verdict.ham_cutoff:.4f}\n"
-            f"  score / threshold (10 * logit): {spam_value.split(';', 1)[1].strip()}\n"
+            f"  score / threshold (SpamAssassin points): {spam_value.split(';', 1)[1].strip()}\n"
             f"  model v{verdict.model_version}, decided by {decided}, id {verdict.short_id}\n")
 
 
@@ -501,7 +673,18 @@ def _header_block(message: bytes) -> bytes:
 
 
 # ------------------------------------------------------------------ processes
-async def _run_worker(worker: Worker, sockets: list[socket.socket], ready: Callable[[], None] | None) -> None:
+HEARTBEAT_SECONDS = 1.0
+"""A worker's event loop reports that it is alive this often (a byte on a pipe to the supervisor)."""
+YOUNG_SECONDS = 10.0
+"""A worker that dies younger than this counts towards a crash loop; one that lived longer resets it."""
+BACKOFF_MAX_SECONDS = 30.0
+"""Longest wait before starting a worker again when workers keep dying young (1, 2, 4 ... 30 s)."""
+
+
+async def _run_worker(worker: Worker, sockets: list[socket.socket], beat: Callable[[], bool] | None,
+                      interval: float = HEARTBEAT_SECONDS) -> None:
+    """Serve until SIGTERM/SIGINT.  ``beat`` is called once serving and then every ``interval`` seconds
+    from the loop itself (so a stuck loop stops beating); it returns False when nobody listens any more."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -522,8 +705,17 @@ async def _run_worker(worker: Worker, sockets: list[socket.socket], ready: Calla
             servers.append(await asyncio.start_unix_server(worker.handle, sock=sock, limit=limit))
         else:
             servers.append(await asyncio.start_server(worker.handle, sock=sock, limit=limit))
-    if ready is not None:
-        ready()
+
+    def heartbeat() -> None:
+        if beat is None or stop.is_set():
+            return
+        if not beat():
+            emit("error", reason="the supervisor is gone; stopping")
+            stop.set()
+            return
+        loop.call_later(interval, heartbeat)
+
+    heartbeat()
     await stop.wait()
     # A second SIGTERM while finishing (a supervisor that asks twice) must not kill the requests in
     # flight: the loop's handlers go, and the signals are ignored until the process exits.
@@ -533,17 +725,17 @@ async def _run_worker(worker: Worker, sockets: list[socket.socket], ready: Calla
     for server in servers:
         server.close()
     if worker.tasks:  # finish what is in flight (each request is bounded by the read timeout)
-        await asyncio.wait(list(worker.tasks), timeout=worker.options.read_timeout + 5)
+        await asyncio.wait(list(worker.tasks), timeout=worker.settings.serve_read_timeout + 5)
     for server in servers:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
 
 
 def _worker_main(settings_factory: Callable[[], Settings], options: ServeOptions, sockets: list[socket.socket],
-                 ready: Callable[[], None] | None = None) -> None:
+                 beat: Callable[[], bool] | None = None, interval: float = HEARTBEAT_SECONDS) -> None:
     worker = Worker(settings_factory, options)
     try:
-        asyncio.run(_run_worker(worker, sockets, ready))
+        asyncio.run(_run_worker(worker, sockets, beat, interval))
     finally:
         worker.close()
 
@@ -552,25 +744,50 @@ def serve(settings_factory: Callable[[], Settings], options: ServeOptions,
           announce: Callable[[str], None] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; 0 on a clean stop.
 
-    With ``workers == 1`` everything runs in this process; otherwise this
-    process binds the sockets, forks the workers, forwards SIGHUP/SIGTERM to
-    them and restarts a worker that dies.
+    With ``serve_workers == 1`` everything runs in this process; otherwise
+    this process binds the sockets, forks the workers, forwards SIGHUP/SIGTERM
+    to them and supervises them (:class:`_Supervisor`).  Under systemd it
+    reports readiness, status and watchdog pings (``Type=notify``,
+    ``WatchdogSec=``).
     """
+    from spamtl import systemd
     from spamtl.services.classify import open_reader
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s spamtl[%(process)d] %(message)s")
-    open_reader(settings_factory()).store.close()  # fail fast: no database, wrong schema
-    sockets = bind_sockets(options)
+    settings = settings_factory()
+    open_reader(settings).store.close()  # fail fast: no database, wrong schema, unknown trusted account
+    _policy(settings)
+    sockets = bind_sockets(options, settings)
     where = ", ".join(describe(s) for s in sockets)
     unix_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX and options.socket_path]
-    message = f"spamtl serve: listening on {where} ({max(1, options.workers)} worker(s))"
+    workers = max(1, settings.serve_workers)
+    message = f"spamtl serve: listening on {where} ({workers} worker(s))"
+
+    def ready() -> None:
+        if announce is not None:
+            announce(message)
+        systemd.notify("READY=1", f"STATUS=serving on {where}, {workers} worker(s)")
+
     try:
-        if options.workers <= 1:
-            _worker_main(settings_factory, options, sockets,
-                         ready=(lambda: announce(message)) if announce else None)
+        if workers == 1:
+            watchdog = systemd.watchdog_interval()
+            started = False
+
+            def beat() -> bool:  # in-process: the loop's heartbeat is systemd's watchdog ping
+                nonlocal started
+                if not started:
+                    started = True
+                    ready()
+                elif watchdog is not None:
+                    systemd.notify("WATCHDOG=1")
+                return True
+
+            _worker_main(settings_factory, options, sockets, beat=beat,
+                         interval=min(HEARTBEAT_SECONDS, watchdog or HEARTBEAT_SECONDS))
             return 0
-        return _supervise(settings_factory, options, sockets, lambda: announce(message) if announce else None)
+        return _Supervisor(settings_factory, options, sockets, workers, settings.serve_hung_timeout, ready).run()
     finally:
+        systemd.notify("STOPPING=1")
         for sock in sockets:
             sock.close()
         for path in unix_paths:
@@ -578,29 +795,105 @@ def serve(settings_factory: Callable[[], Settings], options: ServeOptions,
                 os.unlink(path)
 
 
-def _supervise(settings_factory: Callable[[], Settings], options: ServeOptions, sockets: list[socket.socket],
-               ready: Callable[[], None]) -> int:
-    children: dict[int, float] = {}
-    stopping = False
+@dataclass(eq=False)
+class _Child:
+    pid: int
+    beats: int  # the read end of the worker's heartbeat pipe
+    started: float
+    last_beat: float | None = None
 
-    def spawn() -> int:
-        """Fork a worker; the returned fd reads one byte (or EOF) once it serves."""
-        ready_r, ready_w = os.pipe()
+
+class _Supervisor:
+    """Keeps ``workers`` worker processes serving the shared sockets.
+
+    - A worker that dies (any exit, any signal: kill -9, the OOM killer) is replaced at once; when
+      workers keep dying young (a broken store, a bad upgrade) each next start waits 1, 2, 4 ... 30 s,
+      and every death is logged with its cause and the wait.
+    - A worker whose event loop has not reported for ``serve_hung_timeout`` seconds is killed and replaced.
+    - systemd hears READY=1 once every first worker serves (or has died trying), STATUS=N of M
+      workers serving, and WATCHDOG=1 only while at least one worker serves: a daemon in which no
+      worker serves is restarted by systemd instead of quietly answering nothing.
+    """
+
+    def __init__(self, settings_factory: Callable[[], Settings], options: ServeOptions,
+                 sockets: list[socket.socket], workers: int, hung_timeout: float, ready: Callable[[], None]) -> None:
+        self.settings_factory, self.options, self.sockets = settings_factory, options, sockets
+        self.workers, self.hung_timeout, self.ready = workers, hung_timeout, ready
+        self.children: dict[int, _Child] = {}
+        self.starts: list[float] = []  # when each missing worker is due to start
+        self.young_deaths = 0
+        self.stopping: float | None = None
+        self.selector = selectors.DefaultSelector()
+
+    def run(self) -> int:
+        from spamtl import systemd
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._signal)
+        for _ in range(self.workers):
+            self._spawn()
+        first = {child.pid for child in self.children.values()}
+        watchdog = systemd.watchdog_interval()
+        next_ping = time.monotonic()
+        last_status = ""
+        while self.children or (self.starts and self.stopping is None):
+            now = time.monotonic()
+            self._read_beats(min(0.2, max(0.0, min(self.starts, default=now + 0.2) - now)))
+            self._reap()
+            now = time.monotonic()
+            if self.stopping is not None:
+                if now - self.stopping > 45.0:  # a worker that does not finish: a request is bounded far below
+                    self._kill_all()
+                continue
+            self._kill_hung(now)
+            if self.young_deaths and len(self.children) == self.workers and all(
+                    now - c.started >= YOUNG_SECONDS for c in self.children.values()):
+                self.young_deaths = 0  # every worker has lived past a crash loop's age: healthy again
+            while self.starts and self.starts[0] <= now:
+                self.starts.pop(0)
+                self._spawn()
+            if first is not None and all(pid not in self.children or self.children[pid].last_beat is not None
+                                         for pid in first):
+                first = None
+                self.ready()
+            serving = sum(1 for c in self.children.values()
+                          if c.last_beat is not None and now - c.last_beat < 3 * HEARTBEAT_SECONDS)
+            status = f"STATUS={serving} of {self.workers} workers serving"
+            if status != last_status and first is None:
+                if serving == 0:
+                    emit("error", reason="no worker is serving: requests wait until one starts")
+                systemd.notify(status)
+                last_status = status
+            if watchdog is not None and serving > 0 and now >= next_ping:
+                systemd.notify("WATCHDOG=1")
+                next_ping = now + watchdog
+        self.selector.close()
+        return 0
+
+    def _signal(self, sig: int, _frame: Any) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT) and self.stopping is None:
+            self.stopping = time.monotonic()
+            self.starts.clear()
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if sig == signal.SIGINT else sig)
+
+    def _spawn(self) -> None:
+        beats_r, beats_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
-            os.close(ready_r)
-
-            def serving() -> None:
-                os.write(ready_w, b"1")
-                os.close(ready_w)
-
             try:
+                os.close(beats_r)
+                for child in self.children.values():
+                    os.close(child.beats)
+                self.selector.close()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it: nothing cached yet
-                _worker_main(settings_factory, options, sockets, ready=serving)
-            except BaseException:  # noqa: BLE001
+                os.set_blocking(beats_w, False)
+                _worker_main(self.settings_factory, self.options, self.sockets, beat=functools.partial(_beat, beats_w))
+            except BaseException:  # noqa: BLE001 - the supervisor logs the exit code
                 import traceback
 
                 traceback.print_exc()
@@ -608,35 +901,81 @@ def _supervise(settings_factory: Callable[[], Settings], options: ServeOptions, 
             finally:
                 sys.stderr.flush()
                 os._exit(code)
-        os.close(ready_w)
-        children[pid] = time.monotonic()
-        return ready_r
+        os.close(beats_w)
+        child = _Child(pid, beats_r, time.monotonic())
+        self.children[pid] = child
+        self.selector.register(beats_r, selectors.EVENT_READ, child)
 
-    def forward(sig: int, _frame: Any) -> None:
-        nonlocal stopping
-        if sig in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(children):
+    def _read_beats(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            child: _Child = key.data
+            try:
+                data = os.read(child.beats, 4096)
+            except OSError:
+                data = b""
+            if data:
+                child.last_beat = time.monotonic()
+            else:  # the worker closed its end: it is exiting; _reap says how
+                self.selector.unregister(child.beats)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(child.beats)
+            os.close(child.beats)
+            if self.stopping is not None:
+                continue
+            lived = time.monotonic() - child.started
+            self.young_deaths = self.young_deaths + 1 if lived < YOUNG_SECONDS else 0
+            # Every worker may die once (kill -9 of all of them) and is replaced at once; a crash loop waits.
+            over = self.young_deaths - self.workers
+            wait = 0.0 if over <= 0 else min(BACKOFF_MAX_SECONDS, 2.0 ** (over - 1))
+            self.starts.append(time.monotonic() + wait)
+            self.starts.sort()
+            emit("error", reason=f"worker {pid} {_exit_cause(status)} after {lived:.1f} s; "
+                                 + ("starting another" if wait == 0 else
+                                    f"starting another in {wait:.0f} s ({self.young_deaths} young deaths in a row)"))
+
+    def _kill_hung(self, now: float) -> None:
+        for child in list(self.children.values()):
+            if now - (child.last_beat or child.started) > self.hung_timeout:
+                emit("error", reason=f"worker {child.pid} has not answered for {self.hung_timeout:g} s; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+                child.last_beat = now  # killed once; _reap replaces it
+
+    def _kill_all(self) -> None:
+        for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM if sig == signal.SIGINT else sig)
+                os.kill(pid, signal.SIGKILL)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for fd in [spawn() for _ in range(options.workers)]:
-        with contextlib.suppress(OSError):
-            os.read(fd, 1)  # announce only once every worker serves (or died trying)
-        os.close(fd)
-    ready()
-    while children:
+
+def _beat(fd: int) -> bool:
+    """One heartbeat byte to the supervisor; False once it is gone (the pipe is broken)."""
+    try:
+        os.write(fd, b".")
+    except BlockingIOError:  # the supervisor is behind on reading: it knows we are alive
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def _exit_cause(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
         try:
-            pid, _status = os.wait()
-        except ChildProcessError:
-            break
-        started = children.pop(pid, None)
-        if started is not None and not stopping:
-            emit("error", reason=f"worker {pid} exited; starting another")
-            if time.monotonic() - started < 1.0:
-                time.sleep(1.0)  # a worker that dies at once: do not spin
-            if not stopping:
-                os.close(spawn())
-    return 0
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"was killed by {name}"
+    return f"exited with code {os.WEXITSTATUS(status)}"

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-__all__ = ["RawMail", "Unreadable", "iter_mail", "read_mbox", "looks_like_mail", "MAX_MESSAGE_BYTES", "MAIL_SNIFF_BYTES"]
+__all__ = ["RawMail", "Unreadable", "iter_mail", "count_mail", "read_mbox", "looks_like_mail", "MAX_MESSAGE_BYTES", "MAIL_SNIFF_BYTES"]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """A single message larger than this is reported unreadable rather than loaded."""
@@ -58,6 +58,9 @@ class Unreadable:
 
     origin: str
     reason: str
+    # Set when the file was read but is not mail (empty, a picture, prose): the reason in
+    # spamtl.mail.not_mail_reason's words, so that classify reports it as skipped, as it does stdin.
+    not_mail: str | None = None
 
 
 class _Reader(Protocol):
@@ -103,25 +106,32 @@ def _is_mbox(head: bytes) -> bool:
     return head.startswith(b"From ")
 
 
-# A header field line: printable name without the colon, optional blanks, a colon.
-_FIELD_LINE_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 MAIL_SNIFF_BYTES = 4096
-"""Bytes at the start of a file that decide whether it is mail (its first non-empty line must end within them)."""
+
+
+def _not_mail(head: bytes) -> str | None:
+    """Why a file that starts with ``head`` is no mail message (:func:`spamtl.mail.not_mail_reason`), or None.
+
+    A file may start with a UTF-8 byte-order mark and empty lines, which editors and exports add; a
+    file that starts with an mbox ``From `` line is a mailbox, whose messages are judged one by one.
+    """
+    from spamtl.mail import not_mail_reason
+
+    text = head[:MAIL_SNIFF_BYTES].removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    return None if text.startswith(b"From ") else not_mail_reason(text)
 
 
 def looks_like_mail(head: bytes) -> bool:
     """True when the first non-empty line is an mbox ``From `` line or a header field (``Name: value``).
 
-    ``head`` is the start of the file (``MAIL_SNIFF_BYTES`` are enough).  Leading
-    empty or blank lines and a UTF-8 byte-order mark are skipped.  PNG, ELF, PDF
-    and zip files, and prose such as a README, fail; every message of the
+    ``head`` is the start of the file (``MAIL_SNIFF_BYTES`` are enough).  PNG, ELF,
+    PDF and zip files, and prose such as a README, fail; every message of the
     SpamAssassin and Enron corpora passes.
 
     >>> looks_like_mail(b"Return-Path: <a@b>\\nSubject: x\\n\\nbody"), looks_like_mail(b"# README\\n\\nText: here")
     (True, False)
     """
-    text = head[:MAIL_SNIFF_BYTES].removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
-    return text.startswith(b"From ") or _FIELD_LINE_RE.match(text) is not None
+    return _not_mail(head) is None
 
 
 _BLOCK = 1 << 20
@@ -221,6 +231,7 @@ class _TrustedStream:
 
 
 _UNQUOTE_RE = re.compile(rb"^>(>*From )", re.MULTILINE)
+_EMPTY_MESSAGE = "empty message: an mbox `From ` line with nothing after it"
 
 
 def _finish(content: bytes) -> bytes:
@@ -267,6 +278,8 @@ def read_mbox(fh: _Reader, origin: str) -> Iterator[RawMail | Unreadable]:
         name = f"{origin}#{count}"
         if too_big:
             return Unreadable(name, f"message larger than {MAX_MESSAGE_BYTES // 2**20} MiB; skipped")
+        if not content.strip():
+            return Unreadable(name, _EMPTY_MESSAGE)
         return RawMail(name, _finish(content))
 
     while True:
@@ -274,12 +287,11 @@ def read_mbox(fh: _Reader, origin: str) -> Iterator[RawMail | Unreadable]:
         eol = buf.find(b"\n", i + 1) if i >= 0 else -1
         if i < 0 or (eol < 0 and not eof):
             if eof:
-                if buf[start:].strip():
-                    if getattr(fh, "cut", False):
-                        count += 1
-                        yield Unreadable(f"{origin}#{count}", "cut short by damage to the file; not imported")
-                    else:
-                        yield emit(buf[start:])
+                if not getattr(fh, "cut", False):
+                    yield emit(buf[start:])  # a separator with nothing after it (a file of one `From ` line) too
+                elif buf[start:].strip():
+                    count += 1
+                    yield Unreadable(f"{origin}#{count}", "cut short by damage to the file; not imported")
                 return
             # Need more data: resume at the unfinished separator, or a few bytes
             # back so that one split across two blocks is still found.
@@ -293,7 +305,8 @@ def read_mbox(fh: _Reader, origin: str) -> Iterator[RawMail | Unreadable]:
             buf += more
             continue
         line = buf[i + 1: eol + 1 if eol >= 0 else len(buf)]
-        blank_before = buf[i - 1:i] == b"\n" or buf[i - 2:i] == b"\n\r"
+        # i == start == 0: the message begins with this empty line, right after the previous separator line.
+        blank_before = buf[i - 1:i] == b"\n" or buf[i - 2:i] == b"\n\r" or (i == start == 0 and not too_big)
         if blank_before and i >= start and _SEPARATOR_RE.match(line):
             yield emit(buf[start:i + 1])
             too_big = False
@@ -344,10 +357,12 @@ def _read_stream(fh: _Reader, origin: str, size: int | None) -> Iterator[RawMail
         yield Unreadable(origin, f"{damage}; the message was not imported")
         return
     if not head.strip():
-        yield Unreadable(origin, "empty file")
+        yield Unreadable(origin, "empty file", not_mail="empty message")
         return
-    if not looks_like_mail(head):
-        yield Unreadable(origin, "not a mail message (it does not begin with header lines); skipped")
+    not_mail = _not_mail(head)
+    if not_mail is not None:
+        yield Unreadable(origin, "not a mail message (it does not begin with header lines); skipped",
+                         not_mail=not_mail)
         return
     if size is not None and size > MAX_MESSAGE_BYTES:
         yield Unreadable(origin, f"file larger than {MAX_MESSAGE_BYTES // 2**20} MiB; skipped")
@@ -434,3 +449,46 @@ def iter_mail(paths: Iterable[str | os.PathLike[str]]) -> Iterator[RawMail | Unr
             yield from _read_file(path)
         else:
             yield Unreadable(str(path), "no such file or directory")
+
+
+def count_mail(paths: Iterable[str | os.PathLike[str]]) -> int:
+    """About how many items :func:`iter_mail` yields for ``paths``: a progress bar's total.
+
+    One per file, or one per ``From `` line in an mbox (gzip-compressed too),
+    so it reads each mbox once more; nothing is parsed.  An unescaped ``From ``
+    line in a body counts as a message, a damaged file as what it held so far.
+    """
+    total = 0
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            total += sum(_count_file(item) for item in _walk(path) if isinstance(item, Path))
+        elif path.exists():
+            total += _count_file(path)
+    return total
+
+
+def _count_file(path: Path) -> int:
+    import gzip
+
+    count = 0
+    try:
+        if _not_regular(os.stat(path).st_mode):
+            return 1
+        with _open_regular(path) as fh:
+            stream: _Reader = fh
+            if fh.read(2) == _GZIP_MAGIC:
+                stream = gzip.GzipFile(fileobj=fh, mode="rb")
+            fh.seek(0)
+            block = stream.read(MAIL_SNIFF_BYTES)
+            if not _is_mbox(block):
+                return 1
+            carry = b"\n"  # the file begins a line
+            while block:
+                data = carry + block
+                count += data.count(b"\nFrom ")
+                carry = data[-5:]  # shorter than the pattern: a match across two blocks is counted once
+                block = stream.read(_BLOCK)
+    except (OSError, EOFError, zlib.error):
+        pass
+    return max(count, 1)

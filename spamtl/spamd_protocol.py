@@ -1,4 +1,4 @@
-"""The SPAMC/SPAMD protocol (as SpamAssassin's ``spamd`` speaks it): parsing and formatting, no I/O.
+"""The SPAMC/SPAMD protocol (as SpamAssassin's ``spamd`` speaks it): parsing and formatting.
 
 A request is ``COMMAND SPAMC/1.5`` on one line, header lines ``Name: value``,
 an empty line, then ``Content-length`` bytes of message.  A response is
@@ -6,26 +6,62 @@ an empty line, then ``Content-length`` bytes of message.  A response is
 ``\\r\\n`` (a bare ``\\n`` is accepted).  Codes are the ``sysexits.h`` numbers
 spamc knows.
 
-spamtl's score scale (what ``Spam: True ; S / T`` says):
+The client side is here too (``spamtl tell``): :func:`tell_request` builds a
+TELL as ``spamc -L`` does, :func:`exchange` is the client's one round trip
+(the only I/O in this module), :func:`parse_response` reads the answer and
+:func:`tell_outcome` says whether the daemon confirmed what was asked.
 
-    S = 10 * ln(p / (1 - p))      p = the user's spam probability
-    T = 10 * ln(c / (1 - c))      c = the user's spam cutoff
+spamtl's score scale (what ``Spam: True ; S / 5.0`` and ``X-Spam-Status: ...
+score=S required=5.0`` say) is SpamAssassin's: the threshold is always
+``required_score`` 5.0, so rules written for SpamAssassin's points work.  S is
+piecewise linear in the log-odds ``z = ln(p / (1 - p))`` of the user's spam
+probability p, anchored at the user's two cutoffs (a = the log-odds of the ham
+cutoff, b = that of the spam cutoff):
 
-so S >= T exactly when p >= c, a probability of 0.5 is 0, 0.9 is 22.0 and
-0.99 is 46.0.  Both are shown with one decimal (as spamc prints them); when
-rounding would contradict the verdict (or the user's own label decides), S is
-moved to T (spam) or to T - 0.1 (not spam), so ``S >= T`` holds exactly when
-``Spam: True`` does.
+    S = 5 * (z - a) / (b - a)      a <  z <  b   (unsure: 0 < S < 5)
+    S = k * (z - a)                z <= a        (ham: S <= 0)
+    S = 5 + k * (z - b)            z >= b        (spam: S >= 5)
+    k = 5 / max(b - a, 1)          points per unit of log-odds beyond the band
+
+so the ham cutoff is 0 points, the spam cutoff 5.0, and with a band at least
+one log-odds wide (training makes it so) the three pieces are one line: with
+the default cutoffs 0.5 and 0.9 (b = ln 9), p = 0.99 is 10.5 points, 0.7 is
+1.9 and 0.1 is -5.0.  A narrower band (an administrator's cutoffs, down to
+zero width) keeps 5 points per unit of log-odds outside it, so scores do not
+jump to the limits.  Probabilities are clamped to [1e-9, 1 - 1e-9] and S to
+[-100, 100] (SpamAssassin's own extremes: a welcome-listed sender is -100).
+S is shown with one decimal (as spamc prints it); when rounding, or the user's
+own label deciding the verdict, would put S outside the verdict's range, S is
+moved to its edge: spam at least 5.0, unsure 0.1 to 4.9, ham at most 0.0.  So
+``S >= 5.0`` holds exactly when ``Spam: True`` does (SpamAssassin's
+``get_tag_value_for_score`` keeps the same promise at its threshold).
+
+PROCESS and HEADERS add SpamAssassin's headers in its default layout (see
+:func:`spamassassin_headers`) besides spamtl's own ``X-Spamtl-Status``.
+
+TELL (spamc ``-L`` and ``-C``): ``local`` is the user's own label, stored and
+learnt at once; ``remote`` (SpamAssassin's collaborative databases) is
+spamtl's shared model, which every user's labels train at the next ``spamtl
+train``, so ``Set: remote`` is done once the label is stored, and ``Remove:
+remote`` (``spamc -C revoke``) once the user's label is not spam.  As in
+spamd, ``DidSet: local`` (``DidRemove: local``) is sent only when the request
+changed the user's label: a label the user already had is "already learned"
+(no ``DidSet: local``).  Every successful answer also says the user's label
+after the request, ``Spamtl-Label: spam|ham|none``, so ``spamtl tell`` can
+tell "already learned" (success) from a label that was not stored.
 """
 
 from __future__ import annotations
 
 import math
+import socket
 from dataclasses import dataclass, field
 
-__all__ = ["PROTOCOL_VERSION", "COMMANDS", "ProtocolError", "Request", "parse_request_line", "parse_header",
-           "build_request", "response", "spam_header", "score_scale", "EX_OK", "EX_USAGE", "EX_DATAERR",
-           "EX_NOUSER", "EX_SOFTWARE", "EX_TEMPFAIL", "EX_PROTOCOL", "EX_UNAVAILABLE"]
+__all__ = ["PROTOCOL_VERSION", "COMMANDS", "ProtocolError", "Request", "Tell", "parse_request_line", "parse_header",
+           "build_request", "response", "REQUIRED_SCORE", "spamassassin_points", "score_scale", "spam_header",
+           "spamassassin_headers", "TELL_LABEL_HEADER", "tell_answer_headers", "Response", "TELL_LABELS",
+           "MAX_SENT_BYTES", "tell_request", "exchange", "parse_response", "tell_outcome", "EX_OK", "EX_USAGE",
+           "EX_DATAERR", "EX_NOUSER", "EX_SOFTWARE", "EX_TEMPFAIL", "EX_PROTOCOL", "EX_UNAVAILABLE", "EX_NOPERM"]
 
 PROTOCOL_VERSION = "1.5"
 COMMANDS = frozenset({"PING", "CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS", "TELL", "SKIP"})
@@ -46,12 +82,22 @@ EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_PROTOCOL = 76
+EX_NOPERM = 77
 _CODE_NAMES = {EX_OK: "EX_OK", EX_USAGE: "EX_USAGE", EX_DATAERR: "EX_DATAERR", EX_NOUSER: "EX_NOUSER",
                EX_UNAVAILABLE: "EX_UNAVAILABLE", EX_SOFTWARE: "EX_SOFTWARE", EX_TEMPFAIL: "EX_TEMPFAIL",
-               EX_PROTOCOL: "EX_PROTOCOL"}
+               EX_PROTOCOL: "EX_PROTOCOL", EX_NOPERM: "EX_NOPERM"}
 
 _P_EPSILON = 1e-9
-"""Probabilities are clamped to [1e-9, 1 - 1e-9] for the score (|S| <= 207.2)."""
+"""Probabilities (and cutoffs) are clamped to [1e-9, 1 - 1e-9] for the score (|log-odds| <= 20.7)."""
+REQUIRED_SCORE = 5.0
+"""The threshold every score is shown against: SpamAssassin's default ``required_score``."""
+MIN_BAND_LOGODDS = 1.0
+"""Outside the unsure band S moves 5 points per band width in log-odds, but at most 5 per unit of log-odds
+(training keeps a band at least 1 log-odds wide; only an administrator's cutoffs are narrower)."""
+SCORE_LIMIT = 100.0
+"""|S| is at most this: SpamAssassin's own extremes (USER_IN_WELCOMELIST is -100)."""
+MAX_STARS = 50
+"""Most ``*`` in ``X-Spam-Level``, as SpamAssassin's ``_STARS_`` tag."""
 
 
 class ProtocolError(Exception):
@@ -93,19 +139,40 @@ class Request:
             raise ProtocolError(EX_PROTOCOL, f"unknown Compress {value.strip()[:20]!r}")
         return True
 
-    def tell(self) -> tuple[str | None, bool, bool]:
-        """(message class, set locally, remove locally) of a TELL; ProtocolError if it asks for nothing."""
+    def tell(self) -> Tell:
+        """What a TELL asks (see :class:`Tell`); ProtocolError if it asks for nothing spamtl does."""
         cls = self.headers.get("message-class", "").strip().lower() or None
         if cls is not None and cls not in ("spam", "ham"):
             raise ProtocolError(EX_PROTOCOL, f"bad Message-class {cls[:20]!r}")
         sets = _words(self.headers.get("set", ""))
         removes = _words(self.headers.get("remove", ""))
-        do_set, do_remove = "local" in sets, "local" in removes
-        if do_set and cls is None:
+        tell = Tell(cls, "local" in sets, "local" in removes, "remote" in sets, "remote" in removes)
+        if tell.set_local and cls is None:
             raise ProtocolError(EX_PROTOCOL, "TELL with Set needs Message-class: spam or ham")
-        if not do_set and not do_remove:
+        if not tell.set_local and not tell.remove_local:
+            # remote alone: spamtl's shared model learns only from users' own (local) labels
             raise ProtocolError(EX_PROTOCOL, "TELL needs Set: local or Remove: local")
-        return cls, do_set, do_remove
+        if tell.set_remote and cls is None:
+            raise ProtocolError(EX_PROTOCOL, "TELL with Set needs Message-class: spam or ham")
+        if tell.set_remote and tell.remove_remote:
+            raise ProtocolError(EX_PROTOCOL, "TELL cannot Set: remote and Remove: remote at once")
+        return tell
+
+
+@dataclass(frozen=True)
+class Tell:
+    """What a TELL asks: the message's class, and what to set and remove, locally and remotely.
+
+    spamc ``-L spam|ham`` sends ``Set: local``, ``-L forget`` ``Remove: local``, ``-C report``
+    ``Message-class: spam`` and ``Set: local,remote``, ``-C revoke`` ``Message-class: ham``, ``Set:
+    local`` and ``Remove: remote``.  ``remote`` is spamtl's shared model (see the module doc).
+    """
+
+    message_class: str | None
+    set_local: bool
+    remove_local: bool
+    set_remote: bool = False
+    remove_remote: bool = False
 
 
 def _words(value: str) -> set[str]:
@@ -176,23 +243,228 @@ def response(code: int, message: str | None = None, headers: list[tuple[str, str
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b"")
 
 
-def _logit10(p: float) -> float:
+def _logodds(p: float) -> float:
     p = min(max(p, _P_EPSILON), 1.0 - _P_EPSILON)
-    return 10.0 * math.log(p / (1.0 - p))
+    return math.log(p / (1.0 - p))
 
 
-def score_scale(probability: float, cutoff: float, is_spam: bool) -> tuple[float, float]:
-    """``(S, T)`` as shown, one decimal each; ``S >= T`` exactly when ``is_spam`` (see module doc)."""
-    threshold = round(_logit10(cutoff), 1)
-    score = round(_logit10(probability), 1)
-    if is_spam and score < threshold:
-        score = threshold
-    elif not is_spam and score >= threshold:
-        score = round(threshold - 0.1, 1)
-    return score, threshold
+def spamassassin_points(probability: float, spam_cutoff: float, ham_cutoff: float) -> float:
+    """S before rounding: the map of the module doc (ham cutoff 0 points, spam cutoff 5.0), in [-100, 100]."""
+    z, b = _logodds(probability), _logodds(spam_cutoff)
+    a = min(_logodds(ham_cutoff), b)
+    slope = REQUIRED_SCORE / max(b - a, MIN_BAND_LOGODDS)
+    if z >= b:
+        points = REQUIRED_SCORE + slope * (z - b)
+    elif z <= a:
+        points = slope * (z - a)
+    else:
+        points = REQUIRED_SCORE * (z - a) / (b - a)
+    return min(max(points, -SCORE_LIMIT), SCORE_LIMIT)
 
 
-def spam_header(probability: float, cutoff: float, is_spam: bool) -> tuple[str, str]:
-    """The ``Spam: True ; S / T`` header."""
-    score, threshold = score_scale(probability, cutoff, is_spam)
-    return "Spam", f"{'True' if is_spam else 'False'} ; {score:.1f} / {threshold:.1f}"
+def score_scale(probability: float, spam_cutoff: float, ham_cutoff: float, verdict: str) -> tuple[float, float]:
+    """``(S, 5.0)`` as shown, S with one decimal and in ``verdict``'s range (``S >= 5.0`` exactly for spam).
+
+    ``verdict`` is ``spam``, ``ham`` or ``unsure``: the model's at these cutoffs, or the user's own label.
+    """
+    score = round(spamassassin_points(probability, spam_cutoff, ham_cutoff), 1)
+    if verdict == "spam":
+        score = max(score, REQUIRED_SCORE)
+    elif verdict == "ham":
+        score = min(score, 0.0)
+    else:
+        score = min(max(score, 0.1), round(REQUIRED_SCORE - 0.1, 1))
+    return score + 0.0, REQUIRED_SCORE  # + 0.0: never "-0.0"
+
+
+def spam_header(probability: float, spam_cutoff: float, ham_cutoff: float, verdict: str) -> tuple[str, str]:
+    """The ``Spam: True ; S / 5.0`` header (True for a spam verdict only)."""
+    score, threshold = score_scale(probability, spam_cutoff, ham_cutoff, verdict)
+    return "Spam", f"{'True' if verdict == 'spam' else 'False'} ; {score:.1f} / {threshold:.1f}"
+
+
+def spamassassin_headers(score: float, is_spam: bool, tests: list[str], version: str) -> list[tuple[str, str]]:
+    """SpamAssassin's ``X-Spam-Flag``, ``X-Spam-Level`` and ``X-Spam-Status`` for a shown score.
+
+    As its default configuration writes them (``rules/10_default_prefs.cf``): ``X-Spam-Flag: YES`` for
+    spam only; ``X-Spam-Level`` one ``*`` per whole point (at most 50), an empty value below 1 point;
+    ``X-Spam-Status: Yes, score=7.3 required=5.0 tests=A,B autolearn=no version=...`` (``No`` when not
+    spam; the tests sorted, ``none`` when there are none).  On one line, as with ``fold_headers 0``.
+
+    >>> for name, value in spamassassin_headers(7.3, True, ["SPAMTL_SPAM", "SPAMTL_SHARED_SPAM"], "spamtl-1.0"):
+    ...     print(f"{name}: {value}")
+    X-Spam-Flag: YES
+    X-Spam-Level: *******
+    X-Spam-Status: Yes, score=7.3 required=5.0 tests=SPAMTL_SHARED_SPAM,SPAMTL_SPAM autolearn=no version=spamtl-1.0
+    """
+    stars = "*" * min(max(int(score), 0), MAX_STARS)
+    status = (f"{'Yes' if is_spam else 'No'}, score={score:.1f} required={REQUIRED_SCORE:.1f} "
+              f"tests={','.join(sorted(tests)) or 'none'} autolearn=no version={version}")
+    return ([("X-Spam-Flag", "YES")] if is_spam else []) + [("X-Spam-Level", stars), ("X-Spam-Status", status)]
+
+
+TELL_LABEL_HEADER = "Spamtl-Label"
+"""The header of every successful TELL answer that says the user's label of the message after it."""
+
+
+def tell_answer_headers(tell: Tell, *, label: str | None, is_changed: bool, is_removed: bool) -> list[tuple[str, str]]:
+    """The headers of a successful answer to ``tell``, as spamd sends them, and ``Spamtl-Label``.
+
+    ``label`` is the user's label of the message after the request (None: none), ``is_changed`` whether
+    ``Set: local`` stored a label the user did not have, ``is_removed`` whether ``Remove: local`` removed
+    one.  ``local`` is confirmed only for a change (spamc: "Message was already un/learned" otherwise),
+    ``remote`` whenever the state it asks for holds (see the module doc).  spamc reads ``DidSet`` and
+    ``DidRemove`` as one word: the values are joined by a comma without a space, as spamd does.
+    """
+    did_set = ((["local"] if tell.set_local and is_changed else [])
+               + (["remote"] if tell.set_remote and label is not None and label == tell.message_class else []))
+    did_remove = ((["local"] if tell.remove_local and is_removed else [])
+                  + (["remote"] if tell.remove_remote and label != "spam" else []))
+    headers = [("DidSet", ",".join(did_set))] if did_set else []
+    if did_remove:
+        headers.append(("DidRemove", ",".join(did_remove)))
+    return [*headers, (TELL_LABEL_HEADER, label or "none")]
+
+
+# ------------------------------------------------------------------ the client side (spamtl tell)
+TELL_LABELS = ("spam", "ham", "forget")
+"""What a TELL can say: learn spam, learn ham, forget the user's label (spamc ``-L spam|ham|forget``)."""
+MAX_SENT_BYTES = 64 << 20
+"""Largest message a client sends, and the most of a message over ``max_message_bytes`` that the
+daemon reads and drops so that the client gets to read its EX_DATAERR answer (past that the connection
+would break mid-send and the reason be lost)."""
+MAX_REPLY_BYTES = 64 << 10
+"""Longest answer to a TELL the client reads (the daemon's is a status line and two headers)."""
+
+
+@dataclass
+class Response:
+    """A daemon's answer: ``SPAMD/1.5 code message``, headers (lower-cased names) and body."""
+
+    code: int
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+def tell_request(user: str, label: str, message: bytes) -> bytes:
+    """The TELL request ``spamc -L label -u user`` sends for ``message``.
+
+    spam and ham: ``Message-class`` and ``Set: local``; forget: ``Remove: local``.  A user name that
+    could break the header (a line break, control characters) is refused with EX_NOUSER.
+    """
+    if label not in TELL_LABELS:
+        raise ValueError(f"label must be one of {', '.join(TELL_LABELS)}, not {label!r}")
+    if not user or user != user.strip() or not user.isprintable() or len(user.encode("utf-8")) > 255:
+        raise ProtocolError(EX_NOUSER, f"bad user name {user[:40]!r}")
+    lines = [f"TELL SPAMC/{PROTOCOL_VERSION}", f"Content-length: {len(message)}", f"User: {user}"]
+    if label == "forget":
+        lines.append("Remove: local")
+    else:
+        lines += [f"Message-class: {label}", "Set: local"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + message
+
+
+def exchange(address: str | tuple[str, int], request: bytes, timeout: float) -> bytes:
+    """Send one request to the daemon at ``address`` (a Unix socket path, or (host, port)) and return
+    its whole answer (the daemon closes the connection after it).
+
+    Every failure is a :class:`ProtocolError` with the exit code it means: EX_UNAVAILABLE when nothing
+    listens there, EX_NOPERM when the socket's mode or group keeps this account out, EX_TEMPFAIL when
+    the connection breaks or no answer comes within ``timeout`` seconds.
+    """
+    where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+    try:
+        if isinstance(address, str):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(address)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(address, timeout=timeout)
+    except PermissionError as exc:
+        raise ProtocolError(EX_NOPERM, f"cannot connect to spamtl serve at {where}: {exc.strerror} "
+                                       "(the socket's mode and group: serve --socket-mode/--socket-group)") from None
+    except TimeoutError:
+        raise ProtocolError(EX_TEMPFAIL, f"cannot connect to spamtl serve at {where}: timed out") from None
+    except OSError as exc:
+        raise ProtocolError(EX_UNAVAILABLE, f"cannot connect to spamtl serve at {where}: "
+                                            f"{exc.strerror or exc} (is it running?)") from None
+    with sock:
+        try:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+        except TimeoutError:
+            raise ProtocolError(EX_TEMPFAIL, f"spamtl serve at {where} took no more of the request "
+                                             f"within {timeout:g} s") from None
+        except OSError:
+            pass  # the daemon answered early and hung up (busy, too large): its answer may be waiting
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size <= MAX_REPLY_BYTES:
+                block = sock.recv(1 << 16)
+                if not block:
+                    break
+                chunks.append(block)
+                size += len(block)
+        except TimeoutError:
+            raise ProtocolError(EX_TEMPFAIL, f"no answer from spamtl serve at {where} within {timeout:g} s") from None
+        except OSError as exc:
+            if not chunks:
+                raise ProtocolError(EX_TEMPFAIL, f"spamtl serve at {where} closed the connection without an "
+                                                 f"answer: {exc.strerror or exc}") from None
+    if not chunks:
+        raise ProtocolError(EX_TEMPFAIL, f"spamtl serve at {where} closed the connection without an answer")
+    if size > MAX_REPLY_BYTES:
+        raise ProtocolError(EX_PROTOCOL, f"the answer of {where} is longer than {MAX_REPLY_BYTES} bytes")
+    return b"".join(chunks)
+
+
+def parse_response(data: bytes) -> Response:
+    """A :class:`Response` from the bytes of a whole answer; ProtocolError (EX_PROTOCOL) if it is not one."""
+    head, body = data, b""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        if separator in data:
+            head, _, body = data.partition(separator)
+            break
+    lines = head.splitlines()
+    if not lines:
+        raise ProtocolError(EX_PROTOCOL, "empty answer")
+    status = _text(lines[0])
+    version, _, rest = status.partition(" ")
+    code, _, message = rest.partition(" ")
+    if not version.startswith("SPAMD/") or not code.isdigit() or len(code) > 3:
+        raise ProtocolError(EX_PROTOCOL, f"not a spamd answer: {status[:60]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, value = parse_header(line)
+        headers[name] = value
+    return Response(int(code), message.strip(), headers, body)
+
+
+def tell_outcome(answer: Response, label: str) -> tuple[int, str]:
+    """``(exit code, reason)`` of the answer to a TELL of ``label``: ``(0, "")`` only when the daemon
+    says the user's label is now what was asked.
+
+    That is ``DidSet: local`` for spam and ham (``DidRemove: local`` for forget: the label changed), or
+    ``Spamtl-Label: spam|ham|none`` equal to what was asked (the user already had it: spamc's "Message
+    was already un/learned").  A ``Spamtl-Label`` that says otherwise is never success, whatever else
+    the answer says.  A refusal keeps the daemon's code and reason; EX_OK without either confirmation
+    (a daemon that ignored the request) is EX_PROTOCOL.
+    """
+    said = f"spamtl serve answered {answer.code} ({_CODE_NAMES.get(answer.code, 'unknown code')})"
+    if answer.code != EX_OK:
+        code = answer.code if answer.code in _CODE_NAMES else EX_PROTOCOL
+        return code, f"{said}: {answer.message}" if answer.message else said
+    wanted = "none" if label == "forget" else label
+    stored = answer.headers.get(TELL_LABEL_HEADER.lower())
+    if stored is not None and stored.strip().lower() != wanted:
+        return EX_PROTOCOL, f"{said} with {TELL_LABEL_HEADER}: {stored[:20]} (not {wanted}: not stored)"
+    confirm = "DidRemove" if label == "forget" else "DidSet"
+    if stored is None and "local" not in _words(answer.headers.get(confirm.lower(), "")):
+        return EX_PROTOCOL, f"{said} without {confirm}: local or {TELL_LABEL_HEADER} (not confirmed)"
+    return EX_OK, ""

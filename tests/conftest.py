@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -135,6 +136,22 @@ def write_mbox(path: Path, messages: list[bytes]) -> Path:
         for raw in messages:
             fh.write(b"From MAILER-DAEMON Thu Jan  1 00:00:00 2004\n" + raw.rstrip(b"\n") + b"\n\n")
     return path
+
+
+def run(db: str, *args: str, input: bytes | None = None):  # type: ignore[no-untyped-def]
+    """``spamtl ARGS --db DB`` in process (typer's CliRunner), ``input`` on stdin; exceptions are raised."""
+    from typer.testing import CliRunner
+
+    from spamtl.cli import app
+
+    return CliRunner().invoke(app, [*args, "--db", db], input=input, catch_exceptions=False)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -55,6 +55,30 @@ def _many_urls(size: int) -> bytes:
     return HEAD + b"\n" + lines[:size]
 
 
+def _header_storm(size: int, value: bytes) -> bytes:
+    """Header fields of about 8 KB (the per-field cut) of ``value``: the red-team shape of issue 24 at 512 KB."""
+    line = 8 * 1024 // len(value)
+    fields = b"".join(b"X-A%03d: " % i + value * line + b"\n" for i in range(max(1, size // (len(value) * line + 8))))
+    return b"From: a@example.com\nSubject: hi\n" + fields + b"\nbody\n"
+
+
+def _part_header_storm(size: int) -> bytes:
+    start = HEAD + b"Content-Type: multipart/mixed; boundary=b\n\n--b\n"
+    return _fill(start, b"X:v\n", size, b"\nbody\n--b--\n")
+
+
+def _encoded_filenames(size: int) -> bytes:
+    part = (b"--b\nContent-Type: application/octet-stream\nContent-Disposition: attachment; filename=\""
+            + b"=?a?q??=" * 100 + b"\"\n\nx\n")
+    return _fill(HEAD + b"Content-Type: multipart/mixed; boundary=b\n\n", part, size, b"--b--\n")
+
+
+def _one_line_base64(size: int) -> bytes:
+    text = b"perfectly ordinary words repeated in a long text part " * (size // 74 + 1)
+    body = base64.b64encode(text)[:size]
+    return HEAD + b"Content-Type: text/plain\nContent-Transfer-Encoding: base64\n\n" + body
+
+
 def _valid_base64_text(size: int) -> bytes:
     text = b"perfectly ordinary words repeated in a long text part " * (size // 74 + 1)
     return HEAD + b"Content-Type: text/plain\nContent-Transfer-Encoding: base64\n\n" + base64.encodebytes(text)[:size]
@@ -98,6 +122,24 @@ SHAPES: dict[str, Callable[[int], bytes]] = {
     "long_domain": lambda n: _fill(HEAD + b"\nhttp://", b"a.", n, b"com/ x"),
     "dotted_words": lambda n: _fill(HEAD + b"\n", b"a.-'", n),
     "binary_noise": _binary_noise,
+    # Issue 24 (bounded work per message, under the 512 KB size limit).
+    "unclosed_encoded_words": lambda n: _header_storm(n, b"=?a?q?x"),
+    "unclosed_after_one_word": lambda n: _header_storm(n, b"=?a?q?x").replace(b": =?a?q?x", b": =?a?q?hi?= "),
+    "empty_encoded_words": lambda n: _header_storm(n, b"=?a?q??="),
+    "spaced_encoded_words": lambda n: _header_storm(n, b"=?utf-8?q?a?= "),
+    "q_escape_storm": lambda n: _header_storm(n, b"=?utf-8?q?" + b"=C3=A9" * 1300 + b"==?="),
+    "tiny_headers": lambda n: _fill(b"From: a@b.com\n", b"X:v\n", n, b"\nbody\n"),
+    "continuation_storm": lambda n: _fill(HEAD + b"X-Long: v\n", b" v\n", n, b"\nbody\n"),
+    "part_header_storm": _part_header_storm,
+    "encoded_filenames": _encoded_filenames,
+    "one_line_base64": _one_line_base64,
+    "same_url": lambda n: _fill(HEAD + b"\n", b"http://a.example/ ", n),
+    "long_header_line": lambda n: _fill(HEAD + b"X-Long: ", b"a", n, b"\n\nbody\n"),
 }
 
 SIZES = {"100KB": 100 * 1024, "1MB": 1024 * 1024, "10MB": 10 * 1024 * 1024}
+
+RED_TEAM = (b"From: a@example.com\nSubject: hi\n"
+            + b"".join(b"X-A%02d: " % i + b"=?a?q?x" * 1157 + b"\n" for i in range(63)) + b"\nbody\n")
+"""Issue 24's reproduction, byte for byte: 63 headers of 8 KB of unclosed encoded words (510 KB),
+quadratic work for the stdlib's encoded-word decoder."""

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from spamtl.cli import app
 
 from .conftest import count_rows, make_mail, write_mbox
+from .test_progress import without_stage_lines
 
 runner = CliRunner()
 
@@ -79,21 +80,23 @@ def test_import_users_and_idempotence(blank_db_url: str, mail_tree: dict[str, Pa
 def test_interrupted_import_keeps_committed_chunks(db_url: str, tmp_path: Path) -> None:
     from datetime import datetime
 
+    from spamtl.progress import NoProgress
     from spamtl.services.importing import ImportInterrupted, import_mail
     from spamtl.store.db import make_engine
 
     mbox = write_mbox(tmp_path / "m.mbox", [make_mail(f"s{i}", f"b{i}") for i in range(10)])
     calls = []
 
-    def interrupt_after_two_chunks(n: int) -> None:
-        calls.append(n)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
+    class InterruptAfterTwoChunks(NoProgress):
+        def advance(self, n: int = 1) -> None:
+            calls.append(n)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
 
     engine = make_engine(db_url)
     with pytest.raises(ImportInterrupted) as info:
         import_mail(engine, user="u", paths=[str(mbox)], label="spam", now=datetime(2026, 1, 1), chunk_size=3,
-                    progress=interrupt_after_two_chunks)
+                    progress=InterruptAfterTwoChunks())
     assert info.value.summary.imported == 6
     assert users_json(db_url) == [{"user": "u", "group": None, "ham": 0, "spam": 6}]
     summary = import_mail(engine, user="u", paths=[str(mbox)], label="spam", now=datetime(2026, 1, 1))
@@ -248,3 +251,15 @@ def test_a_damaged_database_is_one_line(db_url: str, tmp_path: Path, command: li
     result = run(db_url, *[str(eml) if a == "{eml}" else a for a in command])
     assert result.exit_code == 1, result.output
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: the database file is damaged"), result.stderr
+
+
+@pytest.mark.parametrize("command", [["import", "ann", "-l", "spam"], ["feedback", "ann", "--spam"]],
+                         ids=["import", "feedback"])
+def test_an_mbox_of_one_from_line_is_reported_unreadable(db_url: str, tmp_path: Path, command: list[str]) -> None:
+    box = tmp_path / "only-a-separator.mbox"
+    box.write_bytes(b"From MAILER-DAEMON Thu Jan  1 00:00:00 2004\n")
+    result = run(db_url, *command[:2], str(box), *command[2:])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0].endswith(", 1 unreadable")
+    assert without_stage_lines(result.stderr) == (
+        f"  unreadable: {box}#1: empty message: an mbox `From ` line with nothing after it\n")

@@ -88,7 +88,7 @@ def test_classify_users_differ_and_every_verdict_is_logged(store: dict[str, obje
     db, mail = str(store["db"]), str(store["test_mail"])
     ann, bob = classify_json(db, "ann", mail)[0], classify_json(db, "bob", mail)[0]
     assert set(ann) == {"user", "message_id", "sha256", "id", "verdict", "probability", "model_version",
-                        "spam_cutoff", "reason"}
+                        "spam_cutoff", "ham_cutoff", "reason"}
     assert ann["id"] == ann["sha256"][:12] and ann["reason"] == "model"
     assert ann["probability"] > 0.5 > bob["probability"]  # the same newsletter, two users, two verdicts
     spam = store["tmp"] / "spam.eml"  # type: ignore[operator]
@@ -102,8 +102,8 @@ def test_classify_users_differ_and_every_verdict_is_logged(store: dict[str, obje
 def test_unknown_user_note_and_stdin(store: dict[str, object]) -> None:
     result = run(str(store["db"]), "classify", "nobody", "-", input=Path(store["test_mail"]).read_bytes())
     assert result.exit_code == 0
-    assert result.stderr.strip() == ("note: no user 'nobody' in the store; scored by the shared model "
-                                     "(their verdicts are not stored)")
+    said = result.stderr.splitlines()  # one line: the log's (on stderr by default), which says why
+    assert len(said) == 1 and 'event=unknown_user user=nobody msg="scored with the shared model' in said[0]
     assert "(probability" in result.stdout and "model v" in result.stdout
 
 

@@ -29,13 +29,32 @@ def _run(*args: str):  # type: ignore[no-untyped-def]
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command", [["users"], ["init"], ["train"], ["models"]], ids=lambda c: c[0])
+@pytest.mark.parametrize("command", [["users"], ["init"], ["train"], ["models"], ["classify", "alice", "-"],
+                                     ["explain", "alice", "-"], ["cutoffs"]], ids=lambda c: c[0])
 def test_refused_connection_is_one_line_without_password(command: list[str]) -> None:
     port = _free_port()  # nothing listens there
-    result = _run(*command, "--db", f"postgresql+psycopg://bob:{SECRET}@127.0.0.1:{port}/spamtl")
+    result = runner.invoke(app, [*command, "--db", f"postgresql+psycopg://bob:{SECRET}@127.0.0.1:{port}/spamtl"],
+                           input=b"Subject: hi\n\nhello\n", catch_exceptions=False)
     assert result.exit_code == 1
     assert result.stderr == (f'Error: cannot connect to the database server: connection to server at "127.0.0.1", '
                              f"port {port} failed: Connection refused\n")
+
+
+def test_filter_mode_passes_mail_through_when_the_server_refuses() -> None:
+    """A delivery pipeline's process: the mail comes out marked, exit 1 (an expected error, not a bug: 70)."""
+    import subprocess
+    import sys
+
+    port = _free_port()
+    raw = b"From: a@example.org\nSubject: hi\n\nhello\n"
+    done = subprocess.run([sys.executable, "-m", "spamtl", "classify", "--filter", "--db",
+                           f"postgresql+psycopg://bob:{SECRET}@127.0.0.1:{port}/spamtl", "--", "alice"],
+                          input=raw, capture_output=True, timeout=120)
+    assert done.stdout == b"X-Spamtl-Status: error\n" + raw
+    assert done.returncode == 1
+    assert done.stderr.decode() == (f'Error: cannot connect to the database server: connection to server at '
+                                    f'"127.0.0.1", port {port} failed: Connection refused (message passed through '
+                                    'unfiltered)\n')
 
 
 def test_unknown_host_is_one_line_without_password() -> None:
@@ -98,3 +117,49 @@ def test_bad_password_is_one_line_without_password() -> None:
         with admin.connect() as conn:
             conn.execute(text("DROP ROLE IF EXISTS spamtl_secretive"))
         admin.dispose()
+
+
+@pytest.mark.skipif(POSTGRES_SERVER is None, reason="needs a database server (SPAMTL_TEST_POSTGRES)")
+def test_a_long_running_store_reconnects_once_the_server_is_back(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """``spamtl serve`` keeps one connection for its life: a server restart must cost failed requests while
+    the server is away (one line each), not every request until the daemon is restarted."""
+    import warnings
+
+    from spamtl.errors import DatabaseError
+    from spamtl.store.lite import GENERATION, open_store
+
+    from .conftest import migrated_database
+
+    def drop_connections(url: str) -> None:  # what a restart does to them
+        admin = create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")  # type: ignore[arg-type]
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
+                              "AND pid <> pg_backend_pid()"), {"d": make_url(url).database})
+        admin.dispose()
+
+    with migrated_database(tmp_path) as url:
+        store = open_store(url)
+        try:
+            assert store.one(GENERATION) == (1,)
+            for _ in range(2):  # once for a read, once for a write transaction
+                drop_connections(url)
+                with pytest.raises(DatabaseError) as lost:
+                    store.one(GENERATION)  # the statement the server dropped
+                assert "\n" not in str(lost.value)
+                assert store.one(GENERATION) == (1,)
+                store.finish_read()
+            drop_connections(url)
+            with pytest.raises(DatabaseError), store.transaction():
+                store.execute("UPDATE store_state SET value = value + 1 WHERE key = 'generation'")
+            with store.transaction():
+                store.execute("UPDATE store_state SET value = value + 1 WHERE key = 'generation'")
+            assert store.one(GENERATION) == (2,)
+            drop_connections(url)
+            with pytest.raises(DatabaseError):
+                store.one(GENERATION)
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # closing a dropped connection warns of nothing ...
+                store.close()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []  # ... and logs no traceback

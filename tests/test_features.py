@@ -228,3 +228,19 @@ def test_featurize_equals_hashing_the_token_list_exactly(config: FeatureConfig) 
         row, expected = featurize(msg, config), _reference_row(msg, config)
         assert row.indices.tolist() == expected.indices.tolist()
         assert row.values.tobytes() == expected.values.tobytes()  # bit for bit
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "log-bigrams", "small-no-headers"])
+def test_featurize_with_tokens_is_featurize_and_tokenize_in_one_pass(config: FeatureConfig) -> None:
+    """The scorer's one pass (issue 24) gives featurize's row and tokenize's tokens, bit for bit."""
+    from spamtl.features import featurize_with_tokens
+
+    from .crafted import SHAPES
+
+    for raw in [RAW, b"", b"Subject: a\n\n" + b"word another " * 3000] + [shape(20_000) for shape in SHAPES.values()]:
+        msg = parse_message(raw)
+        row, tokens = featurize_with_tokens(msg, config)
+        expected = featurize(msg, config)
+        assert row.indices.tolist() == expected.indices.tolist()
+        assert row.values.tobytes() == expected.values.tobytes()
+        assert tokens.as_list() == tokenize(msg, config)

@@ -29,8 +29,10 @@ from spamtl.mail import add_headers
 from .conftest import CORPORA, make_mail, write_mbox
 
 WALL_BUDGET = 10.0  # seconds per message, interpreter start included; a normal run takes about 0.5 s
-STATUS_RE = re.compile(r"(spam|ham|unsure), probability=[01]\.\d{4}, cutoff=[01]\.\d{4}, version=\d+, "
-                       r"id=[0-9a-f]{12}(, label)?")
+# A verdict with both cutoffs, or input that is not mail passed through unscored (issue 25).
+STATUS_RE = re.compile(r"(spam|ham|unsure), probability=[01]\.\d{4}, spam_cutoff=[01]\.\d{4}, "
+                       r"ham_cutoff=[01]\.\d{4}, version=\d+, id=[0-9a-f]{12}(, label)?"
+                       r"|skipped, (empty message|not mail: binary data|not mail: no header fields)")
 EOL_RE = re.compile(rb"\r\n|\r|\n")
 
 INLINE = [
@@ -206,12 +208,13 @@ def test_filter_on_crafted_megabyte(store: str, shape: str) -> None:
 def test_check_output_rejects_a_broken_filter() -> None:
     """The checker itself fails on the outputs of the pre-issue-9 add_headers."""
     raw = b"From MAILER-DAEMON Fri Jul  5 10:00:00 2002"
-    good = "ham, probability=0.1000, cutoff=0.9000, version=1, id=0123456789ab"
+    good = "ham, probability=0.1000, spam_cutoff=0.9000, ham_cutoff=0.5000, version=1, id=0123456789ab"
     glued = raw + f"X-Spamtl-Status: {good}\n".encode()
     with pytest.raises(AssertionError):
         _check_output(raw, glued)
     raw = b" NO\nSubject: x\n\nbody"
-    folded = (b"X-Spamtl-Status: spam, probability=0.9000, cutoff=0.9000, version=1, id=0123456789ab\n"
+    folded = (b"X-Spamtl-Status: spam, probability=0.9000, spam_cutoff=0.9000, ham_cutoff=0.5000, version=1, "
+              b"id=0123456789ab\n"
               b"X-Spam-Flag: YES\n" + raw)
     with pytest.raises(AssertionError):
         _check_output(raw, folded)

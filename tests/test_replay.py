@@ -150,7 +150,7 @@ def test_every_wrong_or_unsure_verdict_reaches_the_store_as_feedback(source: dic
     plans = plan_replay(engine, days=3, bootstrap=6)
     settings = Settings(database_url=source["db"], mus=(1.0,))
     records, nights = _run_system(engine, plans, settings, days=3, label_all=False, start=datetime(2026, 1, 1),
-                                  workdir=tmp_path, stage=None, progress=None)
+                                  workdir=tmp_path)
     engine.dispose()
     assert len(records) == sum(p.n_messages for p in plans.values())
     assert len(nights) == 4 and nights[0]["promoted"]

@@ -12,13 +12,14 @@ from typer.testing import CliRunner
 
 from spamtl.cli import app
 from spamtl.config import Settings
+from spamtl.mail import message_identity
 from spamtl.services.classify import classify_messages, open_reader
-from spamtl.services.importing import import_mail, sha256_hex
+from spamtl.services.importing import import_mail
 from spamtl.services.retention import prune
 from spamtl.services.training import train
 from spamtl.sources import RawMail
 
-from .conftest import NOW, count_rows, make_mail, write_mbox
+from .conftest import NOW, count_rows, make_mail, run_sql, write_mbox
 from .test_cli_loop import _mails
 
 runner = CliRunner()
@@ -87,7 +88,7 @@ def test_feedback_by_id_after_the_body_is_gone(engine, office) -> None:  # type:
     result = run(url, "feedback", "ann", "--spam", "--id", "new-3@example")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        f"Recorded spam for ann: message {sha256_hex(raw)[:16]}...",
+        f"Recorded spam for ann: message {message_identity(raw)[1][:16]}...",
         "The message body is no longer stored; pass the message itself to learn from it."]
     assert count_rows(url, "labels", "WHERE source = 'feedback'") == 1
     # Training ignores the label it cannot featurise (and does not crash) ...
@@ -187,3 +188,184 @@ def test_train_applies_retention(engine, office) -> None:  # type: ignore[no-unt
     result = train(engine, _settings(url), now=NOW)
     assert result.pruned["bodies_dropped"] == 6 and result.pruned["versions_stripped"] == []
     assert _bodies(url) == 18
+
+
+# ------------------------------------------------------------------ deleting a user leaves nothing of theirs
+GONE = "quentin"  # a name no test mail has by chance, so that finding it anywhere means it was left behind
+
+
+@pytest.fixture
+def pair(engine, tmp_path: Path) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """ann and quentin share the spam and each have their own ham; trained (per-user cutoffs on); then
+    quentin had mail classified, corrected a message (a refit of their part) and got an administrator's cutoffs."""
+    url = str(engine.url)
+    spam = write_mbox(tmp_path / "spam.mbox", _mails(1, "spam", 12))
+    for k, user in enumerate(("ann", GONE)):
+        import_mail(engine, user=user, paths=[str(spam)], label="spam", now=NOW - 10 * DAY)
+        ham = write_mbox(tmp_path / f"ham-{k}.mbox", _mails(5 + k, user, 12))
+        import_mail(engine, user=user, paths=[str(ham)], label="ham", now=NOW - 10 * DAY)
+    train(engine, _settings(url), now=NOW - 9 * DAY)
+    theirs = make_mail(f"project meeting 99 {GONE}", "agenda minutes budget review golf hotel",
+                       sender=f"colleague@{GONE}.example")
+    assert run(url, "classify", GONE, "-", input=theirs).exit_code == 0
+    assert run(url, "feedback", GONE, "--spam", "-", input=make_mail("cheap offer 7", "claim your prize")).exit_code == 0
+    assert run(url, "cutoffs", "set", GONE, "--spam", "0.95").exit_code == 0
+    user_id = run_sql(url, "SELECT id FROM users WHERE name = :n", {"n": GONE})[0][0]
+    return {"url": url, "theirs": theirs, "user_id": user_id}
+
+
+def _text(value: object) -> str:
+    """A column value as text to search for a name: JSON as JSON, bytes also zlib-inflated (stored mail)."""
+    import zlib
+
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    if isinstance(value, bytes | memoryview):
+        data = bytes(value)
+        try:
+            data += zlib.decompress(data)
+        except zlib.error:
+            pass
+        return data.decode("latin-1")
+    return ""
+
+
+def _columns_naming(url: str, name: str, user_id: int) -> list[str]:
+    """Every table.column of the schema that still refers to the user: by id (a foreign key to users, or
+    users' own key) or by name (in any text, JSON or binary value)."""
+    from sqlalchemy import create_engine, select
+
+    from spamtl.store.schema import Base
+
+    found = set()
+    eng = create_engine(url)
+    try:
+        with eng.connect() as conn:
+            for table in Base.metadata.sorted_tables:
+                by_id = {c.name for c in table.columns
+                         if any(fk.column.table.name == "users" for fk in c.foreign_keys)
+                         or (table.name == "users" and c.primary_key)}
+                for row in conn.execute(select(table)).mappings():
+                    for column in table.columns:
+                        value = row[column.name]
+                        if (value == user_id) if column.name in by_id else (name in _text(value)):
+                            found.add(f"{table.name}.{column.name}")
+    finally:
+        eng.dispose()
+    return sorted(found)
+
+
+def test_delete_user_leaves_no_row_of_any_table_naming_them(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, user_id = str(pair["url"]), int(pair["user_id"])  # type: ignore[call-overload]
+    # Where a user lives: the scan sees every one of these before the deletion.
+    assert _columns_naming(url, GONE, user_id) == [
+        "classifications.user_id", "labels.user_id", "messages.raw", "messages.subject", "model_parts.name",
+        "model_versions.metrics", "model_versions.params", "user_cutoffs.user_name", "users.id", "users.name"]
+    assert run(url, "users", "delete", GONE, "--yes").exit_code == 0
+    assert _columns_naming(url, GONE, user_id) == []
+    assert count_rows(url, "user_cutoffs") > 0  # ann's stay
+    # A new user of the same name starts from nothing: no personal part, no trained or administrator's cutoffs.
+    (tmp_path / "new.eml").write_bytes(make_mail("hello", "a new colleague"))
+    assert run(url, "import", GONE, str(tmp_path / "new.eml"), "-l", "ham").exit_code == 0
+    reader = open_reader(_settings(url))
+    try:
+        model = reader.user_model(GONE)
+        assert not model.is_known_user
+        assert reader.cutoffs(GONE)[2] == "global setting"
+    finally:
+        reader.store.close()
+
+
+def _trained_cutoffs(url: str, name: str) -> list[tuple[object, ...]]:
+    return run_sql(url, "SELECT model_version_id, spam_cutoff, ham_cutoff, source FROM user_cutoffs "
+                        "WHERE user_name = :n", {"n": name})
+
+
+def test_rename_keeps_trained_cutoffs_the_administrators_and_the_weights(engine, pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url = str(pair["url"])
+    trained = _trained_cutoffs(url, GONE)
+    assert trained
+    from spamtl.services.models import load_weights
+
+    weight = load_weights(engine)[2].params["task_weights"][GONE]
+    cutoffs = json.loads(run(url, "models", "--format", "json").stdout)[-1]["metrics"]["cutoffs"][GONE]
+    before = json.loads(run(url, "classify", GONE, "-", "--format", "json", input=pair["theirs"]).stdout)
+    assert run(url, "users", "rename", GONE, "quinn").exit_code == 0
+    assert _trained_cutoffs(url, "quinn") == trained and _trained_cutoffs(url, GONE) == []
+    assert load_weights(engine)[2].params["task_weights"] == {"ann": pytest.approx(1.0), "quinn": weight}
+    assert json.loads(run(url, "models", "--format", "json").stdout)[-1]["metrics"]["cutoffs"]["quinn"] == cutoffs
+    after = json.loads(run(url, "classify", "quinn", "-", "--format", "json", input=pair["theirs"]).stdout)
+    assert (after["probability"], after["spam_cutoff"]) == (before["probability"], 0.95)  # the administrator's
+    shown = {row["user"]: row for row in json.loads(run(url, "cutoffs", "--format", "json").stdout)}
+    assert shown["quinn"]["source"] == "set by administrator"
+    assert run(url, "cutoffs", "unset", "quinn").exit_code == 0
+    shown = {row["user"]: row for row in json.loads(run(url, "cutoffs", "--format", "json").stdout)}
+    assert (shown["quinn"]["spam_cutoff"], shown["quinn"]["source"]) == (trained[0][1], f"model v1: {trained[0][3]}")
+    # The old name is free, and a new user of that name inherits nothing.
+    (tmp_path / "new.eml").write_bytes(make_mail("hello", "a new colleague"))
+    assert run(url, "import", GONE, str(tmp_path / "new.eml"), "-l", "ham").exit_code == 0
+    shown = {row["user"]: row for row in json.loads(run(url, "cutoffs", "--format", "json").stdout)}
+    assert shown[GONE]["source"] == "global setting"
+
+
+def test_a_reader_forgets_a_deleted_user_when_other_parts_changed_too(engine, pair) -> None:  # type: ignore[no-untyped-def]
+    """A daemon's reader: between two refreshes ann's part was refitted (a changed row it reloads) and quentin
+    deleted (no row left to see); it must drop quentin's slice all the same."""
+    from spamtl.services.classify import VerdictLogger, prepare
+
+    url = str(pair["url"])
+    reader = open_reader(_settings(url))
+    try:
+        stale = reader.user_model(GONE)
+        assert stale.is_known_user and stale.user_id == pair["user_id"]
+        assert reader.user_model("ann").is_known_user
+        assert run(url, "feedback", "ann", "--spam", "-", input=make_mail("cheap offer 8", "claim it")).exit_code == 0
+        assert run(url, "users", "delete", GONE, "--yes").exit_code == 0
+        reader.refresh()
+        model = reader.user_model(GONE)
+        assert (model.user_id, model.is_known_user) == (None, False)  # the shared part alone, as for any stranger
+        # A verdict scored with the slice read before the deletion (a daemon's request in flight) is not stored,
+        # and storing it is no error.
+        message = prepare(pair["theirs"])  # type: ignore[arg-type]
+        verdict = reader.classify(stale, message, "in flight")
+        assert VerdictLogger(reader.store, create_users=True).log(stale, [(message, verdict)], NOW) is False
+    finally:
+        reader.store.close()
+    assert count_rows(url, "classifications", f"WHERE user_id = {int(pair['user_id'])}") == 0  # type: ignore[call-overload]
+    assert count_rows(url, "users", f"WHERE name = '{GONE}'") == 0
+
+
+def test_a_running_daemon_forgets_a_deleted_user_within_a_second(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from .test_serve import Daemon, status
+
+    url = str(pair["url"])
+    daemon = Daemon(url, tmp_path, "--workers", "2", "--timeout", "5")
+    try:
+        def probability(user: str) -> str:
+            return status(daemon.request("PROCESS", pair["theirs"], user=user))["probability"]  # type: ignore[arg-type]
+
+        stranger = probability("nobody-known")  # the shared part alone
+        known = {probability(GONE) for _ in range(8)}  # both workers hold quentin's slice now
+        assert len(known) == 1 and known != {stranger}
+        time.sleep(0.2)  # the verdicts queued so far are written (group commit) before the deletion
+        assert run(url, "users", "delete", GONE, "--yes").exit_code == 0
+        deadline = time.monotonic() + 1.0
+        seen = [probability(GONE)]
+        while seen[-1] != stranger and time.monotonic() < deadline + 0.5:  # 0.5 s more for a slow CI machine
+            time.sleep(0.05)
+            seen.append(probability(GONE))
+        assert seen[-1] == stranger, seen
+        # The other worker checks the generation at most serve_refresh_interval (0.25 s) after its last check.
+        time.sleep(0.3)
+        assert {probability(GONE) for _ in range(8)} == {stranger}
+        time.sleep(0.2)
+    finally:
+        code, err = daemon.stop()
+    assert code == 0, err
+    assert "event=error" not in err, err  # no verdict failed to be stored, no request failed
+    assert count_rows(url, "users", f"WHERE name = '{GONE}'") == 0  # nor was quentin stored again
+    assert count_rows(url, "classifications", f"WHERE user_id = {int(pair['user_id'])}") == 0  # type: ignore[call-overload]

@@ -126,7 +126,7 @@ def test_queue_is_unlabelled_rescored_and_ready_for_feedback(pool_store: dict[st
     assert [i["priority"] for i in items] == sorted(i["priority"] for i in items)
     first = items[0]
     assert set(first) == {"id", "sha256", "message_id", "subject", "probability", "verdict", "priority", "shared",
-                          "group", "personal", "why"}
+                          "group", "personal", "why", "spam_cutoff", "ham_cutoff"}
     # the queue scores with the current model, not the logged probability
     con = sqlite3.connect(db.removeprefix("sqlite:///"))
     con.execute("UPDATE classifications SET probability = 0.5")
@@ -140,7 +140,8 @@ def test_queue_is_unlabelled_rescored_and_ready_for_feedback(pool_store: dict[st
     assert first["id"] not in {i["id"] for i in after}
     assert len(after) == len(truth) - 1
     text = run(db, "review", "dan", "-n", "2").stdout.splitlines()
-    assert text[0].split()[:4] == ["id", "verdict", "prob", "why"] and len(text) == 5
+    assert text[0].startswith("dan's cutoffs: spam ") and ", ham " in text[0]  # the verdicts read with both
+    assert text[1].split()[:4] == ["id", "verdict", "prob", "why"] and len(text) == 6
     assert text[-1].startswith("Label one: spamtl feedback dan --spam --id ")
     # a message whose text is gone cannot be reviewed
     con = sqlite3.connect(db.removeprefix("sqlite:///"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -47,7 +48,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         ham = write_mbox(tmp / f"{user}-ham.mbox", _mails(3, user, 30) + _mails(2, "newsletter", 15))
         assert run(db, "import", user, str(spam), "-l", "spam").exit_code == 0
         assert run(db, "import", user, str(ham), "-l", "ham").exit_code == 0
-    # Per-user cutoffs off (target_ham_fpr = 0): every user keeps the global 0.90, so T is 22.0 throughout.
+    # Per-user spam cutoffs off (target_ham_fpr = 0): every user keeps the global 0.90 (5.0 points).
     result = runner.invoke(app, ["train", "--format", "json", "--db", db], env={"SPAMTL_TARGET_HAM_FPR": "0"},
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -102,7 +103,7 @@ class Daemon:
 
 @pytest.fixture(scope="module")
 def daemon(store: dict[str, object]) -> Iterator[Daemon]:
-    d = Daemon(str(store["db"]), Path(str(store["tmp"])), "--workers", "2", "--timeout", "5")
+    d = Daemon(str(store["db"]), Path(str(store["tmp"])), "--workers", "2", "--timeout", "5", "--allow-tell")
     yield d
     code, err = d.stop()
     assert code == 0, err
@@ -159,9 +160,49 @@ def test_ping(daemon: Daemon) -> None:
 
 def test_check_answers_spam_line(daemon: Daemon) -> None:
     spam = daemon.request("CHECK", SPAM, user="alice")
-    assert re.fullmatch(rb"SPAMD/1\.5 0 EX_OK\r\nSpam: True ; (\d+\.\d) / 22\.0\r\n\r\n", spam), spam
+    assert re.fullmatch(rb"SPAMD/1\.5 0 EX_OK\r\nSpam: True ; (\d+\.\d) / 5\.0\r\n\r\n", spam), spam
     ham = daemon.request("CHECK", NEWSLETTER, user="alice")
-    assert re.fullmatch(rb"SPAMD/1\.5 0 EX_OK\r\nSpam: False ; (-?\d+\.\d) / 22\.0\r\n\r\n", ham), ham
+    assert re.fullmatch(rb"SPAMD/1\.5 0 EX_OK\r\nSpam: False ; (-?\d+\.\d) / 5\.0\r\n\r\n", ham), ham
+
+
+def sa_points(p: float, spam_cutoff: float, ham_cutoff: float) -> float:
+    """SpamAssassin points as the README defines them, written out here on their own (not spamtl's code):
+    0 at the ham cutoff, 5 at the spam cutoff, linear in log-odds, 5 points per band (at least 1 log-odds)."""
+    def z(q: float) -> float:
+        q = min(max(q, 1e-9), 1 - 1e-9)
+        return math.log(q / (1 - q))
+    a, b, x = z(ham_cutoff), z(spam_cutoff), z(p)
+    per = 5 / max(b - a, 1.0)
+    points = 5 + per * (x - b) if x >= b else per * (x - a) if x <= a else 5 * (x - a) / (b - a)
+    return max(-100.0, min(100.0, points))
+
+
+def cutoffs(daemon: Daemon, raw: bytes, user: str) -> tuple[float, float]:
+    """The user's (spam, ham) cutoffs, as the REPORT body states them."""
+    report = daemon.request("REPORT", raw, user=user).decode()
+    found = re.search(r"spam cutoff (\d\.\d{4}), ham cutoff (\d\.\d{4})", report)
+    assert found is not None, report
+    return float(found.group(1)), float(found.group(2))
+
+
+@pytest.mark.parametrize(("subject", "body", "verdict"), [
+    ("win the lottery now 31", "claim your prize viagra casino golf hotel", "spam"),
+    ("weekly newsletter digest 31", "this week in gardening news roses tulips", "ham"),
+], ids=["spam", "ham"])
+def test_scores_are_on_spamassassins_scale(daemon: Daemon, store: dict[str, object], subject: str, body: str,
+                                           verdict: str) -> None:
+    """S / 5.0 everywhere: S is the stored probability mapped by the documented formula, in the verdict's range."""
+    sender = "x@cheap-1.example" if verdict == "spam" else "news@garden.example"
+    mail = make_mail(subject, body, sender=sender)
+    spam_cutoff, ham_cutoff = cutoffs(daemon, mail, "alice")
+    out = daemon.request("CHECK", mail, user="alice")
+    found = re.fullmatch(rb"SPAMD/1\.5 0 EX_OK\r\nSpam: (True|False) ; (-?\d+\.\d) / 5\.0\r\n\r\n", out)
+    assert found is not None, out
+    probability = logged(str(store["db"]), "alice", 2, subject)[-1]
+    assert (found.group(1) == b"True") == (verdict == "spam") == (probability >= spam_cutoff)
+    score = float(found.group(2))
+    assert score == pytest.approx(sa_points(probability, spam_cutoff, ham_cutoff), abs=0.051)
+    assert (score >= 5.0) if verdict == "spam" else (score <= 0.0)
 
 
 def test_process_and_headers_add_the_filter_headers(daemon: Daemon) -> None:
@@ -174,6 +215,66 @@ def test_process_and_headers_add_the_filter_headers(daemon: Daemon) -> None:
     assert headers == body[:body.index(b"\n\n") + 2]
 
 
+SA_HEADERS = re.compile(  # SpamAssassin's default layout (rules/10_default_prefs.cf), after X-Spamtl-Status
+    r"^X-Spamtl-Status: [^\n]*\n(X-Spam-Flag: YES\n)?X-Spam-Level: (\**)\n"
+    r"X-Spam-Status: (Yes|No), score=(-?\d+\.\d) required=5\.0 tests=([A-Z_]+(?:,[A-Z_]+)*|none) "
+    r"autolearn=no version=spamtl-(\d+\.\d+\.\d+\S*)\n", re.M)
+
+
+def sa_headers(process_answer: bytes) -> tuple[bool, str, float, list[str], str, float]:
+    """(X-Spam-Flag: YES present, stars, score, tests, version, S of the Spam header) of a PROCESS answer."""
+    head, _, body = process_answer.partition(b"\r\n\r\n")
+    spam_line = re.search(rb"\r\nSpam: (?:True|False) ; (-?\d+\.\d) / 5\.0\r\n", head + b"\r\n")
+    found = SA_HEADERS.search(body.decode("utf-8", "replace"))
+    assert found is not None and spam_line is not None, body[:500]
+    is_flagged = found.group(1) is not None
+    assert is_flagged == (found.group(3) == "Yes")  # the flag for spam only, Yes for spam only
+    return (is_flagged, found.group(2), float(found.group(4)), found.group(5).split(","), found.group(6),
+            float(spam_line.group(1)))
+
+
+@pytest.mark.parametrize(("raw", "verdict"), [(SPAM, "spam"), (NEWSLETTER, "ham")], ids=["spam", "ham"])
+def test_process_adds_spamassassins_headers(daemon: Daemon, raw: bytes, verdict: str) -> None:
+    import spamtl
+
+    out = daemon.request("PROCESS", raw, user="alice")
+    assert status(out)["verdict"] == verdict
+    is_flagged, stars, score, tests, version, shown = sa_headers(out)
+    assert version == spamtl.__version__
+    assert is_flagged == (verdict == "spam") and score == shown  # the score the Spam header says
+    assert stars == "*" * min(50, max(0, int(score)))  # one per whole point; an empty value below 1
+    assert (score >= 5.0) == (verdict == "spam")
+    # tests= names the parts of the score as SYMBOLS does, sorted as SpamAssassin sorts them
+    symbols = daemon.request("SYMBOLS", raw, user="alice").split(b"\r\n\r\n", 1)[1].decode().split(",")
+    assert tests == symbols == sorted(symbols)
+    assert f"SPAMTL_{verdict.upper()}" in tests and any(t.startswith("SPAMTL_SHARED_") for t in tests)
+    headers = daemon.request("HEADERS", raw, user="alice")
+    assert sa_headers(headers)[:5] == (is_flagged, stars, score, tests, version)
+
+
+def test_unsure_mail_scores_between_0_and_5(daemon: Daemon, store: dict[str, object]) -> None:
+    """With carol's cutoffs 0.9999 / 0.01 (an administrator's), both test mails are unsure: 0 < S < 5,
+    X-Spam-Status: No, no flag.  By hand: a = ln(0.01 / 0.99) = -4.5951, b = ln 9999 = 9.2102, S = 5 (z - a) / 13.8053."""
+    db = str(store["db"])
+    assert run(db, "cutoffs", "set", "carol", "--spam", "0.9999", "--ham", "0.01").exit_code == 0
+    try:
+        time.sleep(0.6)  # past the refresh interval of both workers
+        for subject, body, sender in [("win the lottery now 32", "claim your prize viagra casino golf hotel",
+                                       "x@cheap-1.example"),
+                                      ("weekly newsletter digest 32", "this week in gardening news roses tulips",
+                                       "news@garden.example")]:
+            out = daemon.request("PROCESS", make_mail(subject, body, sender=sender), user="carol")
+            assert status(out)["verdict"] == "unsure", out[:400]
+            is_flagged, stars, score, tests, _, shown = sa_headers(out)
+            z = math.log((p := logged(db, "carol", 1, subject)[-1]) / (1 - p))
+            assert score == shown == pytest.approx(5 * (z + 4.5951) / 13.8053, abs=0.051)
+            assert 0.0 < score < 5.0 and not is_flagged and stars == "*" * int(score)
+            assert "SPAMTL_UNSURE" in tests
+    finally:
+        assert run(db, "cutoffs", "unset", "carol").exit_code == 0
+        time.sleep(0.6)
+
+
 def test_report_symbols_and_report_ifspam(daemon: Daemon) -> None:
     report = daemon.request("REPORT", SPAM, user="alice").decode()
     assert "spamtl verdict for alice: spam\n" in report and "decided by the model" in report
@@ -182,11 +283,16 @@ def test_report_symbols_and_report_ifspam(daemon: Daemon) -> None:
     totals = [float(m) for m in re.findall(r"^ *([+-]\d+\.\d\d)  (?:shared|group|personal)", report, re.M)]
     assert len(totals) >= 2 and re.search(r"^ *[+-]\d+\.\d\d    \S+:", report, re.M)
     score = float(re.search(r"Spam: True ; (-?\d+\.\d) /", report).group(1))  # type: ignore[union-attr]
-    assert abs(10 * sum(totals) - score) < 0.2
+    # the score is the parts' log-odds on SpamAssassin's scale (parts shown to 0.01: 0.1 points of slack)
+    spam_cutoff, ham_cutoff = (float(c) for c in re.search(  # type: ignore[union-attr]
+        r"spam cutoff (\d\.\d{4}), ham cutoff (\d\.\d{4})", report).groups())
+    logodds = sum(totals)
+    assert abs(sa_points(1 / (1 + math.exp(-logodds)), spam_cutoff, ham_cutoff) - score) < 0.15
+    assert "score / threshold (SpamAssassin points): " + f"{score:.1f} / 5.0\n" in report
     symbols = daemon.request("SYMBOLS", SPAM, user="alice").split(b"\r\n\r\n", 1)[1].split(b",")
-    assert symbols[0] == b"SPAMTL_SPAM" and b"SPAMTL_SHARED_SPAM" in symbols
+    assert b"SPAMTL_SPAM" in symbols and b"SPAMTL_SHARED_SPAM" in symbols and symbols == sorted(symbols)
     ifspam = daemon.request("REPORT_IFSPAM", NEWSLETTER, user="alice")
-    assert re.fullmatch(rb"SPAMD/1\.5 0 EX_OK\r\nContent-length: 0\r\nSpam: False ; -?\d+\.\d / 22\.0\r\n\r\n", ifspam)
+    assert re.fullmatch(rb"SPAMD/1\.5 0 EX_OK\r\nContent-length: 0\r\nSpam: False ; -?\d+\.\d / 5\.0\r\n\r\n", ifspam)
     assert b"spamtl verdict for alice: spam" in daemon.request("REPORT_IFSPAM", SPAM, user="alice")
 
 
@@ -223,9 +329,11 @@ def test_every_verdict_is_logged(daemon: Daemon, store: dict[str, object]) -> No
 @needs_spamc
 def test_spamc_check_mode_and_exit_codes(daemon: Daemon) -> None:
     spam = daemon.spamc("-c", raw=SPAM)
-    assert spam.returncode == 1 and re.fullmatch(r"\d+\.\d/22\.0\n", spam.stdout.decode()), spam
+    assert spam.returncode == 1 and re.fullmatch(r"\d+\.\d/5\.0\n", spam.stdout.decode()), spam
+    assert float(spam.stdout.decode().split("/")[0]) >= 5.0
     ham = daemon.spamc("-c", raw=NEWSLETTER, unix=True)
-    assert ham.returncode == 0 and re.fullmatch(r"-?\d+\.\d/22\.0\n", ham.stdout.decode()), ham
+    assert ham.returncode == 0 and re.fullmatch(r"-?\d+\.\d/5\.0\n", ham.stdout.decode()), ham
+    assert float(ham.stdout.decode().split("/")[0]) < 5.0
 
 
 @needs_spamc
@@ -233,9 +341,15 @@ def test_spamc_filter_report_symbols(daemon: Daemon) -> None:
     filtered = daemon.spamc(raw=SPAM)
     assert filtered.returncode == 0
     assert filtered.stdout.startswith(b"X-Spamtl-Status: spam, ") and filtered.stdout.endswith(SPAM)
+    found = SA_HEADERS.match(filtered.stdout.decode("utf-8", "replace"))
+    assert found is not None and found.group(1) and found.group(3) == "Yes", filtered.stdout[:400]
+    assert float(found.group(4)) >= 5.0 and len(found.group(2)) == min(50, int(float(found.group(4))))
+    ham = daemon.spamc(raw=NEWSLETTER).stdout.decode("utf-8", "replace")
+    found = SA_HEADERS.match(ham)
+    assert found is not None and not found.group(1) and found.group(3) == "No" and float(found.group(4)) < 5.0, ham
     report = daemon.spamc("-R", raw=SPAM)
     assert report.returncode == 0 and b"spamtl verdict for alice: spam" in report.stdout  # -R exits 0 (spamc)
-    assert daemon.spamc("-y", raw=SPAM).stdout.strip().split(b",")[0] == b"SPAMTL_SPAM"
+    assert b"SPAMTL_SPAM" in daemon.spamc("-y", raw=SPAM).stdout.strip().split(b",")
     assert daemon.spamc("-K").returncode == 0
 
 
@@ -247,6 +361,9 @@ def test_spamc_learn_and_forget(daemon: Daemon, store: dict[str, object]) -> Non
     learned = daemon.spamc("-L", "spam", raw=mail)
     assert learned.returncode == 0 and learned.stdout == b"Message successfully un/learned\n", learned
     assert [label for _, label in labels(db, "alice")][-1] == "spam"
+    again = daemon.spamc("-L", "spam", raw=mail)  # as spamd: a label the user already has is not learnt again
+    assert again.returncode == 0 and again.stdout == b"Message was already un/learned\n", again
+    assert [label for _, label in labels(db, "alice")][-1] == "spam"
     after = status(daemon.request("PROCESS", mail, user="alice"))
     assert after["verdict"] == "spam"  # a correction sticks at once (the label decides)
     assert b", label\n" in daemon.request("PROCESS", mail, user="alice")
@@ -254,16 +371,115 @@ def test_spamc_learn_and_forget(daemon: Daemon, store: dict[str, object]) -> Non
     forgot = daemon.spamc("-L", "forget", raw=mail)
     assert forgot.returncode == 0 and forgot.stdout == b"Message successfully un/learned\n"
     assert not [sha for sha, _ in labels(db, "alice") if sha.startswith(after["id"])]
+    assert daemon.spamc("-L", "forget", raw=mail).stdout == b"Message was already un/learned\n"
     forgotten = daemon.request("PROCESS", mail, user="alice")
     assert re.search(rb"X-Spamtl-Status: \w+, probability=[^\n]*id=[0-9a-f]{12}\n", forgotten)  # no ", label"
+
+
+@needs_spamc
+def test_spamc_report_and_revoke(daemon: Daemon, store: dict[str, object]) -> None:
+    """spamc -C report sends Message-class: spam, Set: local,remote and wants DidSet: remote; -C revoke sends
+    Message-class: ham, Set: local, Remove: remote and wants DidRemove: remote (libspamc's message_tell)."""
+    db = str(store["db"])
+    mail = make_mail("weekly newsletter digest 78", "this week in gardening news orchids", sender="news@garden.example")
+    sha = status(daemon.request("PROCESS", mail, user="bob"))["id"]
+    for _ in range(2):  # again: reported (the label stays stored), though already learned
+        reported = daemon.spamc("-C", "report", raw=mail, user="bob")
+        assert reported.returncode == 0 and reported.stdout == b"Message successfully reported/revoked\n", reported
+        assert [label for s, label in labels(db, "bob") if s.startswith(sha)][-1] == "spam"
+    for _ in range(2):
+        revoked = daemon.spamc("-C", "revoke", raw=mail, user="bob")
+        assert revoked.returncode == 0 and revoked.stdout == b"Message successfully reported/revoked\n", revoked
+        assert [label for s, label in labels(db, "bob") if s.startswith(sha)][-1] == "ham"
+    assert daemon.spamc("-L", "ham", raw=mail, user="bob").stdout == b"Message was already un/learned\n"
+    assert daemon.spamc("-L", "forget", raw=mail, user="bob").stdout == b"Message successfully un/learned\n"
+
+
+def test_spamtl_tell_treats_already_learned_as_stored(daemon: Daemon, store: dict[str, object]) -> None:
+    """`spamtl tell` exits 0 on a new label and on one the user already had (no DidSet: local, Spamtl-Label
+    says it is stored), and for a forget of a label that is not there."""
+    db = str(store["db"])
+    mail = make_mail("weekly newsletter digest 79", "this week in gardening news asters", sender="news@garden.example")
+    sha = status(daemon.request("PROCESS", mail, user="carol"))["id"]
+    for label in ("spam", "spam", "ham", "ham", "forget", "forget"):
+        result = runner.invoke(app, ["tell", "--port", str(daemon.port), "--user", "carol", f"--{label}"], input=mail)
+        assert (result.exit_code, result.stdout, result.stderr) == (0, "", ""), (label, result.stderr)
+        stored = [lab for s, lab in labels(db, "carol") if s.startswith(sha)]
+        assert (stored[-1] if stored else "forget") == label
+
+
+MILTER_SCRIPT = """\
+-- One SMTP transaction through the milter (miltertest, opendkim's): print its reply and the headers it added.
+local conn = mt.connect("unix:" .. os.getenv("MILTER_SOCK"), 40, 0.25)
+if conn == nil then error("cannot connect to the milter") end
+if mt.conninfo(conn, "client.example", "192.0.2.7") ~= nil then error("conninfo") end
+if mt.helo(conn, "client.example") ~= nil then error("helo") end
+mt.macro(conn, SMFIC_MAIL, "i", "4AB3C21")
+if mt.mailfrom(conn, "<sender@example.org>") ~= nil then error("mailfrom") end
+if mt.rcptto(conn, "<alice@example.net>") ~= nil then error("rcptto") end
+for line in string.gmatch(os.getenv("MAIL_HEADERS"), "[^\\n]+") do
+  local name, value = string.match(line, "^([^:]+): (.*)$")
+  if mt.header(conn, name, value) ~= nil then error("header") end
+end
+if mt.eoh(conn) ~= nil then error("eoh") end
+if mt.bodystring(conn, os.getenv("MAIL_BODY")) ~= nil then error("body") end
+if mt.eom(conn) ~= nil then error("eom") end
+mt.echo("REPLY " .. string.char(mt.getreply(conn)))
+for _, name in ipairs({"X-Spam-Flag", "X-Spam-Level", "X-Spam-Status"}) do
+  local value = mt.getheader(conn, name, 0)
+  if value ~= nil then mt.echo(name .. ": " .. value) end
+end
+mt.disconnect(conn)
+"""
+
+
+@pytest.mark.skipif(not (SPAMC and shutil.which("spamass-milter") and shutil.which("miltertest")),
+                    reason="needs spamc, spamass-milter and miltertest (apt-get install spamass-milter miltertest)")
+def test_spamass_milter(daemon: Daemon, tmp_path: Path) -> None:
+    """Debian's spamass-milter (which runs spamc) adds the daemon's X-Spam-* headers to the mail and, with
+    -r 5, rejects a score of 5 or more: it reads the score on SpamAssassin's scale."""
+    script, sock = tmp_path / "milter.lua", str(tmp_path / "milter.sock")
+    script.write_text(MILTER_SCRIPT)
+    milter = subprocess.Popen(["spamass-milter", "-p", sock, "-r", "5", "--", "-p", str(daemon.port), "-u", "alice"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        said = {}
+        # A spam alice imported (her label decides: spam whatever the milter's Received line does to the score)
+        for name, raw in (("spam", _mails(1, "spam", 25)[0]), ("ham", NEWSLETTER)):
+            head, _, body = raw.decode().partition("\n\n")
+            out = subprocess.run(["miltertest", "-s", str(script)], capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "MILTER_SOCK": sock, "MAIL_HEADERS": head,
+                                      "MAIL_BODY": body.replace("\n", "\r\n")})
+            assert out.returncode == 0, out.stderr
+            said[name] = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+            said[name]["reply"] = re.search(r"^REPLY (\S)", out.stdout, re.M).group(1)  # type: ignore[union-attr]
+    finally:
+        milter.terminate()
+        milter.communicate(timeout=20)
+    status_re = (r"(Yes|No), score=(-?\d+\.\d) required=5\.0 tests=[A-Z_]+(,[A-Z_]+)* autolearn=no "
+                 r"version=spamtl-\S+")
+    spam = re.fullmatch(status_re, said["spam"]["X-Spam-Status"])
+    assert spam is not None and spam.group(1) == "Yes" and float(spam.group(2)) >= 5.0, said
+    assert said["spam"]["X-Spam-Flag"] == "YES" and said["spam"]["reply"] == "y"  # rejected: SMFIR_REPLYCODE
+    ham = re.fullmatch(status_re, said["ham"]["X-Spam-Status"])
+    assert ham is not None and ham.group(1) == "No" and float(ham.group(2)) <= 0.0, said
+    assert "X-Spam-Flag" not in said["ham"] and said["ham"]["reply"] == "c"  # SMFIR_CONTINUE
 
 
 def test_tell_raw_response_headers(daemon: Daemon) -> None:
     mail = make_mail("project meeting 5 bob", "agenda minutes budget review extra", sender="colleague@bob.example")
     out = daemon.request("TELL", mail, user="bob", Message_class="ham", Set="local")
-    assert out == b"SPAMD/1.5 0 EX_OK\r\nDidSet: local\r\n\r\n"
+    assert out == b"SPAMD/1.5 0 EX_OK\r\nDidSet: local\r\nSpamtl-Label: ham\r\n\r\n"
+    out = daemon.request("TELL", mail, user="bob", Message_class="ham", Set="local")  # already learned
+    assert out == b"SPAMD/1.5 0 EX_OK\r\nSpamtl-Label: ham\r\n\r\n"
+    out = daemon.request("TELL", mail, user="bob", Message_class="spam", Set="local,remote")  # spamc -C report
+    assert out == b"SPAMD/1.5 0 EX_OK\r\nDidSet: local,remote\r\nSpamtl-Label: spam\r\n\r\n"
+    out = daemon.request("TELL", mail, user="bob", Message_class="ham", Set="local", Remove="remote")  # -C revoke
+    assert out == b"SPAMD/1.5 0 EX_OK\r\nDidSet: local\r\nDidRemove: remote\r\nSpamtl-Label: ham\r\n\r\n"
     out = daemon.request("TELL", mail, user="bob", Remove="local")
-    assert out == b"SPAMD/1.5 0 EX_OK\r\nDidRemove: local\r\n\r\n"
+    assert out == b"SPAMD/1.5 0 EX_OK\r\nDidRemove: local\r\nSpamtl-Label: none\r\n\r\n"
+    out = daemon.request("TELL", mail, user="bob", Remove="local")  # nothing left to forget
+    assert out == b"SPAMD/1.5 0 EX_OK\r\nSpamtl-Label: none\r\n\r\n"
     assert daemon.request("TELL", mail, Message_class="ham", Set="local") == (
         b"SPAMD/1.5 67 TELL needs a User header (or serve --default-user)\r\n\r\n")
 
@@ -395,16 +611,36 @@ def test_oversized_message_passes_through_spamc_unchanged(daemon: Daemon) -> Non
     assert (out.returncode, out.stdout) == (0, big)
 
 
-def test_limits_connections_and_read_time(store: dict[str, object]) -> None:
-    d = Daemon(str(store["db"]), Path(str(store["tmp"])), "--workers", "1", "--max-connections", "1",
-               "--timeout", "0.5")
+def test_at_capacity_the_connection_still_sending_its_request_makes_room(store: dict[str, object]) -> None:
+    d = Daemon(str(store["db"]), Path(str(store["tmp"])), "--workers", "1", "--max-connections", "1")
     try:
         with socket.create_connection(("127.0.0.1", d.port), timeout=10) as idle:
             idle.sendall(b"CHECK SPAMC/1.5\r\n")  # ... and nothing more
             time.sleep(0.1)
-            assert d.exchange(b"PING SPAMC/1.5\r\n\r\n") == (
-                b"SPAMD/1.5 75 too many connections; try again later\r\n\r\n")
-            assert idle.recv(1000) == b"SPAMD/1.5 75 timed out reading the request\r\n\r\n"
+            assert d.exchange(b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
+            assert idle.recv(1000) == b"SPAMD/1.5 75 server busy and the request still incomplete\r\n\r\n"
+    finally:
+        code, err = d.stop()
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(("args", "sent", "waited"), [
+    pytest.param(("--timeout", "0.5"), b"CHECK SPAMC/1.5\r\n", 0.5, id="whole-request"),
+    pytest.param(("--header-timeout", "0.5"), b"CHECK SPAMC/1.5\r\n", 0.5, id="headers"),
+    pytest.param(("--header-timeout", "0.5", "--timeout", "1.5"),
+                 b"CHECK SPAMC/1.5\r\nContent-length: 100\r\n\r\nFrom: x", 1.5, id="body-after-headers"),
+])
+def test_a_request_not_sent_in_time_is_answered_and_closed(store: dict[str, object], args: tuple[str, ...],
+                                                          sent: bytes, waited: float) -> None:
+    d = Daemon(str(store["db"]), Path(str(store["tmp"])), "--workers", "1", *args)
+    try:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=10) as slow:
+            slow.sendall(sent)
+            started = time.monotonic()
+            assert slow.recv(1000) == b"SPAMD/1.5 75 timed out reading the request\r\n\r\n"
+            took = time.monotonic() - started
+        # The body has the rest of --timeout once the headers are in, not only --header-timeout.
+        assert waited - 0.2 <= took < waited + 3, took
         assert d.exchange(b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
     finally:
         code, err = d.stop()
@@ -450,7 +686,7 @@ def test_sighup_reloads(store: dict[str, object], monkeypatch: pytest.MonkeyPatc
         code, err = d.stop()
     assert code == 0 and err.count(" event=reload pid=") == 2, err
     assert re.search(r"verdict command=PROCESS user=alice verdict=spam probability=0\.\d{4} cutoff=0\.9000 "
-                     r"version=\d+ id=[0-9a-f]{12} reason=model ms=", err), err
+                     r"ham_cutoff=0\.5000 version=\d+ id=[0-9a-f]{12} reason=model ms=", err), err
 
 
 def test_non_loopback_bind_is_refused(store: dict[str, object]) -> None:

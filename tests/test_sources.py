@@ -121,3 +121,19 @@ def test_non_mail_file_is_reported_not_yielded(tmp_path: Path, junk: bytes) -> N
     path.write_bytes(junk)
     [item] = list(iter_mail([path]))
     assert isinstance(item, Unreadable) and item.reason.startswith("not a mail message")
+
+
+SEPARATOR = b"From MAILER-DAEMON Thu Jan  1 00:00:00 2004\n"
+EMPTY = "empty message: an mbox `From ` line with nothing after it"
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (SEPARATOR, [("box#1", EMPTY)]),
+    (SEPARATOR + b"\n\n", [("box#1", EMPTY)]),
+    (SEPARATOR + b"Subject: a\n\nx\n\n" + SEPARATOR + b"\n" + SEPARATOR, [("box#1", None), ("box#2", EMPTY),
+                                                                          ("box#3", EMPTY)]),
+    (SEPARATOR + b"Subject: a\n\nx\n\n" + SEPARATOR, [("box#1", None), ("box#2", EMPTY)]),
+], ids=["separator-only", "separator-and-blank-lines", "empty-in-the-middle", "empty-at-the-end"])
+def test_an_mbox_separator_with_no_message_is_reported(data: bytes, expected: list[tuple[str, str | None]]) -> None:
+    items = list(read_mbox(io.BytesIO(data), "box"))
+    assert [(i.origin, i.reason if isinstance(i, Unreadable) else None) for i in items] == expected

@@ -97,12 +97,15 @@ def test_a_verdict_is_in_the_store_within_the_interval(scored) -> None:  # type:
 
 def test_a_failing_users_verdicts_do_not_take_the_batch_with_them(scored) -> None:  # type: ignore[no-untyped-def]
     settings, model, verdicts = scored
+    broken = dataclasses.replace(model)  # a slice of its own in the batch, whose row the store refuses
+    refused = dataclasses.replace(verdicts[1][1], verdict="bogus")  # (the verdict CHECK constraint)
     ghost = dataclasses.replace(model, user="ghost", user_id=987654)  # deleted since it was loaded: no such row
     errors: list[tuple[int, str]] = []
     writer = VerdictWriter(settings, interval=60.0, on_error=lambda n, exc: errors.append((n, type(exc).__name__)))
     before = len(rows(settings.database_url, "alice"))
     writer.submit(model, *verdicts[0], NOW)
-    writer.submit(ghost, *verdicts[1], NOW)
+    writer.submit(broken, verdicts[1][0], refused, NOW)
+    writer.submit(ghost, *verdicts[1], NOW)  # a deleted user's verdict is not stored, and that is no error
     writer.submit(model, *verdicts[2], NOW)
     writer.close()
     assert len(rows(settings.database_url, "alice")) == before + 2

@@ -4,10 +4,12 @@ The CLI (one message or a mailbox), ``spamtl serve`` and the demo all score
 through :class:`ModelReader` and log through :class:`VerdictLogger`, on a
 :class:`~spamtl.store.lite.Store` (DB-API; no SQLAlchemy on the SQLite path).
 
-- A message is known by the sha256 of its bytes *without* the headers that
-  spamtl and other filters add (:func:`spamtl.mail.strip_own_headers`), so a
-  delivered copy is the same message as the one that was classified, and a
-  forged ``X-Spamtl-Status`` cannot change a score.
+- A message is known by its digest (:func:`spamtl.mail.message_identity`): the
+  sha256 of its bytes without the headers that spamtl and other filters add,
+  without the trace fields a transport writes at the top, with LF line ends.
+  So a delivered copy (CRLF in IMAP, Return-Path, Delivered-To and Received
+  above it) is the same message as the one that was classified, and a forged
+  ``X-Spamtl-Status`` cannot change a score or name another message.
 - A correction sticks: when the user has labelled the message, the verdict
   is the user's label, whatever the model says (``reason = "label"``).
 - Each user's cutoffs come from, in order: an administrator's per-user
@@ -17,10 +19,9 @@ through :class:`ModelReader` and log through :class:`VerdictLogger`, on a
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -28,14 +29,15 @@ import numpy as np
 
 from spamtl.config import Settings, verdict_at
 from spamtl.errors import DatabaseError, NoModelError
-from spamtl.features import FeatureConfig, IdfWeights, featurize
-from spamtl.mail import parse_message, strip_own_headers
-from spamtl.scoring import ModelWeights, SparsePart, sigmoid
+from spamtl.features import FeatureConfig, FeatureRow, IdfWeights, MessageTokens, featurize_with_tokens
+from spamtl.mail import ParsedMessage, message_identity, not_mail_reason, parse_message
+from spamtl.scoring import ModelWeights, SparsePart, decode_stored, sigmoid
 from spamtl.sources import RawMail, Unreadable
 from spamtl.store import lite
 
-__all__ = ["SHORT_ID_CHARS", "Prepared", "Verdict", "UserModel", "ModelReader", "VerdictLogger",
-           "VerdictWriter", "prepare", "classify_messages", "open_reader", "verdict_headers"]
+__all__ = ["SHORT_ID_CHARS", "Prepared", "Scored", "Verdict", "Skipped", "UserModel", "ModelReader",
+           "VerdictLogger", "VerdictWriter", "prepare", "skip_reason", "classify_messages", "open_reader",
+           "verdict_headers"]
 
 SHORT_ID_CHARS = 12
 """Hex characters of the sha256 shown as a message's id (48 bits: unambiguous in any real store)."""
@@ -44,7 +46,7 @@ _LOG_CHUNK = 500
 
 @dataclass(frozen=True)
 class Prepared:
-    """A message as spamtl knows it: its bytes without filter headers and their sha256."""
+    """A message as spamtl knows it: the bytes it keeps and its digest (:func:`spamtl.mail.message_identity`)."""
 
     raw: bytes
     sha256: str
@@ -55,9 +57,25 @@ class Prepared:
 
 
 def prepare(raw: bytes) -> Prepared:
-    """Strip filter headers (spamtl's own and other filters') and hash what is left."""
-    clean = strip_own_headers(raw)
-    return Prepared(clean, hashlib.sha256(clean).hexdigest())
+    """The message's kept bytes (filter headers stripped) and its digest, by the one identity rule."""
+    return Prepared(*message_identity(raw))
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One scoring pass over a message: its probability, and everything explaining it needs.
+
+    :meth:`UserModel.score_message` makes it (one parse, one featurisation,
+    one dot product per part); :func:`spamtl.services.explain.explain` splits
+    the same row into parts, so a report never parses the message again.
+    """
+
+    probability: float
+    logit: float
+    warnings: list[str]
+    parsed: ParsedMessage
+    row: FeatureRow  # as the parts score it: reweighted by the version's idf
+    tokens: MessageTokens  # what the row was hashed from, to name its columns
 
 
 @dataclass
@@ -74,6 +92,9 @@ class Verdict:
     reason: str = "model"  # or "label": the user labelled this message, which decides
     subject: str = ""
     warnings: list[str] = field(default_factory=list)
+    # The pass this verdict came from, so that its explanation (SYMBOLS, REPORT, --report) costs no second
+    # parse.  Up to about 0.5 MB (the body text, the tokens): dropped wherever verdicts are queued or collected.
+    scored: Scored | None = field(default=None, repr=False, compare=False)
 
     @property
     def short_id(self) -> str:
@@ -82,13 +103,44 @@ class Verdict:
     def as_dict(self) -> dict[str, Any]:
         return {"user": self.user, "message_id": self.message_id, "sha256": self.sha256, "id": self.short_id,
                 "verdict": self.verdict, "probability": round(self.probability, 6),
-                "model_version": self.model_version, "spam_cutoff": self.spam_cutoff, "reason": self.reason}
+                "model_version": self.model_version, "spam_cutoff": self.spam_cutoff, "ham_cutoff": self.ham_cutoff,
+                "reason": self.reason}
 
     def header_value(self) -> str:
-        """The ``X-Spamtl-Status`` value: verdict first, then key=value facts (id works with --id)."""
+        """The ``X-Spamtl-Status`` value: verdict first, then key=value facts (id works with --id).
+
+        Both cutoffs, spam first: an "unsure" or "ham" reads right only beside the ham cutoff.  A reader
+        that looks for the first ``cutoff=`` (the format before both were shown) still finds the spam one.
+        """
         label = ", label" if self.reason == "label" else ""
-        return (f"{self.verdict}, probability={self.probability:.4f}, cutoff={self.spam_cutoff:.4f}, "
-                f"version={self.model_version}, id={self.short_id}{label}")
+        return (f"{self.verdict}, probability={self.probability:.4f}, spam_cutoff={self.spam_cutoff:.4f}, "
+                f"ham_cutoff={self.ham_cutoff:.4f}, version={self.model_version}, id={self.short_id}{label}")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Input passed over without a verdict (:func:`skip_reason`): nothing scored, nothing logged."""
+
+    user: str
+    origin: str
+    reason: str  # e.g. "empty message", "not mail: no header fields"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "origin": self.origin, "verdict": "skipped", "skip_reason": self.reason}
+
+    def header_value(self) -> str:
+        """The ``X-Spamtl-Status`` value, as for mail larger than the size limit: ``skipped, <reason>``."""
+        return f"skipped, {self.reason}"
+
+
+def skip_reason(raw: bytes) -> str | None:
+    """Why these bytes get no verdict (empty, or not mail at all: :func:`spamtl.mail.not_mail_reason`), or None.
+
+    The one skip decision of every caller (filter mode, a mailbox, the daemon): such input is passed
+    through with ``X-Spamtl-Status: skipped, <reason>``, never scored (a model asked about nothing
+    answers with its prior, which can be a confident "spam") and never logged as a verdict.
+    """
+    return not_mail_reason(raw)
 
 
 @dataclass
@@ -120,15 +172,22 @@ class UserModel:
         return p, warnings, parsed.message_id
 
     def score(self, raw: bytes) -> tuple[float, list[str], Any]:
+        """Spam probability, parse warnings and the parsed message (see :meth:`score_message`)."""
+        scored = self.score_message(raw)
+        return scored.probability, scored.warnings, scored.parsed
+
+    def score_message(self, raw: bytes) -> Scored:
+        """The one scoring pass (every verdict and explanation comes from it): parse, featurise, score."""
         parsed = parse_message(raw)
-        row = self.weights.prepare(featurize(parsed, self.config))
+        features, tokens = featurize_with_tokens(parsed, self.config)
+        row = self.weights.prepare(features)
         dense, intercept = self._base()
         z = intercept + float(dense[row.indices] @ row.values.astype(np.float64))
         personal = self.weights.tasks.get(self.user)
         if personal is not None:
             z += personal.dot(row) + personal.intercept
         warnings = ["; ".join(parsed.defects)] if parsed.is_damaged else []
-        return sigmoid(z), warnings, parsed
+        return Scored(sigmoid(z), z, warnings, parsed, row, tokens)
 
     def verdict(self, probability: float) -> str:
         """The verdict at this user's cutoffs."""
@@ -145,12 +204,26 @@ def dense_base(weights: ModelWeights, group: str | None) -> tuple[np.ndarray, fl
     return dense, intercept
 
 
-def verdict_headers(verdict: Verdict) -> list[tuple[str, str]]:
-    """The headers filter mode and ``spamtl serve`` (PROCESS/HEADERS) add for a verdict."""
+def verdict_headers(verdict: Verdict, *, tests: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """The headers filter mode and ``spamtl serve`` (PROCESS/HEADERS) add for a verdict.
+
+    Always ``X-Spamtl-Status`` (feedback by ``--id`` reads it).  Filter mode (``tests`` None) adds
+    ``X-Spam-Flag: YES`` for spam.  The daemon gives ``tests`` (the score's symbols,
+    :func:`spamtl.services.explain.symbol_names`) and gets SpamAssassin's ``X-Spam-Flag``,
+    ``X-Spam-Level`` and ``X-Spam-Status`` in its layout, on its 5.0 scale (:mod:`spamtl.spamd_protocol`),
+    as rules and milters written for SpamAssassin expect them.
+    """
     headers = [("X-Spamtl-Status", verdict.header_value())]
-    if verdict.verdict == "spam":
-        headers.append(("X-Spam-Flag", "YES"))
-    return headers
+    if tests is None:
+        if verdict.verdict == "spam":
+            headers.append(("X-Spam-Flag", "YES"))
+        return headers
+    from spamtl import __version__
+    from spamtl import spamd_protocol as proto  # a pure formatting module: no I/O, no spamtl imports
+
+    score, _ = proto.score_scale(verdict.probability, verdict.spam_cutoff, verdict.ham_cutoff, verdict.verdict)
+    return headers + proto.spamassassin_headers(score, verdict.verdict == "spam", list(tests),
+                                                f"spamtl-{__version__}")
 
 
 @dataclass
@@ -172,7 +245,7 @@ class ModelReader:
     A one-shot CLI reads one slice.  A daemon keeps a reader for its lifetime
     and calls :meth:`refresh` before each request (cheap: one row): when the
     store generation moved, it drops exactly what changed, so a promotion,
-    ``models activate`` or a feedback refit is seen at once.  Every
+    ``models activate``, a feedback refit or a user's deletion is seen at once.  Every
     :class:`UserModel` comes from a single version: never two in one verdict.
     """
 
@@ -205,7 +278,11 @@ class ModelReader:
         previous, self._generation = self._generation, generation
         dropped = bool(self._users) or self._version is not None
         active = self.store.one(lite.ACTIVE_VERSION)
-        if previous is None or self._version is None or active is None or active[0] != self._version.version:
+        # A deleted or renamed user leaves no changed row behind: the marker says so, and every slice (with
+        # its user id) and the version's task groups go.
+        users_changed = self.store.one(lite.USERS_CHANGED) if previous is not None else None
+        if (previous is None or self._version is None or active is None or active[0] != self._version.version
+                or (users_changed is not None and int(users_changed[0]) > previous)):
             self._version = None
             self._users.clear()
         else:
@@ -232,11 +309,13 @@ class ModelReader:
                 config = FeatureConfig.from_key(feature_key)
             except ValueError as exc:
                 raise DatabaseError(f"{exc}; run `spamtl train` to retrain") from None
-            shared = self._part(version, "shared", "")
-            idf = self._part_bytes(version, "idf", "")
+            n_features = int(n_features)
+            shared = self._part(version, n_features, "shared", "")
+            idf_bytes = self._part_bytes(version, "idf", "")
+            idf = None if idf_bytes is None else decode_stored(IdfWeights.from_bytes, idf_bytes, version=version,
+                                                               n_features=n_features, kind="idf")
             self._version = _VersionParts(
-                version=version, config=config, n_features=int(n_features),
-                shared=shared or SparsePart.empty(), idf=IdfWeights.from_bytes(idf) if idf else None,
+                version=version, config=config, n_features=n_features, shared=shared or SparsePart.empty(), idf=idf,
                 task_groups=dict(params.pop("task_groups", None) or {}), params=params)
         return self._version
 
@@ -244,9 +323,12 @@ class ModelReader:
         row = self.store.one(lite.PART, {"version": version, "kind": kind, "name": name})
         return bytes(row[0]) if row else None
 
-    def _part(self, version: int, kind: str, name: str) -> SparsePart | None:
+    def _part(self, version: int, n_features: int, kind: str, name: str) -> SparsePart | None:
         data = self._part_bytes(version, kind, name)
-        return SparsePart.from_bytes(data) if data is not None else None
+        if data is None:
+            return None
+        return decode_stored(SparsePart.from_bytes, data, version=version, n_features=n_features, kind=kind,
+                             name=name)
 
     def user_model(self, user: str) -> UserModel:
         """``user``'s slice of the active model (the shared part alone for a user it does not know)."""
@@ -260,8 +342,8 @@ class ModelReader:
         user_id, stored_group, spam_override, ham_override = user_row if user_row else (None, None, None, None)
         group = v.task_groups.get(user, stored_group)
         if group and group not in v.groups:
-            v.groups[group] = self._part(v.version, "group", group)
-        personal = self._part(v.version, "user", user)
+            v.groups[group] = self._part(v.version, v.n_features, "group", group)
+        personal = self._part(v.version, v.n_features, "user", user)
         group_part = v.groups.get(group) if group else None
         weights = ModelWeights(
             n_features=v.n_features, shared=v.shared,
@@ -317,9 +399,14 @@ class ModelReader:
         self.store.finish_read()
         return str(row[0]) if row else None
 
-    def classify(self, model: UserModel, message: Prepared, origin: str) -> Verdict:
-        """The verdict for one prepared message: the model's, unless the user labelled it."""
-        probability, warnings, parsed = model.score(message.raw)
+    def classify(self, model: UserModel, message: Prepared, origin: str, *, keep_scored: bool = True) -> Verdict:
+        """The verdict for one prepared message: the model's, unless the user labelled it.
+
+        With ``keep_scored`` the verdict keeps its scoring pass (``Verdict.scored``) for an explanation;
+        callers that hold many verdicts pass False.
+        """
+        scored = model.score_message(message.raw)
+        probability, parsed = scored.probability, scored.parsed
         verdict, reason = model.verdict(probability), "model"
         label = self.current_label(model, message.sha256)
         if label is not None:
@@ -327,7 +414,7 @@ class ModelReader:
         return Verdict(user=model.user, origin=origin, message_id=parsed.message_id, sha256=message.sha256,
                        verdict=verdict, probability=probability, model_version=model.version,
                        spam_cutoff=model.spam_cutoff, ham_cutoff=model.ham_cutoff, reason=reason,
-                       subject=parsed.subject, warnings=warnings)
+                       subject=parsed.subject, warnings=scored.warnings, scored=scored if keep_scored else None)
 
 
 class VerdictLogger:
@@ -335,7 +422,8 @@ class VerdictLogger:
 
     A user the store does not know is registered only when ``create_users``
     is set (``auto_create_users`` in the settings); otherwise their verdicts
-    are given but not stored, so a typo in a user name leaves no trace.
+    are given but not stored, so a typo in a user name leaves no trace.  Nor
+    are the verdicts of a user deleted (or renamed) after their slice was read.
     """
 
     def __init__(self, store: lite.Store, *, create_users: bool = False) -> None:
@@ -372,6 +460,10 @@ class VerdictLogger:
             store.execute(lite.CREATE_USER, {"name": model.user, "now": store.value(items[0][2])})
             row = store.one(lite.USER, {"name": model.user})
             user_id = model.user_id = int(row[0]) if row else None
+        else:
+            row = store.one(lite.USER, {"name": model.user})
+            if row is None or int(row[0]) != user_id:
+                return False  # deleted (or renamed) since the slice was read: nothing of theirs is stored
         for message, verdict, now in items:
             stamp = store.value(now)
             row = store.one(lite.MESSAGE_PK, {"sha256": message.sha256})
@@ -383,6 +475,8 @@ class VerdictLogger:
                     "date": store.value(lite.naive_utc(date)), "now": stamp,
                     "subject": verdict.subject[:255] or None})
                 row = store.one(lite.MESSAGE_PK, {"sha256": message.sha256})
+            elif row[1]:
+                store.execute(lite.RESTORE_BODY, {"pk": int(row[0]), "raw": lite.compress(message.raw)})
             assert row is not None
             store.execute(lite.LOG_VERDICT, {
                 "user_id": user_id, "message_pk": int(row[0]), "probability": verdict.probability,
@@ -424,6 +518,8 @@ class VerdictWriter:
         self._thread.start()
 
     def submit(self, model: UserModel, message: Prepared, verdict: Verdict, now: datetime) -> None:
+        if verdict.scored is not None:
+            verdict = replace(verdict, scored=None)  # the queue holds what is stored, not the scoring pass
         with self._wake:
             if self._closed:
                 raise RuntimeError("the verdict writer is closed")
@@ -509,27 +605,31 @@ def open_reader(settings: Settings) -> ModelReader:
 
 def classify_messages(reader: ModelReader, *, user: str, mails: Iterable[RawMail | Unreadable], now: datetime,
                       log: bool = True, model: UserModel | None = None,
-                      logger: VerdictLogger | None = None) -> Iterator[Verdict | Unreadable]:
-    """Score each message for ``user`` and log the verdicts (in chunks, one transaction each).
+                      logger: VerdictLogger | None = None) -> Iterator[Verdict | Skipped | Unreadable]:
+    """Score each message for ``user`` and log the verdicts (in chunks, one transaction each), in input order.
 
-    A user the model has never seen is scored by the shared (and group) part.
+    A user the model has never seen is scored by the shared (and group) part.  Input that is not
+    mail (:func:`skip_reason`) comes out as :class:`Skipped`: not scored, not logged.
     """
-    if model is None:
-        model = reader.user_model(user)
-    if logger is None:
-        logger = VerdictLogger(reader.store, create_users=reader.settings.auto_create_users)
-    pending: list[tuple[Prepared, Verdict]] = []
+    scorer = model if model is not None else reader.user_model(user)
+    verdicts = logger if logger is not None else VerdictLogger(reader.store,
+                                                               create_users=reader.settings.auto_create_users)
+    pending: list[tuple[Prepared | None, Verdict | Skipped | Unreadable]] = []
+
+    def flush() -> Iterator[Verdict | Skipped | Unreadable]:
+        if log:
+            verdicts.log(scorer, [(m, v) for m, v in pending if m is not None and isinstance(v, Verdict)], now)
+        yield from (v for _, v in pending)
+        pending.clear()
+
     for item in mails:
-        if isinstance(item, Unreadable):
-            yield item
-            continue
-        message = prepare(item.raw)
-        pending.append((message, reader.classify(model, message, item.origin)))
+        if isinstance(item, Unreadable):  # a file that is not mail was read, and is skipped as stdin would be
+            pending.append((None, Skipped(user, item.origin, item.not_mail) if item.not_mail else item))
+        elif (reason := skip_reason(item.raw)) is not None:
+            pending.append((None, Skipped(user, item.origin, reason)))
+        else:
+            message = prepare(item.raw)
+            pending.append((message, reader.classify(scorer, message, item.origin, keep_scored=False)))
         if len(pending) >= _LOG_CHUNK:
-            if log:
-                logger.log(model, pending, now)
-            yield from (v for _, v in pending)
-            pending = []
-    if log:
-        logger.log(model, pending, now)
-    yield from (v for _, v in pending)
+            yield from flush()
+    yield from flush()

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from spamtl.features import FeatureConfig, FeatureRow, featurize, rows_to_csr
 from spamtl.mail import parse_message
 from spamtl.parallel import fork_pool_is_safe
+from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.rowfiles import row_batches, stack_rows
 from spamtl.store import learning, queries
 from spamtl.store.db import translate_errors
@@ -33,7 +34,8 @@ __all__ = ["TrainingData", "load_training_data", "feature_rows", "featurize_raw"
 _PARALLEL_MIN = 2000
 _CHUNK = 1000
 
-Progress = Callable[[int], None]
+Advance = Callable[[int], None]
+"""Called with how many more messages have their features (``Progress.advance``)."""
 
 
 @dataclass
@@ -75,7 +77,7 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
 
 
 def feature_rows(engine: Engine, message_pks: Sequence[int], config: FeatureConfig,
-                 progress: Progress | None = None) -> dict[int, FeatureRow]:
+                 progress: Advance | None = None) -> dict[int, FeatureRow]:
     """Feature rows of the given messages, computing and caching the missing ones.
 
     Messages without a cached row whose body retention has dropped are absent from the result.
@@ -115,7 +117,7 @@ def feature_rows(engine: Engine, message_pks: Sequence[int], config: FeatureConf
 
 
 def _store(engine: Engine, pks: list[int], blobs: list[bytes], config: FeatureConfig, cached: dict[int, bytes],
-           progress: Progress | None) -> None:
+           progress: Advance | None) -> None:
     with translate_errors(), Session(engine) as session, session.begin():
         queries.store_features(session=session, rows=zip(pks, blobs), feature_key=config.key)
     cached.update(zip(pks, blobs))
@@ -132,7 +134,7 @@ def _timestamp(value: datetime | None, fallback: datetime) -> float:
 
 
 def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence[str] | None = None,
-                       progress: Progress | None = None,
+                       progress: Progress = NO_PROGRESS,
                        uncorrected: tuple[datetime, datetime] | None = None,
                        directory: str | None = None) -> TrainingData:
     """Every current label (optionally of some users) with its message's features.
@@ -143,17 +145,21 @@ def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence
 
     The features are read ``BATCH_ROWS`` labels at a time; with ``directory`` each batch's rows go to a file
     there and ``X`` maps them (:mod:`spamtl.rowfiles`), so memory holds a batch, not every label's rows.
+    ``progress`` (its current stage counts messages) gets the total once the labels are read, then the
+    messages whose features are ready, a chunk at a time.
     """
     with translate_errors(), Session(engine) as session:
         labels, n_given = learning.labels_to_learn(session=session, users=users, window=uncorrected)
         groups = {u.name: u.group_name for u in queries.users_by_name(session=session).values()}
     given = np.arange(len(labels)) < n_given
     kept: list[int] = []
+    # What feature_rows will count: each batch's distinct messages.
+    progress.set_total(sum(len({lab.message_pk for lab in labels[b0:b1]}) for b0, b1 in row_batches(len(labels))))
 
     def batches() -> Iterator[sp.csr_matrix]:
         for b0, b1 in row_batches(len(labels)):
             batch = labels[b0:b1]
-            rows = feature_rows(engine, [lab.message_pk for lab in batch], config, progress)
+            rows = feature_rows(engine, [lab.message_pk for lab in batch], config, progress.advance)
             # A label given by id after retention dropped the body has no features: it waits until the message
             # is passed again.
             here = [i for i, lab in enumerate(batch, start=b0) if lab.message_pk in rows]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from spamtl.config import Settings
+from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.services.classify import Verdict, classify_messages, open_reader
 from spamtl.services.evaluate import Evaluation, evaluate
 from spamtl.services.feedback import FeedbackResult, record_feedback
@@ -21,9 +21,6 @@ from spamtl.sources import RawMail, iter_mail
 from spamtl.store.db import make_engine, upgrade
 
 __all__ = ["DemoReport", "corpus_folder", "run_demo"]
-
-Stage = Callable[[str, int | None], None]
-
 
 @dataclass
 class DemoReport:
@@ -50,14 +47,9 @@ def corpus_folder(target: Path | None = None) -> Path:
 
 
 def run_demo(database_url: str, *, now: datetime, corpus: Path | None = None, folds: int = 3,
-             users: list[str] | None = None, stage: Stage | None = None) -> DemoReport:
+             users: list[str] | None = None, progress: Progress = NO_PROGRESS) -> DemoReport:
     """Create the database, import, train, evaluate, classify held-back mail, apply one correction."""
     started = time.monotonic()
-
-    def say(text: str) -> None:
-        if stage is not None:
-            stage(text, None)
-
     folder = corpus or corpus_folder()
     meta = json.loads((folder / "users.json").read_text())["users"]
     names = users or list(meta)
@@ -65,16 +57,17 @@ def run_demo(database_url: str, *, now: datetime, corpus: Path | None = None, fo
     engine = make_engine(database_url, create_dir=True)
     upgrade(engine)
     report = DemoReport(database_url=database_url, corpus=folder)
+    progress.stage("import", 2 * len(names), unit="mailboxes")
     for user in names:
         for label in ("ham", "spam"):
-            say(f"importing {user} ({label})")
             report.imports.append(import_mail(engine, user=user, paths=[str(folder / user / f"{label}.mbox")],
                                               label=label, group=meta[user]["group"], now=now))
-    say("training")
+            progress.advance(1)
+    progress.stage("train")
     report.training = train(engine, settings, now=now)
-    say("evaluating against single-task learning")
+    progress.stage("evaluate", folds=folds)  # against single-task learning
     report.evaluation = evaluate(engine, settings, folds=folds)
-    say("classifying held-back mail")
+    progress.stage("classify", len(names), unit="users")  # the held-back mail
     reader = open_reader(settings)
     for user in names:
         mails = [m for m in iter_mail([folder / user / "incoming.mbox"]) if isinstance(m, RawMail)]
@@ -82,13 +75,14 @@ def run_demo(database_url: str, *, now: datetime, corpus: Path | None = None, fo
         for truth, verdict in zip(truths, classify_messages(reader, user=user, mails=mails, now=now)):
             assert isinstance(verdict, Verdict)
             report.incoming.append((user, truth, verdict))
+        progress.advance(1)
     # The correction: the held-back message that a user's filter let through as ham (or unsure)
     # with the highest spam probability gets the user's "this is spam".
     candidates = [(v.probability, user, v) for user, truth, v in report.incoming if v.verdict != "spam"]
     if candidates:
         _, user, before = max(candidates, key=lambda c: c[0])
         raw = _raw_of(folder / user / "incoming.mbox", before.sha256)
-        say(f"feedback: {user} marks a message as spam")
+        progress.stage("feedback", user=user)  # the user marks a message as spam
         report.feedback_before = before
         report.feedback = record_feedback(engine, settings, user=user, label="spam", raw=raw, now=now)
         reader.refresh()  # the refit is seen at once, as a daemon would see it

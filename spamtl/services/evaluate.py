@@ -14,7 +14,7 @@ of their ham and of their spam tests).  The active model is never touched.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from spamtl.config import Settings
 from spamtl.errors import UsageError
 from spamtl.features import IdfWeights
 from spamtl.metrics import binary_metrics, roc_curve_points
+from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.training import base_params, choose_params, fit_model, holdout_split, min_df_mask
 from spamtl.store.db import check_schema
@@ -85,13 +86,17 @@ def _fit_baselines(train: TrainingData, test: TrainingData, alpha: float, idf: b
 
 
 def evaluate(engine: Engine, settings: Settings, *, users: Sequence[str] | None = None, folds: int = 3,
-             chronological: bool = False, stage: Callable[[str, int | None], None] | None = None,
+             chronological: bool = False, progress: Progress = NO_PROGRESS,
              with_curves: bool = False) -> Evaluation:
-    """Per-user and macro-averaged metrics of the three systems on the same splits."""
+    """Per-user and macro-averaged metrics of the three systems on the same splits.
+
+    ``progress`` hears the stages: load (messages), folds (each fits the three systems).
+    """
     if folds < 2:
         raise UsageError("--folds must be at least 2")
     check_schema(engine)
-    data = load_training_data(engine, settings.features)
+    progress.stage("load", unit="messages")
+    data = load_training_data(engine, settings.features, progress=progress)
     if len(data.y) == 0:
         raise UsageError("no labelled mail yet; add some with `spamtl import USER PATH --label spam|ham`")
     known = set(data.users.tolist())
@@ -105,11 +110,11 @@ def evaluate(engine: Engine, settings: Settings, *, users: Sequence[str] | None 
     n_train = {u: 0 for u in wanted}
     splits = _splits(data, folds, chronological, settings.seed)
     base = base_params(settings)
-    for k, (train_idx, test_idx) in enumerate(splits):
-        if stage is not None:
-            stage(f"fold {k + 1}/{len(splits)}: fitting three systems", None)
+    progress.stage("folds", len(splits), unit="folds", labels=len(data.y), users=data.n_users)
+    for train_idx, test_idx in splits:
         train, test = data.subset(train_idx), data.subset(test_idx)
         if len(np.unique(train.y)) < 2:
+            progress.advance(1)
             continue
         for u in wanted:
             n_train[u] += int((train.users == u).sum())
@@ -121,6 +126,7 @@ def evaluate(engine: Engine, settings: Settings, *, users: Sequence[str] | None 
             scores["mtl"][test_idx] = model.decision_function(test.X, tasks=test.users, groups=groups)
             for name, s in _fit_baselines(train, test, params["alpha"], settings.idf).items():
                 scores[name][test_idx] = s
+        progress.advance(1)
     n_train = {u: round(n / len(splits)) for u, n in n_train.items()}
     cutoff = float(np.log(settings.spam_cutoff / (1 - settings.spam_cutoff)))  # probability -> log-odds
     report: dict[str, dict[str, Any]] = {}

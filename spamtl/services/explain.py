@@ -7,8 +7,12 @@ The score of a message for user t is the logit
 where x is the message's idf-reweighted, unit-norm feature row.  Each part's
 contribution is its intercept plus ``part.values[j] * x[j]`` over the row's
 columns, so the parts add up to the score exactly.  Columns are CRC-32
-hashes of tokens; the message's own tokens are recomputed to name them (a
-column may hold several tokens, shown joined with ``|``).
+hashes of tokens; the message's own tokens, kept by the scoring pass, name
+them (a column may hold several tokens, shown joined with ``|``).
+
+An explanation is made from the pass that scored the message
+(:class:`~spamtl.services.classify.Scored`, ``Verdict.scored``): the message
+is parsed and featurised once, whether or not a report is asked for.
 
 :func:`explain` is a pure function of a :class:`UserModel` and a prepared
 message (no database access), so the daemon can reuse it for
@@ -26,13 +30,12 @@ import numpy as np
 
 from spamtl.config import Settings, validate_name
 from spamtl.errors import UsageError
-from spamtl.features import featurize, tokenize
-from spamtl.mail import parse_message
 from spamtl.scoring import SparsePart
-from spamtl.services.classify import Prepared, UserModel, open_reader, prepare
+from spamtl.services.classify import Prepared, Scored, UserModel, Verdict, open_reader, prepare
 
 __all__ = ["DEFAULT_TOP", "MAX_TOKEN_CHARS", "MAX_TOKENS_PER_COLUMN", "REPORT_MAX_CHARS", "Evidence",
-           "PartExplanation", "Explanation", "explain", "explain_message", "part_totals", "report_header"]
+           "PartExplanation", "Explanation", "explain", "explain_message", "part_totals", "report_header",
+           "symbol_names"]
 
 DEFAULT_TOP = 5
 """Strongest columns shown per part and direction (bogofilter -v shows a handful too)."""
@@ -209,21 +212,26 @@ def _weights_at(part: SparsePart, cols: np.ndarray) -> np.ndarray:
     return weights
 
 
-def explain(model: UserModel, message: Prepared, *, top: int = DEFAULT_TOP) -> Explanation:
+def explain(model: UserModel, message: Prepared, *, top: int = DEFAULT_TOP,
+            scored: Scored | None = None) -> Explanation:
     """The score of ``message`` for ``model``'s user, split into parts with their strongest evidence.
 
     Pure: no database access.  ``sum(part.total) == logit`` up to rounding,
-    and ``probability`` is what :meth:`UserModel.score` reports.
+    and ``probability`` is what :meth:`UserModel.score` reports.  ``scored``
+    is the pass that scored ``message`` with ``model`` (``Verdict.scored``):
+    given, the message is not parsed or featurised again; else one pass is
+    made here.
     """
     top = max(0, min(int(top), MAX_TOP))
-    parsed = parse_message(message.raw)
-    row = model.weights.prepare(featurize(parsed, model.config))
-    cols = row.indices.astype(np.int64)
-    x = row.values.astype(np.float64)
-    names = _column_names(tokenize(parsed, model.config), model.config.n_features)
+    if scored is None:
+        scored = model.score_message(message.raw)
+    cols = scored.row.indices.astype(np.int64)
+    x = scored.row.values.astype(np.float64)
+    # top=0 (the daemon's X-Spam-Status: the parts' totals only) names no evidence: skip hashing the tokens
+    names = _column_names(scored.tokens.as_list(), model.config.n_features) if top else {}
     parts = [_part(kind, name, part, cols, x, names, top) for kind, name, part in _parts(model)]
     logit = sum(p.total for p in parts)
-    probability, _, _ = model.score(message.raw)
+    probability, parsed = scored.probability, scored.parsed
     notes = []
     if not model.is_known_user:
         notes.append(f"{model.user!r} has no personal model yet: scored by the shared"
@@ -233,6 +241,19 @@ def explain(model: UserModel, message: Prepared, *, top: int = DEFAULT_TOP) -> E
                        verdict=model.verdict(probability), spam_cutoff=model.spam_cutoff,
                        ham_cutoff=model.ham_cutoff, cutoff_source=model.cutoff_source, parts=tuple(parts),
                        notes=tuple(notes))
+
+
+def symbol_names(verdict: Verdict, explanation: Explanation) -> list[str]:
+    """The verdict and the parts of its score as SpamAssassin names the rules that hit, sorted as it does.
+
+    ``SPAMTL_SPAM`` (``_HAM``, ``_UNSURE``), ``SPAMTL_USER_LABEL`` when the user's label decided, and
+    ``SPAMTL_SHARED_SPAM``, ``SPAMTL_GROUP_HAM``, ``SPAMTL_PERSONAL_SPAM`` ... for each part that pushed
+    the score one way.  The daemon's SYMBOLS answer and its ``X-Spam-Status`` ``tests=`` list.
+    """
+    names = [f"SPAMTL_{verdict.verdict.upper()}"] + (["SPAMTL_USER_LABEL"] if verdict.reason == "label" else [])
+    names += [f"SPAMTL_{part.kind.upper()}_{'SPAM' if part.total > 0 else 'HAM'}"
+              for part in explanation.parts if part.total != 0]
+    return sorted(names)
 
 
 def report_header(explanation: Explanation, *, per_part: int = 3, limit: int = REPORT_MAX_CHARS) -> str:

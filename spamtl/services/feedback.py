@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -14,14 +14,15 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from spamtl.config import Settings, validate_name
-from spamtl.errors import NoModelError, UsageError
+from spamtl.errors import NoModelError, UnknownUserError, UsageError
 from spamtl.features import FeatureConfig, rows_to_csr
-from spamtl.mail import strip_own_headers
+from spamtl.mail import message_identity
 from spamtl.scoring import SparsePart, sigmoid
 from spamtl.services.dataset import feature_rows
-from spamtl.services.importing import _batches, sha256_hex, store_messages
+from spamtl.services.importing import _batches, store_messages
 from spamtl.services.models import load_user_slice
-from spamtl.sources import RawMail, Unreadable, iter_mail
+from spamtl.progress import NO_PROGRESS, Progress
+from spamtl.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.store import learning, queries
 from spamtl.store.db import check_schema, translate_errors
 from spamtl.store.schema import LABELS, Message
@@ -45,6 +46,7 @@ class FeedbackResult:
     probability_after: float | None
     user_labels: int
     body_missing: bool = False  # retention dropped the body: the label is stored but cannot be learnt from
+    user_created: bool = False  # the store did not know the user: this label registered them
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -119,12 +121,17 @@ def resolve_reference(session: Session, ref: str) -> int:
 
 
 def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str, now: datetime,
-                    raw: bytes | None = None, ref: str | None = None) -> FeedbackResult:
+                    raw: bytes | None = None, ref: str | None = None,
+                    create_user: bool = True) -> FeedbackResult:
     """Record ``label`` for a message (bytes, or a sha256 / Message-ID reference) and refit ``user``.
 
     The refit changes only this user's personal part of the active model (the
     shared and group parts are fixed), so no other user's scores move.  With
     no model yet, the label is stored for the next `spamtl train`.
+
+    A user the store does not know is registered when ``create_user`` is set (an
+    administrator's ``spamtl feedback``); otherwise (the daemon's TELL, which passes
+    ``settings.auto_create_users``) :class:`UnknownUserError` is raised and nothing is stored.
     """
     if label not in LABELS:
         raise UsageError(f"unknown label {label!r}; use one of: {', '.join(LABELS)}")
@@ -133,7 +140,11 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
     validate_name(user)
     check_schema(engine)
     with translate_errors(), Session(engine) as session, session.begin():
-        db_user = queries.get_or_create_user(session=session, name=user, group=None, now=now)
+        known = queries.get_user(session=session, name=user)
+        if known is None and not create_user:
+            raise UnknownUserError(f"no user {user!r} in the store, and auto_create_users is off; "
+                                   "nothing learned (`spamtl users` lists them)")
+        db_user = known or queries.get_or_create_user(session=session, name=user, group=None, now=now)
         user_id, group = db_user.id, db_user.group_name
         pk = _resolve(session, raw, ref, now)
         sha = session.get(Message, pk).sha256  # type: ignore[union-attr]
@@ -141,7 +152,8 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
         queries.add_labels(session=session, rows=[{"user_id": user_id, "message_id": pk, "label": label,
                                                    "source": "feedback", "created_at": now}])
     result = FeedbackResult(user=user, sha256=sha, label=label, previous_label=previous, model_version=None,
-                            probability_before=None, probability_after=None, user_labels=0)
+                            probability_before=None, probability_after=None, user_labels=0,
+                            user_created=known is None)
     _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=pk, now=now)
     from spamtl.logs import log_feedback
 
@@ -151,7 +163,7 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
 
 
 def record_feedback_batch(engine: Engine, settings: Settings, *, user: str, label: str, paths: Sequence[str],
-                          now: datetime, progress: Callable[[int], None] | None = None) -> FeedbackBatchResult:
+                          now: datetime, progress: Progress = NO_PROGRESS) -> FeedbackBatchResult:
     """Record ``label`` for every message under ``paths`` (files, Maildirs, mboxes) and refit ``user`` once.
 
     Labels are stored in chunks of ``settings.chunk_size`` (one transaction
@@ -170,13 +182,14 @@ def record_feedback_batch(engine: Engine, settings: Settings, *, user: str, labe
         db_user = queries.get_or_create_user(session=session, name=user, group=None, now=now)
         user_id, group = db_user.id, db_user.group_name
     result = FeedbackBatchResult(user=user, label=label)
+    progress.stage("feedback", count_mail(paths), unit="messages", user=user, label=label)
     for batch in _batches(iter_mail(paths), max(1, settings.chunk_size)):
         mails = [m for m in batch if isinstance(m, RawMail)]
         result.unreadable += [(m.origin, m.reason) for m in batch if isinstance(m, Unreadable)]
         _store_labels(engine, result, user_id=user_id, label=label, raws=[m.raw for m in mails], now=now)
-        if progress is not None:
-            progress(len(batch))
+        progress.advance(len(batch))
     if result.new or result.relabelled:
+        progress.stage("refit", user=user)
         _refit_if_model(engine, settings, result, user=user, user_id=user_id, group=group, message_pk=None, now=now)
     return result
 
@@ -206,7 +219,7 @@ def forget_feedback(engine: Engine, settings: Settings, *, user: str, raw: bytes
     """Remove ``user``'s labels of this message (every one, history included) and refit ``user``."""
     validate_name(user)
     check_schema(engine)
-    sha = sha256_hex(strip_own_headers(raw))
+    sha = message_identity(raw)[1]  # the delivered copy finds the message that was classified
     with translate_errors(), Session(engine) as session, session.begin():
         db_user = queries.get_user(session=session, name=user)
         found = queries.message_ids_by_sha(session=session, shas=[sha])

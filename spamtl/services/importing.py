@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -14,14 +13,15 @@ from sqlalchemy.orm import Session
 
 from spamtl.config import validate_name
 from spamtl.errors import SpamtlError, UsageError
-from spamtl.mail import parse_envelope, strip_own_headers
-from spamtl.sources import RawMail, Unreadable, iter_mail
+from spamtl.mail import message_identity, parse_envelope
+from spamtl.progress import NO_PROGRESS, Progress
+from spamtl.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
 from spamtl.store.lite import naive_utc
 from spamtl.store.schema import LABELS
 
-__all__ = ["ImportSummary", "ImportInterrupted", "import_mail", "store_messages", "sha256_hex"]
+__all__ = ["ImportSummary", "ImportInterrupted", "import_mail", "store_messages"]
 
 
 @dataclass
@@ -52,20 +52,18 @@ class ImportInterrupted(SpamtlError):
         self.summary = summary
 
 
-def sha256_hex(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
-
-
 def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) -> list[int]:
-    """Primary keys of these messages, storing those not yet known (dedup by sha256).
+    """Primary keys of these messages, storing those not yet known (dedup by digest).
 
-    Headers that spam filters add are stripped first (:func:`spamtl.mail.strip_own_headers`):
-    a copy delivered with spamtl's verdict is the same message, and the verdict is never learned.
-    Race-free: a message another process stores between the look-up and the
+    A message is known by :func:`spamtl.mail.message_identity`: a copy delivered with spamtl's
+    verdict, CRLF line ends or a transport's trace fields on top is the message that was
+    classified, and the first copy stored keeps its bytes (filter headers stripped, so a
+    verdict is never learned).  Race-free: a message another process stores between the look-up and the
     insert is skipped by ``ON CONFLICT DO NOTHING`` and its id read back.
     """
-    raws = [strip_own_headers(r) for r in raws]
-    shas = [sha256_hex(r) for r in raws]
+    identities = [message_identity(r) for r in raws]
+    raws = [kept for kept, _ in identities]
+    shas = [digest for _, digest in identities]
     known = queries.message_ids_by_sha(session=session, shas=shas)
     if known:  # a message whose body retention dropped gets it back, so it can be learnt from again
         bodiless = queries.bodiless_messages(session=session, message_pks=list(known.values()))
@@ -101,12 +99,14 @@ def _batches(items: Iterable[RawMail | Unreadable], size: int) -> Iterable[list[
 
 def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, group: str | None = None,
                 now: datetime, chunk_size: int = 1000, move_group: bool = False,
-                progress: Callable[[int], None] | None = None) -> ImportSummary:
+                progress: Progress = NO_PROGRESS) -> ImportSummary:
     """Import every message under ``paths`` as ``label`` for ``user``.
 
     Idempotent: a message already labelled the same way for this user counts
     as known; with the other label a new label is recorded and wins.  Each
-    chunk of ``chunk_size`` messages is one transaction.
+    chunk of ``chunk_size`` messages is one transaction.  ``progress`` hears
+    one stage, import, counting the messages read (unreadable ones included)
+    against :func:`~spamtl.sources.count_mail`'s estimate.
     """
     if label not in LABELS:
         raise UsageError(f"unknown label {label!r}; use one of: {', '.join(LABELS)}")
@@ -125,6 +125,7 @@ def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, 
             raise UsageError(f"{user} is in group {existing.group_name!r}; add --move-group to move them to {group!r}")
         user_id = queries.get_or_create_user(session=session, name=user, group=group, now=now).id
     try:
+        progress.stage("import", count_mail(paths), unit="messages", user=user, label=label)
         for batch in _batches(iter_mail(paths), chunk_size):
             mails = [m for m in batch if isinstance(m, RawMail)]
             counts = {"imported": 0, "known": 0, "relabelled": 0}
@@ -147,8 +148,7 @@ def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, 
             summary.known += counts["known"]
             summary.relabelled += counts["relabelled"]
             summary.unreadable += [(m.origin, m.reason) for m in batch if isinstance(m, Unreadable)]
-            if progress is not None:
-                progress(len(batch))
+            progress.advance(len(batch))
     except KeyboardInterrupt:
         raise ImportInterrupted(summary) from None
     except SpamtlError as exc:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from spamtl.errors import NoModelError, UsageError
 from spamtl.features import IdfWeights
-from spamtl.scoring import FORMAT_VERSION, ModelWeights, SparsePart
+from spamtl.scoring import FORMAT_VERSION, ModelWeights, SparsePart, decode_stored
 from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
 from spamtl.store.schema import ModelVersion
@@ -88,12 +88,12 @@ def load_weights(engine: Engine, version: int | None = None) -> tuple[int, str, 
         params = dict(v.params)
         weights = ModelWeights(
             n_features=v.n_features,
-            shared=SparsePart.from_bytes(shared or b""),
-            groups={k: SparsePart.from_bytes(b) for k, b in groups.items()},
-            tasks={k: SparsePart.from_bytes(b) for k, b in tasks.items()},
+            shared=_sparse(v, "shared", "", shared),
+            groups={k: _sparse(v, "group", k, b) for k, b in groups.items()},
+            tasks={k: _sparse(v, "user", k, b) for k, b in tasks.items()},
             task_groups=dict(params.pop("task_groups", None) or {}),
             params=params,
-            idf=IdfWeights.from_bytes(idf) if idf else None,
+            idf=_idf(v, idf),
         )
         return v.id, v.feature_key, weights
 
@@ -110,14 +110,28 @@ def load_user_slice(*, session: Session, user: str, group: str | None,
     idf = queries.model_part(session=session, version_id=v.id, kind="idf")
     weights = ModelWeights(
         n_features=v.n_features,
-        shared=SparsePart.from_bytes(shared or b""),
-        groups={group: SparsePart.from_bytes(group_part)} if group and group_part else {},
-        tasks={user: SparsePart.from_bytes(user_part)} if user_part else {},
+        shared=_sparse(v, "shared", "", shared),
+        groups={group: _sparse(v, "group", group, group_part)} if group and group_part is not None else {},
+        tasks={user: _sparse(v, "user", user, user_part)} if user_part is not None else {},
         task_groups={user: group},
         params={k: val for k, val in (v.params or {}).items() if k != "task_groups"},
-        idf=IdfWeights.from_bytes(idf) if idf else None,
+        idf=_idf(v, idf),
     )
     return v, weights
+
+
+def _sparse(v: ModelVersion, kind: str, name: str, data: bytes | None) -> SparsePart:
+    """A stored part of ``v``; every version is saved with a shared part, which only retention removes."""
+    if data is None:
+        raise UsageError(f"model version {v.id} has no weights any more (retention keeps the last promoted and "
+                         "the pinned versions)")
+    return decode_stored(SparsePart.from_bytes, data, version=v.id, n_features=v.n_features, kind=kind, name=name)
+
+
+def _idf(v: ModelVersion, data: bytes | None) -> IdfWeights | None:
+    if data is None:
+        return None
+    return decode_stored(IdfWeights.from_bytes, data, version=v.id, n_features=v.n_features, kind="idf")
 
 
 def version_info(engine: Engine, version: int) -> VersionInfo:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from spamtl.config import Settings
 from spamtl.errors import UsageError
 from spamtl.metrics import roc_auc
+from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
 
@@ -57,9 +58,6 @@ OVERLAP_MIN = 0.5
 for a user's ham and spam to count as interleaved in time."""
 DATED_MIN = 0.9  # share of each class with a Date header needed to merge by date
 METRICS = ("ham_fpr", "spam_miss", "unsure_rate", "corrections_per_1000", "auc_error_pct")
-
-Stage = Callable[[str, int | None], None]
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -257,8 +255,8 @@ def _night(engine: Engine, settings: Settings, now: datetime, night: int) -> dic
 
 
 def _run_system(source: Engine, plans: dict[str, UserPlan], settings: Settings, *, days: int, label_all: bool,
-                start: datetime, workdir: Path, stage: Stage | None,
-                progress: Progress | None) -> tuple[list[_Record], list[dict[str, Any]]]:
+                start: datetime, workdir: Path, progress: Progress = NO_PROGRESS,
+                system: str = "mtl") -> tuple[list[_Record], list[dict[str, Any]]]:
     from spamtl.services.classify import VerdictLogger, open_reader, prepare
     from spamtl.services.feedback import record_feedback
     from spamtl.store.db import make_engine, upgrade
@@ -281,15 +279,13 @@ def _run_system(source: Engine, plans: dict[str, UserPlan], settings: Settings, 
                 queries.add_labels(session=session, rows=[
                     {"user_id": user_id, "message_id": pk, "label": "spam" if it.is_spam else "ham",
                      "source": "import", "created_at": start} for pk, it in zip(pks, plan.bootstrap)])
-        if stage is not None:
-            stage("training on the bootstrap labels", None)
         nights.append(_night(engine, settings, start + timedelta(hours=23), 0))
         reader = open_reader(settings)
         try:
             logger = VerdictLogger(reader.store, create_users=True)
+            progress.stage("days", sum(p.n_messages for p in plans.values()), unit="messages", system=system,
+                           days=days, users=len(plans))
             for day in range(days):
-                if stage is not None:
-                    stage(f"day {day + 1}/{days}", sum(len(p.days[day]) for p in plans.values()))
                 morning = start + timedelta(days=day + 1, hours=8)
                 tick = 0
                 for plan in plans.values():
@@ -304,7 +300,7 @@ def _run_system(source: Engine, plans: dict[str, UserPlan], settings: Settings, 
                         tick += 1
                         raw = raws[item.pk]
                         prepared = prepare(raw)
-                        verdict = reader.classify(model, prepared, "replay")
+                        verdict = reader.classify(model, prepared, "replay", keep_scored=False)
                         truth = "spam" if item.is_spam else "ham"
                         wrong = verdict.verdict != truth
                         records.append(_Record(plan.user, day, item.is_spam, verdict.probability,
@@ -319,8 +315,7 @@ def _run_system(source: Engine, plans: dict[str, UserPlan], settings: Settings, 
                             model = reader.user_model(plan.user)
                         elif label_all:
                             correct.append((raw, truth))
-                        if progress is not None:
-                            progress(1)
+                    progress.advance(len(todays))
                     logger.log(model, pending, morning + timedelta(seconds=tick))
                     if correct:
                         _file_correct(engine, plan.user, correct, morning + timedelta(hours=12))
@@ -407,12 +402,12 @@ def _macro(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 def replay(engine: Engine, settings: Settings, *, now: datetime, users: Sequence[str] | None = None,
            days: int = DEFAULT_DAYS, bootstrap: int = DEFAULT_BOOTSTRAP, label_all: bool = False,
-           systems: Sequence[str] = SYSTEMS, stage: Stage | None = None,
-           progress: Progress | None = None) -> Replay:
+           systems: Sequence[str] = SYSTEMS, progress: Progress = NO_PROGRESS) -> Replay:
     """Replay the store's labelled mail day by day for each system; the real store is only read.
 
     Every user is replayed (they all train together, as in real life);
-    ``users`` restricts the report.
+    ``users`` restricts the report.  ``progress`` hears two stages per system: bootstrap (copying the
+    first labels, the first training) and days (messages classified, nights included).
     """
     for system in systems:
         system_settings(settings, system)  # unknown names fail before any work
@@ -430,15 +425,12 @@ def replay(engine: Engine, settings: Settings, *, now: datetime, users: Sequence
     seconds: dict[str, float] = {}
     for system in systems:
         began = time.monotonic()
-
-        def system_stage(label: str, total: int | None, system: str = system) -> None:
-            if stage is not None:
-                stage(f"replay {system}: {label}", total)
-
+        progress.stage("bootstrap", system=system, users=len(plans),
+                       labels=sum(len(p.bootstrap) for p in plans.values()))
         with tempfile.TemporaryDirectory(prefix="spamtl-replay-") as tmp:
             records, nights[system] = _run_system(engine, plans, system_settings(settings, system), days=days,
                                                   label_all=label_all, start=start, workdir=Path(tmp),
-                                                  stage=system_stage, progress=progress)
+                                                  progress=progress, system=system)
         for user in wanted:
             report[user][system] = _summary([r for r in records if r.user == user], days)
         macro[system] = _macro([report[u][system] for u in wanted])

@@ -1,10 +1,11 @@
 """Retention: what a store that runs for years keeps, and what it lets go.
 
 - The body of mail that was only classified (no user labelled it) is dropped
-  after ``raw_retention_days``; its row (sha256, Message-ID) stays while a
-  classification refers to it, so ``feedback --id`` still finds it.  A label
-  given then is stored but cannot be learnt from until the message itself is
-  passed again (which restores the body).
+  ``raw_retention_days`` after its latest verdict; its row (sha256, Message-ID)
+  stays while a classification refers to it, so ``feedback --id`` still finds
+  it.  A label given then is stored but cannot be learnt from until the
+  message itself is passed again (classified, imported or given as feedback),
+  which restores the body.
 - Classification log rows go after ``classification_retention_days``; then
   messages nothing refers to any more are deleted.
 - Model versions keep their weights if active, pinned, or among the last

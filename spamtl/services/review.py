@@ -60,10 +60,13 @@ class ReviewItem:
     group: float
     personal: float
     why: str
+    spam_cutoff: float = 0.9  # the user's cutoffs the verdict was given at (the current ones)
+    ham_cutoff: float = 0.5
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "sha256": self.sha256, "message_id": self.message_id, "subject": self.subject,
                 "probability": round(self.probability, 6), "verdict": self.verdict,
+                "spam_cutoff": self.spam_cutoff, "ham_cutoff": self.ham_cutoff,
                 "priority": round(self.priority, 6), "shared": round(self.shared, 6),
                 "group": round(self.group, 6), "personal": round(self.personal, 6), "why": self.why}
 
@@ -116,6 +119,6 @@ def review_queue(settings: Settings, *, user: str, n: int = 10, pool: int = REVI
         items.append(ReviewItem(id=c.sha256[:12], sha256=c.sha256, message_id=c.mid, subject=c.subject,
                                 probability=p, verdict=model.verdict(p), priority=priority,
                                 shared=totals["shared"], group=totals["group"], personal=totals["personal"],
-                                why=why))
+                                why=why, spam_cutoff=model.spam_cutoff, ham_cutoff=model.ham_cutoff))
     items.sort(key=lambda item: (item.priority, item.sha256))
     return items[:n]

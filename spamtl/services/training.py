@@ -37,9 +37,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from spamtl.config import Settings
-from spamtl.errors import NoModelError, UsageError
+from spamtl.errors import DamagedModelError, NoModelError, UsageError
 from spamtl.metrics import macro_auc_error, rows_by_task
 from spamtl.parallel import Inherited, SerialExecutor, release, return_free_memory, share, training_executor
+from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.rowfiles import column_counts, map_rows, remove_rows, scratch_directory
 from spamtl.services.cutoffs import ham_for
 from spamtl.services.dataset import TrainingData, load_training_data
@@ -54,7 +55,6 @@ __all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "Cutoff", "tr
            "gate", "choose_cutoffs", "save_version", "holdout_split", "fit_model", "min_df_mask",
            "choose_params", "base_params", "EXIT_REFUSED"]
 
-Stage = Callable[[str, int | None], None]
 EXIT_REFUSED = 3
 """`spamtl train` exit code when the gate refuses the candidate (the active model stays), for cron alerts."""
 _PROB_CLIP = 1e-6  # log loss of a logged probability of exactly 0 or 1 would be infinite
@@ -85,7 +85,7 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------ step 1: labels
-def load_labels(engine: Engine, settings: Settings, progress: Callable[[int], None] | None = None, *,
+def load_labels(engine: Engine, settings: Settings, progress: Progress = NO_PROGRESS, *,
                 now: datetime | None = None, directory: str | None = None) -> TrainingData:
     """Every current label with its message's features (the one place training reads labelled mail).
 
@@ -200,7 +200,7 @@ def search_sample(data: TrainingData, settings: Settings) -> np.ndarray | None:
 
 
 def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-              settings: Settings, executor: Executor | None = None) -> Choice:
+              settings: Settings, executor: Executor | None = None, progress: Progress = NO_PROGRESS) -> Choice:
     """Choose alpha and mu by K-fold cross-fitting; keep the chosen setting's out-of-fold scores.
 
     ``y`` is what the candidate is fitted on (normally ``data.y``).  Each
@@ -212,7 +212,7 @@ def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, n
     (:func:`search_sample`), and ``oof_scores`` is NaN outside it: call
     :func:`cross_fit` for every row's score at the chosen setting.  The folds
     run side by side on ``executor`` (default: ``settings.train_workers``
-    forked processes).
+    forked processes).  Reported as stage ``search``, counting folds.
     """
     from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters
 
@@ -224,13 +224,16 @@ def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, n
     cv = folds if rows is None else [(tr[rows[tr]], te[rows[te]]) for tr, te in folds]
     if rows is not None and any(len(np.unique(y[tr])) < 2 or len(te) == 0 for tr, te in cv):
         rows, cv = None, folds  # the sample cannot be cross-fitted (one class in a fold): search on everyone
+    searched = data.n_users if rows is None else len(np.unique(data.users[rows]))
+    progress.stage("search", len(cv), unit="folds", settings=len(settings.alphas) * len(settings.mus),
+                   users=searched, labels=len(y) if rows is None else int(rows.sum()))
     own = executor is None
     pool = training_executor(settings.train_workers) if own else executor
     try:
         search = select_hyperparameters(data.X, y, data.users, _groups(data), alphas=settings.alphas,
                                         mus=settings.mus, cv=cv, estimator=MultiTaskLogisticRegression(**base),
                                         executor=pool, keep_fold_models=rows is not None,
-                                        threads=settings.train_workers)
+                                        threads=settings.train_workers, progress=progress.advance)
     finally:
         if own:
             pool.shutdown()
@@ -240,7 +243,6 @@ def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, n
     # The one-SE rule on a sample: the standard error of a macro mean over users shrinks as
     # 1/sqrt(users), so the sample's SE is scaled to what all users would give; otherwise a smaller
     # sample would pick a more shared mu than the full search (it did at 300 users, sample 100).
-    searched = len(np.unique(data.users[rows]))
     table, pick = one_se_for_all_users(search.table, searched, data.n_users)
     return Choice({**base, "alpha": pick["alpha"], "mu": pick["mu"]}, table, search.oof_scores, searched,
                   fold_models=search.fold_models.get((pick["alpha"], pick["mu"]), []))
@@ -371,7 +373,7 @@ def fit_candidate(data: TrainingData, y: np.ndarray, params: dict[str, Any], war
 
 
 def choose_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                   settings: Settings, warm: Any = None, say: Callable[[str], None] | None = None,
+                   settings: Settings, warm: Any = None, progress: Progress = NO_PROGRESS,
                    reuse: Choice | None = None) -> tuple[Choice, Any]:
     """Steps 3 and 4: the chosen setting (with every row's out-of-fold score) and the candidate.
 
@@ -382,13 +384,12 @@ def choose_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarr
     part refitted per fold, side by side with the final fit
     (:func:`cross_fit_and_fit`): one fit on all rows instead of K x grid + 1.
     """
-    choice = reuse if reuse is not None else choose_mu(data, y, folds, settings)
+    choice = reuse if reuse is not None else choose_mu(data, y, folds, settings, progress=progress)
     # The search scored every row only if it ran on every user; otherwise the folds are fitted here.
     scored = choice.searched_users is None and choice.reused_from is None
-    if say is not None:
-        say(f"fitting on all {len(y)} labels (alpha={choice.params['alpha']:g}, mu={choice.params['mu']:g}"
-            + ("" if choice.reused_from is None else f", as searched for v{choice.reused_from}") + ")"
-            + ("" if scored else ", cross-fitting it for every user"))
+    progress.stage("fit", labels=len(y), users=data.n_users, alpha=choice.params["alpha"], mu=choice.params["mu"],
+                   **({} if choice.reused_from is None else {"mu_from": f"v{choice.reused_from}"}),
+                   **({} if scored else {"cross_fit_folds": len(folds)}))
     if scored:
         return choice, fit_candidate(data, y, choice.params, warm=warm, threads=settings.train_workers)
     with training_executor(settings.train_workers, alongside=True) as pool:
@@ -414,6 +415,10 @@ def load_active(engine: Engine, settings: Settings) -> ActiveModel:
         version, key, weights = load_weights(engine)
     except NoModelError:
         return ActiveModel(None, False)
+    except DamagedModelError as exc:
+        # Retraining is a way out of a damaged active version: the candidate starts from scratch, and the gate
+        # compares it with what the active version said (its logged scores need no weights).
+        return ActiveModel(exc.version, True, None, version_info(engine, exc.version).metrics)
     if key != settings.features.key:
         return ActiveModel(version, False)
     from spamtl.model import MultiTaskLogisticRegression
@@ -652,8 +657,7 @@ def save_version(engine: Engine, candidate: Any, decision: GateDecision, cutoffs
 
 
 # ------------------------------------------------------------------ the sequence
-def train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | None = None,
-          progress: Callable[[int], None] | None = None,
+def train(engine: Engine, settings: Settings, *, now: datetime, progress: Progress = NO_PROGRESS,
           label_transform: Callable[[np.ndarray], np.ndarray] | None = None) -> TrainResult:
     """Fit on all current labels, compare with the active model on mail neither was fitted on, maybe promote.
 
@@ -665,53 +669,46 @@ def train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | N
     Only one training runs at a time: a second one raises
     :class:`~spamtl.services.lock.LockBusyError` (exit code 75) at once.
     Afterwards the retention settings are applied (``spamtl prune``), in a
-    transaction of their own.
+    transaction of their own.  ``progress`` hears the stages: load, search
+    (when mu is searched), fit, gate, save, prune.
     """
     from spamtl.services.lock import hold
     from spamtl.services.retention import prune
 
     check_schema(engine)
     with hold(engine, "train", what="train"):
-        result = _train(engine, settings, now=now, stage=stage, progress=progress, label_transform=label_transform)
-        if stage is not None:
-            stage("applying retention", None)
+        result = _train(engine, settings, now=now, progress=progress, label_transform=label_transform)
+        progress.stage("prune")
         result.pruned = prune(engine, settings, now=now).as_dict()
         return result
 
 
-def _train(engine: Engine, settings: Settings, *, now: datetime, stage: Stage | None,
-           progress: Callable[[int], None] | None,
+def _train(engine: Engine, settings: Settings, *, now: datetime, progress: Progress,
            label_transform: Callable[[np.ndarray], np.ndarray] | None) -> TrainResult:
     started = time.monotonic()
-
-    def say(text: str, total: int | None = None) -> None:
-        if stage is not None:
-            stage(text, total)
-
-    say("loading labels and features")
+    progress.stage("load", unit="messages")  # the total once the labels are known (load_training_data)
     # The labels' rows live in files in the scratch directory, mapped (spamtl.rowfiles): 1.6 GB a million labels
     # that memory no longer holds.  The directory goes when training ends, however it ends (if killed, at the next).
     with scratch_directory("spamtl-train-") as scratch:
         data = prepare_features(load_labels(engine, settings, progress, now=now, directory=scratch), scratch)
         remove_rows(scratch)  # the rows as read, before the rare columns were dropped: disk no longer needed
         return_free_memory()  # a batch's rows as read (kept by malloc)
-        return _fit_and_judge(engine, settings, data, now=now, say=say, label_transform=label_transform,
+        return _fit_and_judge(engine, settings, data, now=now, progress=progress, label_transform=label_transform,
                               started=started)
 
 
 def _fit_and_judge(engine: Engine, settings: Settings, data: TrainingData, *, now: datetime,
-                   say: Callable[..., None], label_transform: Callable[[np.ndarray], np.ndarray] | None,
+                   progress: Progress, label_transform: Callable[[np.ndarray], np.ndarray] | None,
                    started: float) -> TrainResult:
     y_fit = data.y if label_transform is None else np.asarray(label_transform(data.y.copy()))
     active = load_active(engine, settings)
 
     folds = cross_fit_folds(data, settings.cv_folds, settings.seed)
     reuse = reused_choice(data, settings, active, now)
-    if reuse is None:
-        say(f"choosing mu ({len(folds)}-fold cross-fitting)")
-    choice, candidate = choose_and_fit(data, y_fit, folds, settings, warm=active.estimator, say=say, reuse=reuse)
+    choice, candidate = choose_and_fit(data, y_fit, folds, settings, warm=active.estimator, progress=progress,
+                                       reuse=reuse)
 
-    say("comparing with the active model")
+    progress.stage("gate")  # candidate vs the active model, then the cutoffs
     decision = gate(data, choice.oof_scores, active_scores(engine, active, data), active, settings)
     cutoffs, shared = choose_cutoffs(data, choice.oof_scores, settings)
 
@@ -724,7 +721,7 @@ def _fit_and_judge(engine: Engine, settings: Settings, data: TrainingData, *, no
                                "search_reused_from": choice.reused_from, **decision.metrics,
                                "shared_cutoff": None if shared is None else shared.__dict__,
                                "cutoffs": {u: c.__dict__ for u, c in sorted(cutoffs.items())}}
-    say("saving")
+    progress.stage("save")
     version = save_version(engine, candidate, decision, cutoffs, settings=settings, now=now, metrics=metrics,
                            n_messages=len(data.y))
     result = TrainResult(version=version, promoted=decision.promoted, reason=decision.reason, users=data.n_users,

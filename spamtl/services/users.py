@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from spamtl.errors import UsageError
 from spamtl.store import queries
 from spamtl.store.db import check_schema, translate_errors
-from spamtl.store.schema import Classification, Label, Message, ModelPart, ModelVersion, User
+from spamtl.store.schema import Classification, Label, Message, ModelPart, ModelVersion, User, UserCutoff
 
 __all__ = ["UserDeletion", "delete_user", "rename_user"]
 
@@ -38,13 +38,37 @@ def _existing(session: Session, name: str) -> User:
     return user
 
 
+# The maps by user name inside each version's JSON: its group, its task weight (params) and the cutoffs that
+# training set (metrics, as `spamtl models` shows them).
+_BY_USER = (("params", "task_groups"), ("params", "task_weights"), ("metrics", "cutoffs"))
+
+
+def _rekey_versions(session: Session, old: str, new: str | None) -> None:
+    """Move ``old``'s entries in every version's per-user maps to ``new`` (None: remove them)."""
+    for version in session.scalars(select(ModelVersion)):
+        for column, key in _BY_USER:
+            document = getattr(version, column) or {}
+            by_user = document.get(key)
+            if not isinstance(by_user, dict) or old not in by_user:
+                continue
+            by_user = dict(by_user)
+            value = by_user.pop(old)
+            if new is not None:
+                by_user[new] = value
+            setattr(version, column, {**document, key: by_user})  # a new object: JSON columns track assignment
+
+
 def _count(session: Session, stmt: Any) -> int:
     return int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
 
 
 def delete_user(engine: Engine, name: str, *, dry_run: bool = False) -> UserDeletion:
-    """Delete ``name`` with their labels, verdicts, personal weights in every version and the
-    mail only they received or labelled (mail another user has is kept)."""
+    """Delete ``name`` with their labels, verdicts, personal weights and trained cutoffs in every version
+    and the mail only they received or labelled (mail another user has is kept).
+
+    A running ``spamtl serve`` forgets the user at its next generation check: it
+    scores the name as unknown from then on.
+    """
     check_schema(engine)
     with translate_errors(), Session(engine) as session, session.begin() as transaction:
         user = _existing(session, name)
@@ -66,12 +90,10 @@ def delete_user(engine: Engine, name: str, *, dry_run: bool = False) -> UserDele
         session.execute(delete(Label).where(Label.user_id == user.id))
         session.execute(delete(Classification).where(Classification.user_id == user.id))
         session.execute(delete(ModelPart).where(ModelPart.kind == "user", ModelPart.name == name))
-        for version in session.scalars(select(ModelVersion)):
-            groups = dict((version.params or {}).get("task_groups") or {})
-            if name in groups:
-                del groups[name]
-                version.params = {**version.params, "task_groups": groups}
+        session.execute(delete(UserCutoff).where(UserCutoff.user_name == name))
+        _rekey_versions(session, name, None)
         session.delete(user)
+        queries.mark_users_changed(session=session)
         for chunk in range(0, len(only_theirs), 900):
             session.execute(delete(Message).where(Message.id.in_(only_theirs[chunk:chunk + 900]))
                             .execution_options(synchronize_session=False))
@@ -79,7 +101,8 @@ def delete_user(engine: Engine, name: str, *, dry_run: bool = False) -> UserDele
 
 
 def rename_user(engine: Engine, old: str, new: str) -> int:
-    """Rename ``old`` to ``new``: labels follow, and so do the personal weights in every version.
+    """Rename ``old`` to ``new``: labels, verdicts and cutoffs follow, and so do the personal weights
+    and trained cutoffs in every version.
 
     Returns the number of model versions whose weights were renamed.
     """
@@ -93,9 +116,8 @@ def rename_user(engine: Engine, old: str, new: str) -> int:
         user.name = new
         renamed = session.execute(update(ModelPart).where(ModelPart.kind == "user", ModelPart.name == old)
                                   .values(name=new).execution_options(synchronize_session=False))
-        for version in session.scalars(select(ModelVersion)):
-            groups = dict((version.params or {}).get("task_groups") or {})
-            if old in groups:
-                groups[new] = groups.pop(old)
-                version.params = {**version.params, "task_groups": groups}
+        session.execute(update(UserCutoff).where(UserCutoff.user_name == old).values(user_name=new)
+                        .execution_options(synchronize_session=False))
+        _rekey_versions(session, old, new)
+        queries.mark_users_changed(session=session)
         return int(renamed.rowcount)  # type: ignore[attr-defined]

@@ -13,12 +13,13 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from spamtl.errors import DatabaseError, redact
+from spamtl.errors import DatabaseError, UsageError, redact
 
 __all__ = [
     "SCHEMA_REVISION",
     "BUSY_TIMEOUT_S",
     "make_engine",
+    "permission_warnings",
     "upgrade",
     "schema_revision",
     "check_schema",
@@ -26,7 +27,7 @@ __all__ = [
     "display_url",
 ]
 
-from spamtl.store.lite import SCHEMA_REVISION  # noqa: E402 - the one definition, importable without SQLAlchemy
+from spamtl.store.lite import SCHEMA_REVISION, connect_failure  # noqa: E402 - one definition, without SQLAlchemy
 
 BUSY_TIMEOUT_S = 30.0
 """How long SQLite waits for another writer before 'database is locked' (``SPAMTL_BUSY_TIMEOUT``)."""
@@ -54,13 +55,31 @@ def _sqlite_path(url: str) -> str | None:
     return u.database or ":memory:"
 
 
-def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | None = None) -> Engine:
+STORE_MODE = 0o600
+"""Permissions of a new SQLite store: it holds everyone's mail, so its owner's account only."""
+GROUP_STORE_MODE = 0o660
+"""Permissions of a store shared with a group (``spamtl init --group``).  Group write, not just read:
+every process that opens a WAL-mode store writes its ``-shm`` file, and classifying logs verdicts."""
+
+
+def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | None = None,
+                group: str | None = None) -> Engine:
     """An engine for ``url``.  SQLite gets WAL, foreign keys and a busy timeout.
+
+    With ``create_dir`` a missing SQLite file is created here, before SQLite
+    opens it, with :data:`STORE_MODE` (or :data:`GROUP_STORE_MODE` and
+    ``group``) whatever the umask: SQLite gives the ``-wal`` and ``-shm`` files
+    the database file's permission bits, so this is the one place that decides
+    who can read the store.  ``group`` on an existing file changes its group and
+    mode (and those of its ``-wal``/``-shm``), as asked; without it an existing
+    file is left as it is (see :func:`permission_warnings`).
 
     Raises
     ------
     DatabaseError
         The URL is malformed or names a driver that is not installed.
+    UsageError
+        ``group`` is unknown, is not the caller's to give, or the URL is not a SQLite file.
     """
     if busy_timeout is None:
         busy_timeout = _busy_timeout()
@@ -68,10 +87,13 @@ def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | Non
         path = _sqlite_path(url)
     except ArgumentError as exc:
         raise DatabaseError(f"invalid database URL {redact(url)!r}: {redact(str(exc))}") from None
+    if group is not None and (path is None or path == ":memory:"):
+        raise UsageError("--group applies to a SQLite file only (a database server has its own roles)")
     if path is not None and path != ":memory:":
         folder = Path(path).expanduser().parent
         if create_dir:
             folder.mkdir(parents=True, exist_ok=True)
+            _create_store_file(Path(path).expanduser(), group)
         elif not Path(path).expanduser().exists():
             raise DatabaseError(f"no database at {path}; run `spamtl init` first")
     try:
@@ -84,6 +106,74 @@ def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | Non
     if path is not None:
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
     return engine
+
+
+def _group_id(group: str) -> int:
+    import grp
+
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UsageError(f"no group {group!r} on this machine") from None
+
+
+def _create_store_file(path: Path, group: str | None) -> None:
+    """The empty SQLite file with its final permissions (an existing one changes only when ``group`` is given)."""
+    mode, gid = (STORE_MODE, -1) if group is None else (GROUP_STORE_MODE, _group_id(group))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        if group is None:
+            return
+        created, files = False, [f for f in (path, *_wal_files(path)) if f.exists()]
+    else:
+        os.close(fd)
+        created, files = True, [path]
+    for file in files:
+        try:
+            os.chown(file, -1, gid)
+            os.chmod(file, mode)  # exactly: the umask took bits away from os.open's mode
+        except PermissionError:
+            if created:
+                path.unlink()  # not left behind with another group than asked
+            raise UsageError(f"cannot give {file} to group {group!r}: only its owner can, and only to a group "
+                             "they are in") from None
+
+
+def _wal_files(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def permission_warnings(url: str) -> list[str]:
+    """One line for each file of a SQLite store that every local account may open, and what to do."""
+    path = _sqlite_path(url)
+    if path is None or path == ":memory:":
+        return []
+    store = Path(path).expanduser()
+    out = []
+    for file in (store, *_wal_files(store)):
+        try:
+            mode = file.stat().st_mode & 0o777
+        except OSError:
+            continue
+        if mode & 0o007:
+            out.append(f"{file} is open to every account on this machine (mode {mode:04o}), and it holds "
+                       f"everyone's mail; run `chmod 600 {file}`, or `spamtl init --group GROUP` to share it "
+                       "with one group")
+    try:
+        info, folder = store.stat(), store.parent.stat()
+    except OSError:
+        return out
+    if info.st_mode & 0o020 and (folder.st_mode & 0o030 != 0o030 or folder.st_gid != info.st_gid):
+        import grp
+
+        try:
+            group = grp.getgrgid(info.st_gid).gr_name
+        except KeyError:
+            group = str(info.st_gid)
+        out.append(f"the store is shared with group {group}, but its folder is not: SQLite creates the -wal "
+                   f"and -shm files beside it, so run `chgrp {group} {store.parent} && chmod 2770 {store.parent}`")
+    return out
 
 
 def _sqlite_pragmas(busy_timeout: float) -> Any:
@@ -166,17 +256,6 @@ def check_schema(engine: Engine) -> None:
         raise DatabaseError(f"the database {state}; run `spamtl init` to create or upgrade it")
 
 
-# How psycopg 3 words a failure to reach or log in to the server (refused, unknown host, bad password).
-_CONNECT_FAILURES = ("connection failed:", "connection to server", "failed to resolve host",
-                     "could not translate host name")
-
-
-def _connect_reason(message: str) -> str:
-    """psycopg's connection error on one line: the first line, without its prefix and libpq's hint line."""
-    first = message.strip().splitlines()[0].removeprefix("connection failed:")
-    return " ".join(first.split())
-
-
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Turn driver errors users can act on into one-line DatabaseErrors."""
@@ -184,8 +263,9 @@ def translate_errors() -> Iterator[None]:
         yield
     except OperationalError as exc:
         message = redact(str(exc.orig) if exc.orig is not None else str(exc))
-        if message.startswith(_CONNECT_FAILURES):
-            raise DatabaseError(f"cannot connect to the database server: {_connect_reason(message)}") from None
+        unreachable = connect_failure(message)
+        if unreachable is not None:
+            raise unreachable from None
         if "locked" in message or "busy" in message:
             raise DatabaseError("the database is locked by another process; try again later") from None
         if "no such table" in message:

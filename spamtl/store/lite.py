@@ -27,16 +27,18 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from spamtl.errors import DatabaseError
+from spamtl.errors import DatabaseError, redact
 
 __all__ = ["SCHEMA_REVISION", "Store", "open_store", "timestamp"]
 
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 """Alembic head this code expects; a test checks it against migrations/."""
 
 # ----------------------------------------------------------------- statements
 SCHEMA = "SELECT version_num FROM alembic_version"
 GENERATION = "SELECT value FROM store_state WHERE key = 'generation'"
+# The generation at which a user was last deleted or renamed (queries.mark_users_changed).
+USERS_CHANGED = "SELECT value FROM store_state WHERE key = 'users_changed'"
 ACTIVE_VERSION = "SELECT id, feature_key, n_features, params FROM model_versions WHERE status = 'active'"
 VERSION = "SELECT id, feature_key, n_features, params FROM model_versions WHERE id = :version"
 USER = "SELECT id, group_name, spam_cutoff, ham_cutoff FROM users WHERE name = :name"
@@ -51,7 +53,9 @@ CREATE_USER = ("INSERT INTO users (name, group_name, created_at) VALUES (:name, 
 STORE_MESSAGE = ("INSERT INTO messages (sha256, message_id, raw, size, date, received_at, subject) "
                  "VALUES (:sha256, :message_id, :raw, :size, :date, :now, :subject) "
                  "ON CONFLICT (sha256) DO NOTHING")
-MESSAGE_PK = "SELECT id FROM messages WHERE sha256 = :sha256"
+MESSAGE_PK = "SELECT id, raw IS NULL FROM messages WHERE sha256 = :sha256"
+# A body dropped by retention comes back with the next copy, so that its verdict can be learnt from.
+RESTORE_BODY = "UPDATE messages SET raw = :raw WHERE id = :pk AND raw IS NULL"
 LOG_VERDICT = ("INSERT INTO classifications (user_id, message_id, probability, verdict, model_version_id, "
                "created_at) VALUES (:user_id, :message_pk, :probability, :verdict, :version, :now)")
 # The user's current (latest) label of a message, if any: a correction sticks.
@@ -98,6 +102,18 @@ class Store:
         self.dialect = dialect
         self._owner = owner
         self._pyformat = dialect != "sqlite"
+        self._in_transaction = False
+
+    def _reconnect_if_lost(self) -> None:
+        """A new connection when the server dropped this one (a restart, an outage, a killed backend).
+
+        A long-running reader (``spamtl serve``) then recovers by itself once
+        the server is back: a statement fails while it is down, the next one
+        after it returns runs.  Never inside :meth:`transaction`, which must not
+        span two connections.
+        """
+        if self._owner is not None and not self._in_transaction and getattr(self.connection, "closed", False):
+            self.connection = self._owner.reconnect()
 
     def _sql(self, statement: str) -> str:
         return _NAMED.sub(r"%(\1)s", statement) if self._pyformat else statement
@@ -111,6 +127,7 @@ class Store:
     def execute(self, statement: str, params: dict[str, Any] | None = None) -> Any:
         """Run one statement; the one place where driver errors become DatabaseError."""
         try:
+            self._reconnect_if_lost()
             cursor = self.connection.cursor()
             cursor.execute(self._sql(statement), params or {})
             return cursor
@@ -134,11 +151,16 @@ class Store:
         try:
             if self.dialect == "sqlite":
                 self.execute("BEGIN IMMEDIATE")
+            else:
+                self._reconnect_if_lost()
+            self._in_transaction = True
             yield
         except BaseException:
+            self._in_transaction = False
             with contextlib.suppress(Exception):
                 self.connection.rollback()
             raise
+        self._in_transaction = False
         try:
             self.connection.commit()
         except Exception as exc:  # noqa: BLE001
@@ -159,11 +181,29 @@ class Store:
             self.connection.close()
 
 
+# How psycopg 3 words a failure to reach or log in to the server (refused, unknown host, bad password).
+CONNECT_FAILURES = ("connection failed:", "connection to server", "failed to resolve host",
+                    "could not translate host name")
+
+
+def connect_failure(message: str) -> DatabaseError | None:
+    """psycopg's failure to connect as one line (the first, without its prefix and libpq's hint), else None."""
+    if not message.startswith(CONNECT_FAILURES):
+        return None
+    first = message.strip().splitlines()[0].removeprefix("connection failed:")
+    return DatabaseError(f"cannot connect to the database server: {' '.join(first.split())}")
+
+
 def translate(exc: BaseException) -> DatabaseError:
     """A driver error as a one-line DatabaseError that says what to do."""
     if isinstance(exc, DatabaseError):
         return exc
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    exc = getattr(exc, "orig", None) or exc  # SQLAlchemy's wrapper: the driver's own error
+    text = redact(str(exc)).strip()
+    unreachable = connect_failure(text)
+    if unreachable is not None:
+        return unreachable
+    message = text.splitlines()[0] if text else exc.__class__.__name__
     if "locked" in message or "busy" in message:
         return DatabaseError("the database is locked by another process; try again later")
     if "no such table" in message or "does not exist" in message and "relation" in message:
@@ -212,11 +252,14 @@ def open_store(url: str) -> Store:
         # isolation_level=None: autocommit, so SELECTs leave no transaction open and
         # Store.transaction issues its own BEGIN IMMEDIATE ... COMMIT.
         return _SqliteStore(con)
-    from spamtl.store.db import make_engine, translate_errors
+    from spamtl.store.db import make_engine
 
     engine = make_engine(url)
-    with translate_errors():
-        raw = engine.raw_connection()
+    try:
+        raw = engine.raw_connection()  # the pool raises the driver's own errors, unwrapped
+    except Exception as exc:  # noqa: BLE001 - every driver has its own error classes
+        engine.dispose()
+        raise translate(exc) from None
     return Store(raw.driver_connection, engine.dialect.name, owner=_Owner(engine, raw))
 
 
@@ -243,11 +286,28 @@ class _Owner:
         self.engine = engine
         self.raw = raw
 
+    def reconnect(self) -> Any:
+        """A new driver connection in place of one the server dropped (DatabaseError while it is down)."""
+        if getattr(self.raw, "is_valid", False):
+            with contextlib.suppress(Exception):
+                self.raw.invalidate()  # never back into the pool, whose reset would fail on it
+        try:
+            self.raw = self.engine.raw_connection()
+        except Exception as exc:  # noqa: BLE001 - every driver has its own error classes
+            raise translate(exc) from None
+        return self.raw.driver_connection
+
     def dispose(self) -> None:
-        with contextlib.suppress(Exception):
-            self.raw.rollback()  # end the read transaction PostgreSQL keeps open after a SELECT
-        with contextlib.suppress(Exception):
-            self.raw.close()
+        if not getattr(self.raw, "is_valid", True):
+            pass  # invalidated by reconnect, which could not get another
+        elif getattr(self.raw.driver_connection, "closed", False):
+            with contextlib.suppress(Exception):
+                self.raw.invalidate()
+        else:
+            with contextlib.suppress(Exception):
+                self.raw.rollback()  # end the read transaction PostgreSQL keeps open after a SELECT
+            with contextlib.suppress(Exception):
+                self.raw.close()
         self.engine.dispose()
 
 

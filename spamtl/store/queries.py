@@ -269,6 +269,21 @@ def bump_generation(*, session: Session) -> int:
     return int(value)
 
 
+USERS_CHANGED = "users_changed"
+"""The ``StoreState`` key holding the generation at which a user was last deleted or renamed."""
+
+
+def mark_users_changed(*, session: Session) -> None:
+    """Advance the generation and record it as the last at which a user went away or changed name.
+
+    A reader cannot see a deleted row change, so a long-running reader that
+    finds this value above the generation it last saw drops every user slice it
+    holds (the user ids and names it cached may no longer be theirs).
+    """
+    generation = bump_generation(session=session)
+    session.execute(upsert(session, StoreState, ["key"], ["value"]).values(key=USERS_CHANGED, value=generation))
+
+
 def add_model_parts(*, session: Session, version_id: int, parts: Iterable[tuple[str, str, bytes]]) -> None:
     parts = list(parts)
     if parts:
@@ -309,9 +324,12 @@ def _classified(message_col: Any) -> Any:
 
 
 def drop_unlabelled_bodies(*, session: Session, before: datetime) -> int:
-    """Set ``raw`` NULL for mail received before ``before`` that no user labelled; how many."""
+    """Set ``raw`` NULL for mail that no user labelled and that nobody received or was told about since
+    ``before`` (its age counts from its latest verdict: yesterday's verdict can still be corrected); how many."""
+    recent_verdict = (select(Classification.id).where(Classification.message_id == Message.id,
+                                                      Classification.created_at >= before).exists())
     bodiless = (select(Message.id).where(Message.raw.is_not(None), Message.received_at < before,
-                                         ~_labelled(Message.id)))
+                                         ~_labelled(Message.id), ~recent_verdict))
     session.execute(delete(MessageFeatures).where(MessageFeatures.message_id.in_(bodiless)))
     result = session.execute(update(Message).where(Message.id.in_(bodiless)).values(raw=None)
                              .execution_options(synchronize_session=False))

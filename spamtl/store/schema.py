@@ -65,7 +65,10 @@ class User(Base):
 
 
 class Message(Base):
-    """One distinct message (by sha256 of its raw bytes), stored zlib-compressed.
+    """One distinct message, stored zlib-compressed: what the first copy seen keeps (filter headers stripped).
+
+    Kept bytes and ``sha256`` (the digest) come from :func:`spamtl.mail.message_identity`, so a copy
+    after delivery is this row; rows whose body was pruned before migration 0006 keep their older digest.
 
     ``raw`` is NULL once retention dropped the body of mail nobody labelled
     (see ``spamtl prune``); the row stays while a classification refers to it.
