@@ -6,9 +6,10 @@ the client is instead:
 
 - on a Unix socket, the peer's credentials (``SO_PEERCRED``: the uid of the
   process that connected);
-- on loopback TCP, the owner of the client's socket in the kernel's socket
-  table (``/proc/net/tcp``, ``/proc/net/tcp6``), as identd does: a local
-  client has a row there whose local end is our peer and whose remote end is us;
+- on loopback TCP, the owner of the client's socket, asked of the kernel by the
+  connection's addresses (sock_diag, as ``ss`` does; else its socket table in
+  ``/proc/net/tcp``, as identd does): a local client's socket is the one whose
+  local end is our peer and whose remote end is us;
 - on TCP from another host, only its address.
 
 A client may act for a user (store the verdicts of its CHECK/PROCESS requests
@@ -106,9 +107,52 @@ def tcp_owner(family: int, client: tuple[Any, ...], server: tuple[Any, ...]) -> 
     """The uid owning the local TCP socket connected from ``client`` to ``server`` (None: not found).
 
     Both endpoints are (host, port, ...) as ``getpeername``/``getsockname`` give them on the server's
-    socket.  The client's socket is the row whose local address is ``client`` and whose remote address
-    is ``server``.
+    socket.  Asks the kernel for that one socket (sock_diag over netlink, as ``ss`` does: a lookup
+    by address, microseconds); where that is unavailable, scans the socket table in /proc (which
+    grows with every open connection on the machine).
     """
+    found = _sock_diag_owner(family, client, server)
+    return found if found is not False else _proc_owner(family, client, server)
+
+
+_SOCK_DIAG_BY_FAMILY = 20
+_NETLINK_SOCK_DIAG = 4
+_TCP_LISTEN = 10
+_NO_COOKIE = 0xFFFFFFFF
+
+
+def _sockid(family: int, client: tuple[Any, ...], server: tuple[Any, ...]) -> bytes:
+    """``struct inet_diag_sockid`` of the client's end: its address and port first (network order)."""
+    src = socket.inet_pton(family, client[0].split("%", 1)[0]).ljust(16, b"\0")
+    dst = socket.inet_pton(family, server[0].split("%", 1)[0]).ljust(16, b"\0")
+    return struct.pack("!HH16s16s", client[1], server[1], src, dst)
+
+
+def _sock_diag_owner(family: int, client: tuple[Any, ...], server: tuple[Any, ...]) -> int | None | bool:
+    """The owner by sock_diag: a uid, None when the kernel knows no such socket, False when it cannot be asked."""
+    try:
+        wanted = _sockid(family, client, server)
+        request = (struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + wanted
+                   + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE))
+        header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, 1, 1, 0)  # NLM_F_REQUEST
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as netlink:
+            netlink.settimeout(1.0)
+            netlink.send(header + request)
+            answer = netlink.recv(8192)
+    except (OSError, AttributeError, ValueError):
+        return False
+    if len(answer) < 16 + 4 + 48 + 20 or struct.unpack_from("=H", answer, 4)[0] != _SOCK_DIAG_BY_FAMILY:
+        return None  # an error message: no such socket
+    state = answer[17]
+    # The socket found must be that connection itself: a listener on the client's port would also match.
+    if state == _TCP_LISTEN or answer[20:20 + 36] != wanted:
+        return None
+    return int(struct.unpack_from("=I", answer, 16 + 4 + 48 + 12)[0])
+
+
+def _proc_owner(family: int, client: tuple[Any, ...], server: tuple[Any, ...]) -> int | None:
+    """The owner by the socket table in /proc/net/tcp*: the row whose local address is ``client`` and
+    whose remote address is ``server``."""
     try:
         wanted = (_proc_hex(family, client[0], client[1]), _proc_hex(family, server[0], server[1]))
         with open(_PROC_TCP[family], encoding="ascii") as table:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from spamtl.peers import Peer, Policy, peer_of, tcp_owner
+from spamtl.peers import Peer, Policy, _proc_owner, _sock_diag_owner, peer_of, tcp_owner
 
 from .accounts import SPAMC, as_account, has_account, shared_tempdir, why_not_as_accounts
 from .test_serve import SPAM, Daemon, labels, logged, probabilities, store  # noqa: F401 - fixture
@@ -36,7 +36,8 @@ def test_a_loopback_tcp_client_is_known_by_its_account() -> None:
         with client, conn:
             assert tcp_owner(socket.AF_INET, conn.getpeername(), conn.getsockname()) == os.getuid()
             assert peer_of(conn) == Peer(uid=os.getuid(), address="127.0.0.1")
-            # The reverse direction is this process's accepted socket, not a client of it.
+            # No such connection (the server's own port as a client's, towards port 1): nobody, not the
+            # listener on that port.
             assert tcp_owner(socket.AF_INET, conn.getsockname(), (conn.getpeername()[0], 1)) is None
 
 
@@ -63,6 +64,9 @@ def test_another_accounts_tcp_connection_is_known_by_that_account() -> None:
             conn, _ = server.accept()
             with conn:
                 assert peer_of(conn).uid == nobody
+                # Both ways of asking the kernel agree (sock_diag first; the /proc table where it is missing).
+                ends = (socket.AF_INET, conn.getpeername(), conn.getsockname())
+                assert _sock_diag_owner(*ends) == _proc_owner(*ends) == nobody
         finally:
             holder.kill()
             holder.wait()
