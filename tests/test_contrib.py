@@ -108,9 +108,11 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         assert re.search(rf"^{re.escape(line)}$", service + socket_unit, re.M), line
     assert re.search(r"^WatchdogSec=\d+", service, re.M)
     assert re.search(rf"^ExecStart={re.escape(INSTALLED_SPAMTL)} serve .*--allow-tell.* --trust mail\b", service, re.M)
-    (tmp_path / "spamtl.service").write_text(service.replace(INSTALLED_SPAMTL, str(spamtl)))
-    (tmp_path / "spamtl.socket").write_text(socket_unit)
-    out = subprocess.run([SYSTEMD_ANALYZE or "systemd-analyze", "verify", str(tmp_path / "spamtl.socket"),
-                          str(tmp_path / "spamtl.service")], capture_output=True, text=True, timeout=120)
+    assert re.search(r"^User=spamtl$", (CONTRIB / "systemd" / "spamtl-train.service").read_text(), re.M)  # the store's owner
+    units = ["spamtl.socket", "spamtl.service", "spamtl-train.service", "spamtl-train.timer"]
+    for unit in units:
+        (tmp_path / unit).write_text((CONTRIB / "systemd" / unit).read_text().replace(INSTALLED_SPAMTL, str(spamtl)))
+    out = subprocess.run([SYSTEMD_ANALYZE or "systemd-analyze", "verify", *(str(tmp_path / u) for u in units)],
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert [line for line in (out.stdout + out.stderr).splitlines() if "spamtl" in line] == []
