@@ -30,11 +30,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from tests.test_serve_abuse import Slowloris  # noqa: E402 - the repository root first
+
 DEMO = HERE.parent / "data" / "demo"
 SPAM = (b"From: x@cheap.example\nTo: ann@example.org\nSubject: win the lottery now\n\n"
         b"claim your prize casino viagra now, click here\n")
@@ -84,35 +86,6 @@ def checks(port: int, count: int, gap: float) -> list[tuple[bool, float]]:
         out.append(asyncio.run(check(port)))
         time.sleep(gap)
     return out
-
-
-def slowloris(port: int, count: int, seconds: float) -> threading.Thread:
-    async def one(until: float) -> None:
-        while time.monotonic() < until:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                for byte in REQUEST:
-                    if time.monotonic() >= until:
-                        break
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                    await asyncio.sleep(1.0)
-            except OSError:
-                pass
-            finally:
-                writer.close()
-
-    async def attack() -> None:
-        until = time.monotonic() + seconds
-        await asyncio.gather(*(one(until) for _ in range(count)))
-
-    thread = threading.Thread(target=lambda: asyncio.run(attack()), daemon=True)
-    thread.start()
-    return thread
 
 
 async def flood(port: int, count: int) -> float:
@@ -171,7 +144,8 @@ def one_run(db: str, folder: Path) -> dict[str, float]:
     proc, port = start(db, folder)
     try:
         quiet = checks(port, 100, 0.05)
-        attack = slowloris(port, 100, 20)
+        attack = Slowloris(port, count=100, seconds=20)  # the attacker of tests/test_serve_abuse.py
+        attack.start()
         time.sleep(3)
         attacked = checks(port, 100, 0.15)
         attack.join(60)

@@ -3,7 +3,8 @@
 The test starts, on loopback with throw-away configurations, what a mail server runs, and stops it all
 however the tests end:
 
-- ``spamtl serve`` (``--socket-group mail --allow-tell --trust mail``) on a trained store;
+- ``spamtl serve`` (``--socket-group mail --allow-tell --trust mail``, and ``--trust spamass-milter``)
+  on a trained store;
 - Dovecot, its mail processes as the unprivileged ``mail`` account: LMTP delivery to the virtual domain
   example.test with ``contrib/dovecot/91-spamtl-junk.conf`` and ``spamtl-junk.sieve`` (``X-Spam-Flag:
   YES`` into Junk), IMAP with the IMAPSieve recipe (``90-spamtl-imapsieve.conf``: moves teach through
@@ -12,13 +13,21 @@ however the tests end:
   config, queue and data directories and log file in a temp folder, ``inet_interfaces = loopback-only``,
   smtpd on free 127.0.0.1 ports, no transport that sends mail out, ``virtual_transport`` LMTP to the
   test's Dovecot.  Its main.cf and master.cf end with ``contrib/postfix/main.cf`` and
-  ``contrib/postfix/master.cf`` as they are, and the pipe runs ``contrib/postfix/spamtl-filter.sh``.
+  ``contrib/postfix/master.cf`` as they are, and the pipe runs ``contrib/postfix/spamtl-filter.sh``;
+- where Debian's ``spamass-milter`` is installed, the milter path too: main.cf ends with
+  ``contrib/postfix/main.cf.milter`` as it is (``smtpd_milters = unix:/spamass/spamass.sock``, a path
+  in the chroot of Debian's smtpd, the instance's queue directory), for a chrooted smtpd of its own;
+  the milter is started as Debian's service starts it from ``contrib/postfix/spamass-milter.default``,
+  as the ``spamass-milter`` account with group ``mail``, a second one with ``-r 5`` added behind one
+  more smtpd, and one more smtpd whose milter socket nothing listens on.  Without spamass-milter the
+  milter tests are skipped, saying why.
 
 Every contrib file is used as shipped; only the installed paths, the ports and the store owner's
-account are rewritten.  Each test runs twice: through the daemon (the ``spamtl`` transport: ``spamc``,
-as the mail account, which cannot open the store) and through ``spamtl classify --filter`` (the
-``spamtl-classify`` transport, as the store's owner), each on users of its own.  Mail goes in with
-smtplib, the delivered copies are read from the users' Maildirs, and moved with imaplib.
+account are rewritten.  Each content filter test runs twice: through the daemon (the ``spamtl``
+transport: ``spamc``, as the mail account, which cannot open the store) and through ``spamtl classify
+--filter`` (the ``spamtl-classify`` transport, as the store's owner), each on users of its own; the
+milter tests have users of their own too.  Mail goes in with smtplib, the delivered copies are read
+from the users' Maildirs, and moved with imaplib.
 
 Two things only a test instance needs.  The store's owner, ``spamtl`` in contrib, is ``nobody`` here.
 And re-injection: Postfix's set-gid ``postdrop`` trusts a non-default configuration directory
@@ -51,16 +60,31 @@ import pytest
 from typer.testing import CliRunner
 
 from spamtl.cli import app
+from spamtl.mail import message_identity
 
-from .accounts import SocketDaemon, as_account, shared_tempdir, spamtl_for, why_not_as_accounts
+from .accounts import SocketDaemon, as_account, has_account, shared_tempdir, spamtl_for, why_not_as_accounts
 from .conftest import free_port, make_mail, write_mbox
-from .dovecot import (CONTRIB, DOVECOT, INSTALLED_SOCKET, INSTALLED_SPAMTL, PASSWORD, SIEVEC, Dovecot, install,
-                      listening, program, quietly, read_text)
+from .dovecot import (
+    CONTRIB,
+    DOVECOT,
+    INSTALLED_SOCKET,
+    INSTALLED_SPAMTL,
+    PASSWORD,
+    SIEVEC,
+    Dovecot,
+    install,
+    listening,
+    program,
+    quietly,
+    read_text,
+)
 from .test_cli_loop import _mails
 
 POSTFIX = program("postfix", "/usr/sbin/postfix")
 POSTQUEUE = program("postqueue", "/usr/sbin/postqueue")
 SPAMC = program("spamc", "/usr/bin/spamc")
+SPAMASS_MILTER = program("spamass-milter", "/usr/sbin/spamass-milter")
+MILTER_ACCOUNT = "spamass-milter"  # Debian's: the service runs the milter as it (RUNAS)
 DOVECOT_LMTP = Path("/usr/lib/dovecot/lmtp")
 SIEVE_PLUGINS = [Path("/usr/lib/dovecot/modules/lib90_sieve_plugin.so"),
                  Path("/usr/lib/dovecot/modules/sieve/lib90_sieve_imapsieve_plugin.so")]
@@ -84,12 +108,24 @@ runner = CliRunner()
 DOMAIN = "example.test"
 SENDER = "news@garden.example"
 # Per path, two users: the first reads the garden newsletter (ham), the second calls it spam.
-USERS = {"spamc": ("alice", "bob"), "classify": ("carol", "dave")}
+USERS = {"spamc": ("alice", "bob"), "classify": ("carol", "dave")}  # the content filter's transports
+MILTER_USERS = ("erin", "frank")  # smtpd_milters with spamass-milter
+PAIRS = [*USERS.values(), MILTER_USERS]
 WAIT = 30.0  # seconds for a delivery or a label; each takes a second or two
 
 # Where contrib/postfix says things are installed, and so what the test rewrites (Dovecot's: tests/dovecot.py).
 INSTALLED_FILTER = "/usr/local/bin/spamtl-filter.sh"
 INSTALLED_STORE = "sqlite:////var/lib/spamtl/spamtl.sqlite3"
+INSTALLED_MILTER_SOCKET = "/var/spool/postfix/spamass/spamass.sock"  # contrib's SOCKET, in Postfix's chroot
+
+
+def _why_no_milter() -> str | None:
+    """Why the milter path cannot run here (None: it can)."""
+    if SPAMASS_MILTER is None:
+        return "spamass-milter is not installed (apt-get install spamass-milter)"
+    if not has_account(MILTER_ACCOUNT):
+        return f"spamass-milter is installed but there is no {MILTER_ACCOUNT} account to run it as"
+    return None
 
 
 def _address(user: str) -> str:
@@ -97,12 +133,12 @@ def _address(user: str) -> str:
 
 
 def _train(folder: Path) -> tuple[str, Path]:
-    """A trained store at folder/spamtl.sqlite3 for the four users (newsletters ham for the first of each
-    pair, spam for the second); per-user cutoffs off, so every user keeps the global 0.90 / 0.50."""
+    """A trained store at folder/spamtl.sqlite3 for every pair of users (newsletters ham for the first of
+    each pair, spam for the second); per-user cutoffs off, so every user keeps the global 0.90 / 0.50."""
     db_path = folder / "spamtl.sqlite3"
     db = f"sqlite:///{db_path}"
     assert runner.invoke(app, ["init", "--db", db]).exit_code == 0
-    for reads, refuses in USERS.values():
+    for reads, refuses in PAIRS:
         for user in (reads, refuses):
             newsletters = _mails(2, "newsletter", 15)
             spam = _mails(1, "spam", 25) + (newsletters if user == refuses else [])
@@ -120,7 +156,7 @@ def _train(folder: Path) -> tuple[str, Path]:
 # ------------------------------------------------------------------ Postfix
 def _postfix_main_cf(tmp: Path, lmtp_port: int) -> str:
     """The test instance's own main.cf (contrib/postfix/main.cf is appended to it)."""
-    users = ", ".join(f"{_address(u)}={u}" for pair in USERS.values() for u in pair)
+    users = ", ".join(f"{_address(u)}={u}" for pair in PAIRS for u in pair)
     return f"""# A throw-away instance: everything under {tmp}, loopback only, no transport that sends mail out.
 compatibility_level = 3.6
 queue_directory = {tmp}/queue
@@ -177,22 +213,36 @@ SMTP_SERVICE = re.compile(r"^smtp(\s+inet\s.*\n(?:[ \t]+\S.*\n)*)", re.M)
 
 def _postfix_master_cf(contrib: str, ports: dict[str, int]) -> str:
     """contrib's master.cf with its smtp service on the spamc path's port, and the same service again on
-    the classify path's port with ``content_filter=spamtl-classify:dummy`` (as its comment says)."""
+    the classify path's port with ``content_filter=spamtl-classify:dummy`` (as its comment says).
+
+    With a ``milter`` port (main.cf then has contrib's smtpd_milters), a third smtpd there as Debian's
+    master.cf has it (chrooted: the milter's socket is named inside the chroot), without a content
+    filter; a fourth on the ``milter-reject`` port whose smtpd_milters is the milter run with ``-r 5``
+    (:data:`REJECT_SOCKET`), and a fifth on the ``milter-down`` port whose milter's socket nothing
+    listens on (:data:`ABSENT_SOCKET`).  The content filter's two get ``-o smtpd_milters=``: a server
+    runs one path or the other."""
     match = SMTP_SERVICE.search(contrib)
     assert match is not None, "contrib/postfix/master.cf has no `smtp inet ... smtpd` service"
     service = match.group(1)
     hook = "content_filter=spamtl:dummy"
     assert hook in service, f"contrib/postfix/master.cf's smtp service no longer says {hook}"
+    milter = ""
+    if "milter" in ports:
+        service += "  -o smtpd_milters=\n"
+        milter = f"127.0.0.1:{ports['milter']} inet  n       -       y       -       -       smtpd\n"
+        for port, socket in (("milter-reject", REJECT_SOCKET), ("milter-down", ABSENT_SOCKET)):
+            milter += (f"127.0.0.1:{ports[port]} inet  n       -       y       -       -       smtpd\n"
+                       f"  -o smtpd_milters=unix:/spamass/{socket}\n")
     classify = service.replace(hook, "content_filter=spamtl-classify:dummy")
     return (contrib[:match.start()] + f"127.0.0.1:{ports['spamc']}{service}"
-            + f"127.0.0.1:{ports['classify']}{classify}" + contrib[match.end():])
+            + f"127.0.0.1:{ports['classify']}{classify}" + milter + contrib[match.end():])
 
 
 def _command_directory(sbin: Path) -> None:
     """Postfix's commands for the test instance: the system's, but a plain copy of postdrop (see above)."""
     sbin.mkdir(mode=0o755)
-    for program in [*Path("/usr/sbin").glob("post*"), Path("/usr/sbin/sendmail")]:
-        (sbin / program.name).symlink_to(program)
+    for command in [*Path("/usr/sbin").glob("post*"), Path("/usr/sbin/sendmail")]:
+        (sbin / command.name).symlink_to(command)
     (sbin / "postdrop").unlink()
     shutil.copy(Path("/usr/sbin/postdrop"), sbin / "postdrop")  # shutil.copy keeps no set-gid bit
     (sbin / "postdrop").chmod(0o755)
@@ -207,6 +257,8 @@ class MailSystem:
     dovecot: Dovecot
     smtp_ports: dict[str, int]
     postfix_dir: Path
+    milters: list[Milter]  # contrib's and the -r 5 one; none where spamass-milter cannot run (why_no_milter)
+    why_no_milter: str | None
 
     def postfix_log(self) -> str:
         return read_text(self.postfix_dir / "maillog")
@@ -217,8 +269,10 @@ class MailSystem:
     def logs(self) -> str:
         queue = subprocess.run([POSTQUEUE or "postqueue", "-c", str(self.postfix_dir / "conf"), "-p"],
                                capture_output=True, text=True, timeout=30).stdout
+        milter = "".join(f"\n--- spamass-milter -p {m.socket.name}:\n{m.log_text()[-1000:]}" for m in self.milters)
         return (f"\n--- postfix queue:\n{queue}\n--- postfix log:\n{self.postfix_log()[-4000:]}"
-                f"\n--- dovecot log:\n{self.dovecot_log()[-3000:]}\n--- daemon log:\n{self.daemon.log_text()[-2000:]}")
+                f"\n--- dovecot log:\n{self.dovecot_log()[-3000:]}\n--- daemon log:\n{self.daemon.log_text()[-2000:]}"
+                + milter)
 
     def flush(self) -> None:
         subprocess.run([POSTQUEUE or "postqueue", "-c", str(self.postfix_dir / "conf"), "-f"],
@@ -335,6 +389,8 @@ def _start_postfix(tmp: Path, filter_script: Path, ports: dict[str, int], lmtp_p
     os.chown(tmp / "data", pwd.getpwnam("postfix").pw_uid, -1)
     _command_directory(tmp / "sbin")
     contrib_main = (CONTRIB / "postfix" / "main.cf").read_text()
+    if "milter" in ports:  # as shipped: the socket's path is inside the chroot, the queue directory
+        contrib_main += "\n" + (CONTRIB / "postfix" / "main.cf.milter").read_text()
     (conf / "main.cf").write_text(_postfix_main_cf(tmp, lmtp_port) + contrib_main)
     master = install(CONTRIB / "postfix" / "master.cf", conf / "contrib-master.cf",
                      {INSTALLED_FILTER: str(filter_script), "user=spamtl": f"user={STORE_OWNER}"}, 0o644)
@@ -347,12 +403,84 @@ def _start_postfix(tmp: Path, filter_script: Path, ports: dict[str, int], lmtp_p
     (tmp / "queue" / "public").chmod(0o711)
 
 
+REJECT_SOCKET = "reject.sock"  # beside contrib's spamass.sock: the milter with -r 5 added
+ABSENT_SOCKET = "absent.sock"  # where no milter listens: the milter down
+
+
+class Milter:
+    """Debian's spamass-milter as its service starts it from ``contrib/postfix/spamass-milter.default``
+    (installed with only its two socket paths rewritten): the file sourced by ``sh`` as the init script
+    does, the milter run as ``spamass-milter -p SOCKET OPTIONS`` (in the foreground, not ``-f``) as the
+    ``spamass-milter`` account with group ``mail`` added (``adduser spamass-milter mail``), its socket's
+    folder made and given to that account, and SOCKETMODE and SOCKETOWNER set on the socket.  The
+    socket is ``spamass/NAME`` in ``queue``, the Postfix instance's queue directory and so its smtpd's
+    chroot, where main.cf.milter's ``unix:/spamass/spamass.sock`` names contrib's.  ``options`` go
+    before OPTIONS' ``--`` (the milter's own, as the file says)."""
+
+    def __init__(self, folder: Path, queue: Path, daemon_socket: Path, name: str = "spamass.sock",
+                 options: tuple[str, ...] = ()) -> None:
+        self.folder = folder
+        self.socket = queue / "spamass" / name
+        self.daemon_socket = daemon_socket
+        self.options = options
+        self.log = folder / f"spamass-milter-{name}.log"  # its usage errors; it logs the rest to syslog
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def log_text(self) -> str:
+        return read_text(self.log)
+
+    def start(self) -> None:
+        defaults = self.folder / f"spamass-milter-{self.socket.name}.default"
+        install(CONTRIB / "postfix" / "spamass-milter.default", defaults,
+                {INSTALLED_SOCKET: str(self.daemon_socket), INSTALLED_MILTER_SOCKET: str(self.socket)}, 0o644)
+        read = subprocess.run(["sh", "-c", '. "$1" && printf "%s\\0" "$SOCKET" "$SOCKETOWNER" "$SOCKETMODE" $OPTIONS',
+                               "sh", str(defaults)], capture_output=True, text=True, timeout=30)
+        assert read.returncode == 0, read.stderr
+        socket, owner, mode, *options = read.stdout.split("\0")[:-1]
+        assert socket == str(self.socket) and "--" in options, (socket, options)
+        options[options.index("--"):options.index("--")] = self.options
+        account = pwd.getpwnam(MILTER_ACCOUNT)
+        self.socket.parent.mkdir(mode=0o755, exist_ok=True)
+        os.chown(self.socket.parent, account.pw_uid, account.pw_gid)
+        groups = [*os.getgrouplist(MILTER_ACCOUNT, account.pw_gid), pwd.getpwnam("mail").pw_gid]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([SPAMASS_MILTER or "spamass-milter", "-p", socket, *options],
+                                         user=account.pw_uid, group=account.pw_gid, extra_groups=groups,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/")
+        deadline = time.monotonic() + 20
+        while not self.socket.exists():
+            assert self.proc.poll() is None, f"spamass-milter exited {self.proc.returncode}: {self.log_text()}"
+            assert time.monotonic() < deadline, f"spamass-milter made no socket within 20 s: {self.log_text()}"
+            time.sleep(0.05)
+        self.socket.chmod(int(mode, 8))
+        user, _, group = owner.partition(":")
+        shutil.chown(self.socket, user, group or None)
+
+    def terminate(self) -> None:
+        """Ask the milter to stop (SIGTERM), without waiting."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def stop(self) -> None:
+        """Stop the milter and wait until it has (harmless when it does not run)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.fixture(scope="module")
 def mailsystem() -> Iterator[MailSystem]:
     # Not under pytest's tmp_path: mail, nobody, postfix and dovecot must reach these files (pytest's are 0700).
     tmp = shared_tempdir("spamtl-delivery-")
     daemon: SocketDaemon | None = None
     dovecot: Dovecot | None = None
+    milters: list[Milter] = []
+    why_no_milter = _why_no_milter()
     try:
         for folder in ("store", "bin", "run", "postfix"):
             (tmp / folder).mkdir(mode=0o755)
@@ -368,31 +496,46 @@ def mailsystem() -> Iterator[MailSystem]:
             pytest.skip("the mail and nobody accounts cannot run this checkout's spamtl (nor a system Python of "
                         "this version)")
         socket_path = tmp / "run" / "spamd.sock"
-        daemon = SocketDaemon(db, socket_path, "--socket-group", "mail", "--allow-tell", "--trust", "mail")
+        # New mailboxes registered as contrib/systemd/spamtl.service does; the milter's account (the spamc it
+        # runs) trusted as contrib/postfix/spamass-milter.default says; a log line per verdict (whom it was for).
+        daemon = SocketDaemon(db, socket_path, "--socket-group", "mail", "--allow-tell", "--trust", "mail",
+                              *(["--trust", MILTER_ACCOUNT] if why_no_milter is None else []),
+                              env={"SPAMTL_AUTO_CREATE_USERS": "true", "SPAMTL_LOG_LEVEL": "info"})
         filter_script = tmp / "bin" / "spamtl-filter.sh"
         install(CONTRIB / "postfix" / "spamtl-filter.sh", filter_script,
                 {f"SOCKET={INSTALLED_SOCKET}\n": f"SOCKET={socket_path}\n", "SPAMC=/usr/bin/spamc\n": f"SPAMC={SPAMC}\n",
                  f"SPAMTL={INSTALLED_SPAMTL}\n": f"SPAMTL={spamtl}\n",
                  f"STORE={INSTALLED_STORE}\n": f"STORE={db}\n"}, 0o755)
-        homes = {_address(user): tmp / "home" / user for pair in USERS.values() for user in pair}
+        homes = {_address(user): tmp / "home" / user for pair in PAIRS for user in pair}
         dovecot = Dovecot(tmp / "dovecot", homes, spamtl=spamtl, socket_path=socket_path, lmtp=True,
                           postmaster=f"postmaster@{DOMAIN}")
         dovecot.start()
         smtp_ports = {"spamc": free_port(), "classify": free_port()}
+        if why_no_milter is None:
+            smtp_ports.update({"milter": free_port(), "milter-reject": free_port(), "milter-down": free_port()})
         _start_postfix(tmp / "postfix", filter_script, smtp_ports, dovecot.lmtp_port)
+        if why_no_milter is None:
+            for name, options in (("spamass.sock", ()), (REJECT_SOCKET, ("-r", "5"))):
+                milters.append(Milter(tmp / "run", tmp / "postfix" / "queue", socket_path, name, options))
+                milters[-1].start()
         system = MailSystem(tmp=tmp, db=db, db_path=db_path, daemon=daemon, dovecot=dovecot, smtp_ports=smtp_ports,
-                            postfix_dir=tmp / "postfix")
-        for port in smtp_ports.values():
-            listening(port, system.postfix_log)
+                            postfix_dir=tmp / "postfix", milters=milters, why_no_milter=why_no_milter)
+        for service, port in smtp_ports.items():  # not milter-down's: each connection logs a warning there
+            if service != "milter-down":
+                listening(port, system.postfix_log)
         yield system
     finally:
         # Whatever got started, however far the set-up got (each stop is harmless when nothing runs).
+        for milter in milters:  # libmilter looks at its stop flag every 5 s: meanwhile, stop the rest
+            milter.terminate()
         if (tmp / "postfix" / "conf" / "main.cf").exists():
             quietly([POSTFIX or "postfix", "-c", str(tmp / "postfix" / "conf"), "stop"])
         if dovecot is not None:
             dovecot.stop()
         if daemon is not None:
             daemon.stop()
+        for milter in milters:
+            milter.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -551,3 +694,163 @@ def test_corrections_by_moving_mail_stick_to_the_delivered_copy(mailsystem: Mail
     folder, copy = mailsystem.delivered(reads, message_id, before[reads])
     _assert_filed(reads, folder, copy, "ham", label=True)
     _no_delivery_problems(mailsystem, since)
+
+
+# ------------------------------------------------------------------ the milter path (spamass-milter)
+SPAM_STATUS = re.compile(r"(Yes|No), score=(-?\d+\.\d) required=5\.0 tests=([A-Z_]+(?:,[A-Z_]+)*) autolearn=no "
+                         r"version=spamtl-\S+")
+
+
+@pytest.fixture
+def milter(mailsystem: MailSystem) -> Milter:
+    """The milter path (contrib's milter): skipped, saying why, where spamass-milter cannot run."""
+    if not mailsystem.milters:
+        pytest.skip(mailsystem.why_no_milter or "spamass-milter did not start")
+    return mailsystem.milters[0]
+
+
+def _milter_status(user: str, raw: bytes) -> tuple[str, float, list[str]]:
+    """Yes or No, the score and the tests of the copy's one X-Spam-Status (the daemon's, by the milter)."""
+    values = _all(raw, "X-Spam-Status")
+    assert len(values) == 1, f"{user}: X-Spam-Status {values}"
+    match = SPAM_STATUS.fullmatch(values[0])
+    assert match is not None, f"{user}: {values[0]}"
+    return match.group(1), float(match.group(2)), match.group(3).split(",")
+
+
+def _assert_milter_filed(user: str, folder: str, raw: bytes, verdict: str) -> tuple[str, float, list[str]]:
+    """The copy has the daemon's X-Spam-* headers for the verdict, as the milter writes them (Flag for
+    spam only, Level empty and so left out below one point), no X-Spamtl-Status (the milter takes only
+    X-Spam-* fields from spamc's answer), and Sieve filed it by X-Spam-Flag."""
+    said, score, tests = _milter_status(user, raw)
+    is_spam = verdict == "spam"
+    assert (said == "Yes") == is_spam, f"{user}: {verdict} copy says {said}, score={score}"
+    assert score >= 5.0 if is_spam else score < 5.0, f"{user}: {verdict} scores {score}"
+    if verdict == "ham":
+        assert score <= 0.0, f"{user}: ham scores {score}"
+    assert _all(raw, "X-Spam-Flag") == (["YES"] if is_spam else []), f"{user}: {_headers(raw)}"
+    assert _all(raw, "X-Spam-Level") == (["*" * min(int(score), 50)] if score >= 1 else []), f"{user}: {_headers(raw)}"
+    assert _all(raw, "X-Spamtl-Status") == [], f"{user}: {_headers(raw)}"
+    assert folder == ("Junk" if is_spam else "INBOX"), f"{user}'s {verdict} copy is in {folder}"
+    return said, score, tests
+
+
+def _daemon_verdict(system: MailSystem, short_id: str, user: str | None = None) -> dict[str, str]:
+    """The daemon's one verdict log line for the message with this id (for this user, or for anyone), as
+    a dict (user, verdict, probability, ...): the message was scanned once."""
+    lines = [line for line in system.daemon.log_text().splitlines()
+             if " event=verdict " in line and f" id={short_id} " in line and (user is None or f" user={user} " in line)]
+    assert len(lines) == 1, f"{len(lines)} scans of {short_id} for {user or 'anyone'}: {lines}{system.logs()}"
+    return dict(re.findall(r"(\w+)=(\S+)", lines[0]))
+
+
+def _mail(tag: str, kind: str) -> tuple[bytes, str, str]:
+    """A mail like those the users imported (``kind`` spam, or ``frank`` for his colleague's), not one of
+    them, with a Message-ID and Date of its own, and the sender its From address (the milter shows spamc
+    the envelope sender): its bytes, Message-ID and sender."""
+    message_id = f"{tag}-{uuid.uuid4().hex[:12]}@example.org"
+    raw = _mails(14, kind, 1)[0].replace(
+        b"MIME-Version: ", f"Message-ID: <{message_id}>\nDate: {email.utils.formatdate()}\nMIME-Version: ".encode(), 1)
+    sender = re.search(rb"^From: (\S+)$", raw, re.M)
+    assert sender is not None
+    return raw.replace(b"\n", b"\r\n"), message_id, sender.group(1).decode()
+
+
+def test_milter_one_recipient_gets_their_verdict(mailsystem: MailSystem, milter: Milter) -> None:
+    """Through smtpd_milters (contrib/postfix/main.cf.milter, spamass-milter.default): a message with one
+    recipient is scanned once, as that recipient (the whole address, in lower case: FRANK@ is frank's),
+    gets their verdict in the daemon's X-Spam-* headers and is filed by it; the recipient's
+    classification row is that message, the one the delivered copy is (the milter's X-Envelope-* and
+    Received fields, which spamc sees, are trace fields).  Moving the copy into Junk labels that
+    message, and the next copy gets the label."""
+    since = mailsystem.mark()
+    reads, refuses = MILTER_USERS
+    raw, message_id = _newsletter("milter-one")
+    sha256 = message_identity(raw)[1]
+    for user, verdict, rcpt in ((reads, "ham", _address(reads)), (refuses, "spam", _address(refuses).upper())):
+        mailsystem.send("milter", raw, [rcpt])
+        folder, copy = mailsystem.delivered(user, message_id)
+        _assert_milter_filed(user, folder, copy, verdict)
+        assert message_identity(copy)[1] == sha256, f"{user}'s copy is not the message sent: {copy[:600]!r}"
+        assert mailsystem.verdicts(user, sha256[:12]) == [(verdict, sha256)], user
+        assert _daemon_verdict(mailsystem, sha256[:12], _address(user))["verdict"] == verdict
+
+    mailsystem.move(reads, message_id, "INBOX", "Junk")
+    _assert_label_matches(mailsystem, reads, ["spam"], sha256[:12], "ham")
+    before = mailsystem.copies(reads, message_id)
+    mailsystem.send("milter", raw, [_address(reads)])
+    folder, copy = mailsystem.delivered(reads, message_id, before)
+    _, _, tests = _assert_milter_filed(reads, folder, copy, "spam")
+    assert "SPAMTL_USER_LABEL" in tests, tests
+    _no_delivery_problems(mailsystem, since)
+
+
+def test_milter_several_recipients_get_one_verdict(mailsystem: MailSystem, milter: Milter) -> None:
+    """One SMTP transaction to erin (who reads the newsletter) and frank (who calls it spam): the milter
+    scans it once, as its -u user (spamass-milter: no labels, the shared model), and both copies carry
+    that one verdict, filed alike; neither recipient has a verdict of it in the store, spamass-milter
+    has (auto_create_users, as contrib/systemd's unit sets it, registered that name)."""
+    since = mailsystem.mark()
+    raw, message_id = _newsletter("milter-two")
+    sha256 = message_identity(raw)[1]
+    mailsystem.send("milter", raw, [_address(user) for user in MILTER_USERS])
+    said = _daemon_verdict(mailsystem, sha256[:12])  # one scan, for anyone
+    assert said["user"] == MILTER_ACCOUNT, said
+    statuses = []
+    for user in MILTER_USERS:
+        folder, copy = mailsystem.delivered(user, message_id)
+        _assert_milter_filed(user, folder, copy, said["verdict"])
+        statuses.append(_all(copy, "X-Spam-Status"))
+        assert mailsystem.verdicts(user, sha256[:12]) == [], user
+    assert statuses[0] == statuses[1], statuses
+    logged = mailsystem.sql("SELECT c.verdict FROM classifications c JOIN users u ON u.id = c.user_id "
+                            "JOIN messages m ON m.id = c.message_id WHERE u.name = ? AND m.sha256 = ?",
+                            MILTER_ACCOUNT, sha256)
+    assert logged == [(said["verdict"],)], logged
+    _no_delivery_problems(mailsystem, since)
+
+
+def test_milter_refuses_spam_at_smtp_time_with_r(mailsystem: MailSystem, milter: Milter) -> None:
+    """The milter with ``-r 5`` added (as spamass-milter.default says, before the ``--``): mail whose score
+    for its recipient is 5 or more, the daemon's spam, is refused at the end of DATA with 550 5.7.1:
+    nothing is queued or delivered, and the recipient has the verdict.  A ham of the same recipient
+    through the same milter is delivered."""
+    since = mailsystem.mark()
+    _, refuses = MILTER_USERS
+    raw, message_id, sender = _mail("milter-r-spam", "spam")
+    sha256 = message_identity(raw)[1]
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        mailsystem.send("milter-reject", raw, [_address(refuses)], sender=sender)
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (550, b"5.7.1 Blocked by SpamAssassin")
+    assert _daemon_verdict(mailsystem, sha256[:12], _address(refuses))["verdict"] == "spam"
+    mailsystem.wait(f"{refuses}'s verdict of {sha256[:12]}",  # written within 0.05 s of the answer
+                    lambda: mailsystem.verdicts(refuses, sha256[:12]) == [("spam", sha256)], within=5)
+    assert re.search(r"milter-reject: END-OF-MESSAGE .*: 5\.7\.1 Blocked by SpamAssassin;",
+                     mailsystem.postfix_log()[since[0]:]), mailsystem.logs()
+
+    raw, ham_id, sender = _mail("milter-r-ham", refuses)
+    mailsystem.send("milter-reject", raw, [_address(refuses)], sender=sender)
+    folder, copy = mailsystem.delivered(refuses, ham_id)
+    said_ham, score, _ = _milter_status(refuses, copy)
+    assert (said_ham, folder) == ("No", "INBOX") and score < 5.0, (said_ham, score, folder)
+    assert mailsystem.copies(refuses, message_id) == []
+    queue = subprocess.run([POSTQUEUE or "postqueue", "-c", str(mailsystem.postfix_dir / "conf"), "-p"],
+                           capture_output=True, text=True, timeout=30).stdout
+    assert "Mail queue is empty" in queue, queue
+    _no_delivery_problems(mailsystem, since)
+
+
+def test_milter_down_mail_is_delivered_unscanned(mailsystem: MailSystem, milter: Milter) -> None:
+    """main.cf.milter's milter_default_action = accept: with no milter on the socket, smtpd takes the mail
+    all the same and it is delivered unscanned (no X-Spam-* field, so INBOX), as spamc passes mail on
+    when the daemon is down; Postfix logs why."""
+    since = mailsystem.mark()
+    _, refuses = MILTER_USERS
+    raw, message_id = _newsletter("milter-down")
+    mailsystem.send("milter-down", raw, [_address(refuses)])
+    folder, copy = mailsystem.delivered(refuses, message_id)
+    assert [name for name, _ in _headers(copy) if name.lower().startswith("x-spam")] == [], _headers(copy)
+    assert folder == "INBOX", folder
+    assert mailsystem.verdicts(refuses, message_identity(raw)[1][:12]) == []
+    log = mailsystem.postfix_log()[since[0]:]
+    assert re.search(rf"warning: connect to Milter service unix:/spamass/{ABSENT_SOCKET}: No such file", log), log

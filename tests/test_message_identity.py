@@ -273,7 +273,7 @@ def _with_imapsieve_marks(test: Callable[..., None]) -> Callable[..., None]:
 
 
 @_with_imapsieve_marks
-def test_junk_move_in_a_real_dovecot_reaches_the_verdict(mailserver: dict[str, object]) -> None:
+def test_junk_move_in_a_real_dovecot_reaches_the_verdict(mailserver: dict[str, object]) -> None:  # noqa: F811
     """As deployed: the filter's output, with an LDA's trace fields above it, APPENDed in CRLF to a real
     Dovecot and moved to Junk; the IMAPSieve recipe TELLs the daemon the copy Dovecot hands it."""
     db, db_path = str(mailserver["db"]), Path(str(mailserver["db_path"]))

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from spamtl.metrics import (binary_metrics, macro_auc_error, roc_auc, roc_curve_points, rows_by_task,
-                            spam_caught_at_fpr)
+from spamtl.metrics import binary_metrics, macro_auc_error, roc_auc, roc_curve_points, rows_by_task, spam_caught_at_fpr
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -17,8 +17,11 @@ from spamtl.mail import add_headers, not_mail_reason
 from spamtl.services.classify import Verdict, skip_reason
 
 from .conftest import count_rows, make_mail, write_mbox
-from .test_cli_loop import _mails, run
-from .test_cli_loop import store  # noqa: F401 - the trained module-scoped store fixture
+from .test_cli_loop import (
+    _mails,
+    run,
+    store,  # noqa: F401 - the trained module-scoped store fixture
+)
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 NOT_MAIL = {

@@ -17,11 +17,11 @@ from spamtl.config import Settings, validate_name
 from spamtl.errors import NoModelError, UnknownUserError, UsageError
 from spamtl.features import FeatureConfig, rows_to_csr
 from spamtl.mail import message_identity
+from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.scoring import SparsePart, sigmoid
 from spamtl.services.dataset import feature_rows
 from spamtl.services.importing import _batches, store_messages
 from spamtl.services.models import load_user_slice
-from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.store import learning, queries
 from spamtl.store.db import check_schema, translate_errors
