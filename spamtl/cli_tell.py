@@ -49,7 +49,7 @@ def tell(
     account that teaches other users' filters) and needs no access to the
     store.  Exits 0 only when the daemon confirms that the label is stored
     (now, or already: the user had it); otherwise prints one `Error: ...` line
-    and exits 65 (message too large or empty), 67 (bad user), 69 (daemon not
+    and exits 65 (message too large, empty or not mail), 67 (bad or unknown user), 69 (daemon not
     reachable), 75 (temporary: the store failed, the daemon is busy or slow;
     try again later), 76 (an answer that is not a confirmation) or 77 (not
     permitted).
