@@ -91,16 +91,8 @@ def parse_table(args: argparse.Namespace) -> None:
         print(f"{shape:24s}" + "".join(f"{row[s]:10.4f}" for s in sizes) + f"{ratio:10.1f}{flag}", flush=True)
     worst = max(results, key=lambda s: results[s].get("1MB", 0))
     print(f"\nworst at 1 MB: {worst} {results[worst].get('1MB', float('nan')):.3f} s (target {TARGET_1MB} s)")
-    out = {
-        "what": "CPU seconds (median of runs) of featurize(parse_message(raw)) per crafted message",
-        "runs": args.runs,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "target_seconds_at_1MB": TARGET_1MB,
-        "seconds": results,
-    }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "worst_case.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    _write("worst_case.json", "CPU seconds (median of runs) of featurize(parse_message(raw)) per crafted message",
+           args.runs, results, target_seconds_at_1MB=TARGET_1MB)
 
 
 def _trained_store(folder: Path) -> str:
@@ -173,19 +165,19 @@ def request_table(args: argparse.Namespace) -> None:
     worst = {c: max(results, key=lambda s: results[s][c]) for c in columns}
     for column, shape in worst.items():
         print(f"worst {column}: {shape} {results[shape][column]:.3f} s (target {TARGET_REQUEST} s)")
-    out = {
-        "what": "CPU seconds (median of runs) per request on crafted messages cut to the size limit: filter = "
-                "prepare + classify + add_headers + parse_envelope; filter_report = the same + explain from the "
-                "same pass + report_header; daemon_report = serve.Worker._score of a REPORT request",
-        "runs": args.runs,
-        "size_limit_bytes": limit,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "target_seconds": TARGET_REQUEST,
-        "seconds": results,
-    }
+    _write("worst_case_request.json",
+           "CPU seconds (median of runs) per request on crafted messages cut to the size limit: filter = "
+           "prepare + classify + add_headers + parse_envelope; filter_report = the same + explain from the "
+           "same pass + report_header; daemon_report = serve.Worker._score of a REPORT request",
+           args.runs, results, size_limit_bytes=limit, target_seconds=TARGET_REQUEST)
+
+
+def _write(name: str, what: str, runs: int, results: dict, **facts: object) -> None:  # type: ignore[type-arg]
+    """benchmarks/results/NAME: what was measured, on what, and the figures."""
+    out = {"what": what, "runs": runs, **facts, "python": platform.python_version(),
+           "machine": platform.machine(), "seconds": results}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "worst_case_request.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    (HERE / "results" / name).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -443,15 +443,8 @@ class Worker:
         return proto.response(proto.EX_DATAERR, f"message larger than {limit} bytes; not scanned")
 
     async def _drain_rest(self, reader: asyncio.StreamReader, request: proto.Request, deadline: float) -> None:
-        """Read and drop what the client still sends, so that it gets to read the answer."""
-        left = min(request.content_length or 0, proto.MAX_SENT_BYTES)
-        with contextlib.suppress(Exception):
-            while left > 0:
-                block = await asyncio.wait_for(reader.read(min(left, 1 << 16)),
-                                               max(0.0, deadline - time.monotonic()))
-                if not block:
-                    break
-                left -= len(block)
+        """Read and drop the rest of an oversized message, so that the client gets to read the answer."""
+        await _discard(reader, min(request.content_length or 0, proto.MAX_SENT_BYTES), deadline - time.monotonic())
 
     # -- requests
     def _user(self, request: proto.Request) -> str:
@@ -616,10 +609,15 @@ async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, re
     writer.write(proto.response(proto.EX_TEMPFAIL, reason))
     with contextlib.suppress(Exception):
         writer.write_eof()
-        async with asyncio.timeout(LINGER_SECONDS):
-            left = LINGER_BYTES
-            while left > 0 and (block := await reader.read(min(left, 1 << 16))):
-                left -= len(block)
+    await _discard(reader, LINGER_BYTES, LINGER_SECONDS)
+
+
+async def _discard(reader: asyncio.StreamReader, most: int, seconds: float) -> None:
+    """Read and drop up to ``most`` bytes the client still sends, for at most ``seconds`` (or until it stops)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(max(0.0, seconds)):
+            while most > 0 and (block := await reader.read(min(most, 1 << 16))):
+                most -= len(block)
 
 
 def _policy(settings: Settings) -> Any:
