@@ -16,8 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from spamtl.features import FeatureConfig, featurize, rows_to_csr
-from spamtl.mail import parse_message
-from spamtl.sources import RawMail, iter_mail
+from spamtl.mail.parse import parse_message
+from spamtl.mail.sources import RawMail, iter_mail
 
 USERS = ("enron1", "enron2", "enron3", "enron4", "enron5", "enron6")
 DEFAULT_CORPORA = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora"

@@ -105,7 +105,7 @@ def main() -> None:
             "spamtl_classify_filter": median_time(args.runs, py, "-m", "spamtl", "classify", "enron1", "--filter",
                                                   "--db", db, stdin=message.read_bytes()),
             "full_typer_command": median_time(max(3, args.runs // 3), py, "-c",
-                                              "import sys; from spamtl.cli import main; sys.argv[0]='spamtl'; main()",
+                                              "import sys; from spamtl.cli.app import main; sys.argv[0]='spamtl'; main()",
                                               "classify", "enron1", str(message), "--db", db),
         }
         result["single_classify"] = single
@@ -120,7 +120,7 @@ def main() -> None:
 
         from spamtl.config import Settings
         from spamtl.services.feedback import record_feedback
-        from spamtl.store.db import make_engine
+        from spamtl.store.engine import make_engine
 
         engine = make_engine(db)
         settings = Settings(database_url=db)

@@ -37,7 +37,7 @@ import _enron  # noqa: E402
 
 from spamtl.features import FeatureConfig, IdfWeights  # noqa: E402
 from spamtl.metrics import macro_auc_error  # noqa: E402
-from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters  # noqa: E402
+from spamtl.model.estimator import MultiTaskLogisticRegression, select_hyperparameters  # noqa: E402
 from spamtl.services.training import min_df_mask  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +57,7 @@ def _logistic(alpha, X, y):  # type: ignore[no-untyped-def]
 
 def _loss(y, scores, tasks) -> float:  # type: ignore[no-untyped-def]
     """Held-out logistic loss, averaged per user then over users: the same criterion the MTL search uses."""
-    from spamtl.model import _macro_log_loss
+    from spamtl.model.estimator import _macro_log_loss
 
     return _macro_log_loss(np.asarray(y) == 1, np.asarray(scores), np.asarray(tasks))
 
@@ -154,7 +154,7 @@ def full_fit(params: dict[str, float], runs: int, tf: str, idf: bool) -> dict[st
     times, rss = [], []
     for _ in range(runs):
         code = ("import sys,time,json,resource,warnings; sys.path.insert(0, %r); import _enron;"
-                "from spamtl.model import MultiTaskLogisticRegression;"
+                "from spamtl.model.estimator import MultiTaskLogisticRegression;"
                 "from spamtl.services.training import min_df_mask;"
                 "from spamtl.features import FeatureConfig;"
                 "c=_enron.load(FeatureConfig(tf=%r)); X=min_df_mask(c.X); warnings.simplefilter('ignore');"

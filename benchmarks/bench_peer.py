@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _enron  # noqa: E402
 
+from spamtl.mail.sources import RawMail, iter_mail  # noqa: E402
 from spamtl.metrics import macro_auc_error  # noqa: E402
-from spamtl.sources import RawMail, iter_mail  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

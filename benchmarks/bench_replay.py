@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from spamtl.mail.sources import RawMail, iter_mail
 from spamtl.services.replay import METRICS, plan_replay, replay_metrics
-from spamtl.sources import RawMail, iter_mail
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CORPORA = Path(os.environ.get("SPAMTL_CORPORA", HERE.parent.parent / "shared" / "corpora"))
@@ -121,7 +121,7 @@ def run_bogofilter(db: str, days: int, bootstrap: int, workdir: Path) -> tuple[d
 
     from spamtl.services.classify import prepare
     from spamtl.store import queries
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     started = time.monotonic()
     engine = make_engine(db)

@@ -43,7 +43,7 @@ from spamtl.services.importing import store_messages  # noqa: E402
 from spamtl.services.retention import prune  # noqa: E402
 from spamtl.services.training import train  # noqa: E402
 from spamtl.store import queries  # noqa: E402
-from spamtl.store.db import make_engine, upgrade  # noqa: E402
+from spamtl.store.engine import make_engine, upgrade  # noqa: E402
 from spamtl.store.schema import Classification  # noqa: E402
 
 START = datetime(2026, 1, 1, 8, 0, 0)

@@ -36,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _enron import DEFAULT_CORPORA, USERS, read_raw  # noqa: E402
 
 from spamtl.config import Settings  # noqa: E402
+from spamtl.mail.sources import RawMail  # noqa: E402
 from spamtl.metrics import roc_auc  # noqa: E402
 from spamtl.services.classify import classify_messages, open_reader, prepare  # noqa: E402
 from spamtl.services.feedback import record_feedback  # noqa: E402
 from spamtl.services.importing import import_mail  # noqa: E402
 from spamtl.services.review import review_queue  # noqa: E402
 from spamtl.services.training import train  # noqa: E402
-from spamtl.sources import RawMail  # noqa: E402
-from spamtl.store.db import make_engine, upgrade  # noqa: E402
+from spamtl.store.engine import make_engine, upgrade  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "review.json"
 NOW = datetime(2026, 11, 1, 12, 0, 0)

@@ -51,7 +51,7 @@ JUNK = 500
 
 
 def mails(path: Path) -> list[bytes]:
-    from spamtl.sources import RawMail, iter_mail
+    from spamtl.mail.sources import RawMail, iter_mail
 
     return [m.raw for m in iter_mail([path]) if isinstance(m, RawMail)]
 

@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from spamtl.features import featurize  # noqa: E402
-from spamtl.mail import parse_message  # noqa: E402
+from spamtl.mail.parse import parse_message  # noqa: E402
 from tests.crafted import RED_TEAM, SHAPES, SIZES  # noqa: E402
 
 TARGET_1MB = 0.2
@@ -111,11 +111,11 @@ def _trained_store(folder: Path) -> str:
 
 
 def request_table(args: argparse.Namespace) -> None:
-    from spamtl import spamd_protocol
     from spamtl.config import Settings
-    from spamtl.mail import add_headers, parse_envelope
-    from spamtl.peers import Peer
-    from spamtl.serve import ServeOptions, Worker
+    from spamtl.mail.parse import add_headers, parse_envelope
+    from spamtl.serve import protocol as spamd_protocol
+    from spamtl.serve.daemon import ServeOptions, Worker
+    from spamtl.serve.peers import Peer
     from spamtl.services.classify import open_reader, prepare, verdict_headers
     from spamtl.services.explain import explain, report_header
 

@@ -32,10 +32,10 @@ from sqlalchemy.orm import Session
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from spamtl.mail.sources import RawMail, iter_mail  # noqa: E402
 from spamtl.services.importing import store_messages  # noqa: E402
-from spamtl.sources import RawMail, iter_mail  # noqa: E402
 from spamtl.store import queries  # noqa: E402
-from spamtl.store.db import make_engine, upgrade  # noqa: E402
+from spamtl.store.engine import make_engine, upgrade  # noqa: E402
 
 CORPORA = next((base / "shared" / "corpora" / "enron-spam" for base in (HERE.parent.parent, HERE.parent.parent.parent)
                 if (base / "shared" / "corpora" / "enron-spam").exists()), HERE.parent.parent / "shared")

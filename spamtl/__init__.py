@@ -19,12 +19,12 @@ __all__ = ["__version__", "MultiTaskLogisticRegression", "parse_message", "featu
 if TYPE_CHECKING:  # pragma: no cover
     from spamtl.errors import SpamtlError
     from spamtl.features import featurize
-    from spamtl.mail import parse_message
-    from spamtl.model import MultiTaskLogisticRegression
+    from spamtl.mail.parse import parse_message
+    from spamtl.model.estimator import MultiTaskLogisticRegression
 
 _LAZY = {
-    "MultiTaskLogisticRegression": "spamtl.model",
-    "parse_message": "spamtl.mail",
+    "MultiTaskLogisticRegression": "spamtl.model.estimator",
+    "parse_message": "spamtl.mail.parse",
     "featurize": "spamtl.features",
     "SpamtlError": "spamtl.errors",
 }

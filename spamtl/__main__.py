@@ -1,5 +1,5 @@
 """Lets ``python -m spamtl`` work (same dispatch as the ``spamtl`` script)."""
 
-from spamtl._entry import main
+from spamtl.cli.entry import main
 
 main()

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from spamtl.mail import ParsedMessage
+from spamtl.mail.parse import ParsedMessage
 
 __all__ = [
     "DEFAULT_N_FEATURES",
@@ -207,7 +207,7 @@ def tokenize(msg: ParsedMessage, config: FeatureConfig = FeatureConfig()) -> lis
 
     Examples
     --------
-    >>> from spamtl.mail import parse_message
+    >>> from spamtl.mail.parse import parse_message
     >>> msg = parse_message(b"From: a@mail.example.org\\nSubject: Cheap pills\\n\\nbuy now")
     >>> [t for t in tokenize(msg) if not t.startswith("hdr:")]
     ['subj:cheap', 'subj:pills', 'body:buy', 'body:now', 'from:mail.example.org', 'from:example.org', 'fromaddr:a@mail.example.org', 'ct:text/plain', 'bodylen:2']

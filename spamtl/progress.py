@@ -16,7 +16,7 @@ never does (a service may run inside another, as training runs inside the
 replay).  The reporters accept :meth:`Progress.advance` from any thread.
 
 Services, the model and the store never import rich or typer: the command
-line passes one of :mod:`spamtl.cli_progress`'s reporters (a bar on a
+line passes one of :mod:`spamtl.cli.progress`'s reporters (a bar on a
 terminal, one log line per stage otherwise).
 """
 

@@ -68,7 +68,7 @@ def spamtl_for(account: str, folder: Path) -> Path | None:
         launcher = folder / "spamtl"
         code = ("import site, sys; n = len(sys.path); site.addsitedir(sys.argv[1]); "
                 "sys.path[:] = sys.path[n:] + sys.path[:n]; del sys.argv[1]; sys.argv[0] = 'spamtl'; "
-                "from spamtl._entry import main; main()")
+                "from spamtl.cli.entry import main; main()")
         launcher.write_text(f'#!/bin/sh\nexec {candidate} -s -c "{code}" "{site}" "$@"\n')
         launcher.chmod(0o755)
         if _runs_as(account, [str(launcher), "--version"]):

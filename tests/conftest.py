@@ -71,7 +71,7 @@ def blank_database(folder: Path, name: str = "spamtl") -> Iterator[str]:
 @contextlib.contextmanager
 def migrated_database(folder: Path, name: str = "spamtl") -> Iterator[str]:
     """Like :func:`blank_database`, upgraded to the current schema by Alembic."""
-    from spamtl.store.db import make_engine, upgrade
+    from spamtl.store.engine import make_engine, upgrade
 
     with blank_database(folder, name) as url:
         engine = make_engine(url, create_dir=True)
@@ -142,7 +142,7 @@ def run(db: str, *args: str, input: bytes | None = None):  # type: ignore[no-unt
     """``spamtl ARGS --db DB`` in process (typer's CliRunner), ``input`` on stdin; exceptions are raised."""
     from typer.testing import CliRunner
 
-    from spamtl.cli import app
+    from spamtl.cli.app import app
 
     return CliRunner().invoke(app, [*args, "--db", db], input=input, catch_exceptions=False)
 
@@ -170,7 +170,7 @@ def db_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[object]:
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     eng = make_engine(db_url)
     yield eng

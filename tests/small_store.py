@@ -14,7 +14,7 @@ from pathlib import Path
 from spamtl.config import Settings
 from spamtl.services.importing import import_mail
 from spamtl.services.training import train
-from spamtl.store.db import make_engine, upgrade
+from spamtl.store.engine import make_engine, upgrade
 
 from .conftest import NOW, run, write_mbox
 from .test_cli_loop import _mails

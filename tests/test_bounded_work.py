@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from spamtl import features, mail, spamd_protocol
+from spamtl import features
 from spamtl.config import Settings
-from spamtl.mail import MAX_HEADER_LINES, MAX_HEADER_SCAN_FIELDS, parse_envelope, parse_message, strip_own_headers
+from spamtl.mail import parse as mail
+from spamtl.mail.parse import MAX_HEADER_LINES, MAX_HEADER_SCAN_FIELDS, parse_envelope, parse_message, strip_own_headers
+from spamtl.serve import protocol as spamd_protocol
 
 from .conftest import run
 from .crafted import RED_TEAM, SHAPES
@@ -115,8 +117,8 @@ def test_report_comes_from_the_scoring_pass(reader: object, passes: Counter[str]
 @pytest.mark.parametrize("command", ["CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS"])
 def test_daemon_request_is_one_pass(db: str, passes: Counter[str], command: str) -> None:
     """The daemon's own request handling (Worker), in process: one parse whatever is asked, within budget."""
-    from spamtl.peers import Peer
-    from spamtl.serve import ServeOptions, Worker
+    from spamtl.serve.daemon import ServeOptions, Worker
+    from spamtl.serve.peers import Peer
 
     worker = Worker(lambda: Settings(database_url=db), ServeOptions())
     try:
@@ -191,8 +193,8 @@ def test_verdicts_held_in_numbers_keep_no_scoring_pass(db: str, reader: object) 
     """A verdict keeps its pass (megabytes for a crafted message) only for its own request's explanation."""
     from datetime import UTC, datetime
 
+    from spamtl.mail.sources import RawMail
     from spamtl.services.classify import VerdictWriter, classify_messages, prepare
-    from spamtl.sources import RawMail
 
     now = datetime(2024, 1, 1, tzinfo=UTC)
     mails = [RawMail(f"m{i}", RED_TEAM + b"%d\n" % i) for i in range(3)]

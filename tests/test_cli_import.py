@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 
 from .conftest import count_rows, make_mail, write_mbox
 from .test_progress import without_stage_lines
@@ -82,7 +82,7 @@ def test_interrupted_import_keeps_committed_chunks(db_url: str, tmp_path: Path) 
 
     from spamtl.progress import NoProgress
     from spamtl.services.importing import ImportInterrupted, import_mail
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     mbox = write_mbox(tmp_path / "m.mbox", [make_mail(f"s{i}", f"b{i}") for i in range(10)])
     calls = []
@@ -204,7 +204,7 @@ def test_a_full_disk_says_how_many_labels_were_saved(db_url: str, tmp_path: Path
 
     from spamtl.errors import DatabaseError
     from spamtl.services.importing import import_mail
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     from .conftest import NOW
 

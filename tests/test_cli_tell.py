@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl import spamd_protocol as proto
-from spamtl.cli import app
+from spamtl.cli.app import app
+from spamtl.serve import protocol as proto
 
 runner = CliRunner()
 MAIL = b"From: a@example.org\r\nSubject: cheap pills\r\n\r\nbuy now\r\n"
@@ -235,17 +235,17 @@ def test_a_user_name_that_would_break_the_header_is_refused(fake) -> None:  # ty
 
 def test_tell_stays_light() -> None:
     """Run once per moved message: no numpy, SQLAlchemy, scikit-learn, nor the rest of the command line."""
-    heavy = ("numpy", "scipy", "sklearn", "sqlalchemy", "spamtl.cli", "spamtl.config", "spamtl.features")
+    heavy = ("numpy", "scipy", "sklearn", "sqlalchemy", "spamtl.cli.app", "spamtl.config", "spamtl.features")
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "spamtl", "tell", "--help"],
                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0 and out.stdout.startswith("Usage: spamtl tell [OPTIONS]"), out.stderr[-2000:]
     imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
-    assert "spamtl.cli_tell" in imported
+    assert "spamtl.cli.tell" in imported
     assert not [m for m in imported if m.split(".")[0] in heavy or m in heavy]
 
 
 def test_the_script_passes_the_code_on_and_the_command_line_lists_tell(fake) -> None:  # type: ignore[no-untyped-def]
-    """`spamtl tell` (the light path in spamtl._entry) passes the code on; `spamtl --help` lists the command."""
+    """`spamtl tell` (the light path in spamtl.cli.entry) passes the code on; `spamtl --help` lists the command."""
     daemon = fake(b"SPAMD/1.5 75 database error\r\n\r\n")
     out = subprocess.run([sys.executable, "-m", "spamtl", "tell", *daemon.address, "--user", "alice", "--spam"],
                          input=MAIL, capture_output=True, timeout=60)

@@ -23,12 +23,12 @@ import pytest
 from sqlalchemy import Engine, event, text
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.config import Settings
+from spamtl.mail.sources import RawMail
 from spamtl.services.importing import import_mail
 from spamtl.services.training import train
-from spamtl.sources import RawMail
-from spamtl.store.db import make_engine
+from spamtl.store.engine import make_engine
 
 from .conftest import NOW, count_rows, make_mail, migrated_database, write_mbox
 from .test_cli_loop import _mails
@@ -310,7 +310,7 @@ def test_model_parts_are_read_by_one_thread_at_a_time(monkeypatch: pytest.Monkey
     import time
 
     from spamtl.features import IdfWeights
-    from spamtl.scoring import SparsePart
+    from spamtl.model.weights import SparsePart
 
     part = SparsePart(np.array([1, 5], dtype=np.int64), np.array([0.5, -1.0]), 0.25).to_bytes()
     idf = IdfWeights(np.array([2], dtype=np.int64), np.array([1.5]), 1.0, 10).to_bytes()

@@ -13,7 +13,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 
 from .conftest import NOW, run_sql
 

@@ -1,6 +1,6 @@
 """A damaged model part in the store is one ``Error:`` line saying what to do, in every way mail is scored.
 
-The parts are ``.npz`` bytes (``spamtl.scoring``); damage here is what a bad disk, a bad copy or a
+The parts are ``.npz`` bytes (``spamtl.model.weights``); damage here is what a bad disk, a bad copy or a
 hand-edited row leaves: bytes cut short, garbage, an archive of pickled object arrays (which must never
 be loaded), an archive without the expected arrays, columns outside the model.
 """

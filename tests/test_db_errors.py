@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.errors import redact
 
 from .conftest import POSTGRES_SERVER, blank_database

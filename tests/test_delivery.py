@@ -59,8 +59,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
-from spamtl.mail import message_identity
+from spamtl.cli.app import app
+from spamtl.mail.parse import message_identity
 
 from .accounts import SocketDaemon, as_account, has_account, shared_tempdir, spamtl_for, why_not_as_accounts
 from .conftest import free_port, make_mail, write_mbox

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.demo_corpus import USERS, generate, write_corpus
-from spamtl.mail import parse_message
+from spamtl.mail.parse import parse_message
 from spamtl.services.demo import run_demo
 
 from .conftest import NOW, REPO

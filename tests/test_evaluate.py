@@ -9,7 +9,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.services.evaluate import SYSTEMS
 
 from .conftest import write_mbox

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.config import Settings
 
 from .conftest import copy_sqlite, make_mail, write_mbox
@@ -67,7 +67,7 @@ def test_parts_add_up_to_the_logit_of_classify(trained: dict[str, object], user:
     assert result.probability == verdict.probability
     # an independent path: score_rows over the same parts (SparsePart.dot)
     from spamtl.features import featurize
-    from spamtl.mail import parse_message
+    from spamtl.mail.parse import parse_message
 
     decision = model.weights.decision([featurize(parse_message(message.raw), model.config)], user, model.group)[0]
     assert abs(total - decision) < 1e-9

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spamtl.features import FeatureConfig, FeatureRow, IdfWeights, featurize, hash_tokens, rows_to_csr, tokenize
-from spamtl.mail import parse_message
+from spamtl.mail.parse import parse_message
 
 RAW = (b"From: Promo <deals@mail.shop.example.com>\nReply-To: x@other.example\nSubject: Free pills, FREE!\n"
        b"Date: Tue, 12 Jun 2001 09:30:00 +0000\nX-Mailer: BulkSend Pro\nReceived: from relay.example.net "
@@ -133,7 +133,7 @@ def test_idf_transform_leaves_its_input_alone_and_round_trips_bytes() -> None:
 
 
 def test_same_vector_in_every_process() -> None:
-    code = ("import sys; from spamtl.features import featurize; from spamtl.mail import parse_message; "
+    code = ("import sys; from spamtl.features import featurize; from spamtl.mail.parse import parse_message; "
             f"sys.stdout.buffer.write(featurize(parse_message({RAW!r})).to_bytes())")
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
                               env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2", "random")}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.config import Settings
 
 from .conftest import NOW, make_mail, write_mbox
@@ -64,7 +64,7 @@ def test_feedback_from_a_junk_maildir_and_an_mbox(trained: dict[str, object]) ->
 
 def test_one_refit_per_call_and_labels_in_chunks(trained: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
     from spamtl.services import feedback
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     db, tmp = str(trained["db"]), Path(str(trained["tmp"]))
     junk = [make_mail(f"offer {i}", f"discount coupon {i}", sender="deals@shop.example") for i in range(25)]
@@ -115,8 +115,8 @@ def test_cold_classify_imports_no_sqlalchemy_and_no_daemon(trained: dict[str, ob
     code = ("import sys, runpy; sys.argv = ['spamtl', 'classify', 'alice', sys.argv[1], '--db', sys.argv[2]]\n"
             "try:\n    runpy.run_module('spamtl', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in "
-            "('sqlalchemy', 'alembic', 'asyncio', 'spamtl.serve')} | "
-            "({'spamtl.serve'} if 'spamtl.serve' in sys.modules else set())), file=sys.stderr)")
+            "('sqlalchemy', 'alembic', 'asyncio', 'spamtl.serve.daemon')} | "
+            "({'spamtl.serve.daemon'} if 'spamtl.serve.daemon' in sys.modules else set())), file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code, str(mail), db], capture_output=True, timeout=60)
     assert b": ham (probability" in proc.stdout or b": unsure (probability" in proc.stdout, proc
     assert proc.stderr.decode().strip().splitlines()[-1] == "[]"

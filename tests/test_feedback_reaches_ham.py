@@ -17,7 +17,7 @@ from spamtl.config import Settings
 from spamtl.services.classify import open_reader, prepare
 from spamtl.services.cutoffs import set_cutoffs
 from spamtl.services.feedback import record_feedback
-from spamtl.store.db import make_engine
+from spamtl.store.engine import make_engine
 
 from .conftest import NOW
 from .small_store import build_store

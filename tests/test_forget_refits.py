@@ -15,7 +15,7 @@ import pytest
 from spamtl.config import Settings
 from spamtl.services.classify import open_reader, prepare
 from spamtl.services.feedback import forget_feedback, record_feedback
-from spamtl.store.db import make_engine
+from spamtl.store.engine import make_engine
 
 from .conftest import NOW, count_rows, make_mail
 from .small_store import build_store

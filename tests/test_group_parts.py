@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from spamtl.features import featurize
-from spamtl.mail import parse_message
+from spamtl.mail.parse import parse_message
 from spamtl.services.models import load_weights
-from spamtl.store.db import make_engine
+from spamtl.store.engine import make_engine
 
 from .conftest import make_mail, run, write_mbox
 from .small_store import build_store

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.config import Settings
+from spamtl.mail.sources import RawMail
 from spamtl.services.classify import classify_messages, open_reader
 from spamtl.services.dataset import TrainingData
 from spamtl.services.feedback import record_feedback
@@ -31,7 +32,6 @@ from spamtl.services.training import (
     load_labels,
     train,
 )
-from spamtl.sources import RawMail
 
 from .conftest import NOW, make_mail, run_sql, write_mbox
 from .test_cli_loop import _mails
@@ -589,11 +589,11 @@ def test_refit_learns_the_same_uncorrected_verdicts_as_the_night(engine, tmp_pat
 
 def test_cli_train_says_how_many_verdicts_it_learned(engine, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import spamtl.cli
+    import spamtl.cli.app
 
     settings = _build(engine, tmp_path)
     _classify(settings, "bob", _mails(66, "spam", 3) + _mails(67, "bob", 2), LATER)
-    monkeypatch.setattr(spamtl.cli, "_now", lambda: NEXT_NIGHT)
+    monkeypatch.setattr(spamtl.cli.app, "_now", lambda: NEXT_NIGHT)
     result = runner.invoke(app, ["train", "--db", settings.database_url])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1].startswith(

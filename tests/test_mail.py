@@ -1,4 +1,4 @@
-"""spamtl.mail: nasty hand-made messages, arbitrary bytes, mutated real mail, size caps."""
+"""spamtl.mail.parse: nasty hand-made messages, arbitrary bytes, mutated real mail, size caps."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spamtl.features import featurize
-from spamtl.mail import MAX_TEXT_CHARS, ParsedMessage, parse_envelope, parse_message
+from spamtl.mail.parse import MAX_TEXT_CHARS, ParsedMessage, parse_envelope, parse_message
 
 from .conftest import CORPORA, DATA
 

@@ -1,4 +1,4 @@
-"""Issue 25, item 2: the same mail after delivery is the same stored message (spamtl.mail.message_identity).
+"""Issue 25, item 2: the same mail after delivery is the same stored message (spamtl.mail.parse.message_identity).
 
 A copy a user moves in IMAP has CRLF line ends, the delivery agent's trace
 fields above it, spamtl's own headers, maybe another final line end; its
@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from spamtl import mail
-from spamtl.cli import app
-from spamtl.mail import MAX_STATUS_CHECKS, add_headers, message_identity
+from spamtl.cli.app import app
+from spamtl.mail import parse as mail
+from spamtl.mail.parse import MAX_STATUS_CHECKS, add_headers, message_identity
 from spamtl.services.classify import Verdict, verdict_headers
 from spamtl.services.feedback import forget_feedback, record_feedback
 
@@ -302,7 +302,7 @@ def _old(raw: bytes) -> str:
 
 
 def test_migration_0006_merges_copies_without_losing_labels_or_verdicts(tmp_path: Path) -> None:
-    from spamtl.store.db import downgrade, make_engine, upgrade
+    from spamtl.store.engine import downgrade, make_engine, upgrade
 
     with blank_database(tmp_path, "old") as url:
         engine = make_engine(url, create_dir=True)

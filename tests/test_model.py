@@ -13,8 +13,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 
-from spamtl._objective import MultiTaskLogisticLoss, TaskLayout
-from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters, task_weights
+from spamtl.model.estimator import MultiTaskLogisticRegression, select_hyperparameters, task_weights
+from spamtl.model.loss import MultiTaskLogisticLoss, TaskLayout
 
 TASKS = np.array(["ann", "bob", "cat", "dan"])
 GROUPS = {"ann": "north", "bob": "north", "cat": "south", "dan": None}
@@ -463,7 +463,7 @@ def test_idf_is_kept_by_refit_save_load_and_the_numpy_scorer() -> None:
 def test_model_files_of_the_first_format_still_load() -> None:
     import json
 
-    from spamtl.scoring import ModelWeights
+    from spamtl.model.weights import ModelWeights
 
     X, y, tasks, _ = make_problem()
     est = fit(X, y, tasks)
@@ -495,7 +495,7 @@ def test_lbfgs_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """A feedback refit's L-BFGS runs BLAS on one thread (OpenBLAS's made it ten times slower on 2 busy cores);
     a small training fit keeps BLAS's threading (bench_model's figures depend on its summation order)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from spamtl import _objective
+    from spamtl.model import loss as _objective
 
     seen: list[set[int]] = []
     solve = _objective.minimize

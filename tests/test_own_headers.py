@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from spamtl.cli import app
-from spamtl.mail import message_identity, strip_own_headers
+from spamtl.cli.app import app
+from spamtl.mail.parse import message_identity, strip_own_headers
 
 from .conftest import count_rows, make_mail
 from .test_learning import _build, _filter, _verdict
@@ -69,7 +69,7 @@ def _insert_message(conn, raw: bytes, sha: str | None = None) -> int:  # type: i
 
 
 def test_migration_0004_strips_headers_and_merges_variants(tmp_path: Path) -> None:
-    from spamtl.store.db import make_engine, upgrade
+    from spamtl.store.engine import make_engine, upgrade
 
     engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}", create_dir=True)
     upgrade(engine, "0003")

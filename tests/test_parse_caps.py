@@ -1,7 +1,7 @@
 """The parser's byte caps, hit exactly: ``MAX_PARSE_BYTES`` (4 MiB) per message, ``MAX_PART_BYTES`` (512 KiB)
 per text part.
 
-Catches (issue 26, planted): either cap deleted from ``spamtl/mail.py``.  Nothing else failed then
+Catches (issue 26, planted): either cap deleted from ``spamtl/mail/parse.py``.  Nothing else failed then
 (the later caps, ``MAX_TEXT_CHARS`` and the size limit, hid them), though ``import``, ``feedback`` and
 ``classify PATH`` parsed messages of up to 64 MiB whole.  To see past the text cap, the filler here
 is invisible once decoded: quoted-printable soft line breaks (``=\\n`` decodes to nothing) in a text
@@ -14,7 +14,7 @@ import base64
 
 import pytest
 
-from spamtl.mail import MAX_PARSE_BYTES, MAX_PART_BYTES, parse_message
+from spamtl.mail.parse import MAX_PARSE_BYTES, MAX_PART_BYTES, parse_message
 
 HEAD = b"From: a@b.example\nSubject: caps\nMIME-Version: 1.0\n"
 QP_HEAD = HEAD + b"Content-Type: text/plain; charset=us-ascii\nContent-Transfer-Encoding: quoted-printable\n\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.logs import parse_line
 
 from .conftest import write_mbox
@@ -126,7 +126,7 @@ def test_a_failed_job_prints_only_its_error(db_url: str) -> None:
 def test_bar_on_a_terminal_has_a_count_and_an_eta() -> None:
     from rich.console import Console
 
-    from spamtl.cli_progress import show_progress
+    from spamtl.cli.progress import show_progress
 
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=120, color_system=None)
@@ -146,7 +146,7 @@ def test_bar_on_a_terminal_has_a_count_and_an_eta() -> None:
 def test_the_bar_leaves_training_free_to_fork_workers() -> None:
     from rich.console import Console
 
-    from spamtl.cli_progress import show_progress
+    from spamtl.cli.progress import show_progress
     from spamtl.parallel import fork_pool_is_safe
 
     console = Console(file=io.StringIO(), force_terminal=True)
@@ -189,7 +189,7 @@ def test_an_in_process_search_reports_each_fold_as_it_ends(monkeypatch: pytest.M
     import numpy as np
     import scipy.sparse as sp
 
-    import spamtl.model as model
+    import spamtl.model.estimator as model
 
     rng = np.random.default_rng(0)
     X = sp.random(60, 30, density=0.3, format="csr", random_state=1)

@@ -1,4 +1,4 @@
-"""The variable-projection solver (spamtl._projected) against scikit-learn, finite differences and the joint fit."""
+"""The variable-projection solver (spamtl.model.projected) against scikit-learn, finite differences and the joint fit."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from scipy.optimize import check_grad
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_info, threadpool_limits
 
-import spamtl._projected as projected
-import spamtl.model as model
+import spamtl.model.estimator as model
+import spamtl.model.projected as projected
 import spamtl.rowfiles as rowfiles
-from spamtl._projected import ArrayStore, ProjectedLoss, dual_newton
-from spamtl.model import MultiTaskLogisticRegression
+from spamtl.model.estimator import MultiTaskLogisticRegression
+from spamtl.model.projected import ArrayStore, ProjectedLoss, dual_newton
 from tests.test_model import GROUPS, TASKS, augmented_design, make_problem
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.config import Settings
 from spamtl.services.replay import Item, _run_system, _split, delivery_order, plan_replay, replay, replay_metrics
 
@@ -38,7 +38,7 @@ def _mail(rng: random.Random, user: str, i: int, spam: bool, when: datetime) -> 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A store with two users: ann's ham and spam interleave in time, bob's come from different years."""
-    from spamtl.store.db import make_engine, upgrade
+    from spamtl.store.engine import make_engine, upgrade
 
     tmp = tmp_path_factory.mktemp("replay")
     db = f"sqlite:///{tmp / 'real.sqlite3'}"
@@ -118,7 +118,7 @@ def test_a_small_user_keeps_half_of_their_mail_to_replay() -> None:
 
 
 def test_plan_reports_each_users_ordering(source: dict[str, Any]) -> None:
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     engine = make_engine(source["db"])
     plans = plan_replay(engine, days=4, bootstrap=6)
@@ -144,7 +144,7 @@ def test_replay_metrics_by_hand() -> None:
 
 # --------------------------------------------------------------- day loop
 def test_every_wrong_or_unsure_verdict_reaches_the_store_as_feedback(source: dict[str, Any], tmp_path: Path) -> None:
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     engine = make_engine(source["db"])
     plans = plan_replay(engine, days=3, bootstrap=6)
@@ -172,7 +172,7 @@ def test_every_wrong_or_unsure_verdict_reaches_the_store_as_feedback(source: dic
 
 
 def test_replay_leaves_the_real_store_alone(source: dict[str, Any]) -> None:
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     before = _snapshot(source["db"])
     engine = make_engine(source["db"])

@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.config import Settings
-from spamtl.mail import message_identity
+from spamtl.mail.parse import message_identity
+from spamtl.mail.sources import RawMail
 from spamtl.services.classify import classify_messages, open_reader
 from spamtl.services.importing import import_mail
 from spamtl.services.retention import prune
 from spamtl.services.training import train
-from spamtl.sources import RawMail
 
 from .conftest import NOW, count_rows, make_mail, run_sql, write_mbox
 from .test_cli_loop import _mails

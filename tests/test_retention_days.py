@@ -14,12 +14,12 @@ from datetime import timedelta
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.config import Settings
+from spamtl.mail.sources import RawMail
 from spamtl.services.classify import classify_messages, open_reader
 from spamtl.services.retention import PruneResult, prune
-from spamtl.sources import RawMail
-from spamtl.store.db import make_engine
+from spamtl.store.engine import make_engine
 
 from .conftest import NOW, make_mail, run_sql
 from .small_store import build_store

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.config import Settings
 
 from .conftest import NOW, copy_sqlite, make_mail, write_mbox
@@ -42,8 +42,8 @@ def pool_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     set has both too.  Both kinds score near p = 0.5 and are misranked against
     each other; their labels are the ones that teach his model.
     """
+    from spamtl.mail.sources import RawMail
     from spamtl.services.classify import classify_messages, open_reader
-    from spamtl.sources import RawMail
 
     tmp = tmp_path_factory.mktemp("review")
     db = f"sqlite:///{tmp / 'review.sqlite3'}"
@@ -85,7 +85,7 @@ def _error(db: str, test: list[tuple[bytes, str]]) -> float:
 
 def _label(db: str, shas: list[str], truth: dict[str, str]) -> None:
     from spamtl.services.feedback import record_feedback
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     engine = make_engine(db)
     settings = Settings(database_url=db)

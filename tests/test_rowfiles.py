@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 import spamtl.rowfiles as rowfiles
 from spamtl.features import IdfWeights
-from spamtl.model import MultiTaskLogisticRegression
+from spamtl.model.estimator import MultiTaskLogisticRegression
 from spamtl.rowfiles import RowWriter, column_counts, is_mapped, map_rows, release_pages, row_batches
 from spamtl.services import training
 from spamtl.services.training import fit_candidate, load_labels, min_df_mask, prepare_features, train
@@ -213,7 +213,7 @@ def _forty_users(tmp_path: Path) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray,
 def test_the_projected_fit_holds_about_one_chunk_of_mapped_rows_at_a_time(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """20,000 rows in chunks of 2,000: while each chunk is built, the rows' file is resident for about one
     chunk, not for every chunk read so far (the fit then reads them again from the chunks)."""
-    import spamtl._projected as projected
+    import spamtl.model.projected as projected
 
     monkeypatch.setattr(projected, "CHUNK_ROWS", 2_000)
     M, y, tasks, values = _forty_users(tmp_path)
@@ -238,7 +238,7 @@ def test_the_projected_fit_holds_about_one_chunk_of_mapped_rows_at_a_time(tmp_pa
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="per-mapping memory from /proc")
 def test_the_cross_fitting_refits_hold_about_one_chunk_of_mapped_rows_at_a_time(tmp_path: Path,  # type: ignore[no-untyped-def]
                                                                                   monkeypatch) -> None:
-    import spamtl.model as model
+    import spamtl.model.estimator as model
 
     M, y, tasks, values = _forty_users(tmp_path)
     size_kb = os.path.getsize(values) // 1024

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import spamtl._objective as objective
+import spamtl.model.loss as objective
 from spamtl.config import Settings
-from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters
+from spamtl.model.estimator import MultiTaskLogisticRegression, select_hyperparameters
 from spamtl.parallel import SerialExecutor, training_executor
 from spamtl.services.dataset import TrainingData
 from spamtl.services.training import (
@@ -284,7 +284,7 @@ def test_refitting_each_users_part_given_the_shared_parts_reproduces_the_joint_f
     offset or IDF): at the joint optimum each user's part is already optimal given the shared and group
     parts, so refitting it on the same rows must give back the joint fit's scores.  A user with no training
     rows is scored by the shared and group parts alone."""
-    from spamtl.model import score_refitted_tasks
+    from spamtl.model.estimator import score_refitted_tasks
 
     data = _store_like(6, 1.0, per_user=30, d=120)
     groups = np.array(["a" if u < "u003" else "b" for u in data.users], dtype=object)
@@ -311,8 +311,8 @@ def test_refits_in_chunks_or_in_the_primal_give_the_one_chunk_scores(monkeypatch
     """Catches: chunked refits that mix up which task's rows, offsets, weights or group go where (chunks
     of one and of two tasks), and users above ``DUAL_MAX_ROWS`` (solved by their own L-BFGS) refitted
     differently from the batched dual ones."""
-    import spamtl._projected as projected
-    from spamtl.model import score_refitted_tasks
+    import spamtl.model.projected as projected
+    from spamtl.model.estimator import score_refitted_tasks
 
     data = _store_like(6, 1.0, per_user=30, d=120)
     groups = np.array(["a" if u < "u003" else None for u in data.users], dtype=object)

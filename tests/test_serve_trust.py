@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from spamtl.peers import Peer, Policy, _proc_owner, _sock_diag_owner, peer_of, tcp_owner
+from spamtl.serve.peers import Peer, Policy, _proc_owner, _sock_diag_owner, peer_of, tcp_owner
 
 from .accounts import SPAMC, as_account, has_account, shared_tempdir, why_not_as_accounts
 from .test_serve import SPAM, Daemon, labels, logged, probabilities, store  # noqa: F401 - fixture

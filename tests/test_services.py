@@ -34,7 +34,7 @@ def test_groups_survive_save_and_load(engine, tmp_path: Path) -> None:  # type: 
     reader.store.close()
     assert model.group == "north" and set(model.weights.groups) == {"north"}
     # The group part contributes to bob's score.
-    from spamtl.model import MultiTaskLogisticRegression
+    from spamtl.model.estimator import MultiTaskLogisticRegression
 
     est = MultiTaskLogisticRegression.from_weights(weights)
     assert list(est.task_groups_) == [0, 0, 1]
@@ -50,8 +50,8 @@ def _import_three_users(engine, tmp_path: Path) -> None:  # type: ignore[no-unty
 
 
 def _probabilities(engine, settings: Settings, raws: list[bytes]) -> list[float]:  # type: ignore[no-untyped-def]
+    from spamtl.mail.sources import RawMail
     from spamtl.services.classify import classify_messages, open_reader
-    from spamtl.sources import RawMail
 
     reader = open_reader(settings)
     out = list(classify_messages(reader, user="bob", now=NOW, log=False,
@@ -62,8 +62,8 @@ def _probabilities(engine, settings: Settings, raws: list[bytes]) -> list[float]
 
 def test_trained_model_stores_its_idf_and_scores_with_it(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from spamtl.features import FeatureConfig, featurize
-    from spamtl.mail import parse_message
-    from spamtl.model import MultiTaskLogisticRegression
+    from spamtl.mail.parse import parse_message
+    from spamtl.model.estimator import MultiTaskLogisticRegression
 
     _import_three_users(engine, tmp_path)
     settings = Settings(database_url=str(engine.url))
@@ -85,7 +85,7 @@ def test_upgrade_from_the_first_schema_keeps_old_models_working(engine, tmp_path
     from sqlalchemy.exc import IntegrityError
 
     from spamtl.features import FeatureConfig
-    from spamtl.store.db import downgrade, upgrade
+    from spamtl.store.engine import downgrade, upgrade
 
     _import_three_users(engine, tmp_path)
     # What the first release trained: log term frequencies, no idf, schema 0001.

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spamtl import __version__
-from spamtl.cli import app
+from spamtl.cli.app import app
 from spamtl.config import Settings
 from spamtl.settings_file import ConfigError, load_settings, mask_url
 

@@ -1,7 +1,7 @@
 """The size limit, hit exactly: a message of ``max_message_bytes`` is scanned, one byte more is not.
 
 Catches (issue 26, planted): ``>`` turned into ``>=`` in the size checks of filter mode
-(``spamtl/cli.py``, ``_filter_one``) or the daemon (``spamtl/serve.py``, ``_read_body``, plain and
+(``spamtl/cli/app.py``, ``_filter_one``) or the daemon (``spamtl/serve/daemon.py``, ``_read_body``, plain and
 zlib-compressed bodies), which skipped a message of exactly the limit.  The limit is set small
 (``SPAMTL_MAX_MESSAGE_BYTES``) so the messages stay small.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 
 from .conftest import make_mail
 from .small_store import build_store

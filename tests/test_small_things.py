@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 
 from .conftest import NOW, run
 from .small_store import imported_store
@@ -28,7 +28,7 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_plot_path_auc_legend_and_cutoff_marker(small_store: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("matplotlib")
-    import spamtl.cli as cli
+    import spamtl.cli.app as cli
 
     drawn: dict[str, list[str]] = {}
     real = cli._plot_curves
@@ -104,7 +104,7 @@ def test_new_commands_have_help_with_an_example(command: str) -> None:
 
 
 def test_filter_guard_keeps_a_global_config_option(monkeypatch: pytest.MonkeyPatch) -> None:
-    from spamtl import _entry
+    from spamtl.cli import entry as _entry
 
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
     assert _entry._filter_argv(["--config", "c.toml", "classify", "--filter", "--report", "--help"]) == [

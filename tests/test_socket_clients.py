@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 
 from .accounts import SPAMC, SocketDaemon, as_account, shared_tempdir, spamtl_for, why_not_as_accounts
 from .conftest import REPO, make_mail, write_mbox

@@ -1,4 +1,4 @@
-"""spamtl.sources: mbox (plain and gzip), Maildir, folders of .eml, unreadable files."""
+"""spamtl.mail.sources: mbox (plain and gzip), Maildir, folders of .eml, unreadable files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spamtl.sources import RawMail, Unreadable, iter_mail, read_mbox
+from spamtl.mail.sources import RawMail, Unreadable, iter_mail, read_mbox
 
 from .conftest import make_mail, write_mbox
 
@@ -91,7 +91,7 @@ def test_mbox_streams_without_loading_the_file() -> None:
 
 
 def test_mbox_separator_split_across_blocks() -> None:
-    from spamtl import sources
+    from spamtl.mail import sources
 
     for pad in range(sources._BLOCK - 40, sources._BLOCK + 5):
         data = b"From a Thu Jan  1 00:00:00 2004\nSubject: 1\n\n" + b"x" * pad + b"\n\n"
@@ -102,7 +102,7 @@ def test_mbox_separator_split_across_blocks() -> None:
 
 
 def test_oversized_mbox_message_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    from spamtl import sources
+    from spamtl.mail import sources
 
     monkeypatch.setattr(sources, "MAX_MESSAGE_BYTES", 3 * sources._BLOCK)
     sep = b"From a Thu Jan  1 00:00:00 2004\n"

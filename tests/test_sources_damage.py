@@ -1,4 +1,4 @@
-"""spamtl.sources on hostile input (issue 9): special files, unlistable folders, damaged gzip, non-mail files."""
+"""spamtl.mail.sources on hostile input (issue 9): special files, unlistable folders, damaged gzip, non-mail files."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spamtl.sources import RawMail, Unreadable, iter_mail, looks_like_mail, read_mbox
+from spamtl.mail.sources import RawMail, Unreadable, iter_mail, looks_like_mail, read_mbox
 
 from .conftest import corpus, make_mail
 

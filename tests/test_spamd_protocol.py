@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spamtl import spamd_protocol as proto
+from spamtl.serve import protocol as proto
 
 
 def test_request_line_and_headers() -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from spamtl.errors import DatabaseError
 from spamtl.store import queries
-from spamtl.store.db import SCHEMA_REVISION, _alembic_config, check_schema, downgrade, make_engine, upgrade
+from spamtl.store.engine import SCHEMA_REVISION, _alembic_config, check_schema, downgrade, make_engine, upgrade
 from spamtl.store.schema import Base
 
 from .conftest import NOW

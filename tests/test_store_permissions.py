@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 
 pytestmark = pytest.mark.sqlite_only(reason="file permissions of a SQLite store")
 runner = CliRunner()
@@ -39,7 +39,7 @@ def _modes(path: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("mask", [0o022, 0o000, 0o277], ids=["umask-022", "umask-000", "umask-277"])
 def test_a_new_store_and_its_wal_files_are_the_owners_alone(tmp_path: Path, mask: int) -> None:
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
     from spamtl.store.lite import GENERATION, open_store
 
     path = tmp_path / "store" / "spamtl.sqlite3"

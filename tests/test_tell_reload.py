@@ -1,6 +1,6 @@
 """A TELL is seen by the very next request of the daemon: the worker that learned reloads at once.
 
-Catches (issue 26, planted): ``spamtl/serve.py`` (``Worker._tell``) not forcing a reload after a
+Catches (issue 26, planted): ``spamtl/serve/daemon.py`` (``Worker._tell``) not forcing a reload after a
 TELL, so the worker kept scoring with the user's cached slice until its next periodic refresh
 (the old test slept 0.6 s, past the 0.25 s refresh).  Here one worker refreshes every 30 s only
 (``SPAMTL_SERVE_REFRESH_INTERVAL``), and no request sleeps: only the forced reload can explain a
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spamtl.cli import app
+from spamtl.cli.app import app
 
 from .conftest import make_mail
 from .small_store import build_store

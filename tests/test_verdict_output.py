@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from spamtl.mail import add_headers, not_mail_reason
+from spamtl.mail.parse import add_headers, not_mail_reason
 from spamtl.services.classify import Verdict, skip_reason
 
 from .conftest import count_rows, make_mail, write_mbox
@@ -186,7 +186,7 @@ def test_feedback_creates_a_user_only_when_asked(store: dict[str, object], tmp_p
     from spamtl.config import Settings
     from spamtl.errors import UnknownUserError
     from spamtl.services.feedback import record_feedback
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     db = str(store["db"])
     settings, engine = Settings(database_url=db), make_engine(db)

@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from spamtl import features, mail
+from spamtl import features
 from spamtl.features import featurize, tokenize
-from spamtl.mail import add_headers, parse_envelope, parse_message, strip_own_headers
+from spamtl.mail import parse as mail
+from spamtl.mail.parse import add_headers, parse_envelope, parse_message, strip_own_headers
 
 from .crafted import SHAPES, SIZES
 

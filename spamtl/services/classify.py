@@ -4,7 +4,7 @@ The CLI (one message or a mailbox), ``spamtl serve`` and the demo all score
 through :class:`ModelReader` and log through :class:`VerdictLogger`, on a
 :class:`~spamtl.store.lite.Store` (DB-API; no SQLAlchemy on the SQLite path).
 
-- A message is known by its digest (:func:`spamtl.mail.message_identity`): the
+- A message is known by its digest (:func:`spamtl.mail.parse.message_identity`): the
   sha256 of its bytes without the headers that spamtl and other filters add,
   without the trace fields a transport writes at the top, with LF line ends.
   So a delivered copy (CRLF in IMAP, Return-Path, Delivered-To and Received
@@ -30,9 +30,9 @@ import numpy as np
 from spamtl.config import Settings, verdict_at
 from spamtl.errors import DatabaseError, NoModelError
 from spamtl.features import FeatureConfig, FeatureRow, IdfWeights, MessageTokens, featurize_with_tokens
-from spamtl.mail import ParsedMessage, message_identity, not_mail_reason, parse_message
-from spamtl.scoring import ModelWeights, SparsePart, decode_stored, sigmoid
-from spamtl.sources import RawMail, Unreadable
+from spamtl.mail.parse import ParsedMessage, message_identity, not_mail_reason, parse_message
+from spamtl.mail.sources import RawMail, Unreadable
+from spamtl.model.weights import ModelWeights, SparsePart, decode_stored, sigmoid
 from spamtl.store import lite
 
 __all__ = ["SHORT_ID_CHARS", "Prepared", "Scored", "Verdict", "Skipped", "UserModel", "ModelReader",
@@ -46,7 +46,7 @@ _LOG_CHUNK = 500
 
 @dataclass(frozen=True)
 class Prepared:
-    """A message as spamtl knows it: the bytes it keeps and its digest (:func:`spamtl.mail.message_identity`)."""
+    """A message as spamtl knows it: the bytes it keeps and its digest (:func:`spamtl.mail.parse.message_identity`)."""
 
     raw: bytes
     sha256: str
@@ -134,7 +134,7 @@ class Skipped:
 
 
 def skip_reason(raw: bytes) -> str | None:
-    """Why these bytes get no verdict (empty, or not mail at all: :func:`spamtl.mail.not_mail_reason`), or None.
+    """Why these bytes get no verdict (empty, or not mail at all: :func:`spamtl.mail.parse.not_mail_reason`), or None.
 
     The one skip decision of every caller (filter mode, a mailbox, the daemon): such input is passed
     through with ``X-Spamtl-Status: skipped, <reason>``, never scored (a model asked about nothing
@@ -210,7 +210,7 @@ def verdict_headers(verdict: Verdict, *, tests: Sequence[str] | None = None) -> 
     Always ``X-Spamtl-Status`` (feedback by ``--id`` reads it).  Filter mode (``tests`` None) adds
     ``X-Spam-Flag: YES`` for spam.  The daemon gives ``tests`` (the score's symbols,
     :func:`spamtl.services.explain.symbol_names`) and gets SpamAssassin's ``X-Spam-Flag``,
-    ``X-Spam-Level`` and ``X-Spam-Status`` in its layout, on its 5.0 scale (:mod:`spamtl.spamd_protocol`),
+    ``X-Spam-Level`` and ``X-Spam-Status`` in its layout, on its 5.0 scale (:mod:`spamtl.serve.protocol`),
     as rules and milters written for SpamAssassin expect them.
     """
     headers = [("X-Spamtl-Status", verdict.header_value())]
@@ -219,7 +219,7 @@ def verdict_headers(verdict: Verdict, *, tests: Sequence[str] | None = None) -> 
             headers.append(("X-Spam-Flag", "YES"))
         return headers
     from spamtl import __version__
-    from spamtl import spamd_protocol as proto  # a pure formatting module: no I/O, no spamtl imports
+    from spamtl.serve import protocol as proto  # a pure formatting module: no I/O, no spamtl imports
 
     score, _ = proto.score_scale(verdict.probability, verdict.spam_cutoff, verdict.ham_cutoff, verdict.verdict)
     return headers + proto.spamassassin_headers(score, verdict.verdict == "spam", list(tests),
@@ -450,7 +450,7 @@ class VerdictLogger:
 
     def _log_user(self, model: UserModel, items: list[tuple[Prepared, Verdict, datetime]]) -> bool:
         """The rows of one user's verdicts, inside the caller's transaction."""
-        from spamtl.mail import parse_envelope
+        from spamtl.mail.parse import parse_envelope
 
         store = self.store
         user_id = model.user_id

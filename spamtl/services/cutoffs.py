@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from spamtl.config import Settings, validate_name
 from spamtl.errors import UsageError
 from spamtl.store import learning, queries
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.engine import check_schema, translate_errors
 
 __all__ = ["EffectiveCutoffs", "list_cutoffs", "set_cutoffs", "unset_cutoffs", "ham_for"]
 

@@ -22,12 +22,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from spamtl.features import FeatureConfig, FeatureRow, featurize, rows_to_csr
-from spamtl.mail import parse_message
+from spamtl.mail.parse import parse_message
 from spamtl.parallel import fork_pool_is_safe
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.rowfiles import row_batches, stack_rows
 from spamtl.store import learning, queries
-from spamtl.store.db import translate_errors
+from spamtl.store.engine import translate_errors
 
 __all__ = ["TrainingData", "load_training_data", "feature_rows", "featurize_raw"]
 

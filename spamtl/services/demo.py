@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from spamtl.config import Settings
+from spamtl.mail.sources import RawMail, iter_mail
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.services.classify import Verdict, classify_messages, open_reader
 from spamtl.services.evaluate import Evaluation, evaluate
 from spamtl.services.feedback import FeedbackResult, record_feedback
 from spamtl.services.importing import ImportSummary, import_mail
 from spamtl.services.training import TrainResult, train
-from spamtl.sources import RawMail, iter_mail
-from spamtl.store.db import make_engine, upgrade
+from spamtl.store.engine import make_engine, upgrade
 
 __all__ = ["DemoReport", "corpus_folder", "run_demo"]
 

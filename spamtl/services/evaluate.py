@@ -29,7 +29,7 @@ from spamtl.metrics import binary_metrics, roc_curve_points
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.training import base_params, choose_params, fit_model, holdout_split, min_df_mask
-from spamtl.store.db import check_schema
+from spamtl.store.engine import check_schema
 
 __all__ = ["SYSTEMS", "Evaluation", "evaluate"]
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from spamtl.config import Settings, validate_name
 from spamtl.errors import UsageError
-from spamtl.scoring import SparsePart
+from spamtl.model.weights import SparsePart
 from spamtl.services.classify import Prepared, Scored, UserModel, Verdict, open_reader, prepare
 
 __all__ = ["DEFAULT_TOP", "MAX_TOKEN_CHARS", "MAX_TOKENS_PER_COLUMN", "REPORT_MAX_CHARS", "Evidence",
@@ -311,7 +311,7 @@ def stored_raw(settings: Settings, ref: str) -> bytes:
 
     from spamtl.services.feedback import resolve_reference
     from spamtl.store import queries
-    from spamtl.store.db import check_schema, make_engine, translate_errors
+    from spamtl.store.engine import check_schema, make_engine, translate_errors
     from spamtl.store.schema import Message
 
     engine = make_engine(settings.database_url)

@@ -16,15 +16,15 @@ from sqlalchemy.orm import Session
 from spamtl.config import Settings, validate_name
 from spamtl.errors import NoModelError, UnknownUserError, UsageError
 from spamtl.features import FeatureConfig, rows_to_csr
-from spamtl.mail import message_identity
+from spamtl.mail.parse import message_identity
+from spamtl.mail.sources import RawMail, Unreadable, count_mail, iter_mail
+from spamtl.model.weights import SparsePart, sigmoid
 from spamtl.progress import NO_PROGRESS, Progress
-from spamtl.scoring import SparsePart, sigmoid
 from spamtl.services.dataset import feature_rows
 from spamtl.services.importing import _batches, store_messages
 from spamtl.services.models import load_user_slice
-from spamtl.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.store import learning, queries
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.engine import check_schema, translate_errors
 from spamtl.store.schema import LABELS, Message
 
 __all__ = ["FeedbackResult", "FeedbackBatchResult", "ForgetResult", "record_feedback", "record_feedback_batch",
@@ -283,7 +283,7 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
     With no labels left (all forgotten) the user is scored by the shared
     (+ group) part again.
     """
-    from spamtl._objective import fit_single_task, task_weights
+    from spamtl.model.loss import fit_single_task, task_weights
 
     with translate_errors(), Session(engine) as session:
         version, weights = load_user_slice(session=session, user=user, group=group)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from spamtl.config import validate_name
 from spamtl.errors import UsageError
 from spamtl.store import log_queries, queries
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.engine import check_schema, translate_errors
 
 __all__ = ["HistoryEntry", "ErrorCounts", "History", "history", "MAX_ENTRIES"]
 

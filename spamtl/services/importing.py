@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 
 from spamtl.config import validate_name
 from spamtl.errors import SpamtlError, UsageError
-from spamtl.mail import message_identity, parse_envelope
+from spamtl.mail.parse import message_identity, parse_envelope
+from spamtl.mail.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.progress import NO_PROGRESS, Progress
-from spamtl.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.store import queries
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.engine import check_schema, translate_errors
 from spamtl.store.lite import naive_utc
 from spamtl.store.schema import LABELS
 
@@ -55,7 +55,7 @@ class ImportInterrupted(SpamtlError):
 def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) -> list[int]:
     """Primary keys of these messages, storing those not yet known (dedup by digest).
 
-    A message is known by :func:`spamtl.mail.message_identity`: a copy delivered with spamtl's
+    A message is known by :func:`spamtl.mail.parse.message_identity`: a copy delivered with spamtl's
     verdict, CRLF line ends or a transport's trace fields on top is the message that was
     classified, and the first copy stored keeps its bytes (filter headers stripped, so a
     verdict is never learned).  Race-free: a message another process stores between the look-up and the
@@ -106,7 +106,7 @@ def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, 
     as known; with the other label a new label is recorded and wins.  Each
     chunk of ``chunk_size`` messages is one transaction.  ``progress`` hears
     one stage, import, counting the messages read (unreadable ones included)
-    against :func:`~spamtl.sources.count_mail`'s estimate.
+    against :func:`~spamtl.mail.sources.count_mail`'s estimate.
     """
     if label not in LABELS:
         raise UsageError(f"unknown label {label!r}; use one of: {', '.join(LABELS)}")

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from spamtl.errors import SpamtlError
 from spamtl.parallel import mark_fork_safe
 from spamtl.store import queries
-from spamtl.store.db import translate_errors
+from spamtl.store.engine import translate_errors
 from spamtl.store.schema import Lock
 
 __all__ = ["LockBusyError", "Holder", "hold", "acquire", "release", "LEASE_S", "HEARTBEAT_S"]

@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from spamtl.errors import NoModelError, UsageError
 from spamtl.features import IdfWeights
-from spamtl.scoring import FORMAT_VERSION, ModelWeights, SparsePart, decode_stored
+from spamtl.model.weights import FORMAT_VERSION, ModelWeights, SparsePart, decode_stored
 from spamtl.store import queries
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.engine import check_schema, translate_errors
 from spamtl.store.schema import ModelVersion
 
 __all__ = ["VersionInfo", "save_weights", "load_weights", "load_user_slice", "list_versions", "activate", "pin"]

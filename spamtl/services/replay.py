@@ -43,7 +43,7 @@ from spamtl.errors import UsageError
 from spamtl.metrics import roc_auc
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.store import queries
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.engine import check_schema, translate_errors
 
 __all__ = ["SYSTEMS", "DEFAULT_DAYS", "DEFAULT_BOOTSTRAP", "Item", "UserPlan", "Replay", "delivery_order",
            "plan_replay", "system_settings", "replay", "replay_metrics"]
@@ -259,7 +259,7 @@ def _run_system(source: Engine, plans: dict[str, UserPlan], settings: Settings, 
                 system: str = "mtl") -> tuple[list[_Record], list[dict[str, Any]]]:
     from spamtl.services.classify import VerdictLogger, open_reader, prepare
     from spamtl.services.feedback import record_feedback
-    from spamtl.store.db import make_engine, upgrade
+    from spamtl.store.engine import make_engine, upgrade
 
     url = f"sqlite:///{workdir / 'replay.sqlite3'}"
     engine = make_engine(url, create_dir=True)

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from spamtl.config import Settings
 from spamtl.store import queries
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.engine import check_schema, translate_errors
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from spamtl.config import Settings
 from spamtl.store import queries
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.engine import check_schema, translate_errors
 from spamtl.store.schema import ModelVersion
 
 __all__ = ["PruneResult", "prune", "prune_in_session", "versions_to_strip"]

@@ -33,12 +33,12 @@ from sqlalchemy.orm import Session
 from spamtl.config import Settings, validate_name
 from spamtl.errors import UsageError
 from spamtl.features import featurize
-from spamtl.mail import parse_message
-from spamtl.scoring import sigmoid
+from spamtl.mail.parse import parse_message
+from spamtl.model.weights import sigmoid
 from spamtl.services.classify import UserModel, open_reader
 from spamtl.services.explain import part_totals
 from spamtl.store import log_queries, queries
-from spamtl.store.db import check_schema, make_engine, translate_errors
+from spamtl.store.engine import check_schema, make_engine, translate_errors
 
 __all__ = ["REVIEW_POOL", "ReviewItem", "review_priority", "review_queue"]
 

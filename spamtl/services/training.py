@@ -46,7 +46,7 @@ from spamtl.services.cutoffs import ham_for
 from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.models import load_weights, save_weights, version_info
 from spamtl.store import learning
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.engine import check_schema, translate_errors
 
 __all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "Cutoff", "train", "load_labels",
            "prepare_features", "cross_fit_folds", "choose_mu", "search_sample", "reused_choice",
@@ -214,7 +214,7 @@ def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, n
     run side by side on ``executor`` (default: ``settings.train_workers``
     forked processes).  Reported as stage ``search``, counting folds.
     """
-    from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters
+    from spamtl.model.estimator import MultiTaskLogisticRegression, select_hyperparameters
 
     base = base_params(settings)
     if not folds:
@@ -293,7 +293,7 @@ def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.nd
     Each fold is fitted on the training rows of the sampled users only (``sample``, a row mask from
     :func:`search_sample`; None: all users). Every user's held-out rows are then scored with that user's
     personal part refitted on their own training rows, the fold's shared and group parts held fixed
-    (:func:`spamtl.model.score_refitted_tasks`). No fold fit saw a held-out row, so the scores are out of
+    (:func:`spamtl.model.estimator.score_refitted_tasks`). No fold fit saw a held-out row, so the scores are out of
     sample as K fits on all rows would give, at a fraction of the cost and memory: the users' refits are
     small and independent. A fold's shared part learned from the sample is somewhat weaker than one learned
     from everyone, so these scores lean pessimistic (cutoffs and the gate err toward caution).
@@ -306,7 +306,7 @@ def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.nd
     ``warm`` the candidate starts from the folds' mean shared part (on 10,000 users the first night's final fit
     starts near its optimum instead of from zero).
     """
-    from spamtl.model import MultiTaskLogisticRegression, cross_fit_fold
+    from spamtl.model.estimator import MultiTaskLogisticRegression, cross_fit_fold
 
     oof = np.full(len(y), np.nan)
     pool = executor if executor is not None else SerialExecutor()
@@ -362,7 +362,7 @@ def fit_candidate(data: TrainingData, y: np.ndarray, params: dict[str, Any], war
     one of them, never writing into them; a deep copy held a second copy of the active model (~1 GB at
     10,000 users) through the whole fit.
     """
-    from spamtl.model import MultiTaskLogisticRegression
+    from spamtl.model.estimator import MultiTaskLogisticRegression
 
     est = copy.copy(warm) if warm is not None else MultiTaskLogisticRegression()
     est.set_params(**params, warm_start=warm is not None)
@@ -421,7 +421,7 @@ def load_active(engine: Engine, settings: Settings) -> ActiveModel:
         return ActiveModel(exc.version, True, None, version_info(engine, exc.version).metrics)
     if key != settings.features.key:
         return ActiveModel(version, False)
-    from spamtl.model import MultiTaskLogisticRegression
+    from spamtl.model.estimator import MultiTaskLogisticRegression
 
     return ActiveModel(version, True, MultiTaskLogisticRegression.from_weights(weights),
                        version_info(engine, version).metrics)
@@ -760,7 +760,7 @@ def fit_model(data: TrainingData, params: dict[str, Any], warm: Any = None) -> A
 
 def choose_params(data: TrainingData, settings: Settings, base: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
     """Alpha and mu on a chronological validation split (evaluate's quick search within one fold)."""
-    from spamtl.model import MultiTaskLogisticRegression, select_hyperparameters
+    from spamtl.model.estimator import MultiTaskLogisticRegression, select_hyperparameters
 
     inner_train, inner_val = holdout_split(data, settings.holdout_fraction, settings.holdout_min)
     if len(inner_val) == 0 or len(settings.alphas) * len(settings.mus) == 1:

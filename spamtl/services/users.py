@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from spamtl.errors import UsageError
 from spamtl.store import queries
-from spamtl.store.db import check_schema, translate_errors
+from spamtl.store.engine import check_schema, translate_errors
 from spamtl.store.schema import Classification, Label, Message, ModelPart, ModelVersion, User, UserCutoff
 
 __all__ = ["UserDeletion", "delete_user", "rename_user"]

@@ -252,7 +252,7 @@ def open_store(url: str) -> Store:
         # isolation_level=None: autocommit, so SELECTs leave no transaction open and
         # Store.transaction issues its own BEGIN IMMEDIATE ... COMMIT.
         return _SqliteStore(con)
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     engine = make_engine(url)
     try:

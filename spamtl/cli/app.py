@@ -145,7 +145,7 @@ def _settings(db: str | None, options: dict[str, tuple[str, Any]] | None = None)
 
 
 def _engine(settings: Settings, *, create: bool = False) -> Any:
-    from spamtl.store.db import make_engine
+    from spamtl.store.engine import make_engine
 
     return make_engine(settings.database_url, create_dir=create)
 
@@ -171,7 +171,7 @@ def init(
              spamtl init --group spamtl   (shared with the group's accounts)
     """
     with _errors():
-        from spamtl.store.db import display_url, make_engine, permission_warnings, upgrade
+        from spamtl.store.engine import display_url, make_engine, permission_warnings, upgrade
 
         settings = _settings(db)
         engine = make_engine(settings.database_url, create_dir=True, group=group)
@@ -203,7 +203,7 @@ def import_(
     Example: spamtl import alice ~/Maildir/.Junk --label spam
     """
     with _errors():
-        from spamtl.cli_progress import show_progress
+        from spamtl.cli.progress import show_progress
         from spamtl.services.importing import ImportInterrupted, import_mail
 
         settings = _settings(db)
@@ -285,7 +285,7 @@ def train(
     Example: spamtl train --format json   (cron: 15 3 * * *  spamtl train --format json >> /var/log/spamtl-train.log 2>&1)
     """
     with _errors():
-        from spamtl.cli_progress import show_progress
+        from spamtl.cli.progress import show_progress
         from spamtl.services.training import train as run_training
 
         settings = _settings(db)
@@ -395,7 +395,7 @@ def evaluate(
     Example: spamtl evaluate --replay --days 20 --bootstrap 20
     """
     if replay:
-        from spamtl.cli_replay import run_replay
+        from spamtl.cli.replay import run_replay
 
         return run_replay(users_, days, bootstrap, label_all, systems, output, db)
     with _errors():
@@ -410,7 +410,7 @@ def evaluate(
 
                 raise OptionalDependencyError("--plot needs matplotlib; install it with "
                                               "`pip install 'spamtl[plot]'`") from None
-        from spamtl.cli_progress import show_progress
+        from spamtl.cli.progress import show_progress
 
         settings = _settings(db)
         with show_progress("evaluate") as progress:
@@ -528,11 +528,11 @@ def demo(
 
         folder = Path(tempfile.mkdtemp(prefix="spamtl-demo-"))
         url = db or f"sqlite:///{folder / 'demo.sqlite3'}"
-        from spamtl.cli_progress import show_progress
+        from spamtl.cli.progress import show_progress
 
         with show_progress("demo", lines=False) as progress:  # stdout tells the story; stage lines would repeat it
             report = run_demo(url, now=_now(), progress=progress)
-        from spamtl.store.db import display_url
+        from spamtl.store.engine import display_url
 
         typer.echo(f"Demo database: {display_url(url)}")
         typer.echo(f"Corpus: {report.corpus}")
@@ -570,7 +570,7 @@ def _demo_hints(url: str, folder: Path, message: tuple[str, bytes] | None) -> li
 
     script = Path(sys.executable).parent / "spamtl"
     program = shlex.quote(str(script)) if script.is_file() else f"{shlex.quote(sys.executable)} -m spamtl"
-    from spamtl.store.db import display_url
+    from spamtl.store.engine import display_url
 
     hints = [f"export SPAMTL_DATABASE_URL={shlex.quote(display_url(url))}", f"{program} users"]  # never a password
     if message is not None:
@@ -603,7 +603,7 @@ def _filter_one(settings: Settings, user: str, *, exit_code: bool = False) -> in
     is empty or not mail (``skip_reason``), unscored.  With ``exit_code`` the exit
     status is the verdict's (:data:`EXIT_CODE_BY_VERDICT`), or ``EXIT_CODE_ERROR``.
     """
-    from spamtl.mail import add_headers
+    from spamtl.mail.parse import add_headers
 
     stdin = sys.stdin.buffer
     limit = settings.max_message_bytes
@@ -634,7 +634,7 @@ def _filter_one(settings: Settings, user: str, *, exit_code: bool = False) -> in
 
 def pass_through(code: int) -> int:
     """Write stdin to stdout marked ``X-Spamtl-Status: error`` (a pipeline whose command line is wrong)."""
-    from spamtl.mail import add_headers
+    from spamtl.mail.parse import add_headers
 
     raw = sys.stdin.buffer.read(_STREAM_CHUNK)
     sys.stdout.buffer.write(add_headers(raw, [("X-Spamtl-Status", "error")]))
@@ -754,8 +754,8 @@ def classify(
         from spamtl.config import validate_name
         from spamtl.errors import UsageError
         from spamtl.logs import log_verdict
+        from spamtl.mail.sources import RawMail, Unreadable, iter_mail
         from spamtl.services.classify import Skipped, classify_messages, open_reader
-        from spamtl.sources import RawMail, Unreadable, iter_mail
 
         settings = _settings(db)
 
@@ -844,7 +844,7 @@ def feedback(
         label = "spam" if spam else "ham"
         settings = _settings(db)
         if ref is None and paths and not _is_one_message(paths):
-            from spamtl.cli_progress import show_progress
+            from spamtl.cli.progress import show_progress
 
             with show_progress("feedback", lines=False) as progress:  # a bar on a terminal, else quiet as before
                 batch = record_feedback_batch(_engine(settings), settings, user=user, label=label, paths=paths,
@@ -915,11 +915,11 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-from spamtl import cli_config as _cli_config  # noqa: E402,F401  registers commands
-from spamtl import cli_cutoffs as _cli_cutoffs  # noqa: E402,F401  registers commands
-from spamtl import cli_explain as _cli_explain  # noqa: E402,F401  registers commands
-from spamtl import cli_serve as _cli_serve  # noqa: E402,F401  registers commands
-from spamtl import cli_store as _cli_store  # noqa: E402,F401  registers commands
-from spamtl import cli_tell as _cli_tell  # noqa: E402  light on purpose: `spamtl tell` also runs it alone
+from spamtl.cli import config as _cli_config  # noqa: E402,F401  registers commands
+from spamtl.cli import cutoffs as _cli_cutoffs  # noqa: E402,F401  registers commands
+from spamtl.cli import explain as _cli_explain  # noqa: E402,F401  registers commands
+from spamtl.cli import serve as _cli_serve  # noqa: E402,F401  registers commands
+from spamtl.cli import store as _cli_store  # noqa: E402,F401  registers commands
+from spamtl.cli import tell as _cli_tell  # noqa: E402  light on purpose: `spamtl tell` also runs it alone
 
 app.command("tell")(_cli_tell.tell)

@@ -41,11 +41,11 @@ def main() -> None:
     if argv[:1] == ["tell"]:
         # Run once per message moved to or from Junk, as the mail system's account: only the
         # command itself, not the whole command line (whose settings import numpy).
-        from spamtl.cli_tell import main as tell
+        from spamtl.cli.tell import main as tell
 
         tell(argv[1:])
         return
-    from spamtl.cli import EXIT_CODE_ERROR, app, pass_through
+    from spamtl.cli.app import EXIT_CODE_ERROR, app, pass_through
 
     guarded = _filter_argv(argv)
     # `classify --exit-code`: 2 means unsure there, so the parser's usage errors (and Ctrl-C) exit 3.

@@ -16,7 +16,7 @@ activate`` or anyone's feedback is seen well within a second; a verdict always
 comes from a single version.  TELL runs the feedback service in a helper
 thread, so a refit does not stall the worker's other connections.
 
-Who a client is decides what it may do (:mod:`spamtl.peers`): every client is
+Who a client is decides what it may do (:mod:`spamtl.serve.peers`): every client is
 scored, but only one that may act for the request's user stores its verdict
 there, and TELL is answered only when enabled and for such a client.  Slow
 clients cannot starve the rest: the request's headers have a short deadline,
@@ -52,16 +52,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from spamtl import spamd_protocol as proto
 from spamtl.config import Settings, validate_name
 from spamtl.errors import NoModelError, SpamtlError, UnknownUserError, UsageError
+from spamtl.serve import protocol as proto
 
 if TYPE_CHECKING:
-    from spamtl.peers import Peer
+    from spamtl.serve.peers import Peer
 
 __all__ = ["ServeOptions", "serve", "bind_sockets", "Worker", "emit"]
 
-log = logging.getLogger("spamtl.serve")
+log = logging.getLogger("spamtl.serve.daemon")
 
 _SHARED = ""
 """The user name used for the shared model (no User header, no default user): no user can have it."""
@@ -101,7 +101,7 @@ def bind_sockets(options: ServeOptions, settings: Settings) -> list[socket.socke
     The Unix socket gets ``serve_socket_mode`` and ``serve_socket_group`` before it listens, so no client
     connects through a looser mode in between.
     """
-    from spamtl.systemd import listen_sockets
+    from spamtl.serve.systemd import listen_sockets
 
     passed = listen_sockets()
     if passed:
@@ -187,7 +187,7 @@ def emit(event: str, **fields: Any) -> None:
     Lines go through :func:`spamtl.logs.log_event` with the worker's current
     settings (destination and level), as the CLI's do; errors at WARNING, the
     rest at INFO.  Before a worker has settings (the parent), a plain
-    ``key=value`` line goes to the ``spamtl.serve`` logger.
+    ``key=value`` line goes to the ``spamtl.serve.daemon`` logger.
     """
     if _SETTINGS is None:
         log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
@@ -281,7 +281,7 @@ class Worker:
 
     def _engine(self) -> Any:
         if self.engine is None:
-            from spamtl.store.db import make_engine
+            from spamtl.store.engine import make_engine
 
             self.engine = make_engine(self.settings.database_url)
         return self.engine
@@ -305,7 +305,7 @@ class Worker:
         return None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from spamtl.peers import peer_of
+        from spamtl.serve.peers import peer_of
 
         task = asyncio.current_task()
         if task is not None:
@@ -513,7 +513,7 @@ class Worker:
             if command == "REPORT" or is_spam:
                 text = _report(verdict, spam[1]) + _breakdown(explain(model, message, scored=verdict.scored))
             return proto.response(proto.EX_OK, headers=[spam], body=text.encode()), log_verdict
-        from spamtl.mail import add_headers
+        from spamtl.mail.parse import add_headers
 
         # X-Spam-Status names the same symbols as SYMBOLS (top=0: the parts' totals, no evidence lists).
         tests = symbol_names(verdict, explain(model, message, top=0, scored=verdict.scored))
@@ -526,7 +526,7 @@ class Worker:
         """The answer for input that is not mail: not spam, 0 points, the message back marked ``skipped``."""
         spam = ("Spam", "False ; 0.0 / 5.0")
         if request.command in ("PROCESS", "HEADERS"):
-            from spamtl.mail import add_headers
+            from spamtl.mail.parse import add_headers
 
             processed = add_headers(body, [("X-Spamtl-Status", skipped.header_value())])
             if request.command == "HEADERS":
@@ -621,8 +621,8 @@ async def _discard(reader: asyncio.StreamReader, most: int, seconds: float) -> N
 
 
 def _policy(settings: Settings) -> Any:
-    """Who may act for whom (:class:`spamtl.peers.Policy`), from the ``serve_*`` settings."""
-    from spamtl.peers import Policy
+    """Who may act for whom (:class:`spamtl.serve.peers.Policy`), from the ``serve_*`` settings."""
+    from spamtl.serve.peers import Policy
 
     try:
         return Policy.from_settings(trusted=settings.serve_trusted, trusted_networks=settings.serve_trusted_networks,
@@ -748,7 +748,7 @@ def serve(settings_factory: Callable[[], Settings], options: ServeOptions,
     reports readiness, status and watchdog pings (``Type=notify``,
     ``WatchdogSec=``).
     """
-    from spamtl import systemd
+    from spamtl.serve import systemd
     from spamtl.services.classify import open_reader
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s spamtl[%(process)d] %(message)s")
@@ -824,7 +824,7 @@ class _Supervisor:
         self.selector = selectors.DefaultSelector()
 
     def run(self) -> int:
-        from spamtl import systemd
+        from spamtl.serve import systemd
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._signal)

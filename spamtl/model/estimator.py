@@ -2,7 +2,7 @@
 
 Works on numpy / scipy arrays only (no store, no CLI), so it can be used from
 a notebook or in a scikit-learn ``Pipeline``.  The mathematics live in
-:mod:`spamtl._objective`; this module validates input, packs and unpacks
+:mod:`spamtl.model.loss`; this module validates input, packs and unpacks
 parameters and follows scikit-learn's conventions.
 """
 
@@ -20,7 +20,9 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from spamtl._objective import (
+from spamtl.features import IdfWeights
+from spamtl.metrics import macro_auc_error, rows_by_task
+from spamtl.model.loss import (
     TASK_WEIGHTINGS,
     ConvergenceWarning,
     MultiTaskLogisticLoss,
@@ -31,12 +33,10 @@ from spamtl._objective import (
     task_weights,
     user_blocks,
 )
-from spamtl._projected import INNER_TOL, PersonalParts, ProjectedLoss
-from spamtl.features import IdfWeights
-from spamtl.metrics import macro_auc_error, rows_by_task
+from spamtl.model.projected import INNER_TOL, PersonalParts, ProjectedLoss
+from spamtl.model.weights import ModelWeights, SparsePart
 from spamtl.parallel import Inherited, SerialExecutor, release, resolve, return_free_memory, share
 from spamtl.rowfiles import release_pages
-from spamtl.scoring import ModelWeights, SparsePart
 
 __all__ = ["ConvergenceWarning", "MultiTaskLogisticRegression", "HyperparameterSearch",
            "select_hyperparameters", "fit_fold", "task_weights", "score_refitted_tasks", "cross_fit_fold"]
@@ -50,7 +50,7 @@ def _sparse_rows(offsets: np.ndarray, cols: np.ndarray, values: np.ndarray, n_fe
 
 SOLVERS = ("auto", "joint", "projected")
 PROJECTED_FROM_TASKS = 1000
-"""``solver='auto'`` fits this many tasks or more by variable projection (:mod:`spamtl._projected`): the joint
+"""``solver='auto'`` fits this many tasks or more by variable projection (:mod:`spamtl.model.projected`): the joint
 L-BFGS's memory grows with users x vocabulary (~13 GB at 10,000 users)."""
 PROJECTED_SMALL_TASKS = (20, 256)
 """... and from ``[0]`` tasks on when they have at most ``[1]`` rows on average, where it is also the faster.
@@ -97,7 +97,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         L-BFGS iterations.
     tol : float, default=1e-6
         Stop when the max-norm of the (preconditioned, see
-        :mod:`spamtl._objective`) gradient of J / sum(weights) is below tol.
+        :mod:`spamtl.model.loss`) gradient of J / sum(weights) is below tol.
     warm_start : bool, default=False
         Start ``fit`` from the current fitted parameters (matched by task and
         group label and by feature column).  The joint solver starts cold
@@ -115,9 +115,9 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
     solver : {'auto', 'joint', 'projected'}, default='auto'
         How J is minimised; every solver finds the same optimum (to ``tol``).  ``'joint'``: one L-BFGS over
         all parameters.  ``'projected'``: L-BFGS over the shared and group parts only, each task's part
-        solved exactly given them (:mod:`spamtl._projected`): the optimiser's memory is that of the
+        solved exactly given them (:mod:`spamtl.model.projected`): the optimiser's memory is that of the
         vocabulary, not of users x vocabulary, and the rows are held a chunk of users at a time, in a
-        scratch directory under ``$TMPDIR`` beyond ``spamtl._projected.CHUNK_ROWS`` rows (removed when
+        scratch directory under ``$TMPDIR`` beyond ``spamtl.model.projected.CHUNK_ROWS`` rows (removed when
         the fit ends).  ``'auto'``: projected from ``PROJECTED_FROM_TASKS`` tasks on, or from
         ``PROJECTED_SMALL_TASKS`` tasks of few rows (:func:`auto_projected`).
 
@@ -165,9 +165,9 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
     b0 unpenalised) on the feature map x -> [x | x/sqrt(mu_group) in block
     g(t) | x/sqrt(mu) in block t] (Evgeniou & Pontil, 2004).  Solved by
     L-BFGS on the exact gradient of a compact parameterisation (see
-    :mod:`spamtl._objective`), or for many tasks (:func:`auto_projected`) by
+    :mod:`spamtl.model.loss`), or for many tasks (:func:`auto_projected`) by
     L-BFGS over the shared and group parts with every task's part solved
-    given them (:mod:`spamtl._projected`): the same optimum.
+    given them (:mod:`spamtl.model.projected`): the same optimum.
 
     Examples
     --------
@@ -225,7 +225,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
             Multiplies the task weights.
         executor : Executor or a function returning one, optional
             Evaluate the loss in ``n_blocks`` blocks of users on it
-            (:func:`spamtl._objective.block_loss_grad`; default two blocks
+            (:func:`spamtl.model.loss.block_loss_grad`; default two blocks
             per worker): the same fit, with the data terms computed where
             the executor runs them.  A function is called once the blocks
             exist, so a fork pool's workers inherit them (:mod:`spamtl.parallel`).
@@ -233,7 +233,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         n_blocks : int, optional
         threads : int, default 1
             The projected solver's chunks of users are built and evaluated by this many threads
-            (:class:`spamtl._projected.ProjectedLoss`): the same fit, bit for bit.  The joint solver
+            (:class:`spamtl.model.projected.ProjectedLoss`): the same fit, bit for bit.  The joint solver
             ignores it (see ``executor``).
 
         Returns
@@ -277,7 +277,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         layout: TaskLayout | ProjectedLoss
         if projected:
             # A chunk of users at a time, weighted chunk by chunk, kept on disk when there are several: no
-            # weighted copy or key layout of all rows (:mod:`spamtl._projected`).
+            # weighted copy or key layout of all rows (:mod:`spamtl.model.projected`).
             objective = layout = ProjectedLoss(
                 X, y_pm, s, tidx, task_group, alpha=float(self.alpha), mu=float(self.mu),
                 mu_group=float(self.mu_group), tol=tol, max_iter=int(self.max_iter), n_groups=G,
@@ -529,7 +529,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------ persist
     def to_weights(self) -> ModelWeights:
-        """The fitted parameters as :class:`~spamtl.scoring.ModelWeights` (task/group names as str)."""
+        """The fitted parameters as :class:`~spamtl.model.weights.ModelWeights` (task/group names as str)."""
         check_is_fitted(self, "coef_shared_")
         nz = np.flatnonzero(self.coef_shared_)
         shared = SparsePart(nz.astype(np.int64), self.coef_shared_[nz], self.intercept_shared_)
@@ -556,7 +556,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_weights(cls, weights: ModelWeights) -> MultiTaskLogisticRegression:
-        """Rebuild a fitted estimator from :class:`~spamtl.scoring.ModelWeights`."""
+        """Rebuild a fitted estimator from :class:`~spamtl.model.weights.ModelWeights`."""
         p = dict(weights.params)
         names = cls._get_param_names()
         est = cls(**{k: p[k] for k in names if k in p})
@@ -854,7 +854,7 @@ def score_refitted_tasks(payload: Any, estimator: MultiTaskLogisticRegression, t
     solves one), so a model fitted on some tasks scores any other task's held-out rows this way: nightly
     training's cross-fitting beyond ``mu_search_users`` users (``spamtl.services.training``).  The tasks are
     solved together, a chunk of about ``chunk_rows`` training rows at a time (memory), by
-    :class:`spamtl._projected.PersonalParts` (batched dual Newton steps; the same solutions as one
+    :class:`spamtl.model.projected.PersonalParts` (batched dual Newton steps; the same solutions as one
     ``refit_task`` per task).  A task with no ``train`` rows is scored by the shared and group parts.
     ``payload`` is ``(X, y, tasks, groups)`` or a :mod:`spamtl.parallel` handle to it, as for :func:`fit_fold`.
     """

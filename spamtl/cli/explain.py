@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from spamtl.cli import DbOption, OutputFormat, _engine, _errors, _print_json, _settings, app
+from spamtl.cli.app import DbOption, OutputFormat, _engine, _errors, _print_json, _settings, app
 
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 

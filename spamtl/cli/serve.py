@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from spamtl.cli import DbOption, _errors, _settings, app
+from spamtl.cli.app import DbOption, _errors, _settings, app
 
 
 @app.command()
@@ -70,8 +70,8 @@ def serve(
     """
     with _errors():
         from spamtl.config import validate_name
-        from spamtl.serve import ServeOptions
-        from spamtl.serve import serve as run
+        from spamtl.serve.daemon import serve as run
+        from spamtl.serve.daemon import ServeOptions
 
         if default_user is not None:
             validate_name(default_user)

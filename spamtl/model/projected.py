@@ -2,7 +2,7 @@
 
 Notes
 -----
-The joint objective J(theta_s, theta_p) of :mod:`spamtl._objective` splits its parameters into the
+The joint objective J(theta_s, theta_p) of :mod:`spamtl.model.loss` splits its parameters into the
 shared ones, ``theta_s = (w0, u, b0, cg)``, and the personal ones, ``theta_p = (v_t, c_t)`` for each task t.
 Given theta_s, the personal parts are independent, one small problem per user::
 
@@ -58,7 +58,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
-from spamtl._objective import (
+from spamtl.model.loss import (
     MultiTaskLogisticLoss,
     TaskLayout,
     _one_blas_thread,
@@ -290,7 +290,7 @@ class _HeavyUser:
 
 class PersonalParts:
     """Every task's personal part (v_t, c_t) given fixed per-row offsets: the inner step of the projected
-    fit, and on its own the users' refits of cross-fitting (:func:`spamtl.model.score_refitted_tasks`).
+    fit, and on its own the users' refits of cross-fitting (:func:`spamtl.model.estimator.score_refitted_tasks`).
 
     Tasks of at most ``dual_max_rows`` rows are solved in the dual, batch by batch (:func:`dual_newton`),
     the others by their own L-BFGS; each :meth:`solve` starts every task from its previous solution.
@@ -298,7 +298,7 @@ class PersonalParts:
     Parameters
     ----------
     Xk : csr_matrix, shape (n_samples, n_keys)
-        The data indexed by (task, column) key (:class:`~spamtl._objective.TaskLayout`).
+        The data indexed by (task, column) key (:class:`~spamtl.model.loss.TaskLayout`).
     task_offsets : ndarray, shape (n_tasks + 1,)
         Keys of task t are ``task_offsets[t]:task_offsets[t + 1]``.
     y, sample_weight, task_index : ndarray, shape (n_samples,)
@@ -523,9 +523,9 @@ class UserChunk:
 class ProjectedLoss:
     """F(theta_s) = min over the personal parts of J, and its gradient (module Notes).
 
-    Duck-types what :func:`spamtl._objective.minimize_lbfgs` needs of an objective (``scale``,
+    Duck-types what :func:`spamtl.model.loss.minimize_lbfgs` needs of an objective (``scale``,
     ``total_weight``, ``loss_gradient``); ``personal`` gives the users' parts at the last point evaluated.
-    Also has the index attributes of a :class:`~spamtl._objective.TaskLayout` that a fit needs to place
+    Also has the index attributes of a :class:`~spamtl.model.loss.TaskLayout` that a fit needs to place
     them (``n_features``, ``shared_cols``, ``group_cols``, ``group_offsets``, ``task_offsets``,
     ``key_cols``); there is no layout of all rows.
 

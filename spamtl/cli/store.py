@@ -1,6 +1,6 @@
 """Commands that look after the store: ``prune``, ``models pin|unpin``, ``users delete|rename``.
 
-Registered on the app of :mod:`spamtl.cli` (imported at its end).
+Registered on the app of :mod:`spamtl.cli.app` (imported at its end).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from spamtl.cli import DbOption, OutputFormat, _engine, _errors, _now, _print_json, _settings, models_app, users_app
-from spamtl.cli import app as _app
+from spamtl.cli.app import DbOption, OutputFormat, _engine, _errors, _now, _print_json, _settings, models_app, users_app
+from spamtl.cli.app import app as _app
 
 __all__: list[str] = []
 

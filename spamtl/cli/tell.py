@@ -3,8 +3,8 @@
 It runs once per message a user moves into or out of Junk (Dovecot's IMAPSieve,
 ``contrib/dovecot/``), as the mail system's account, which has no access to the
 store: it only talks to the daemon.  So it stays light: the standard library,
-typer and :mod:`spamtl.spamd_protocol`, never numpy or SQLAlchemy, and
-``spamtl tell`` skips loading the rest of the command line (``spamtl._entry``).
+typer and :mod:`spamtl.serve.protocol`, never numpy or SQLAlchemy, and
+``spamtl tell`` skips loading the rest of the command line (``spamtl.cli.entry``).
 A test checks both.
 """
 
@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from spamtl import spamd_protocol as proto
+from spamtl.serve import protocol as proto
 
 __all__ = ["tell", "main"]
 

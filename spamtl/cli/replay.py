@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from spamtl.cli import TableFormat, _engine, _errors, _fmt, _now, _print_json, _settings
+from spamtl.cli.app import TableFormat, _engine, _errors, _fmt, _now, _print_json, _settings
 
 __all__ = ["run_replay"]
 
@@ -15,7 +15,7 @@ def run_replay(users: list[str] | None, days: int, bootstrap: int, label_all: bo
                output: TableFormat, db: str | None) -> None:
     """Options -> one replay -> table, JSON or CSV."""
     with _errors():
-        from spamtl.cli_progress import show_progress
+        from spamtl.cli.progress import show_progress
         from spamtl.services.replay import SYSTEMS, replay
 
         settings = _settings(db)

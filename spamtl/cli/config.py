@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from spamtl.cli import DbOption, OutputFormat, _errors, _loaded_settings, _print_json, app
+from spamtl.cli.app import DbOption, OutputFormat, _errors, _loaded_settings, _print_json, app
 
 
 @app.command("config")

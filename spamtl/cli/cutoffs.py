@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from spamtl.cli import DbOption, OutputFormat, _engine, _errors, _print_json, _settings, app
+from spamtl.cli.app import DbOption, OutputFormat, _engine, _errors, _print_json, _settings, app
 
 cutoffs_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, rich_markup_mode=None)
 app.add_typer(cutoffs_app, name="cutoffs")

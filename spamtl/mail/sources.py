@@ -59,7 +59,7 @@ class Unreadable:
     origin: str
     reason: str
     # Set when the file was read but is not mail (empty, a picture, prose): the reason in
-    # spamtl.mail.not_mail_reason's words, so that classify reports it as skipped, as it does stdin.
+    # spamtl.mail.parse.not_mail_reason's words, so that classify reports it as skipped, as it does stdin.
     not_mail: str | None = None
 
 
@@ -110,12 +110,12 @@ MAIL_SNIFF_BYTES = 4096
 
 
 def _not_mail(head: bytes) -> str | None:
-    """Why a file that starts with ``head`` is no mail message (:func:`spamtl.mail.not_mail_reason`), or None.
+    """Why a file that starts with ``head`` is no mail message (:func:`spamtl.mail.parse.not_mail_reason`), or None.
 
     A file may start with a UTF-8 byte-order mark and empty lines, which editors and exports add; a
     file that starts with an mbox ``From `` line is a mailbox, whose messages are judged one by one.
     """
-    from spamtl.mail import not_mail_reason
+    from spamtl.mail.parse import not_mail_reason
 
     text = head[:MAIL_SNIFF_BYTES].removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     return None if text.startswith(b"From ") else not_mail_reason(text)
