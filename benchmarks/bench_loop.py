@@ -105,7 +105,7 @@ def main() -> None:
             "spamtl_classify_filter": median_time(args.runs, py, "-m", "spamtl", "classify", "enron1", "--filter",
                                                   "--db", db, stdin=message.read_bytes()),
             "full_typer_command": median_time(max(3, args.runs // 3), py, "-c",
-                                              "import sys; from spamtl.cli.app import main; sys.argv[0]='spamtl'; main()",
+                                              "import sys; from spamtl.cli.app import app; sys.argv[0]='spamtl'; app()",
                                               "classify", "enron1", str(message), "--db", db),
         }
         result["single_classify"] = single
@@ -118,8 +118,8 @@ def main() -> None:
         result["batch_classify"] = {"messages": n, "seconds": seconds, "messages_per_second": n / seconds}
         print(f"batch classify: {n} messages in {seconds:.1f} s = {n / seconds:,.0f}/s", flush=True)
 
-        from spamtl.config import Settings
         from spamtl.services.feedback import record_feedback
+        from spamtl.settings import Settings
         from spamtl.store.engine import make_engine
 
         engine = make_engine(db)

@@ -37,7 +37,8 @@ import _enron  # noqa: E402
 
 from spamtl.features import FeatureConfig, IdfWeights  # noqa: E402
 from spamtl.metrics import macro_auc_error  # noqa: E402
-from spamtl.model.estimator import MultiTaskLogisticRegression, select_hyperparameters  # noqa: E402
+from spamtl.model.estimator import MultiTaskLogisticRegression  # noqa: E402
+from spamtl.model.selection import select_hyperparameters  # noqa: E402
 from spamtl.services.training import min_df_mask  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +58,7 @@ def _logistic(alpha, X, y):  # type: ignore[no-untyped-def]
 
 def _loss(y, scores, tasks) -> float:  # type: ignore[no-untyped-def]
     """Held-out logistic loss, averaged per user then over users: the same criterion the MTL search uses."""
-    from spamtl.model.estimator import _macro_log_loss
+    from spamtl.metrics import macro_log_loss as _macro_log_loss
 
     return _macro_log_loss(np.asarray(y) == 1, np.asarray(scores), np.asarray(tasks))
 

@@ -38,10 +38,10 @@ from sqlalchemy.orm import Session
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from spamtl.config import Settings  # noqa: E402
 from spamtl.services.importing import store_messages  # noqa: E402
 from spamtl.services.retention import prune  # noqa: E402
 from spamtl.services.training import train  # noqa: E402
+from spamtl.settings import Settings  # noqa: E402
 from spamtl.store import queries  # noqa: E402
 from spamtl.store.engine import make_engine, upgrade  # noqa: E402
 from spamtl.store.schema import Classification  # noqa: E402

@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _enron import DEFAULT_CORPORA, USERS, read_raw  # noqa: E402
 
-from spamtl.config import Settings  # noqa: E402
 from spamtl.mail.sources import RawMail  # noqa: E402
 from spamtl.metrics import roc_auc  # noqa: E402
 from spamtl.services.classify import classify_messages, open_reader, prepare  # noqa: E402
@@ -43,6 +42,7 @@ from spamtl.services.feedback import record_feedback  # noqa: E402
 from spamtl.services.importing import import_mail  # noqa: E402
 from spamtl.services.review import review_queue  # noqa: E402
 from spamtl.services.training import train  # noqa: E402
+from spamtl.settings import Settings  # noqa: E402
 from spamtl.store.engine import make_engine, upgrade  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "review.json"
@@ -58,12 +58,12 @@ def _write_mbox(path: Path, raws: list[bytes]) -> str:
 
 
 def macro_error(settings: Settings, tests: dict[str, tuple[list[bytes], np.ndarray]]) -> tuple[float, dict[str, float]]:
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     try:
         per_user = {}
         for user, (raws, y) in tests.items():
             model = reader.user_model(user)
-            scores = [model.score(prepare(raw).raw)[0] for raw in raws]
+            scores = [model.score_message(prepare(raw).raw).probability for raw in raws]
             per_user[user] = 100.0 * (1.0 - roc_auc(y, np.array(scores)))
     finally:
         reader.store.close()
@@ -96,7 +96,7 @@ def run_seed(seed: int, data: tuple[list[bytes], np.ndarray, np.ndarray], args: 
         for i in pool:
             truth[prepare(raws[i]).sha256] = "spam" if y[i] else "ham"
     train(engine, settings, now=NOW)
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     try:
         for user in USERS:
             mails = [RawMail(f"pool-{i}", raws[i]) for i in pools[user]]
@@ -116,7 +116,7 @@ def run_seed(seed: int, data: tuple[list[bytes], np.ndarray, np.ndarray], args: 
         started = time.perf_counter()
         for user in USERS:
             if arm == "review":
-                picked = [item.sha256 for item in review_queue(arm_settings, user=user, n=args.k)]
+                picked = [item.sha256 for item in review_queue(make_engine(arm_settings.database_url), arm_settings, user=user, n=args.k)]
             else:
                 shas = [prepare(raws[i]).sha256 for i in pools[user]]
                 picked = [shas[j] for j in arm_rng.choice(len(shas), size=args.k, replace=False)]

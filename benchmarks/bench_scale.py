@@ -30,7 +30,7 @@ from sqlalchemy import text
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from spamtl.config import Settings  # noqa: E402
+from spamtl.settings import Settings  # noqa: E402
 from spamtl.store.engine import make_engine  # noqa: E402
 
 NOW = datetime(2027, 1, 1)

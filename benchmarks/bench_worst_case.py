@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from spamtl.features import featurize  # noqa: E402
 from spamtl.mail.parse import parse_message  # noqa: E402
+from spamtl.store.engine import make_engine  # noqa: E402
 from tests.crafted import RED_TEAM, SHAPES, SIZES  # noqa: E402
 
 TARGET_1MB = 0.2
@@ -111,19 +112,19 @@ def _trained_store(folder: Path) -> str:
 
 
 def request_table(args: argparse.Namespace) -> None:
-    from spamtl.config import Settings
-    from spamtl.mail.parse import add_headers, parse_envelope
+    from spamtl.mail.headers import add_headers, parse_envelope
     from spamtl.serve import protocol as spamd_protocol
     from spamtl.serve.daemon import ServeOptions, Worker
     from spamtl.serve.peers import Peer
     from spamtl.services.classify import open_reader, prepare, verdict_headers
     from spamtl.services.explain import explain, report_header
+    from spamtl.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         url = _trained_store(Path(tmp))
         settings = Settings(database_url=url)
         limit = settings.max_message_bytes
-        reader = open_reader(settings)
+        reader = open_reader(make_engine(settings.database_url), settings)
         model = reader.user_model("ann")
         worker = Worker(lambda: settings, ServeOptions())
 

@@ -13,8 +13,6 @@ scaled to unit L2 norm, so long and short messages live on one scale.
 :class:`IdfWeights` is the one fitted piece: inverse document frequencies
 learned from the training rows, which down-weight tokens that nearly every
 message has.  It is stored with each model and applied to rows before scoring.
-Binary presence with IDF beat log-tf without it at every training-set size on
-Enron-Spam (README, "Features").
 
 This module imports numpy only; scipy is imported where a CSR matrix is built,
 so that classifying a single message stays cheap.
@@ -50,6 +48,7 @@ __all__ = [
     "hash_tokens",
     "featurize",
     "featurize_with_tokens",
+    "column_tokens",
     "rows_to_csr",
 ]
 
@@ -71,9 +70,9 @@ MAX_TOKENS = 20_000
 
 # A word: from a letter or digit to the last letter or digit of a run of word characters, apostrophes,
 # dots and hyphens.  Spelt as blocks of letters/digits joined by separators: the same matches as
-# r"[^\W_](?:[\w'’.-]*[^\W_])?" without its backtracking from the run's end (20 % faster).
+# r"[^\W_](?:[\w'’.-]*[^\W_])?" without its backtracking from the run's end.
 _WORD_RE = re.compile(r"[^\W_]+(?:[_'’.-]+[^\W_]+)*")
-# On ASCII text \w is [a-zA-Z0-9_] and ’ cannot occur: the same matches with plain classes (25 % faster).
+# On ASCII text \w is [a-zA-Z0-9_] and ’ cannot occur: the same matches with plain (faster) classes.
 _ASCII_WORD_RE = re.compile(r"[a-zA-Z0-9]+(?:[_'.-]+[a-zA-Z0-9]+)*")
 _HDR_TOKEN_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _IDISH_RE = re.compile(r"(?=.*\d)[a-z0-9._-]{13,}|\d{5,}")
@@ -88,15 +87,15 @@ class FeatureConfig:
     n_features : int
         Size of the hashed space, a power of two between 2**10 and 2**24.
     bigrams : bool
-        Add word bigrams of subject and body.  Off by default: on Enron-Spam
-        they made the model 2.5x larger and slower and no better (README).
+        Add word bigrams of subject and body.  Off by default: they make the
+        model larger and slower and no better (docs/model.md).
     headers : bool
         Tokenise header names and values (``hdr:NAME:TOKEN``).
     tf : {'binary', 'log'}
         Value of a token present ``count`` times, before L2 normalisation:
-        1, or ``1 + log(count)``.  ``'binary'`` (default) was better at every
-        training-set size on Enron-Spam; ``'log'`` is what models trained by
-        spamtl 0.1 use, and stays readable so that they keep working.
+        1, or ``1 + log(count)``.  ``'binary'`` (default, with the idf weights)
+        ranks better; ``'log'`` stays readable so that models trained with it
+        keep working.
     """
 
     n_features: int = DEFAULT_N_FEATURES
@@ -385,6 +384,19 @@ def _featurize_tokens(tokens: MessageTokens, config: FeatureConfig) -> FeatureRo
     return _row(hashes, counts, config.n_features, config.tf)
 
 
+def column_tokens(tokens: Iterable[str], n_features: int) -> dict[int, list[str]]:
+    """Column -> the distinct tokens hashed to it, in first-seen order: what names a row's columns.
+
+    The same hash as :func:`hash_tokens` (several tokens share a column when their CRCs collide).
+    """
+    _check_cache()
+    cache = _CRC_CACHE
+    names: dict[int, list[str]] = {}
+    for token in dict.fromkeys(tokens):
+        names.setdefault((cache.get(token) or _crc(token)) & (n_features - 1), []).append(token)
+    return names
+
+
 def rows_to_csr(rows: Sequence[FeatureRow], n_features: int = DEFAULT_N_FEATURES):  # type: ignore[no-untyped-def]
     """Stack rows into a ``scipy.sparse.csr_matrix`` of shape (len(rows), n_features), float64."""
     import scipy.sparse as sp
@@ -466,9 +478,8 @@ class IdfWeights:
         """A CSR matrix reweighted and each row rescaled to unit norm (a new matrix; X is not modified).
 
         The result has new values and, where X is canonical (sorted, no duplicate columns: nothing will
-        sort them in place later), X's own index arrays; it is computed ``chunk_rows`` rows at a time.  At
-        10,000 users (142M non-zeros) the whole-matrix version copied the indices (570 MB) and made three
-        value-sized temporaries (1.1 GB each); every value is the same.
+        sort them in place later), X's own index arrays; it is computed ``chunk_rows`` rows at a time, so
+        the temporaries stay the size of a chunk, not of X.
         """
         import scipy.sparse as sp  # not at import: the classify fast path loads no SciPy
 
@@ -513,9 +524,8 @@ def load_npz(source: Any) -> dict[str, np.ndarray]:
 
     NumPy parses each array's header with ``ast.literal_eval``, and CPython 3.11 keeps the AST
     constructor's recursion depth in state shared by all threads: two threads parsing at once can fail
-    with ``SystemError: AST constructor recursion depth mismatch`` (python/cpython#106905).  It happened
-    with twelve threads classifying at once (CI, tests/test_concurrency.py); the daemon reads model parts
-    in its TELL thread beside its main one.  Reading is short, so one lock costs nothing measurable.
+    with ``SystemError: AST constructor recursion depth mismatch`` (python/cpython#106905).  The daemon
+    reads model parts in its TELL thread beside its main one.  Reading is short: one lock costs little.
 
     Raises
     ------

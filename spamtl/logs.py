@@ -5,8 +5,7 @@ Format: ``key=value`` pairs (logfmt), one event per line, keys in a fixed order:
     2026-11-25T11:40:02Z spamtl[4242] level=info event=verdict user=ann id=3f2c9a1b7e4d verdict=spam
     probability=0.9876 cutoff=0.9000 ham_cutoff=0.5000 version=3 reason=model
 
-(one line; wrapped here; ``cutoff`` is the spam cutoff, so named before the ham cutoff was
-logged too).  A value with spaces, quotes, ``=`` or non-ASCII
+(one line; wrapped here; ``cutoff`` is the spam cutoff).  A value with spaces, quotes, ``=`` or non-ASCII
 characters is double-quoted with backslash escapes, so a line always parses
 back with :func:`parse_line`.  Lines NEVER hold message bodies or subjects (a
 subject can be as private as a body): only ids (the 12-hex sha256 prefix),
@@ -168,7 +167,7 @@ def log_verdict(settings: Any, verdict: Any, *, origin: str | None = None) -> No
     """One line for a verdict (a :class:`~spamtl.services.classify.Verdict`): ids and numbers, no subject."""
     log_event(settings, "verdict", {
         "user": verdict.user, "id": verdict.short_id, "verdict": verdict.verdict,
-        "probability": float(verdict.probability), "cutoff": float(verdict.spam_cutoff),  # the spam cutoff
+        "probability": float(verdict.probability), "cutoff": float(verdict.spam_cutoff),
         "ham_cutoff": float(verdict.ham_cutoff), "version": verdict.model_version, "reason": verdict.reason,
         **({"origin": origin} if origin else {})})
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["roc_auc", "macro_auc_error", "rows_by_task", "roc_curve_points", "spam_caught_at_fpr", "binary_metrics"]
+__all__ = ["roc_auc", "macro_auc_error", "macro_weights", "macro_log_loss", "paired_gap", "rows_by_task", "roc_curve_points",
+           "spam_caught_at_fpr", "binary_metrics"]
 
 
 def roc_auc(is_spam: Any, scores: Any) -> float:
@@ -61,6 +62,37 @@ def macro_auc_error(is_spam: Any, scores: Any, tasks: Any) -> float:
         if not np.isnan(auc):
             errors.append(100.0 * (1.0 - auc))
     return float(np.mean(errors)) if errors else float("nan")
+
+
+def macro_weights(tasks: Any) -> np.ndarray:
+    """Per-row weights that make a weighted sum the mean over tasks of each task's mean.
+
+    Examples
+    --------
+    >>> macro_weights(np.array(["a", "a", "b"])).tolist()
+    [0.25, 0.25, 0.5]
+    """
+    _, index, counts = np.unique(np.asarray(tasks), return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[index])
+
+
+def macro_log_loss(is_spam: Any, scores: Any, tasks: Any) -> float:
+    """Mean over tasks of the mean logistic loss of the task's rows (``scores`` in log-odds)."""
+    losses = np.logaddexp(0.0, -np.where(np.asarray(is_spam), 1.0, -1.0) * np.asarray(scores))
+    return float(macro_weights(tasks) @ losses)
+
+
+def paired_gap(weights: np.ndarray, diff: np.ndarray) -> tuple[float, float]:
+    """The weighted mean of paired per-row differences and its standard error,
+    ``sqrt(sum(w_i^2 (d_i - gap)^2))`` (the rows independent, ``weights`` summing to 1).
+
+    Examples
+    --------
+    >>> paired_gap(np.full(4, 0.25), np.array([1.0, 1.0, 3.0, 3.0]))
+    (2.0, 0.5)
+    """
+    gap = float(weights @ diff)
+    return gap, float(np.sqrt(np.sum(weights**2 * (diff - gap) ** 2)))
 
 
 def rows_by_task(tasks: Any) -> Iterator[tuple[Any, np.ndarray]]:

@@ -1,46 +1,43 @@
-"""Run independent pieces of training side by side, behind the ``concurrent.futures.Executor`` interface.
+"""The one way spamtl runs independent work side by side: a ``concurrent.futures.Executor`` from :func:`executor`.
 
-Training's independent work (the cross-fitting folds, the final fit) is
-written as plain top-level functions over explicit arguments, submitted to an
-executor.  :func:`training_executor` gives the one-machine executor: worker
-processes forked from the trainer (both cores of this machine), or None for
-in-process work.  Another executor with ``submit`` (e.g. a
-``dask.distributed.Client``) runs the same functions on other machines; see
-README, "Scaling".
+The units of parallel work are plain top-level functions over explicit arguments: a cross-fitting fold
+(:func:`spamtl.model.estimator.cross_fit_fold`), a search fold (:func:`spamtl.model.estimator.fit_fold`), a
+chunk of users of the projected objective (:class:`spamtl.model.projected.UserChunk`), a batch of messages to
+featurise (:func:`spamtl.services.dataset.featurize_raw`).  Callers ``submit`` or ``map`` them on whatever
+executor they are given, so any executor with that interface (a ``dask.distributed.Client``) runs the same
+functions.  :func:`executor` gives the local ones:
 
-Large arrays reach forked workers without being pickled: :func:`inherit`
-wraps an object in a handle that pickles as a key into a registry which the
-workers inherited at fork time (copy-on-write memory, no copy).  Serial and
-distributed executors never pickle the handle's key for another process
-they did not fork, so :func:`resolve` accepts either the handle or the
-object itself.
+- ``kind="threads"``: numpy's and scipy's loops release the GIL (the projected objective's chunks);
+- ``kind="processes"``: worker processes forked on first use, for work that holds the GIL or needs its own
+  memory (featurising, training's folds beside the final fit).  Large arrays reach them without being pickled:
+  :func:`share` wraps an object in a handle that pickles as a key into a registry the workers inherited at
+  fork time (copy-on-write), and :func:`resolve` gives the object back on either side.
 
-Forking is only safe while no other thread runs: a thread that holds a lock
-at the moment of the fork (a module being imported, a BLAS call, a database
-driver's mutex) leaves that lock held for ever in the child, and the worker
-blocks on it the first time it needs it (a train run from a thread while
-another thread recorded feedback did exactly that, and never returned).  So
-:func:`training_executor` and :func:`fork_pool_is_safe` fall back to
-in-process work whenever another thread is alive, except threads spamtl
-starts itself and marks with :func:`mark_fork_safe` (the training lock's
-heartbeat, which holds nothing a worker needs).
+Forking is only safe while no other thread runs: a thread holding a lock at the moment of the fork (an import,
+a BLAS call, a database driver's mutex) leaves it held for ever in the child.  So a process pool falls back to
+in-process work whenever another thread is alive, except threads marked with :func:`mark_fork_safe` (the
+training lock's heartbeat, which holds nothing a worker needs).
+
+BLAS's own threads are limited in one place, :func:`one_blas_thread`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["SerialExecutor", "Inherited", "inherit", "release", "share", "resolve", "training_executor",
-           "fork_pool_is_safe", "mark_fork_safe", "return_free_memory"]
+__all__ = ["SerialExecutor", "executor", "share", "release", "resolve", "one_blas_thread", "fork_pool_is_safe",
+           "mark_fork_safe", "return_free_memory"]
 
 _REGISTRY: dict[int, Any] = {}
 _KEYS = itertools.count()
+_FORK_SAFE_ATTR = "_spamtl_fork_safe"
 
 
 class SerialExecutor(Executor):
@@ -54,9 +51,35 @@ class SerialExecutor(Executor):
             future.set_exception(exc)
         return future
 
+    def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None,
+            chunksize: int = 1) -> Any:
+        return map(fn, *iterables)  # lazily, in order, like the pools' map
 
-class Inherited:
-    """A handle to an object registered in this process; forked workers see the same object."""
+
+def executor(workers: int, *, kind: str = "threads", alongside: bool = False, name: str = "spamtl") -> Executor:
+    """An executor of ``workers`` threads or forked processes (``kind``), or a :class:`SerialExecutor`.
+
+    ``workers`` <= 1 always means in this process.  Processes: never more than the cores, and none while
+    another thread runs (:func:`fork_pool_is_safe`); ``alongside`` (the caller keeps working while the
+    workers run: cross-fitting beside the final fit) leaves the caller a core, and one worker is then still
+    a process.  Forked workers die with the process that forked them.  Threads are named ``name``-N.
+    """
+    if workers <= 1:
+        return SerialExecutor()
+    if kind == "threads":
+        return ThreadPoolExecutor(workers, thread_name_prefix=name)
+    if kind != "processes":
+        raise ValueError(f"kind must be 'threads' or 'processes', got {kind!r}")
+    cores = os.cpu_count() or 1
+    workers = min(workers, cores - 1) if alongside else min(workers, cores)
+    if workers < (1 if alongside else 2) or not fork_pool_is_safe():
+        return SerialExecutor()
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_die_with_parent)
+
+
+class _Handle:
+    """A key into this process's registry; forked workers see the same object behind it."""
 
     def __init__(self, key: int) -> None:
         self.key = key
@@ -69,34 +92,45 @@ def _lookup(key: int) -> Any:
     return _REGISTRY[key]
 
 
-def inherit(obj: Any) -> Inherited:
-    """Register ``obj`` for workers forked from now on; pass the returned handle to ``submit``."""
-    key = next(_KEYS)
-    _REGISTRY[key] = obj
-    return Inherited(key)
-
-
-def release(handle: Inherited) -> None:
-    _REGISTRY.pop(handle.key, None)
-
-
-def share(executor: Executor, obj: Any) -> Any:
-    """What to pass to ``executor.submit`` for ``obj``: a handle for a fork pool (register before its
-    first submit), the object itself otherwise (in-process: no copy; a distributed client ships it)."""
-    if isinstance(executor, ProcessPoolExecutor) and getattr(executor, "_mp_context", None) is not None \
-            and executor._mp_context.get_start_method() == "fork":
-        return inherit(obj)
+def share(pool: Executor, obj: Any) -> Any:
+    """What to submit to ``pool`` for ``obj``: a registry handle for a fork pool (made before its first
+    submit, so that the workers inherit it; :func:`release` it afterwards), the object itself otherwise."""
+    if isinstance(pool, ProcessPoolExecutor) and getattr(pool, "_mp_context", None) is not None \
+            and pool._mp_context.get_start_method() == "fork":
+        key = next(_KEYS)
+        _REGISTRY[key] = obj
+        return _Handle(key)
     return obj
 
 
+def release(shared: Any) -> None:
+    """Forget what :func:`share` registered (nothing for an object passed as it is)."""
+    if isinstance(shared, _Handle):
+        _REGISTRY.pop(shared.key, None)
+
+
 def resolve(obj: Any) -> Any:
-    """The object behind a handle (unpickled handles already are the object)."""
-    return _REGISTRY[obj.key] if isinstance(obj, Inherited) else obj
+    """The object behind a handle (in a worker, unpickling already gave the object)."""
+    return _REGISTRY[obj.key] if isinstance(obj, _Handle) else obj
+
+
+def one_blas_thread() -> Any:
+    """A context in which BLAS runs on one thread.
+
+    The parallelism is spamtl's own (workers, chunk threads); BLAS threads beside it only spin and steal
+    cores, and a refit's L-BFGS is level-1 BLAS on vectors where hand-offs cost more than they save.
+    threadpoolctl lets one thread at a time change the limit: enter this in the thread that starts the work.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it, BLAS keeps its own setting
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _die_with_parent() -> None:
-    """Worker initializer: on Linux, be sent SIGKILL when the trainer dies (killed, or out of memory), so
-    no worker is left holding its fold's memory; a worker whose parent is already gone exits at once."""
+    """Worker initializer: on Linux, be sent SIGKILL when the parent dies (killed, or out of memory), so no
+    worker is left holding its memory; a worker whose parent is already gone exits at once."""
     try:
         import ctypes
         import signal
@@ -110,21 +144,14 @@ def _die_with_parent() -> None:
 
 
 def return_free_memory() -> None:
-    """Give the C allocator's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
-
-    Memory a worker frees stays in its heap, counted against the machine, until the process exits; the
-    cross-fitting workers finish their folds long before the trainer's final fit does, and at 10,000
-    users kept 1.5 GB each for the rest of it.
-    """
+    """Give the C allocator's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing):
+    memory a long-lived process freed otherwise stays counted against the machine until it exits."""
     try:
         import ctypes
 
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-_FORK_SAFE_ATTR = "_spamtl_fork_safe"
 
 
 def mark_fork_safe(thread: threading.Thread) -> threading.Thread:
@@ -134,32 +161,9 @@ def mark_fork_safe(thread: threading.Thread) -> threading.Thread:
 
 
 def fork_pool_is_safe() -> bool:
-    """Whether this process may fork workers now: fork is available and every other live thread is
-    one spamtl marked fork-safe."""
+    """Whether this process may fork workers now: fork is available and every other live thread is one
+    spamtl marked fork-safe."""
     if "fork" not in multiprocessing.get_all_start_methods():
         return False
     me = threading.current_thread()
     return all(t is me or getattr(t, _FORK_SAFE_ATTR, False) for t in threading.enumerate())
-
-
-def training_executor(workers: int, *, alongside: bool = False) -> Executor:
-    """Worker processes forked on first use (``workers`` <= 1, no fork, or other threads running: run in
-    this process, see :func:`fork_pool_is_safe`).
-
-    ``alongside``: the caller keeps working while the workers run (cross-fitting beside the final fit), so
-    it takes one core itself: at most ``cpu_count - 1`` workers, and one worker is still a process (but
-    ``workers=1`` always means in this process: the setting that trades time for memory).  On 2
-    cores a second fold worker only shared the trainer's core and added its memory (~1 GB at 10,000 users).
-
-    Fork, not spawn: the workers start with the trainer's arrays mapped (see :func:`inherit`), and
-    register nothing themselves.  They die with the trainer (a 3,000-user train killed by the OOM
-    killer left its two fold workers blocked for ever).
-    """
-    if workers <= 1:
-        return SerialExecutor()
-    cores = os.cpu_count() or 1
-    workers = min(workers, cores - 1) if alongside else min(workers, cores)
-    if workers < (1 if alongside else 2) or not fork_pool_is_safe():
-        return SerialExecutor()
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_die_with_parent)

@@ -20,6 +20,8 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -27,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = ["BATCH_ROWS", "RowWriter", "release_pages", "is_mapped", "row_batches", "column_counts", "stack_rows",
-           "map_rows", "remove_rows", "scratch_parent", "scratch_directory", "new_scratch_directory"]
+           "map_rows", "remove_rows", "scratch_parent", "scratch_directory", "new_scratch_directory", "ArrayStore"]
 
 BATCH_ROWS = 100_000
 """Rows a whole-matrix pass reads at a time (~110 MB of a batch's values and columns at 140 per row)."""
@@ -233,3 +235,60 @@ def _running(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def _remove_directory(path: str, owner: int) -> None:
+    if os.getpid() == owner:  # not from a process forked meanwhile (a fold worker)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class ArrayStore:
+    """Arrays put away and got back by handle: kept as they are, or (``spill=True``) written to a scratch
+    directory and mapped again on each :meth:`get`, so that only the arrays in use are in memory.
+
+    The directory (``spamtl-fit-*`` in :func:`scratch_parent`) is removed by :meth:`close`, or
+    when the store is collected, by the process that made it.
+    """
+
+    def __init__(self, spill: bool) -> None:
+        self._kept: dict[int, np.ndarray] = {}
+        self._count = 0
+        self._lock = threading.Lock()  # chunks are built by several threads
+        self.directory: str | None = None
+        if spill:
+            self.directory = new_scratch_directory("spamtl-fit-")
+            self._finalizer = weakref.finalize(self, _remove_directory, self.directory, os.getpid())
+
+    def put(self, array: np.ndarray) -> int:
+        with self._lock:
+            handle = self._count
+            self._count += 1
+        if self.directory is None or array.nbytes == 0:  # an empty array cannot be mapped
+            self._kept[handle] = array
+            return handle
+        path = os.path.join(self.directory, f"{handle}.npy")
+        try:
+            np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write the fit's scratch data in {self.directory} ({exc.strerror}); "
+                                     "set TMPDIR to a directory with more room") from exc
+        return handle
+
+    def get(self, handle: int) -> np.ndarray:
+        """The array (read-only where it is on disk: mapped, not read, so that the pages come from the page
+        cache without a copy and leave memory when the array is dropped)."""
+        if handle in self._kept:
+            return self._kept[handle]
+        return np.load(os.path.join(self.directory, f"{handle}.npy"), mmap_mode="r", allow_pickle=False)
+
+    def put_csr(self, X: sp.csr_matrix) -> tuple[int, int, int, tuple[int, int]]:
+        return self.put(X.data), self.put(X.indices), self.put(X.indptr), X.shape
+
+    def get_csr(self, handles: tuple[int, int, int, tuple[int, int]]) -> sp.csr_matrix:
+        data, indices, indptr, shape = handles
+        return sp.csr_matrix((self.get(data), self.get(indices), self.get(indptr)), shape=shape, copy=False)
+
+    def close(self) -> None:
+        self._kept.clear()
+        if self.directory is not None:
+            self._finalizer()

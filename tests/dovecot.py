@@ -4,7 +4,7 @@
 and LMTP with Sieve at delivery) start it alike: everything in a folder of its own, IMAP (and LMTP) on
 free loopback ports, its users in a passwd-file with Maildirs, its mail processes as the unprivileged
 ``mail`` account (so the sieve pipes run as it), contrib's conf.d files included as an administrator
-would, and the sieve scripts compiled with ``sievec`` as the README says.  Only the installed paths in
+would, and the sieve scripts compiled with ``sievec`` as docs/delivery.md says.  Only the installed paths in
 the contrib files are rewritten.
 
 Also the small helpers those tests share: finding a program, installing a contrib file, reading a log
@@ -146,7 +146,7 @@ class Dovecot:
             passwd.append(f"{login}:{{PLAIN}}{PASSWORD}::::{home}::\n")
         (self.folder / "passwd").write_text("".join(passwd))
         self.conf.write_text(self.config(recipes))
-        # As the README says: the mail account cannot write the sieve folder, so compile the scripts there.
+        # As docs/delivery.md says: the mail account cannot write the sieve folder, so compile the scripts there.
         for name in scripts:
             compiled = subprocess.run([SIEVEC or "sievec", "-c", str(self.conf), str(self.sieve / name)],
                                       capture_output=True, text=True, timeout=60)

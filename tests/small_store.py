@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from spamtl.config import Settings
 from spamtl.services.importing import import_mail
 from spamtl.services.training import train
+from spamtl.settings import Settings
 from spamtl.store.engine import make_engine, upgrade
 
 from .conftest import NOW, run, write_mbox

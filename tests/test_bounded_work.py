@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from spamtl import features
-from spamtl.config import Settings
 from spamtl.mail import parse as mail
-from spamtl.mail.parse import MAX_HEADER_LINES, MAX_HEADER_SCAN_FIELDS, parse_envelope, parse_message, strip_own_headers
+from spamtl.mail.headers import MAX_HEADER_SCAN_FIELDS, add_headers, parse_envelope, strip_own_headers
+from spamtl.mail.parse import MAX_HEADER_LINES, parse_message
 from spamtl.serve import protocol as spamd_protocol
+from spamtl.settings import Settings
+from spamtl.store.engine import make_engine
 
 from .conftest import run
 from .crafted import RED_TEAM, SHAPES
@@ -55,7 +57,7 @@ def passes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 def reader(db: str) -> Iterator[object]:
     from spamtl.services.classify import open_reader
 
-    reader = open_reader(Settings(database_url=db))
+    reader = open_reader(make_engine(db), Settings(database_url=db))
     yield reader
     reader.store.close()  # type: ignore[attr-defined]
 
@@ -68,7 +70,7 @@ def _request(reader: object, user: str, raw: bytes, *, report: bool) -> None:
     model = reader.user_model(user)  # type: ignore[attr-defined]
     message = prepare(raw)
     verdict = reader.classify(model, message, "test")  # type: ignore[attr-defined]
-    mail.add_headers(raw, verdict_headers(verdict))
+    add_headers(raw, verdict_headers(verdict))
     parse_envelope(message.raw)  # what logging the verdict reads
     if report:
         report_header(explain(model, message, scored=verdict.scored))
@@ -204,7 +206,7 @@ def test_verdicts_held_in_numbers_keep_no_scoring_pass(db: str, reader: object) 
     message = prepare(RED_TEAM)
     verdict = reader.classify(model, message, "test")  # type: ignore[attr-defined]
     assert verdict.scored is not None
-    writer = VerdictWriter(Settings(database_url=db), interval=60.0)
+    writer = VerdictWriter(make_engine(db), Settings(database_url=db), interval=60.0)
     try:
         writer.submit(model, message, verdict, now)
         assert writer._pending[0][2].scored is None and writer._pending[0][2].probability == verdict.probability

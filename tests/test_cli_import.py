@@ -186,11 +186,11 @@ def test_env_variable_selects_database(db_url: str, monkeypatch: pytest.MonkeyPa
 
 
 def test_default_database_lives_in_xdg_data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spamtl.config import database_url_from_env
+    from spamtl.settings import default_database_url
 
     monkeypatch.delenv("SPAMTL_DATABASE_URL", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    assert database_url_from_env(None) == f"sqlite:///{tmp_path / 'xdg' / 'spamtl' / 'spamtl.sqlite3'}"
+    assert default_database_url() == f"sqlite:///{tmp_path / 'xdg' / 'spamtl' / 'spamtl.sqlite3'}"
     assert runner.invoke(app, ["init"]).exit_code == 0
     assert (tmp_path / "xdg" / "spamtl" / "spamtl.sqlite3").exists()
 

@@ -235,7 +235,7 @@ def test_a_user_name_that_would_break_the_header_is_refused(fake) -> None:  # ty
 
 def test_tell_stays_light() -> None:
     """Run once per moved message: no numpy, SQLAlchemy, scikit-learn, nor the rest of the command line."""
-    heavy = ("numpy", "scipy", "sklearn", "sqlalchemy", "spamtl.cli.app", "spamtl.config", "spamtl.features")
+    heavy = ("numpy", "scipy", "sklearn", "sqlalchemy", "spamtl.cli.app", "spamtl.settings", "spamtl.features")
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "spamtl", "tell", "--help"],
                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0 and out.stdout.startswith("Usage: spamtl tell [OPTIONS]"), out.stderr[-2000:]

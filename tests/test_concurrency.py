@@ -24,10 +24,10 @@ from sqlalchemy import Engine, event, text
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.config import Settings
 from spamtl.mail.sources import RawMail
 from spamtl.services.importing import import_mail
 from spamtl.services.training import train
+from spamtl.settings import Settings
 from spamtl.store.engine import make_engine
 
 from .conftest import NOW, count_rows, make_mail, migrated_database, write_mbox
@@ -96,8 +96,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def _race_classify(settings: Settings, jobs: list[tuple[str, bytes]], table: str) -> list[BaseException]:
     """Classify each (user, message) in a thread of its own, lined up before ``INSERT INTO table``.
 
-    The classify path writes through its own DB-API connection (spamtl.store.lite), so
-    the racers are lined up in front of its INSERT directly.  On SQLite the logger's
+    The classify path writes through one connection of its own (:class:`spamtl.store.statements.Store`),
+    so the racers are lined up in front of its INSERT directly.  On SQLite the logger's
     BEGIN IMMEDIATE serialises writers before that point (the barrier then times out
     and lets them go one by one); on PostgreSQL they really collide.
     """
@@ -109,14 +109,14 @@ def _race_classify(settings: Settings, jobs: list[tuple[str, bytes]], table: str
 
     def job(user: str, raw: bytes) -> None:
         try:
-            reader = open_reader(settings)  # in the thread: an sqlite3 connection stays in its thread
+            reader = open_reader(make_engine(settings.database_url), settings)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
             return
         original = reader.store.execute
 
-        def execute(statement: str, params: dict[str, Any] | None = None) -> Any:
-            if statement.startswith(f"INSERT INTO {table}"):
+        def execute(statement: Any, params: Any = None) -> Any:
+            if str(statement).startswith(f"INSERT INTO {table}"):
                 try:
                     barrier.wait()
                 except threading.BrokenBarrierError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spamtl.config import Settings
+from spamtl.settings import Settings
 
 
 @pytest.mark.parametrize(("probability", "verdict"),

@@ -1,5 +1,5 @@
-"""The deployment files in ``contrib/``: the README shows them as they are, the learn script passes
-``spamtl tell``'s exit status on, and systemd accepts the units.
+"""The deployment files in ``contrib/``: the documentation (README.md and docs/*.md) shows each of them
+once, as it is; the learn script passes ``spamtl tell``'s exit status on, and systemd accepts the units.
 
 Dovecot running the IMAPSieve files for real is ``tests/test_imapsieve.py``.
 """
@@ -17,40 +17,59 @@ import pytest
 from .conftest import REPO
 
 CONTRIB = REPO / "contrib"
-README = REPO / "README.md"
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 INSTALLED_SPAMTL = "/usr/local/bin/spamtl"
 INSTALLED_SOCKET = "/run/spamtl/spamd.sock"
-FENCE = re.compile(r"^(<!-- (\S+) -->\n)?```[\w-]*\n(.*?)^```$", re.M | re.S)
+# A fenced block, with the marker line ``<!-- contrib/PATH -->`` right above it when it shows that file.
+FENCE = re.compile(r"^(<!-- (contrib/\S+) -->\n)?```[\w-]*\n(.*?)^```$", re.M | re.S)
+MARKER = re.compile(r"<!--\s*contrib/")
 
 
 def contrib_files() -> list[Path]:
     return sorted(p for p in CONTRIB.rglob("*") if p.is_file())
 
 
-def readme_blocks() -> list[tuple[str | None, str]]:
-    """Every fenced block of the README: (the contrib path it says it is, or None; its text)."""
-    return [(m.group(2), m.group(3)) for m in FENCE.finditer(README.read_text())]
+def doc_blocks() -> list[tuple[str, str | None, str]]:
+    """Every fenced block of README.md and docs/*.md: (its page, the contrib path it says it is or None, its text)."""
+    return [(str(page.relative_to(REPO)), m.group(2), m.group(3))
+            for page in PAGES for m in FENCE.finditer(page.read_text())]
 
 
-def test_readme_shows_each_contrib_file_exactly() -> None:
-    """A block marked ``<!-- contrib/PATH -->`` is that file, byte for byte, and every file is shown."""
-    shown = {path: text for path, text in readme_blocks() if path is not None}
-    for path, text in shown.items():
-        assert path.startswith("contrib/") and (REPO / path).is_file(), f"README shows {path}, which does not exist"
-        assert text == (REPO / path).read_text(), f"README's copy of {path} differs from the file"
-    assert sorted(shown) == [str(p.relative_to(REPO)) for p in contrib_files()]
+def test_docs_pages_exist() -> None:
+    assert len(PAGES) > 1, "docs/*.md is missing"
 
 
-def test_readme_has_no_unmarked_copy_of_a_contrib_file() -> None:
+def test_docs_show_each_contrib_file_exactly_once() -> None:
+    """A block marked ``<!-- contrib/PATH -->`` is that file, byte for byte, and every file is shown once."""
+    shown: dict[str, list[str]] = {}
+    for page, path, text in doc_blocks():
+        if path is None:
+            continue
+        assert (REPO / path).is_file(), f"{page} shows {path}, which does not exist"
+        assert text == (REPO / path).read_text(), f"{page}'s copy of {path} differs from the file"
+        shown.setdefault(path, []).append(page)
+    assert {path: pages for path, pages in shown.items() if len(pages) > 1} == {}, "a contrib file shown twice"
+    assert sorted(shown) == [str(p.relative_to(REPO)) for p in contrib_files()], "a contrib file is never shown"
+
+
+def test_every_contrib_marker_is_on_a_block() -> None:
+    """A marker not directly above a fenced block would mark nothing, and its file would go unchecked."""
+    for page in PAGES:
+        markers = len(MARKER.findall(page.read_text()))
+        blocks = sum(1 for m in FENCE.finditer(page.read_text()) if m.group(2))
+        assert markers == blocks, f"{page.name}: {markers} contrib markers, {blocks} marked blocks"
+
+
+def test_docs_have_no_unmarked_copy_of_a_contrib_file() -> None:
     """An unmarked block repeating a contrib file's lines would drift from it unchecked."""
     for path in contrib_files():
         lines = {line.strip() for line in path.read_text().splitlines()
                  if len(line.strip()) > 12 and not line.lstrip().startswith("#")}
-        for marked, text in readme_blocks():
+        for page, marked, text in doc_blocks():
             if marked is None:
                 common = lines & {line.strip() for line in text.splitlines()}
-                assert len(common) < 3, f"an unmarked README block repeats {path.name}: {sorted(common)}"
+                assert len(common) < 3, f"an unmarked block in {page} repeats {path.name}: {sorted(common)}"
 
 
 # ------------------------------------------------------------------ the learn script

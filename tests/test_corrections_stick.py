@@ -1,6 +1,6 @@
 """A correction sticks: the user's *latest* label of a message is the verdict, everywhere it is given.
 
-Catches (issue 26, planted): the current-label lookup of the scoring path (``store/lite.py``,
+Catches (issue 26, planted): the current-label lookup of the scoring path (``store/statements.py``,
 ``CURRENT_LABEL``) ordered by label id ascending, so a user's *first* label decided the verdict of
 ``classify`` (text, JSON, filter mode), ``explain`` and the daemon, while training learned the latest.
 Each message here is labelled twice, the second label the opposite of the first.

@@ -127,7 +127,8 @@ def test_a_long_running_store_reconnects_once_the_server_is_back(tmp_path: Path,
     import warnings
 
     from spamtl.errors import DatabaseError
-    from spamtl.store.lite import GENERATION, open_store
+    from spamtl.store.engine import make_engine
+    from spamtl.store.statements import GENERATION, Store
 
     from .conftest import migrated_database
 
@@ -139,7 +140,8 @@ def test_a_long_running_store_reconnects_once_the_server_is_back(tmp_path: Path,
         admin.dispose()
 
     with migrated_database(tmp_path) as url:
-        store = open_store(url)
+        engine = make_engine(url)
+        store = Store(engine)
         try:
             assert store.one(GENERATION) == (1,)
             for _ in range(2):  # once for a read, once for a write transaction
@@ -151,9 +153,9 @@ def test_a_long_running_store_reconnects_once_the_server_is_back(tmp_path: Path,
                 store.finish_read()
             drop_connections(url)
             with pytest.raises(DatabaseError), store.transaction():
-                store.execute("UPDATE store_state SET value = value + 1 WHERE key = 'generation'")
+                store.execute(text("UPDATE store_state SET value = value + 1 WHERE key = 'generation'"))
             with store.transaction():
-                store.execute("UPDATE store_state SET value = value + 1 WHERE key = 'generation'")
+                store.execute(text("UPDATE store_state SET value = value + 1 WHERE key = 'generation'"))
             assert store.one(GENERATION) == (2,)
             drop_connections(url)
             with pytest.raises(DatabaseError):
@@ -162,4 +164,5 @@ def test_a_long_running_store_reconnects_once_the_server_is_back(tmp_path: Path,
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # closing a dropped connection warns of nothing ...
                 store.close()
+                engine.dispose()
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []  # ... and logs no traceback

@@ -60,7 +60,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.mail.parse import message_identity
+from spamtl.mail.headers import message_identity
 
 from .accounts import SocketDaemon, as_account, has_account, shared_tempdir, spamtl_for, why_not_as_accounts
 from .conftest import free_port, make_mail, write_mbox

@@ -23,7 +23,7 @@ HOSTILE_CHARS = 128 * 1024  # 16 times the per-field cut (MAX_HEADER_BYTES) that
 
 
 def stdlib_decoded(value: str) -> str:
-    """What ``mail._decode_header_value`` returned before issue 24: the stdlib's decoder on the whole value."""
+    """What ``mail.decode_header_value`` returned before issue 24: the stdlib's decoder on the whole value."""
     text = mail._to_text(value)
     try:
         pieces = []
@@ -78,17 +78,17 @@ CASES = {
 
 @pytest.mark.parametrize("value", list(CASES.values()), ids=list(CASES))
 def test_same_text_as_the_stdlib(value: str) -> None:
-    assert mail._decode_header_value(value) == stdlib_decoded(value)
+    assert mail.decode_header_value(value) == stdlib_decoded(value)
 
 
 def test_known_values() -> None:
-    assert mail._decode_header_value(CASES["q"]) == "café crème"
-    assert mail._decode_header_value(CASES["adjacent_folded"]) == "hello world"
-    assert mail._decode_header_value(CASES["adjacent_two_charsets"]) == "café crème"
-    assert mail._decode_header_value(CASES["split_multibyte"]) == "été"
-    assert mail._decode_header_value(CASES["koi8r"]) == "Привет мир"
-    assert mail._decode_header_value(CASES["broken_base64"]) == CASES["broken_base64"]  # kept as it is
-    assert mail._decode_header_value(CASES["unknown_charset"]) == "caf\ufffd"  # read as UTF-8, replaced
+    assert mail.decode_header_value(CASES["q"]) == "café crème"
+    assert mail.decode_header_value(CASES["adjacent_folded"]) == "hello world"
+    assert mail.decode_header_value(CASES["adjacent_two_charsets"]) == "café crème"
+    assert mail.decode_header_value(CASES["split_multibyte"]) == "été"
+    assert mail.decode_header_value(CASES["koi8r"]) == "Привет мир"
+    assert mail.decode_header_value(CASES["broken_base64"]) == CASES["broken_base64"]  # kept as it is
+    assert mail.decode_header_value(CASES["unknown_charset"]) == "caf\ufffd"  # read as UTF-8, replaced
 
 
 _CHARSETS = ["utf-8", "UTF-8", "iso-8859-1", "latin-1", "koi8-r", "shift_jis", "x-unknown", "", "utf-8*en",
@@ -118,17 +118,17 @@ _VALUE = st.lists(st.one_of(
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_VALUE)
 def test_same_text_as_the_stdlib_on_generated_values(value: str) -> None:
-    assert mail._decode_header_value(value) == stdlib_decoded(value)
+    assert mail.decode_header_value(value) == stdlib_decoded(value)
 
 
 def test_words_past_the_cap_are_kept_as_they_are() -> None:
     word = "=?utf-8?q?ab?= "
-    assert mail._decode_header_value(word * MAX_ENCODED_WORDS) == stdlib_decoded(word * MAX_ENCODED_WORDS)
-    decoded = mail._decode_header_value(word * (MAX_ENCODED_WORDS + 3))
+    assert mail.decode_header_value(word * MAX_ENCODED_WORDS) == stdlib_decoded(word * MAX_ENCODED_WORDS)
+    decoded = mail.decode_header_value(word * (MAX_ENCODED_WORDS + 3))
     assert decoded == "ab" * MAX_ENCODED_WORDS + " " + " ".join([word.strip()] * 3)
     # Counted over the value, not per line.
     folded = "\n ".join([word.strip()] * (MAX_ENCODED_WORDS + 1))
-    assert mail._decode_header_value(folded) == "ab" * MAX_ENCODED_WORDS + word.strip()
+    assert mail.decode_header_value(folded) == "ab" * MAX_ENCODED_WORDS + word.strip()
 
 
 HOSTILE = {
@@ -151,7 +151,7 @@ def test_hostile_values_take_linear_time(unit: str, before: str, after: str) -> 
     then every unclosed start after it must not cost a scan to the end of the line."""
     value = before + "=?utf-8?q?" * (unit == "=C3=A9") + unit * (HOSTILE_CHARS // len(unit)) + after
     start = time.process_time()
-    mail._decode_header_value(value)
+    mail.decode_header_value(value)
     seconds = time.process_time() - start
     assert seconds < BUDGET, f"{seconds:.2f} s CPU for {len(value)} characters of {unit!r}"
 

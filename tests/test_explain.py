@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.config import Settings
+from spamtl.settings import Settings
+from spamtl.store.engine import make_engine
 
 from .conftest import copy_sqlite, make_mail, write_mbox
 from .test_cli_loop import _mails
@@ -46,7 +47,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def _model_and_message(db: str, user: str, raw: bytes):  # type: ignore[no-untyped-def]
     from spamtl.services.classify import open_reader, prepare
 
-    reader = open_reader(Settings(database_url=db))
+    reader = open_reader(make_engine(db), Settings(database_url=db))
     model = reader.user_model(user)
     return reader, model, prepare(raw)
 
@@ -65,12 +66,20 @@ def test_parts_add_up_to_the_logit_of_classify(trained: dict[str, object], user:
     total = sum(p.intercept + p.features for p in result.parts)
     assert abs(total - math.log(verdict.probability / (1 - verdict.probability))) < 1e-9
     assert result.probability == verdict.probability
-    # an independent path: score_rows over the same parts (SparsePart.dot)
+    # an independent path: each part of the user's slice as a dense vector, dotted with the reweighted row
+    import numpy as np
+
     from spamtl.features import featurize
     from spamtl.mail.parse import parse_message
 
-    decision = model.weights.decision([featurize(parse_message(message.raw), model.config)], user, model.group)[0]
+    row = model.weights.prepare(featurize(parse_message(message.raw), model.config))
+    decision = 0.0
+    for part in [model.weights.shared, *model.weights.groups.values(), *model.weights.tasks.values()]:
+        dense = np.zeros(model.config.n_features)
+        dense[part.cols] = part.values
+        decision += part.intercept + float(dense[row.indices] @ row.values)
     assert abs(total - decision) < 1e-9
+    assert abs(result.logit - total) < 1e-12
     kinds = [p.kind for p in result.parts]
     expected = {"ann": ["shared", "group", "personal"], "bob": ["shared", "group", "personal"],
                 "cat": ["shared", "personal"], "stranger": ["shared"]}[user]

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from spamtl.config import Settings
 from spamtl.services.classify import open_reader, prepare
 from spamtl.services.cutoffs import set_cutoffs
 from spamtl.services.feedback import record_feedback
+from spamtl.settings import Settings
 from spamtl.store.engine import make_engine
 
 from .conftest import NOW
@@ -38,7 +38,7 @@ def store(tmp_path) -> Iterator[tuple[object, Settings]]:  # type: ignore[no-unt
 
 def _probability(settings: Settings, user: str, raw: bytes) -> tuple[float, str]:
     """The model's probability and verdict for ``user`` (whatever their labels say)."""
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     try:
         model = reader.user_model(user)
         p = model.score_message(prepare(raw).raw).probability

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from .conftest import make_mail
 from .test_cli_loop import store  # noqa: F401 - the trained module-scoped store fixture
 
@@ -93,11 +91,12 @@ def test_ambiguous_or_short_ids_are_refused(store) -> None:  # type: ignore[no-u
     assert short.stderr.decode() == "Error: no stored message has id or Message-ID 'abc'; pass the message itself\n"
 
 
-@pytest.mark.sqlite_only(reason="the stdlib sqlite3 path is what avoids SQLAlchemy; other databases go through it")
-def test_cold_classify_imports_no_sqlalchemy(store) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_cold_classify_imports_no_orm_no_migrations_no_solvers(store) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """The filter path reads and logs through SQLAlchemy Core statements only (spamtl.store.statements)."""
     code = ("import sys, runpy; sys.argv = ['spamtl', 'classify', 'ann', '--filter', '--db', sys.argv[1]]\n"
             "try:\n runpy.run_module('spamtl', run_name='__main__')\nexcept SystemExit:\n pass\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic', 'sklearn', 'scipy')),"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'sklearn', 'scipy')\n"
+            "             or m.startswith(('sqlalchemy.orm', 'spamtl.store.queries', 'spamtl.store.schema'))),"
             " file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, str(store["db"])], input=make_mail("hi", "there"),
                           capture_output=True, timeout=120)

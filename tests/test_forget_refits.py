@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from spamtl.config import Settings
 from spamtl.services.classify import open_reader, prepare
 from spamtl.services.feedback import forget_feedback, record_feedback
+from spamtl.settings import Settings
 from spamtl.store.engine import make_engine
 
 from .conftest import NOW, count_rows, make_mail
@@ -33,7 +33,7 @@ def store(tmp_path) -> Iterator[tuple[object, Settings]]:  # type: ignore[no-unt
 
 
 def _p(settings: Settings, user: str, raw: bytes) -> float:
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     try:
         return reader.user_model(user).score_message(prepare(raw).raw).probability
     finally:

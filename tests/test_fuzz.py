@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spamtl.mail.parse import add_headers
+from spamtl.mail.headers import add_headers
 
 from .conftest import CORPORA, make_mail, write_mbox
 

@@ -100,3 +100,18 @@ def test_a_new_member_of_a_group_is_scored_with_its_part(moved: dict[str, object
     expected = _sigmoid(_z(weights, PROBE, [("shared", ""), ("group", "south")]))
     verdict = json.loads(run(db, "classify", "eve", "-", "--format", "json", input=PROBE).stdout)
     assert abs(verdict["probability"] - expected) < 2e-6
+
+
+def test_named_parts_a_known_task_keeps_its_trained_group() -> None:
+    """The one assembly rule: shared, the group the task was trained in (the given group only for a task
+    the model does not know), the task's own part; missing parts left out."""
+    from spamtl.model.weights import ModelWeights, SparsePart
+
+    part = SparsePart.empty
+    weights = ModelWeights(8, part(), groups={"north": part(), "south": part()}, tasks={"bob": part()},
+                           task_groups={"bob": "north"})
+    assert [(k, n) for k, n, _ in weights.named_parts("bob", "south")] == [("shared", ""), ("group", "north"),
+                                                                           ("personal", "bob")]
+    assert [(k, n) for k, n, _ in weights.named_parts("eve", "south")] == [("shared", ""), ("group", "south")]
+    assert [(k, n) for k, n, _ in weights.named_parts("eve", "west")] == [("shared", "")]
+    assert [(k, n) for k, n, _ in weights.named_parts(None)] == [("shared", "")]

@@ -1,7 +1,7 @@
 """Learning from IMAP Junk folders, as deployed: a real Dovecot runs contrib/dovecot's IMAPSieve recipe.
 
 The test uses exactly the files in ``contrib/dovecot/`` (only their paths rewritten to a throw-away
-folder), compiles the sieve scripts with ``sievec`` as the README says, and runs Dovecot with its
+folder), compiles the sieve scripts with ``sievec`` as docs/delivery.md says, and runs Dovecot with its
 mail processes (and so the sieve pipes) as the unprivileged ``mail`` account (mail_uid/mail_gid).
 ``spamtl serve --socket ... --socket-group mail --allow-tell --trust mail`` is started by the test, as
 root: the daemon, the only one that opens the store.  Moving a message into Junk with imaplib stores a

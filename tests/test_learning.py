@@ -16,7 +16,6 @@ import pytest
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.config import Settings
 from spamtl.mail.sources import RawMail
 from spamtl.services.classify import classify_messages, open_reader
 from spamtl.services.dataset import TrainingData
@@ -32,6 +31,8 @@ from spamtl.services.training import (
     load_labels,
     train,
 )
+from spamtl.settings import Settings
+from spamtl.store.engine import make_engine
 
 from .conftest import NOW, make_mail, run_sql, write_mbox
 from .test_cli_loop import _mails
@@ -64,7 +65,7 @@ def _build(engine, tmp_path: Path, groups: dict[str, str] | None = None, **overr
 
 
 def _classify(settings: Settings, user: str, raws: list[bytes], now, log: bool = True):  # type: ignore[no-untyped-def]
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     try:
         return list(classify_messages(reader, user=user, now=now, log=log,
                                       mails=[RawMail(f"m{i}", r) for i, r in enumerate(raws)]))
@@ -135,7 +136,7 @@ def test_worse_candidate_is_refused_and_active_stays(engine, tmp_path: Path) -> 
     assert refused.metrics["candidate_auc_error_pct"] < 50
     url = engine.url.render_as_string(hide_password=False)
     assert run_sql(url, "SELECT id, status FROM model_versions ORDER BY id") == [(1, "active"), (2, "rejected")]
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     assert reader.user_model("bob").version == 1 and reader.cutoffs("bob")[2].startswith("model v1: ")
     reader.store.close()
 
@@ -398,16 +399,16 @@ def test_trained_cutoffs_follow_the_version_and_admin_overrides_win(engine, tmp_
     # dan's new ham is not all spam (the user had 66 % of their ham called spam).
     verdicts = [v.verdict for v in _classify(settings, "dan", _mails(33, "dan", 10), LATER, log=False)]
     assert verdicts.count("spam") <= 2
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     assert reader.cutoffs("dan") == (dan["spam"], dan["ham"], f"model v2: {dan['source']}")
     reader.store.close()
     activate(engine, 1)
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     assert reader.cutoffs("dan")[2] == "global setting"  # v1 knew no dan
     assert reader.cutoffs("bob")[2].startswith("model v1: target 0.1% ham FPR on 30 ham")
     reader.store.close()
     configured = Settings(database_url=settings.database_url, user_cutoffs={"bob": (0.97, 0.4)})
-    reader = open_reader(configured)
+    reader = open_reader(make_engine(configured.database_url), configured)
     assert reader.cutoffs("bob") == (0.97, 0.4, "configuration")
     reader.store.close()
 
@@ -467,7 +468,7 @@ def test_feedback_moves_the_model_for_the_message_and_similar_mail(engine, tmp_p
     right_side = 0
     for i, raw in enumerate(corrections):
         result = record_feedback(engine, settings, user="bob", label="spam", raw=raw, now=LATER + timedelta(i))
-        reader = open_reader(settings)
+        reader = open_reader(make_engine(settings.database_url), settings)
         spam_cutoff = reader.user_model("bob").spam_cutoff
         reader.store.close()
         assert result.probability_before is not None and result.probability_after is not None
@@ -589,11 +590,11 @@ def test_refit_learns_the_same_uncorrected_verdicts_as_the_night(engine, tmp_pat
 
 def test_cli_train_says_how_many_verdicts_it_learned(engine, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import spamtl.cli.app
+    import spamtl.cli.training
 
     settings = _build(engine, tmp_path)
     _classify(settings, "bob", _mails(66, "spam", 3) + _mails(67, "bob", 2), LATER)
-    monkeypatch.setattr(spamtl.cli.app, "_now", lambda: NEXT_NIGHT)
+    monkeypatch.setattr(spamtl.cli.training, "now", lambda: NEXT_NIGHT)
     result = runner.invoke(app, ["train", "--db", settings.database_url])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1].startswith(

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spamtl.features import featurize
-from spamtl.mail.parse import MAX_TEXT_CHARS, ParsedMessage, parse_envelope, parse_message
+from spamtl.mail.headers import parse_envelope
+from spamtl.mail.parse import MAX_TEXT_CHARS, ParsedMessage, parse_message
 
 from .conftest import CORPORA, DATA
 

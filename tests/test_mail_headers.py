@@ -1,4 +1,4 @@
-"""spamtl.mail.parse.add_headers and strip_own_headers: well-formed on any input, and inverse of each other."""
+"""spamtl.mail.headers.add_headers and strip_own_headers: well-formed on any input, and inverse of each other."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from spamtl.mail.parse import MAX_HEADER_SCAN_BYTES, add_headers, parse_envelope, strip_own_headers
+from spamtl.mail.headers import MAX_HEADER_SCAN_BYTES, add_headers, parse_envelope, strip_own_headers
 
 OWN_NAMES = ["X-Spamtl-Status", "X-Spam-Flag", "x-spam-status", "X-SPAM-LEVEL", "X-Spam-Score", "X-Spam-Report",
              "X-Spam-Checker-Version", "X-Bogosity", "X-Spamd-Result", "X-Rspamd-Server", "x-spamtl-version"]

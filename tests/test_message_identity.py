@@ -1,4 +1,4 @@
-"""Issue 25, item 2: the same mail after delivery is the same stored message (spamtl.mail.parse.message_identity).
+"""Issue 25, item 2: the same mail after delivery is the same stored message (spamtl.mail.headers.message_identity).
 
 A copy a user moves in IMAP has CRLF line ends, the delivery agent's trace
 fields above it, spamtl's own headers, maybe another final line end; its
@@ -23,8 +23,8 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.mail import parse as mail
-from spamtl.mail.parse import MAX_STATUS_CHECKS, add_headers, message_identity
+from spamtl.mail import headers as mail_headers
+from spamtl.mail.headers import MAX_STATUS_CHECKS, add_headers, message_identity
 from spamtl.services.classify import Verdict, verdict_headers
 from spamtl.services.feedback import forget_feedback, record_feedback
 
@@ -172,8 +172,8 @@ def test_a_forged_id_names_no_other_message(base: bytes) -> None:
 def test_status_checks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each id check hashes the message: a message full of forged X-Spamtl-Status fields costs a few hashes."""
     calls: list[int] = []
-    digest = mail._digest
-    monkeypatch.setattr(mail, "_digest", lambda kept: calls.append(len(kept)) or digest(kept))
+    digest = mail_headers._digest
+    monkeypatch.setattr(mail_headers, "_digest", lambda kept: calls.append(len(kept)) or digest(kept))
     forged = b"".join(f"X-Spamtl-Status: ham, id={n:012x}\n".encode() for n in range(1000)) + BASE
     assert message_identity(forged)[1] == DIGEST
     assert len(calls) == MAX_STATUS_CHECKS + 1

@@ -13,8 +13,9 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 
-from spamtl.model.estimator import MultiTaskLogisticRegression, select_hyperparameters, task_weights
+from spamtl.model.estimator import MultiTaskLogisticRegression, task_weights
 from spamtl.model.loss import MultiTaskLogisticLoss, TaskLayout
+from spamtl.model.selection import select_hyperparameters
 
 TASKS = np.array(["ann", "bob", "cat", "dan"])
 GROUPS = {"ann": "north", "bob": "north", "cat": "south", "dan": None}
@@ -58,10 +59,16 @@ def fit(X, y, tasks, groups=None, **params):  # type: ignore[no-untyped-def]
         return MultiTaskLogisticRegression(**params).fit(X, y, tasks=tasks, groups=groups)
 
 
+SOLVERS = {"joint": {"solver": "joint"}, "projected": {"solver": "projected"},
+           "projected-some-users-primal": {"solver": "projected", "solver_options": {"dual_max_rows": 20}}}
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
 @pytest.mark.parametrize("use_groups", [False, True], ids=["tasks", "tasks+groups"])
 @pytest.mark.parametrize("weighting", ["sample", "task"])
 @pytest.mark.parametrize(("alpha", "mu", "mu_group"), [(1.0, 1.0, 1.0), (0.3, 4.0, 0.5), (3.0, 0.2, 2.0)])
-def test_equals_logistic_regression_on_augmented_design(use_groups, weighting, alpha, mu, mu_group) -> None:  # type: ignore[no-untyped-def]
+def test_equals_logistic_regression_on_augmented_design(solver, use_groups, weighting, alpha, mu, mu_group) -> None:  # type: ignore[no-untyped-def]
+    """Every solver fits the Evgeniou-Pontil design's L2 logistic regression (DESIGN.md §2, property 2)."""
     X, y, tasks, groups = make_problem(n_per_task=30 + 10 * (weighting == "task"))
     tasks = tasks.copy()
     tasks[:15] = "dan"  # unequal task sizes make the weighting matter (ann 15 fewer rows, dan 15 more)
@@ -69,7 +76,8 @@ def test_equals_logistic_regression_on_augmented_design(use_groups, weighting, a
     groups[:15] = GROUPS["dan"]
     g = groups if use_groups else np.full(len(y), None, dtype=object)
     est = fit(X, y, tasks, g if use_groups else None, alpha=alpha, mu=mu, mu_group=mu_group,
-              task_weighting=weighting)
+              task_weighting=weighting, **SOLVERS[solver])
+    assert est.solver_ == SOLVERS[solver]["solver"]
     Z = augmented_design(X, tasks, g, mu, mu_group)
     counts = dict(zip(*np.unique(tasks, return_counts=True)))
     omega = task_weights(np.array([counts[t] for t in sorted(counts)]), weighting)
@@ -196,9 +204,9 @@ def test_refit_new_task_adds_it() -> None:
     X, y, tasks, groups = make_problem()
     est = fit(X, y, tasks, groups)
     m = tasks == "ann"
-    est.refit_task(X[m], 1 - y[m], "eve", group="south")
-    assert "eve" in list(est.tasks_)
-    eve = est.decision_function(X[m], tasks=np.full(m.sum(), "eve"))
+    est.refit_task(X[m], 1 - y[m], "evelyn", group="south")  # a longer name than any fitted task's
+    assert "evelyn" in list(est.tasks_) and est.task_part("evelyn").cols.size
+    eve = est.decision_function(X[m], tasks=np.full(m.sum(), "evelyn"))
     ann = est.decision_function(X[m], tasks=tasks[m])
     assert np.corrcoef(eve, ann)[0, 1] < 0.5  # eve learned the opposite of ann
 
@@ -496,6 +504,7 @@ def test_lbfgs_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     a small training fit keeps BLAS's threading (bench_model's figures depend on its summation order)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from spamtl.model import loss as _objective
+    from spamtl.model.refit import refit_task
 
     seen: list[set[int]] = []
     solve = _objective.minimize
@@ -509,7 +518,7 @@ def test_lbfgs_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
         rng = np.random.default_rng(0)
         X = sp.random(40, 30, density=0.2, format="csr", random_state=rng)
         y = np.where(rng.random(40) < 0.5, 1.0, -1.0)
-        _objective.fit_single_task(X, y, np.zeros(30), 0.0, weight=1.0, alpha=1.0, mu=1.0)  # feedback
+        refit_task(X, y, np.zeros(30), 0.0, weight=1.0, alpha=1.0, mu=1.0)  # feedback
         X, y, tasks, _ = make_problem(n_per_task=10)
         MultiTaskLogisticRegression(alpha=1.0, mu=1.0).fit(X, y, tasks)  # training
         outside = {p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.config import validate_name
 from spamtl.errors import UsageError
+from spamtl.settings import validate_name
 
 from .conftest import make_mail, write_mbox
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.mail.parse import message_identity, strip_own_headers
+from spamtl.mail.headers import message_identity, strip_own_headers
 
 from .conftest import count_rows, make_mail
 from .test_learning import _build, _filter, _verdict

@@ -189,7 +189,7 @@ def test_an_in_process_search_reports_each_fold_as_it_ends(monkeypatch: pytest.M
     import numpy as np
     import scipy.sparse as sp
 
-    import spamtl.model.estimator as model
+    import spamtl.model.selection as model
 
     rng = np.random.default_rng(0)
     X = sp.random(60, 30, density=0.3, format="csr", random_state=1)

@@ -15,12 +15,15 @@ from scipy.optimize import check_grad
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_info, threadpool_limits
 
-import spamtl.model.estimator as model
 import spamtl.model.projected as projected
+import spamtl.model.solvers as solvers
 import spamtl.rowfiles as rowfiles
 from spamtl.model.estimator import MultiTaskLogisticRegression
-from spamtl.model.projected import ArrayStore, ProjectedLoss, dual_newton
-from tests.test_model import GROUPS, TASKS, augmented_design, make_problem
+from spamtl.model.projected import ProjectedLoss
+from spamtl.model.refit import dual_newton
+from spamtl.model.selection import fit_fold
+from spamtl.rowfiles import ArrayStore
+from tests.test_model import GROUPS, TASKS, make_problem
 
 
 def _user(seed: int, m: int, d: int = 15) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
@@ -71,14 +74,14 @@ def test_newton_halves_steps_where_the_full_step_overshoots() -> None:
 
 
 def _objective(dual_max_rows: int | None = None, chunk_rows: int | None = None) -> ProjectedLoss:
+    sizes = {k: v for k, v in (("dual_max_rows", dual_max_rows), ("chunk_rows", chunk_rows)) if v is not None}
     X, y, tasks, groups = make_problem(d=6, n_per_task=10)
     _, tidx = np.unique(tasks, return_inverse=True)
     names = sorted({g for g in groups if g is not None})
     task_group = np.array([names.index(GROUPS[t]) if GROUPS[t] else -1 for t in TASKS])
     rng = np.random.default_rng(1)
     return ProjectedLoss(sp.csr_matrix(X), np.where(y == 1, 1.0, -1.0), rng.uniform(0.5, 2, len(y)), tidx,
-                         task_group, alpha=0.7, mu=2.5, mu_group=0.4, tol=1e-9, dual_max_rows=dual_max_rows,
-                         n_groups=len(names), chunk_rows=chunk_rows)
+                         task_group, alpha=0.7, mu=2.5, mu_group=0.4, tol=1e-9, n_groups=len(names), **sizes)
 
 
 @pytest.mark.parametrize("chunk_rows", [None, 12], ids=["one-chunk", "chunks-on-disk"])
@@ -104,39 +107,6 @@ def _fit(X, y, tasks, groups=None, **params):  # type: ignore[no-untyped-def]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return MultiTaskLogisticRegression(**params).fit(X, y, tasks=tasks, groups=groups)
-
-
-@pytest.mark.parametrize("dual_max_rows", [None, 20], ids=["dual", "some-users-primal"])
-@pytest.mark.parametrize("use_groups", [False, True], ids=["tasks", "tasks+groups"])
-@pytest.mark.parametrize("weighting", ["sample", "task"])
-@pytest.mark.parametrize(("alpha", "mu", "mu_group"), [(1.0, 1.0, 1.0), (0.3, 4.0, 0.5), (3.0, 0.2, 2.0)])
-def test_projected_fit_equals_logistic_regression_on_augmented_design(monkeypatch, dual_max_rows, use_groups,
-                                                                       weighting, alpha, mu, mu_group) -> None:  # type: ignore[no-untyped-def]
-    """The same reference as the joint solver's test (tests/test_model.py): the Evgeniou-Pontil design."""
-    if dual_max_rows is not None:
-        monkeypatch.setattr(projected, "DUAL_MAX_ROWS", dual_max_rows)
-    X, y, tasks, groups = make_problem(n_per_task=30 + 10 * (weighting == "task"))
-    tasks = tasks.copy()
-    tasks[:15] = "dan"  # unequal task sizes (ann 15 rows fewer, dan 15 more)
-    groups = groups.copy()
-    groups[:15] = GROUPS["dan"]
-    g = groups if use_groups else np.full(len(y), None, dtype=object)
-    est = _fit(X, y, tasks, g if use_groups else None, alpha=alpha, mu=mu, mu_group=mu_group,
-               task_weighting=weighting, solver="projected")
-    assert est.solver_ == "projected"
-    Z = augmented_design(X, tasks, g, mu, mu_group)
-    names, counts = np.unique(tasks, return_counts=True)
-    omega = dict(zip(names, model.task_weights(counts, weighting)))
-    lr = LogisticRegression(C=1.0 / alpha, tol=1e-12, max_iter=20_000)
-    lr.fit(Z, y, sample_weight=np.array([omega[t] for t in tasks]))
-    np.testing.assert_allclose(est.decision_function(X, tasks=tasks), lr.decision_function(Z), atol=1e-4)
-    d = X.shape[1]
-    np.testing.assert_allclose(est.coef_shared_, lr.coef_[0, :d], atol=1e-4)
-    np.testing.assert_allclose(est.intercept_shared_, lr.intercept_[0], atol=1e-4)
-    n_groups = len(est.groups_)
-    for i in range(len(est.tasks_)):
-        block = lr.coef_[0, d * (1 + n_groups + i): d * (2 + n_groups + i)] / np.sqrt(mu)
-        np.testing.assert_allclose(est.coef_tasks_[i].toarray().ravel(), block, atol=1e-4)
 
 
 def _sixty_users(everyone_grouped: bool) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
@@ -165,19 +135,19 @@ def test_projected_and_joint_agree_on_many_users_of_different_sizes(monkeypatch,
     """60 users of 3 to 120 rows (several padded sizes, several batches, two primal users), groups for some
     or for all (the group data then shares the layout's rows); in one chunk, or in chunks of ~300 rows kept in
     a scratch directory, which is gone after the fit."""
-    if chunk_rows is not None:
-        monkeypatch.setattr(projected, "CHUNK_ROWS", chunk_rows)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     made = []
     real_mkdtemp = tempfile.mkdtemp
     monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
-    monkeypatch.setattr(projected, "DUAL_MAX_ROWS", 100)
-    monkeypatch.setattr(projected, "BATCH_BYTES", 8 * 16 * 16 * 3)  # three users of 16 rows a batch
-    monkeypatch.setattr(projected, "GRAM_USERS", 2)  # their Gram matrices two users at a time
+    sizes = {"dual_max_rows": 100,
+             "batch_bytes": 8 * 16 * 16 * 3,  # three users of 16 rows a batch
+             "gram_users": 2,  # their Gram matrices two users at a time
+             **({} if chunk_rows is None else {"chunk_rows": chunk_rows})}
     X, y, tasks_a, groups_a = _sixty_users(everyone_grouped)
     joint = _fit(X, y, tasks_a, groups_a, alpha=0.05, mu=0.5, solver="joint", tol=1e-10, max_iter=20_000)
-    proj = _fit(X, y, tasks_a, groups_a, alpha=0.05, mu=0.5, solver="projected", tol=1e-10, max_iter=20_000)
+    proj = _fit(X, y, tasks_a, groups_a, alpha=0.05, mu=0.5, solver="projected", tol=1e-10, max_iter=20_000,
+                solver_options=sizes)
     np.testing.assert_allclose(proj.decision_function(X, tasks=tasks_a), joint.decision_function(X, tasks=tasks_a),
                                atol=2e-4)
     np.testing.assert_allclose(proj.intercept_tasks_, joint.intercept_tasks_, atol=2e-4)
@@ -196,8 +166,7 @@ def test_threads_give_the_same_fit_bit_for_bit_with_chunks_evaluated_side_by_sid
     are added in chunk order), with chunks evaluated by more than one thread and each chunk by one at a
     time (its users' solutions are its own state), BLAS on one thread meanwhile (its own threads competed
     with the chunks'); afterwards no thread and no scratch file is left, and BLAS is as it was."""
-    monkeypatch.setattr(projected, "CHUNK_ROWS", 150)  # about 13 chunks
-    monkeypatch.setattr(projected, "DUAL_MAX_ROWS", 100)  # two users solved in the primal
+    sizes = {"chunk_rows": 150, "dual_max_rows": 100}  # about 13 chunks; two users solved in the primal
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     X, y, tasks, groups = _sixty_users(everyone_grouped=False)
@@ -225,7 +194,8 @@ def test_threads_give_the_same_fit_bit_for_bit_with_chunks_evaluated_side_by_sid
     fits = {}
     for threads in (1, 3):
         seen.clear()
-        est = MultiTaskLogisticRegression(alpha=0.05, mu=0.5, solver="projected", tol=1e-8, max_iter=5_000)
+        est = MultiTaskLogisticRegression(alpha=0.05, mu=0.5, solver="projected", tol=1e-8, max_iter=5_000,
+                                          solver_options=sizes)
         with threadpool_limits(limits=2, user_api="blas"):  # BLAS on one thread during the fit, then as it was
             fits[threads] = est.fit(X, y, tasks=tasks, groups=groups, threads=threads)
             assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
@@ -244,7 +214,6 @@ def test_threads_give_the_same_fit_bit_for_bit_with_chunks_evaluated_side_by_sid
 
 
 def test_a_failing_chunk_on_a_thread_fails_the_fit_and_leaves_nothing(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(projected, "CHUNK_ROWS", 150)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     X, y, tasks, groups = _sixty_users(everyone_grouped=True)
@@ -259,7 +228,8 @@ def test_a_failing_chunk_on_a_thread_fails_the_fit_and_leaves_nothing(monkeypatc
 
     monkeypatch.setattr(projected.UserChunk, "evaluate", evaluate)
     with pytest.raises(MemoryError, match="planted"):
-        MultiTaskLogisticRegression(solver="projected").fit(X, y, tasks=tasks, groups=groups, threads=2)
+        MultiTaskLogisticRegression(solver="projected", solver_options={"chunk_rows": 150}).fit(
+            X, y, tasks=tasks, groups=groups, threads=2)
     assert _chunk_threads() == []
     assert list(tmp_path.iterdir()) == []
 
@@ -283,25 +253,25 @@ def test_array_store_on_disk_gives_back_what_it_was_given_and_removes_its_direct
 def test_a_failed_fit_leaves_no_scratch_data(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setattr(projected, "CHUNK_ROWS", 20)
     X, y, tasks, groups = make_problem()
 
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         assert len(list(tmp_path.glob("spamtl-fit-*/*.npy"))) > 0  # the chunks are on disk meanwhile
         raise MemoryError("planted")
 
-    monkeypatch.setattr(model, "minimize_lbfgs", broken)
+    monkeypatch.setattr(solvers, "minimize_lbfgs", broken)
     with pytest.raises(MemoryError, match="planted"):
-        MultiTaskLogisticRegression(solver="projected").fit(X, y, tasks=tasks, groups=groups)
+        MultiTaskLogisticRegression(solver="projected", solver_options={"chunk_rows": 20}).fit(
+            X, y, tasks=tasks, groups=groups)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_auto_solver_is_projected_from_the_threshold_on(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_solver_used_is_kept_with_the_model() -> None:
     X, y, tasks, groups = make_problem()
     assert _fit(X, y, tasks, groups).solver_ == "joint"
-    monkeypatch.setattr(model, "PROJECTED_FROM_TASKS", len(TASKS))
-    est = _fit(X, y, tasks, groups)
+    est = _fit(X, y, tasks, groups, solver="projected")
     assert est.solver_ == "projected"
+    est.set_params(solver="auto")
     loaded = MultiTaskLogisticRegression.from_weights(est.to_weights())
     assert loaded.solver_ == "projected" and loaded.solver == "auto"
 
@@ -389,11 +359,11 @@ def test_the_warm_grid_walk_reaches_each_settings_optimum() -> None:
     projected solver reaches it within 0.3 %; the joint one at tol = 1e-5 is 3-7 % away even cold, and starts
     cold at a new penalty (the test below)."""
     X, y, tasks, train, test = _many_users()
-    assert model.auto_projected(len(np.unique(tasks[train])), len(train))  # 40 users of ~17 rows: projected
+    assert solvers.choose_solver("auto", len(np.unique(tasks[train])), len(train)) == "projected"  # 40 users of ~17 rows
     base = MultiTaskLogisticRegression(idf=False, tol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, walked, _ = model.fit_fold((X, y, tasks, None), train, test, base, GRID)
+        _, walked, _ = fit_fold((X, y, tasks, None), train, test, base, GRID)
     for (alpha, mu), scores in zip(GRID, walked):
         best = _fit(X[train], y[train], tasks[train], alpha=alpha, mu=mu, solver="joint", tol=1e-10, max_iter=20_000)
         np.testing.assert_allclose(scores, best.decision_function(X[test], tasks=tasks[test]), rtol=5e-3,
@@ -414,24 +384,25 @@ def test_a_joint_warm_start_at_another_penalty_is_a_cold_start() -> None:
 
 
 def test_auto_solver_is_projected_for_many_small_users_only() -> None:
-    assert not model.auto_projected(19, 19 * 10)
-    assert model.auto_projected(20, 20 * 256)
-    assert not model.auto_projected(20, 20 * 256 + 1)
-    assert model.auto_projected(1000, 1000 * 5000)
+    assert solvers.choose_solver("auto", 19, 19 * 10) == "joint"
+    assert solvers.choose_solver("auto", 20, 20 * 256) == "projected"
+    assert solvers.choose_solver("auto", 20, 20 * 256 + 1) == "joint"
+    assert solvers.choose_solver("auto", solvers.PROJECTED_FROM_TASKS, 1000 * 5000) == "projected"
+    assert solvers.choose_solver("joint", 5000, 5000) == "joint"
 
 
-def test_a_threaded_fit_gives_back_control_of_blas_threads(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_threaded_fit_gives_back_control_of_blas_threads() -> None:
     """threadpoolctl lets one thread at a time set OpenBLAS's threads and gives that control back only when a
     limit is left as a context manager.  Catches: a fit (here in a thread that lives on, as a server's does)
     that keeps control, after which another thread's limit (a feedback refit's one BLAS thread) does nothing."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: OpenBLAS has one thread whatever is asked")
-    monkeypatch.setattr(projected, "CHUNK_ROWS", 150)
     X, y, tasks, groups = _sixty_users(everyone_grouped=False)
     fitted, done = threading.Event(), threading.Event()
 
     def server() -> None:
-        est = MultiTaskLogisticRegression(alpha=0.05, mu=0.5, solver="projected", max_iter=200)
+        est = MultiTaskLogisticRegression(alpha=0.05, mu=0.5, solver="projected", max_iter=200,
+                                          solver_options={"chunk_rows": 150})
         est.fit(X, y, tasks=tasks, groups=groups, threads=2)
         fitted.set()
         done.wait(60)  # alive, as a server's training thread stays
@@ -450,10 +421,9 @@ def test_a_threaded_fit_gives_back_control_of_blas_threads(monkeypatch) -> None:
         thread.join()
 
 
-def test_a_fit_of_twice_split_rows_is_cut_in_two_chunks_in_memory(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_fit_of_twice_split_rows_is_cut_in_two_chunks_in_memory() -> None:
     """Catches: a mid-size fit (the search's folds) in one chunk, which leaves the second thread idle, or its
     two chunks spilled to disk."""
-    monkeypatch.setattr(projected, "SPLIT_ROWS", 400)
     X, y, tasks, _ = _sixty_users(everyone_grouped=False)
     _, tidx = np.unique(tasks, return_inverse=True)
     assert len(y) >= 800
@@ -462,7 +432,8 @@ def test_a_fit_of_twice_split_rows_is_cut_in_two_chunks_in_memory(monkeypatch) -
         assert 0 < keep.sum() <= n_rows and (keep.sum() >= 800) == (chunks == 2)
         labels, t = np.unique(tidx[keep], return_inverse=True)
         obj = ProjectedLoss(X[keep], np.where(y[keep] == 1, 1.0, -1.0), np.ones(int(keep.sum())), t,
-                            np.full(len(labels), -1), alpha=0.1, mu=1.0, mu_group=1.0, tol=1e-6, threads=2)
+                            np.full(len(labels), -1), alpha=0.1, mu=1.0, mu_group=1.0, tol=1e-6, threads=2,
+                            split_rows=400)
         try:
             assert len(obj.chunks) == chunks
             assert obj.store.directory is None

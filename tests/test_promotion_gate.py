@@ -14,9 +14,9 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from spamtl.config import Settings
 from spamtl.services.dataset import TrainingData
 from spamtl.services.training import ActiveModel, gate
+from spamtl.settings import Settings
 
 LN2 = math.log(2.0)
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from spamtl.config import Settings
 from spamtl.services.dataset import TrainingData
 from spamtl.services.importing import import_mail
 from spamtl.services.models import load_weights
 from spamtl.services.training import min_df_mask, prepare_features, train
+from spamtl.settings import Settings
 
 from .conftest import NOW, make_mail, write_mbox
 from .test_cli_loop import _mails

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.config import Settings
 from spamtl.services.replay import Item, _run_system, _split, delivery_order, plan_replay, replay, replay_metrics
+from spamtl.settings import Settings
 
 from .conftest import NOW, make_mail, write_mbox
 

@@ -11,13 +11,14 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.config import Settings
-from spamtl.mail.parse import message_identity
+from spamtl.mail.headers import message_identity
 from spamtl.mail.sources import RawMail
 from spamtl.services.classify import classify_messages, open_reader
 from spamtl.services.importing import import_mail
 from spamtl.services.retention import prune
 from spamtl.services.training import train
+from spamtl.settings import Settings
+from spamtl.store.engine import make_engine
 
 from .conftest import NOW, count_rows, make_mail, run_sql, write_mbox
 from .test_cli_loop import _mails
@@ -47,7 +48,7 @@ def office(engine, tmp_path: Path) -> dict[str, object]:  # type: ignore[no-unty
     settings = _settings(str(engine.url), raw_retention_days=None, classification_retention_days=None)
     train(engine, settings, now=start)
     fresh = [make_mail(f"offer {i}", f"unlabelled news {i}", message_id=f"new-{i}@example") for i in range(6)]
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     for user, mails in (("ann", fresh), ("bob", fresh[:2])):
         list(classify_messages(reader, user=user, now=NOW - 60 * DAY,
                                mails=[RawMail(str(i), m) for i, m in enumerate(mails)]))
@@ -269,7 +270,7 @@ def test_delete_user_leaves_no_row_of_any_table_naming_them(pair, tmp_path: Path
     # A new user of the same name starts from nothing: no personal part, no trained or administrator's cutoffs.
     (tmp_path / "new.eml").write_bytes(make_mail("hello", "a new colleague"))
     assert run(url, "import", GONE, str(tmp_path / "new.eml"), "-l", "ham").exit_code == 0
-    reader = open_reader(_settings(url))
+    reader = open_reader(make_engine(url), _settings(url))
     try:
         model = reader.user_model(GONE)
         assert not model.is_known_user
@@ -316,7 +317,7 @@ def test_a_reader_forgets_a_deleted_user_when_other_parts_changed_too(engine, pa
     from spamtl.services.classify import VerdictLogger, prepare
 
     url = str(pair["url"])
-    reader = open_reader(_settings(url))
+    reader = open_reader(make_engine(url), _settings(url))
     try:
         stale = reader.user_model(GONE)
         assert stale.is_known_user and stale.user_id == pair["user_id"]

@@ -15,10 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.config import Settings
 from spamtl.mail.sources import RawMail
 from spamtl.services.classify import classify_messages, open_reader
 from spamtl.services.retention import PruneResult, prune
+from spamtl.settings import Settings
 from spamtl.store.engine import make_engine
 
 from .conftest import NOW, make_mail, run_sql
@@ -48,7 +48,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, PruneResult]:
     """ann's unlabelled mail classified 2, 29 and 31 days ago; then `prune` at NOW with the default settings."""
     settings = build_store(tmp_path_factory.mktemp("retention"), {"ann": (None, False), "bob": (None, True)})
     db = settings.database_url
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     try:
         for days, name in AGES.items():
             list(classify_messages(reader, user="ann", now=NOW - timedelta(days=days),
@@ -91,7 +91,7 @@ def test_a_body_counts_its_age_from_its_latest_verdict(tmp_path_factory: pytest.
     can still be corrected by id."""
     settings = build_store(tmp_path_factory.mktemp("retention-again"), {"ann": (None, False), "bob": (None, True)})
     db = settings.database_url
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     try:
         for days in (31, 1):
             list(classify_messages(reader, user="ann", now=NOW - timedelta(days=days),
@@ -109,7 +109,7 @@ def test_a_body_counts_its_age_from_its_latest_verdict(tmp_path_factory: pytest.
 def test_a_dropped_body_comes_back_with_the_next_copy(pruned: tuple[str, PruneResult]) -> None:
     db = pruned[0]
     assert not _has_body(db, "old")
-    reader = open_reader(Settings(database_url=db))
+    reader = open_reader(make_engine(db), Settings(database_url=db))
     try:
         list(classify_messages(reader, user="ann", now=NOW, mails=[RawMail("old", _mail("old"))]))
     finally:

@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from spamtl.cli.app import app
-from spamtl.config import Settings
+from spamtl.settings import Settings
+from spamtl.store.engine import make_engine
 
 from .conftest import NOW, copy_sqlite, make_mail, write_mbox
 from .test_cli_loop import _mails
@@ -60,7 +61,7 @@ def pool_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     random.Random(0).shuffle(pool)
     test = ([(m, "spam") for m in _mails(12, "spam", 10)] + [(m, "ham") for m in _mails(13, "dan", 10)]
             + [(m, "spam") for m in _mails(14, "newsletter", 10)] + [(m, "ham") for m in _family(16, 10)])
-    reader = open_reader(Settings(database_url=db))
+    reader = open_reader(make_engine(db), Settings(database_url=db))
     try:
         verdicts = list(classify_messages(reader, user="dan", mails=[RawMail(f"p{i}", m) for i, (m, _) in
                                                                      enumerate(pool)], now=NOW))
@@ -74,10 +75,10 @@ def _error(db: str, test: list[tuple[bytes, str]]) -> float:
     from spamtl.metrics import roc_auc
     from spamtl.services.classify import open_reader, prepare
 
-    reader = open_reader(Settings(database_url=db))
+    reader = open_reader(make_engine(db), Settings(database_url=db))
     try:
         model = reader.user_model("dan")
-        scores = [model.score(prepare(raw).raw)[0] for raw, _ in test]
+        scores = [model.score_message(prepare(raw).raw).probability for raw, _ in test]
     finally:
         reader.store.close()
     return 100 * (1 - roc_auc(np.array([label == "spam" for _, label in test]), np.array(scores)))
@@ -103,7 +104,7 @@ def test_labelling_the_queue_beats_labelling_random_mail(pool_store: dict[str, o
     k = 4
     before = _error(db, test)
     queued = copy_sqlite(db, tmp_path / "queue.sqlite3")
-    picked = [item.sha256 for item in review_queue(Settings(database_url=queued), user="dan", n=k)]
+    picked = [item.sha256 for item in review_queue(make_engine(queued), Settings(database_url=queued), user="dan", n=k)]
     assert len(picked) == k
     _label(queued, picked, truth)
     with_queue = _error(queued, test)
@@ -127,6 +128,15 @@ def test_queue_is_unlabelled_rescored_and_ready_for_feedback(pool_store: dict[st
     first = items[0]
     assert set(first) == {"id", "sha256", "message_id", "subject", "probability", "verdict", "priority", "shared",
                           "group", "personal", "why", "spam_cutoff", "ham_cutoff"}
+    # each item's parts are the scorer's (as explain shows them), and rank it
+    from spamtl.services.review import review_priority
+
+    for item in items:
+        shown = json.loads(run(db, "explain", "dan", "--id", item["id"], "--format", "json").stdout)
+        totals = {kind: 0.0 for kind in ("shared", "group", "personal")} | {p["kind"]: p["total"] for p in shown["parts"]}
+        assert {kind: item[kind] for kind in totals} == {kind: round(total, 6) for kind, total in totals.items()}
+        priority, why = review_priority(shown["logit"], totals["shared"], totals["personal"])
+        assert (item["priority"], item["why"]) == (round(priority, 6), why)
     # the queue scores with the current model, not the logged probability
     con = sqlite3.connect(db.removeprefix("sqlite:///"))
     con.execute("UPDATE classifications SET probability = 0.5")

@@ -215,7 +215,6 @@ def test_the_projected_fit_holds_about_one_chunk_of_mapped_rows_at_a_time(tmp_pa
     chunk, not for every chunk read so far (the fit then reads them again from the chunks)."""
     import spamtl.model.projected as projected
 
-    monkeypatch.setattr(projected, "CHUNK_ROWS", 2_000)
     M, y, tasks, values = _forty_users(tmp_path)
     n = len(y)
     size_kb = os.path.getsize(values) // 1024
@@ -228,7 +227,7 @@ def test_the_projected_fit_holds_about_one_chunk_of_mapped_rows_at_a_time(tmp_pa
 
     monkeypatch.setattr(projected.UserChunk, "__init__", spy)
     loss = projected.ProjectedLoss(M, y, np.ones(n), tasks, np.full(40, -1), alpha=1.0, mu=1.0, mu_group=1.0,
-                                   tol=1e-4)
+                                   tol=1e-4, chunk_rows=2_000)
     loss.close()
     assert len(resident) == 10
     assert max(resident) <= size_kb / 10 + 64, (resident, size_kb)  # one chunk (plus partly read pages)
@@ -238,7 +237,7 @@ def test_the_projected_fit_holds_about_one_chunk_of_mapped_rows_at_a_time(tmp_pa
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="per-mapping memory from /proc")
 def test_the_cross_fitting_refits_hold_about_one_chunk_of_mapped_rows_at_a_time(tmp_path: Path,  # type: ignore[no-untyped-def]
                                                                                   monkeypatch) -> None:
-    import spamtl.model.estimator as model
+    import spamtl.model.refit as model
 
     M, y, tasks, values = _forty_users(tmp_path)
     size_kb = os.path.getsize(values) // 1024

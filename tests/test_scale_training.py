@@ -18,9 +18,10 @@ import pytest
 import scipy.sparse as sp
 
 import spamtl.model.loss as objective
-from spamtl.config import Settings
-from spamtl.model.estimator import MultiTaskLogisticRegression, select_hyperparameters
-from spamtl.parallel import SerialExecutor, training_executor
+from spamtl.model.estimator import MultiTaskLogisticRegression
+from spamtl.model.refit import score_refitted_tasks
+from spamtl.model.selection import select_hyperparameters
+from spamtl.parallel import SerialExecutor, executor
 from spamtl.services.dataset import TrainingData
 from spamtl.services.training import (
     choose_and_fit,
@@ -32,6 +33,7 @@ from spamtl.services.training import (
     search_sample,
     train,
 )
+from spamtl.settings import Settings
 
 from .test_learning import NEXT_NIGHT, NOW, _build
 from .test_model import make_problem
@@ -118,7 +120,7 @@ def test_folds_on_worker_processes_give_the_serial_results() -> None:
     X, y, tasks, groups = make_problem(n_per_task=30)
     kwargs = dict(alphas=(1.0,), mus=(10.0, 1.0), n_splits=3, random_state=0)
     serial = select_hyperparameters(X, y, tasks, groups, **kwargs)
-    with training_executor(2) as pool:
+    with executor(2, kind="processes") as pool:
         assert not isinstance(pool, SerialExecutor)  # no other thread alive in this test
         parallel = select_hyperparameters(X, y, tasks, groups, executor=pool, **kwargs)
     assert (parallel.alpha, parallel.mu) == (serial.alpha, serial.mu)
@@ -137,7 +139,7 @@ def test_workers_beside_the_trainer_leave_it_a_core(monkeypatch: pytest.MonkeyPa
     import spamtl.parallel as parallel
 
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: cores)
-    pool = training_executor(workers, alongside=alongside)
+    pool = executor(workers, kind="processes", alongside=alongside)
     try:
         if expected == 0:
             assert isinstance(pool, SerialExecutor)
@@ -162,7 +164,7 @@ def test_no_fork_pool_while_another_thread_runs() -> None:
     other.start()
     try:
         assert not fork_pool_is_safe()
-        assert isinstance(training_executor(2), SerialExecutor)
+        assert isinstance(executor(2, kind="processes"), SerialExecutor)
     finally:
         release_it.set()
         other.join()
@@ -170,7 +172,7 @@ def test_no_fork_pool_while_another_thread_runs() -> None:
     heartbeat = mark_fork_safe(threading.Thread(target=heartbeat_stop.wait, daemon=True))
     heartbeat.start()
     try:
-        with training_executor(2) as pool:
+        with executor(2, kind="processes") as pool:
             assert isinstance(pool, ProcessPoolExecutor)
             assert pool.submit(sum, [1, 2]).result(timeout=60) == 3
     finally:
@@ -222,7 +224,7 @@ def test_cross_fit_and_fit_gives_every_row_a_score_and_the_candidate_on_all_rows
     np.testing.assert_allclose(oof, expected, rtol=1e-4, atol=1e-4)
     whole = fit_candidate(data, data.y, params)  # from the folds' mean: the same optimum, to the fit's tolerance
     np.testing.assert_allclose(candidate.coef_shared_, whole.coef_shared_, rtol=1e-7, atol=1e-4 if given_folds else 0)
-    with training_executor(2) as pool:
+    with executor(2, kind="processes") as pool:
         oof2, candidate2 = cross_fit_and_fit(data, data.y, folds, params, sample, executor=pool, fold_models=given)
     np.testing.assert_allclose(oof2, oof, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(candidate2.coef_shared_, candidate.coef_shared_)
@@ -284,8 +286,6 @@ def test_refitting_each_users_part_given_the_shared_parts_reproduces_the_joint_f
     offset or IDF): at the joint optimum each user's part is already optimal given the shared and group
     parts, so refitting it on the same rows must give back the joint fit's scores.  A user with no training
     rows is scored by the shared and group parts alone."""
-    from spamtl.model.estimator import score_refitted_tasks
-
     data = _store_like(6, 1.0, per_user=30, d=120)
     groups = np.array(["a" if u < "u003" else "b" for u in data.users], dtype=object)
     for weighting in ("sample", "task"):
@@ -306,14 +306,10 @@ def test_refitting_each_users_part_given_the_shared_parts_reproduces_the_joint_f
 
 @pytest.mark.parametrize(("chunk_rows", "dual_max_rows"), [(25, 512), (70, 512), (10**6, 12)],
                          ids=["a-task-a-chunk", "chunks-of-two-tasks", "primal-users"])
-def test_refits_in_chunks_or_in_the_primal_give_the_one_chunk_scores(monkeypatch: pytest.MonkeyPatch,
-                                                                     chunk_rows: int, dual_max_rows: int) -> None:
+def test_refits_in_chunks_or_in_the_primal_give_the_one_chunk_scores(chunk_rows: int, dual_max_rows: int) -> None:
     """Catches: chunked refits that mix up which task's rows, offsets, weights or group go where (chunks
     of one and of two tasks), and users above ``DUAL_MAX_ROWS`` (solved by their own L-BFGS) refitted
     differently from the batched dual ones."""
-    import spamtl.model.projected as projected
-    from spamtl.model.estimator import score_refitted_tasks
-
     data = _store_like(6, 1.0, per_user=30, d=120)
     groups = np.array(["a" if u < "u003" else None for u in data.users], dtype=object)
     est = MultiTaskLogisticRegression(alpha=0.01, mu=3.0, tol=1e-9, max_iter=5000, idf=True, task_weighting="task")
@@ -325,8 +321,8 @@ def test_refits_in_chunks_or_in_the_primal_give_the_one_chunk_scores(monkeypatch
     test_rows = np.setdiff1d(np.arange(len(data.y)), train_rows)
     payload = (data.X, data.y, data.users, groups)
     whole = score_refitted_tasks(payload, est, train_rows, test_rows)
-    monkeypatch.setattr(projected, "DUAL_MAX_ROWS", dual_max_rows)
-    parts = score_refitted_tasks(payload, est, train_rows, test_rows, chunk_rows=chunk_rows)
+    parts = score_refitted_tasks(payload, est, train_rows, test_rows, chunk_rows=chunk_rows,
+                                 dual_max_rows=dual_max_rows)
     np.testing.assert_allclose(parts, whole, atol=1e-5)
     assert not np.allclose(whole, est.decision_function(data.X[test_rows], tasks=data.users[test_rows],
                                                         groups=groups[test_rows]), atol=1e-3)
@@ -384,8 +380,7 @@ def test_mu_is_searched_every_night_where_reuse_does_not_apply(engine, tmp_path,
 
 
 @pytest.mark.parametrize(("history_bytes", "slower"), [(2e9, 2), (1.0, 3)], ids=["float64-history", "float32-3-pairs"])
-def test_large_problem_solver_reaches_the_scipy_optimum(monkeypatch: pytest.MonkeyPatch, history_bytes: float,
-                                                        slower: int) -> None:
+def test_large_problem_solver_reaches_the_scipy_optimum(history_bytes: float, slower: int) -> None:
     """Catches: a wrong two-loop recursion or line search in the numpy L-BFGS (used above LARGE_PROBLEM
     parameters): it must stop where SciPy's L-BFGS-B does, on the mathematics' optimum, in about as many
     iterations (50 and 100 against SciPy's 47; a backtracking search without the curvature condition took
@@ -393,11 +388,11 @@ def test_large_problem_solver_reaches_the_scipy_optimum(monkeypatch: pytest.Monk
     X, y, tasks, groups = make_problem(n_per_task=40)
     params = dict(alpha=0.3, mu=2.0, tol=1e-8, max_iter=5000)
     reference = MultiTaskLogisticRegression(**params).fit(X, y, tasks=tasks, groups=groups)
-    monkeypatch.setattr(objective, "LARGE_PROBLEM", 0)
-    monkeypatch.setattr(objective, "HISTORY_BYTES", history_bytes)
+    numpy_lbfgs = {"numpy_above": 0, "history_bytes": history_bytes}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a ConvergenceWarning fails the test
-        large = MultiTaskLogisticRegression(**params).fit(X, y, tasks=tasks, groups=groups)
+        large = MultiTaskLogisticRegression(**params, solver="joint", solver_options=numpy_lbfgs).fit(
+            X, y, tasks=tasks, groups=groups)
     assert large.gradient_norm_ <= 1e-8
     # A quasi-Newton method, not a crawl that gets there (3 float32 pairs are noisier near tol=1e-8).
     assert large.n_iter_ <= slower * reference.n_iter_
@@ -436,44 +431,6 @@ def test_scale_settings_are_checked(field: str, value: int, message: str) -> Non
     assert str(excinfo.value) == message
 
 
-def test_blocked_loss_and_gradient_equal_the_whole_one() -> None:
-    """Catches: a block that sees another block's keys or rows, a wrong reduction of the shared, group or
-    intercept gradients (each is checked), or per-task sums written to the wrong tasks."""
-    X, y, tasks, groups = make_problem(n_per_task=25)
-    _, tidx = np.unique(tasks, return_inverse=True)
-    names = sorted({g for g in groups if g is not None})
-    task_group = np.array([names.index(g) if g else -1 for g in [groups[tasks == t][0] for t in np.unique(tasks)]])
-    layout = objective.TaskLayout.build(sp.csr_matrix(X), tidx, 4, task_group, len(names))
-    rng = np.random.default_rng(3)
-    y_pm, s = np.where(y == 1, 1.0, -1.0), rng.uniform(0.5, 2, len(y))
-    make = lambda: objective.MultiTaskLogisticLoss(layout, y_pm, s, tidx, task_group, alpha=0.7, mu=2.5,  # noqa: E731
-                                                   mu_group=0.4)
-    whole, blocked = make(), make()
-    blocks = objective.user_blocks(layout, y_pm, s, tidx, 3)
-    assert len(blocks) == 3 and sum(b.Xk.nnz for b in blocks) == layout.Xk.nnz
-    blocked.distribute(blocks, SerialExecutor())
-    theta = rng.normal(size=whole.n_params)
-    (f1, g1), (f2, g2) = whole.loss_gradient(theta), blocked.loss_gradient(theta)
-    assert f2 == pytest.approx(f1, rel=1e-12)
-    for name, part in whole.slices.items():
-        np.testing.assert_allclose(g2[part], g1[part], rtol=1e-10, atol=1e-12, err_msg=name)
-
-
-def test_fit_on_user_blocks_in_worker_processes_equals_the_plain_fit() -> None:
-    """Catches: the executor path of `fit` (blocks in forked workers) giving other weights than in-process."""
-    X, y, tasks, groups = make_problem(n_per_task=30)
-    plain = MultiTaskLogisticRegression(alpha=0.5, mu=2.0, tol=1e-8).fit(X, y, tasks=tasks, groups=groups)
-    serial = MultiTaskLogisticRegression(alpha=0.5, mu=2.0, tol=1e-8).fit(X, y, tasks=tasks, groups=groups,
-                                                                        executor=SerialExecutor(), n_blocks=3)
-    forked = MultiTaskLogisticRegression(alpha=0.5, mu=2.0, tol=1e-8).fit(
-        X, y, tasks=tasks, groups=groups, executor=lambda: training_executor(2), n_blocks=3)
-    for est in (serial, forked):
-        np.testing.assert_allclose(est.coef_shared_, plain.coef_shared_, atol=1e-6)
-        np.testing.assert_allclose((est.coef_tasks_ - plain.coef_tasks_).toarray(), 0.0, atol=1e-6)
-        np.testing.assert_allclose((est.coef_groups_ - plain.coef_groups_).toarray(), 0.0, atol=1e-6)
-        np.testing.assert_allclose(est.intercept_tasks_, plain.intercept_tasks_, atol=1e-6)
-
-
 def test_training_workers_die_with_the_trainer(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Catches: fold workers left running (holding their memory, blocked for ever) when the trainer is
     killed, e.g. by the out-of-memory killer."""
@@ -486,8 +443,8 @@ def test_training_workers_die_with_the_trainer(tmp_path) -> None:  # type: ignor
     script = tmp_path / "trainer.py"
     script.write_text(
         "import time\n"
-        "from spamtl.parallel import training_executor\n"
-        "pool = training_executor(2)\n"
+        "from spamtl.parallel import executor\n"
+        "pool = executor(2, kind='processes')\n"
         "futures = [pool.submit(time.sleep, 600) for _ in range(2)]\n"
         "print(' '.join(str(p) for p in pool._processes), flush=True)\n"
         "time.sleep(600)\n")
@@ -554,11 +511,10 @@ def test_loss_gradient_is_the_same_with_or_without_a_grouped_key_index() -> None
 
 
 @pytest.mark.parametrize("block_nnz", [1 << 23, 40, 1], ids=["one-block", "blocks", "a-task-a-block"])
-def test_task_layout_keys_are_np_unique_of_task_and_column(monkeypatch: pytest.MonkeyPatch, block_nnz: int) -> None:
+def test_task_layout_keys_are_np_unique_of_task_and_column(block_nnz: int) -> None:
     """Catches: a lean key index that differs from the plain one (np.unique of task * d + column, of the
     keys' columns, and of group * d + column) on rows out of task order, empty rows, tasks without rows,
     tasks in no group, or repeated columns, built in one block of tasks or in several."""
-    monkeypatch.setattr(objective, "BUILD_BLOCK_NNZ", block_nnz)
     rng = np.random.default_rng(3)
     X = sp.random(60, 50, density=0.1, random_state=3, format="lil")
     X[5] = 0.0  # an empty row
@@ -566,7 +522,7 @@ def test_task_layout_keys_are_np_unique_of_task_and_column(monkeypatch: pytest.M
     task_index = rng.integers(0, 7, size=60).astype(np.int64)
     task_index[task_index == 4] = 5  # task 4 has no rows
     task_group = np.array([1, -1, 0, 1, 0, -1, 1], dtype=np.int64)  # tasks 1 and 5 in no group
-    layout = objective.TaskLayout.build(X, task_index, 7, task_group, 2)
+    layout = objective.TaskLayout.build(X, task_index, 7, task_group, 2, block_nnz=block_nnz)
     key = np.repeat(task_index, np.diff(X.indptr)) * 50 + X.indices
     keys, inverse = np.unique(key, return_inverse=True)
     np.testing.assert_array_equal(layout.key_cols, keys % 50)

@@ -166,7 +166,7 @@ def test_check_answers_spam_line(daemon: Daemon) -> None:
 
 
 def sa_points(p: float, spam_cutoff: float, ham_cutoff: float) -> float:
-    """SpamAssassin points as the README defines them, written out here on their own (not spamtl's code):
+    """SpamAssassin points as docs/serving.md defines them, written out here on their own (not spamtl's code):
     0 at the ham cutoff, 5 at the spam cutoff, linear in log-odds, 5 points per band (at least 1 log-odds)."""
     def z(q: float) -> float:
         q = min(max(q, 1e-9), 1 - 1e-9)

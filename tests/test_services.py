@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spamtl.config import Settings
 from spamtl.services.classify import open_reader
 from spamtl.services.importing import import_mail
 from spamtl.services.models import load_weights
 from spamtl.services.training import train
+from spamtl.settings import Settings
+from spamtl.store.engine import make_engine
 
 from .conftest import NOW, write_mbox
 from .test_cli_loop import _mails
@@ -29,7 +30,7 @@ def test_groups_survive_save_and_load(engine, tmp_path: Path) -> None:  # type: 
     _, _, weights = load_weights(engine, result.version)
     assert weights.task_groups == groups
     assert set(weights.groups) == {"north", "south"}
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     model = reader.user_model("bob")
     reader.store.close()
     assert model.group == "north" and set(model.weights.groups) == {"north"}
@@ -53,7 +54,7 @@ def _probabilities(engine, settings: Settings, raws: list[bytes]) -> list[float]
     from spamtl.mail.sources import RawMail
     from spamtl.services.classify import classify_messages, open_reader
 
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     out = list(classify_messages(reader, user="bob", now=NOW, log=False,
                                  mails=[RawMail(f"m{i}", raw) for i, raw in enumerate(raws)]))
     reader.store.close()

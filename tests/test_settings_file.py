@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from spamtl import __version__
 from spamtl.cli.app import app
-from spamtl.config import Settings
-from spamtl.settings_file import ConfigError, load_settings, mask_url
+from spamtl.errors import redact
+from spamtl.settings import ConfigError, Settings, load_settings
 
 runner = CliRunner()
 
@@ -132,7 +132,7 @@ ham_cutoff = 0.3
 
 def test_a_new_field_is_picked_up_without_code_changes(env: dict[str, str], tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import spamtl.settings_file as sf
+    import spamtl.settings as sf
 
     @dataclasses.dataclass(frozen=True)
     class Extended(Settings):
@@ -198,10 +198,10 @@ def test_env_and_option_errors_name_their_source(env: dict[str, str], tmp_path: 
     assert str(err.value) == f"{tmp_path / 'missing.toml'}: no such configuration file"
 
 
-def test_mask_url() -> None:
-    assert mask_url("postgresql+psycopg://spam:s3cr:et@db.example/spamtl") == \
+def test_the_database_password_is_masked() -> None:
+    assert redact("postgresql+psycopg://spam:s3cr:et@db.example/spamtl") == \
         "postgresql+psycopg://spam:***@db.example/spamtl"
-    assert mask_url("sqlite:////var/lib/spamtl.db") == "sqlite:////var/lib/spamtl.db"
+    assert redact("sqlite:////var/lib/spamtl.db") == "sqlite:////var/lib/spamtl.db"
 
 
 def test_cli_version_config_and_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

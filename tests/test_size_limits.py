@@ -1,7 +1,7 @@
 """The size limit, hit exactly: a message of ``max_message_bytes`` is scanned, one byte more is not.
 
-Catches (issue 26, planted): ``>`` turned into ``>=`` in the size checks of filter mode
-(``spamtl/cli/app.py``, ``_filter_one``) or the daemon (``spamtl/serve/daemon.py``, ``_read_body``, plain and
+Catches: ``>`` turned into ``>=`` in the size checks of filter mode
+(``spamtl/services/filtering.py``, ``_filter_one``) or the daemon (``spamtl/serve/daemon.py``, ``_read_body``, plain and
 zlib-compressed bodies), which skipped a message of exactly the limit.  The limit is set small
 (``SPAMTL_MAX_MESSAGE_BYTES``) so the messages stay small.
 """

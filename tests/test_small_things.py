@@ -28,16 +28,16 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_plot_path_auc_legend_and_cutoff_marker(small_store: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("matplotlib")
-    import spamtl.cli.app as cli
+    import spamtl.services.plot as plot
 
     drawn: dict[str, list[str]] = {}
-    real = cli._plot_curves
+    real = plot.plot_roc_curves
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         drawn.update(real(*args, **kwargs))
         return drawn
 
-    monkeypatch.setattr(cli, "_plot_curves", spy)
+    monkeypatch.setattr(plot, "plot_roc_curves", spy)
     png = tmp_path / "roc.png"
     result = run(small_store, "evaluate", "--folds", "2", "--plot", str(png))
     assert result.exit_code == 0 and without_stage_lines(result.stderr) == ""

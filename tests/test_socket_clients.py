@@ -80,10 +80,10 @@ def labels(db_path: object, user: str = "alice") -> list[str]:
 
 
 def readme_recipe(title: str) -> list[str]:
-    """The lines of the README's fenced block that follows the line starting with ``title``."""
-    text = (REPO / "README.md").read_text()
+    """The lines of docs/delivery.md's fenced block that follows the line starting with ``title``."""
+    text = (REPO / "docs" / "delivery.md").read_text()
     match = re.search(rf"^{re.escape(title)}[^\n]*\n\n```\n(.*?)```", text, re.M | re.S)
-    assert match is not None, f"README has no recipe block after {title!r}"
+    assert match is not None, f"docs/delivery.md has no recipe block after {title!r}"
     return match.group(1).splitlines()
 
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spamtl.serve import protocol as proto
+from spamtl.services import points
 
 
 def test_request_line_and_headers() -> None:
@@ -108,26 +109,26 @@ def test_response_format() -> None:
         "trained-ham", "no-band-at-cutoff", "no-band-ham", "no-band-spam", "p-1", "clamp-high", "clamp-low"])
 def test_score_scale_known_values(p: float, spam_cutoff: float, ham_cutoff: float, verdict: str,
                                   score: float) -> None:
-    assert proto.score_scale(p, spam_cutoff, ham_cutoff, verdict) == (score, 5.0)
+    assert points.score_scale(p, spam_cutoff, ham_cutoff, verdict) == (score, 5.0)
 
 
 def test_score_scale_edges_and_the_users_label() -> None:
     # p = 0.8999, just under the spam cutoff 0.9: 5 * ln(0.8999 / 0.1001) / ln 9 = 4.9975, shown 5.0 by rounding:
     # unsure, so 4.9 (SpamAssassin shows required - 0.1 the same way)
-    assert proto.score_scale(0.8999, 0.9, 0.5, "unsure") == (4.9, 5.0)
+    assert points.score_scale(0.8999, 0.9, 0.5, "unsure") == (4.9, 5.0)
     # p = 0.5001, just over the ham cutoff: 0.0009 points, shown 0.0: unsure, so 0.1
-    assert proto.score_scale(0.5001, 0.9, 0.5, "unsure") == (0.1, 5.0)
+    assert points.score_scale(0.5001, 0.9, 0.5, "unsure") == (0.1, 5.0)
     # the user's own label decides: S moves to the edge of the label's range
-    assert proto.score_scale(0.2, 0.9, 0.5, "spam") == (5.0, 5.0)
-    assert proto.score_scale(0.99, 0.9, 0.5, "ham") == (0.0, 5.0)
+    assert points.score_scale(0.2, 0.9, 0.5, "spam") == (5.0, 5.0)
+    assert points.score_scale(0.99, 0.9, 0.5, "ham") == (0.0, 5.0)
     assert proto.spam_header(0.99, 0.9, 0.5, "spam") == ("Spam", "True ; 10.5 / 5.0")
     assert proto.spam_header(0.8999, 0.9, 0.5, "unsure") == ("Spam", "False ; 4.9 / 5.0")
     assert proto.spam_header(0.1, 0.9, 0.5, "ham") == ("Spam", "False ; -5.0 / 5.0")
     assert proto.spam_header(0.5, 0.9, 0.5, "ham") == ("Spam", "False ; 0.0 / 5.0")  # not "-0.0"
     # unrounded: the cutoffs are 5 and 0 points exactly, cutoffs 0 and 1 stay finite
-    assert proto.spamassassin_points(0.9, 0.9, 0.5) == pytest.approx(5.0, abs=1e-12)
-    assert proto.spamassassin_points(0.6, 0.98, 0.6) == pytest.approx(0.0, abs=1e-12)
-    assert math.isfinite(proto.spamassassin_points(0.5, 1.0, 0.0))
+    assert points.spamassassin_points(0.9, 0.9, 0.5) == pytest.approx(5.0, abs=1e-12)
+    assert points.spamassassin_points(0.6, 0.98, 0.6) == pytest.approx(0.0, abs=1e-12)
+    assert math.isfinite(points.spamassassin_points(0.5, 1.0, 0.0))
 
 
 @settings(max_examples=300, deadline=None)
@@ -137,7 +138,7 @@ def test_shown_score_is_in_the_verdicts_range(p: float, cutoff: float, other: fl
     verdict = "spam" if p >= spam_cutoff else "ham" if p <= ham_cutoff else "unsure"
     if labelled:  # a user's label can say the opposite of the model
         verdict = "ham" if verdict == "spam" else "spam"
-    score, threshold = proto.score_scale(p, spam_cutoff, ham_cutoff, verdict)
+    score, threshold = points.score_scale(p, spam_cutoff, ham_cutoff, verdict)
     assert threshold == 5.0
     assert (score >= 5.0) == (verdict == "spam")
     assert {"spam": 5.0 <= score <= 100.0, "ham": -100.0 <= score <= 0.0, "unsure": 0.0 < score < 5.0}[verdict]
@@ -149,8 +150,8 @@ def test_shown_score_is_in_the_verdicts_range(p: float, cutoff: float, other: fl
 def test_points_grow_with_the_probability(p: float, q: float, cutoff: float, other: float) -> None:
     spam_cutoff, ham_cutoff = max(cutoff, other), min(cutoff, other)
     low, high = sorted((p, q))
-    assert (proto.spamassassin_points(low, spam_cutoff, ham_cutoff)
-            <= proto.spamassassin_points(high, spam_cutoff, ham_cutoff))
+    assert (points.spamassassin_points(low, spam_cutoff, ham_cutoff)
+            <= points.spamassassin_points(high, spam_cutoff, ham_cutoff))
 
 
 @pytest.mark.parametrize(("score", "is_spam", "tests", "want"), [
@@ -171,7 +172,7 @@ def test_points_grow_with_the_probability(p: float, q: float, cutoff: float, oth
       ("X-Spam-Status", "Yes, score=100.0 required=5.0 tests=SPAMTL_SPAM autolearn=no version=spamtl-9.9")]),
 ], ids=["spam", "unsure", "under-one-point", "ham", "stars-cap"])
 def test_spamassassin_headers(score: float, is_spam: bool, tests: list[str], want: list[tuple[str, str]]) -> None:
-    assert proto.spamassassin_headers(score, is_spam, tests, "spamtl-9.9") == want
+    assert points.spamassassin_headers(score, is_spam, tests, "spamtl-9.9") == want
 
 
 _SPAM, _HAM, _FORGET = proto.Tell("spam", True, False), proto.Tell("ham", True, False), proto.Tell(None, False, True)

@@ -15,6 +15,7 @@ from spamtl.errors import DatabaseError
 from spamtl.store import queries
 from spamtl.store.engine import SCHEMA_REVISION, _alembic_config, check_schema, downgrade, make_engine, upgrade
 from spamtl.store.schema import Base
+from spamtl.store.statements import store_messages
 
 from .conftest import NOW
 
@@ -65,9 +66,7 @@ def test_missing_database_and_garbage_file(tmp_path: Path) -> None:
 def test_latest_label_wins_and_history_is_kept(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine) as session, session.begin():
         user_id = queries.get_or_create_user(session=session, name="ann", group="g", now=NOW).id
-        queries.insert_messages(session=session, rows=[{"sha256": "a" * 64, "message_id": None, "raw": b"",
-                                                        "size": 0, "date": None, "received_at": NOW}])
-        pk = queries.message_ids_by_sha(session=session, shas=["a" * 64])["a" * 64]
+        pk = store_messages(session, [("a" * 64, b"", None)], now=NOW)["a" * 64]
         for label in ("spam", "ham", "spam", "ham"):
             queries.add_labels(session=session, rows=[{"user_id": user_id, "message_id": pk, "label": label,
                                                        "source": "feedback", "created_at": NOW}])
@@ -98,9 +97,7 @@ def test_label_check_constraint(engine) -> None:  # type: ignore[no-untyped-def]
 
     with pytest.raises(IntegrityError), Session(engine) as session, session.begin():
         user = queries.get_or_create_user(session=session, name="bob", group=None, now=NOW)
-        queries.insert_messages(session=session, rows=[{"sha256": "b" * 64, "message_id": None, "raw": b"",
-                                                        "size": 0, "date": None, "received_at": NOW}])
-        pk = queries.message_ids_by_sha(session=session, shas=["b" * 64])["b" * 64]
+        pk = store_messages(session, [("b" * 64, b"", None)], now=NOW)["b" * 64]
         queries.add_labels(session=session, rows=[{"user_id": user.id, "message_id": pk, "label": "eggs",
                                                    "source": "import", "created_at": NOW}])
 

@@ -1,8 +1,8 @@
 """A TELL is seen by the very next request of the daemon: the worker that learned reloads at once.
 
-Catches (issue 26, planted): ``spamtl/serve/daemon.py`` (``Worker._tell``) not forcing a reload after a
+Catches: ``spamtl/serve/daemon.py`` (``Worker._tell``) not forcing a reload after a
 TELL, so the worker kept scoring with the user's cached slice until its next periodic refresh
-(the old test slept 0.6 s, past the 0.25 s refresh).  Here one worker refreshes every 30 s only
+(a test that sleeps past the refresh interval cannot see it).  Here one worker refreshes every 30 s only
 (``SPAMTL_SERVE_REFRESH_INTERVAL``), and no request sleeps: only the forced reload can explain a
 moved score.  The test runs as root, whom the daemon trusts to teach for any user.
 """

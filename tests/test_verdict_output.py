@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from spamtl.mail.parse import add_headers, not_mail_reason
+from spamtl.mail.headers import add_headers, not_mail_reason
 from spamtl.services.classify import Verdict, skip_reason
 
 from .conftest import count_rows, make_mail, write_mbox
@@ -183,9 +183,9 @@ def test_an_unknown_user_is_said_once_on_stderr_and_in_the_log(store: dict[str, 
 def test_feedback_creates_a_user_only_when_asked(store: dict[str, object], tmp_path: Path) -> None:  # noqa: F811
     from datetime import datetime
 
-    from spamtl.config import Settings
     from spamtl.errors import UnknownUserError
     from spamtl.services.feedback import record_feedback
+    from spamtl.settings import Settings
     from spamtl.store.engine import make_engine
 
     db = str(store["db"])

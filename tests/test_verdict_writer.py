@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from spamtl.config import Settings
 from spamtl.errors import DatabaseError
 from spamtl.services import classify
 from spamtl.services.classify import VerdictWriter, open_reader, prepare
+from spamtl.settings import Settings
+from spamtl.store.engine import make_engine
 
 from .conftest import NOW, copy_sqlite, make_mail
 from .test_serve import SPAM, Daemon, probabilities, store  # noqa: F401  (store: the trained module fixture)
@@ -33,7 +34,7 @@ def scored(store: dict[str, object], tmp_path: Path):  # type: ignore[no-untyped
     """A private copy of the trained store, alice's model, and five of her verdicts (not logged yet)."""
     db = copy_sqlite(str(store["db"]), tmp_path / "copy.sqlite3")
     settings = Settings(database_url=db)
-    reader = open_reader(settings)
+    reader = open_reader(make_engine(settings.database_url), settings)
     model = reader.user_model("alice")
     verdicts = []
     for i in range(5):
@@ -46,7 +47,7 @@ def scored(store: dict[str, object], tmp_path: Path):  # type: ignore[no-untyped
 def test_close_writes_every_queued_verdict(scored) -> None:  # type: ignore[no-untyped-def]
     settings, model, verdicts = scored
     before = rows(settings.database_url, "alice")
-    writer = VerdictWriter(settings, interval=60.0)  # nothing would be written for a minute
+    writer = VerdictWriter(make_engine(settings.database_url), settings, interval=60.0)  # nothing would be written for a minute
     for k, (message, verdict) in enumerate(verdicts):
         writer.submit(model, message, verdict, NOW.replace(second=k))
     writer.close()
@@ -69,7 +70,7 @@ def test_one_transaction_per_batch(scored, monkeypatch: pytest.MonkeyPatch) -> N
         return log_each(self, entries)
 
     monkeypatch.setattr(classify.VerdictLogger, "log_each", spy)
-    writer = VerdictWriter(settings, interval=60.0, max_batch=3)
+    writer = VerdictWriter(make_engine(settings.database_url), settings, interval=60.0, max_batch=3)
     for message, verdict in verdicts[:3]:
         writer.submit(model, message, verdict, NOW)
     assert writer.flush(timeout=30)  # a full batch goes at once, not after the interval
@@ -84,7 +85,7 @@ def test_one_transaction_per_batch(scored, monkeypatch: pytest.MonkeyPatch) -> N
 def test_a_verdict_is_in_the_store_within_the_interval(scored) -> None:  # type: ignore[no-untyped-def]
     settings, model, verdicts = scored
     before = len(rows(settings.database_url, "alice"))
-    writer = VerdictWriter(settings, interval=0.05)
+    writer = VerdictWriter(make_engine(settings.database_url), settings, interval=0.05)
     try:
         writer.submit(model, *verdicts[0], NOW)
         deadline = time.monotonic() + 10  # generous: the interval is 0.05 s
@@ -101,7 +102,7 @@ def test_a_failing_users_verdicts_do_not_take_the_batch_with_them(scored) -> Non
     refused = dataclasses.replace(verdicts[1][1], verdict="bogus")  # (the verdict CHECK constraint)
     ghost = dataclasses.replace(model, user="ghost", user_id=987654)  # deleted since it was loaded: no such row
     errors: list[tuple[int, str]] = []
-    writer = VerdictWriter(settings, interval=60.0, on_error=lambda n, exc: errors.append((n, type(exc).__name__)))
+    writer = VerdictWriter(make_engine(settings.database_url), settings, interval=60.0, on_error=lambda n, exc: errors.append((n, type(exc).__name__)))
     before = len(rows(settings.database_url, "alice"))
     writer.submit(model, *verdicts[0], NOW)
     writer.submit(broken, verdicts[1][0], refused, NOW)

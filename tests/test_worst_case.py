@@ -14,7 +14,8 @@ import pytest
 from spamtl import features
 from spamtl.features import featurize, tokenize
 from spamtl.mail import parse as mail
-from spamtl.mail.parse import add_headers, parse_envelope, parse_message, strip_own_headers
+from spamtl.mail.headers import add_headers, parse_envelope, strip_own_headers
+from spamtl.mail.parse import parse_message
 
 from .crafted import SHAPES, SIZES
 

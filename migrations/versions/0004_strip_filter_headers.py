@@ -1,7 +1,7 @@
 """stored messages lose the spam-filter headers; header variants of one message become one row
 
 A message's identity is now the sha256 of its bytes without the headers
-spam filters add (``spamtl.mail.parse.strip_own_headers``: X-Spamtl-*, X-Spam-*,
+spam filters add (``spamtl.mail.headers.strip_own_headers``: X-Spamtl-*, X-Spam-*,
 X-Bogosity, X-Spamd-*, X-Rspamd-*).  Stores written before kept those
 headers, so a delivered copy (with spamtl's verdict) and the original were
 two rows, and the verdict headers were learned as features.  For every
@@ -36,7 +36,7 @@ BATCH = 500
 
 
 def upgrade() -> None:
-    from spamtl.mail.parse import strip_own_headers
+    from spamtl.mail.headers import strip_own_headers
 
     conn = op.get_bind()
     last, changed = 0, False

@@ -1,6 +1,6 @@
 """messages are known by a digest that survives delivery; copies that differ only in transport become one
 
-A message's ``sha256`` is now its digest by ``spamtl.mail.parse.message_identity``:
+A message's ``sha256`` is now its digest by ``spamtl.mail.headers.message_identity``:
 the sha256 of its bytes without filter headers, without the run of trace
 fields at the top of the header block (Received, Return-Path, Delivered-To,
 X-Original-To, ...), the mbox ``From `` line and leading blank-led lines, with
@@ -50,7 +50,7 @@ BATCH = 500
 
 
 def upgrade() -> None:
-    from spamtl.mail.parse import message_identity
+    from spamtl.mail.headers import message_identity
 
     _rehash(lambda raw: message_identity(raw))
 

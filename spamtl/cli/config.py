@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from spamtl.cli.app import DbOption, OutputFormat, _errors, _loaded_settings, _print_json, app
+from spamtl.cli.options import DbOption, OutputFormat, exit_on_errors, loaded_settings, new_typer, print_json
+
+app = new_typer()
 
 
 @app.command("config")
@@ -23,11 +25,11 @@ def config_(
 
     Example: spamtl config --format json
     """
-    with _errors():
-        loaded = _loaded_settings(db)
+    with exit_on_errors():
+        loaded = loaded_settings(db)
         rows = loaded.rows()
         if output is OutputFormat.json:
-            _print_json({"files": list(loaded.files),
+            print_json({"files": list(loaded.files),
                          "settings": {name: {"value": value, "source": source} for name, value, source in rows}})
             return
         typer.echo(f"config files: {', '.join(loaded.files) or 'none'}")

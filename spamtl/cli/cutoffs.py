@@ -6,18 +6,20 @@ from typing import Annotated
 
 import typer
 
-from spamtl.cli.app import DbOption, OutputFormat, _engine, _errors, _print_json, _settings, app
+from spamtl.cli.options import DbOption, OutputFormat, engine_for, exit_on_errors, new_typer, print_json, settings_from
+from spamtl.cli.users import NO_USERS
 
-cutoffs_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, rich_markup_mode=None)
+app = new_typer()
+cutoffs_app = new_typer(no_args_is_help=False, invoke_without_command=True)
 app.add_typer(cutoffs_app, name="cutoffs")
 
 
 def _show(rows: list, output: OutputFormat) -> None:  # type: ignore[type-arg]
     if output is OutputFormat.json:
-        _print_json([r.as_dict() for r in rows])
+        print_json([r.as_dict() for r in rows])
         return
     if not rows:
-        typer.echo("No users yet; add mail with `spamtl import USER PATH --label spam|ham`.")
+        typer.echo(NO_USERS)
         return
     width = max(4, *(len(r.user) for r in rows))
     typer.echo(f"{'user':<{width}}  {'spam':>8}  {'ham':>8}  source")
@@ -41,10 +43,11 @@ def cutoffs(
     """
     if ctx.invoked_subcommand is not None:
         return
-    with _errors():
+    with exit_on_errors():
         from spamtl.services.cutoffs import list_cutoffs
 
-        _show(list_cutoffs(_settings(db)), output)
+        settings = settings_from(db)
+        _show(list_cutoffs(engine_for(settings), settings), output)
 
 
 @cutoffs_app.command("set")
@@ -60,11 +63,11 @@ def cutoffs_set(
 
     Example: spamtl cutoffs set alice --spam 0.98 --ham 0.3
     """
-    with _errors():
+    with exit_on_errors():
         from spamtl.services.cutoffs import set_cutoffs
 
-        settings = _settings(db)
-        _show([set_cutoffs(_engine(settings), settings, user=user, spam=spam, ham=ham)], output)
+        settings = settings_from(db)
+        _show([set_cutoffs(engine_for(settings), settings, user=user, spam=spam, ham=ham)], output)
 
 
 @cutoffs_app.command("unset")
@@ -77,8 +80,8 @@ def cutoffs_unset(
 
     Example: spamtl cutoffs unset alice
     """
-    with _errors():
+    with exit_on_errors():
         from spamtl.services.cutoffs import unset_cutoffs
 
-        settings = _settings(db)
-        _show([unset_cutoffs(_engine(settings), settings, user=user)], output)
+        settings = settings_from(db)
+        _show([unset_cutoffs(engine_for(settings), settings, user=user)], output)

@@ -45,7 +45,7 @@ def main() -> None:
 
         tell(argv[1:])
         return
-    from spamtl.cli.app import EXIT_CODE_ERROR, app, pass_through
+    from spamtl.cli.app import app
 
     guarded = _filter_argv(argv)
     # `classify --exit-code`: 2 means unsure there, so the parser's usage errors (and Ctrl-C) exit 3.
@@ -56,17 +56,24 @@ def main() -> None:
     try:
         code = app(guarded or argv, standalone_mode=False)
     except Exception as exc:
-        # The argument parser's usage errors (click's ClickException: a bad option or value).
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if verdict_codes and type(exc).__name__ == "Abort":  # click's (typer vendors its own click)
-            print("Aborted!", file=sys.stderr)
-            sys.exit(EXIT_CODE_ERROR)
-        if show is None or not isinstance(code, int):
-            raise
-        show()
-        code = EXIT_CODE_ERROR if verdict_codes else code
-        sys.exit(code if guarded is None else pass_through(code))
+        sys.exit(_usage_error_code(exc, verdict_codes=verdict_codes, guarded=guarded is not None))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error_code(exc: Exception, *, verdict_codes: bool, guarded: bool) -> int:
+    """The exit code of the argument parser's usage error (click's ClickException: a bad option or value),
+    shown on stderr; in piped filter mode the message is passed through first.  Anything else is re-raised."""
+    from spamtl.services.filtering import EXIT_CODE_ERROR, pass_through
+
+    show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+    if verdict_codes and type(exc).__name__ == "Abort":  # click's (typer vendors its own click)
+        print("Aborted!", file=sys.stderr)
+        return EXIT_CODE_ERROR
+    if show is None or not isinstance(code, int):
+        raise exc
+    show()
+    code = EXIT_CODE_ERROR if verdict_codes else code
+    return pass_through(sys.stdin.buffer, sys.stdout.buffer, code) if guarded else code
 
 
 def _is_exit_code(argv: list[str]) -> bool:

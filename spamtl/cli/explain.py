@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from spamtl.cli.app import DbOption, OutputFormat, _engine, _errors, _print_json, _settings, app
+from spamtl.cli.options import (
+    DbOption,
+    OutputFormat,
+    engine_for,
+    exit_on_errors,
+    new_typer,
+    print_json,
+    read_message,
+    settings_from,
+)
 
+app = new_typer()
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
-
-
-def _read_message(path: str | None) -> bytes:
-    from spamtl.errors import UsageError
-
-    if path in (None, "-"):
-        raw = sys.stdin.buffer.read()
-    else:
-        try:
-            raw = Path(path).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not raw.strip():
-        raise UsageError("the message is empty")
-    return raw
 
 
 @app.command()
@@ -48,16 +41,17 @@ def explain(
 
     Example: spamtl explain alice --id 3f2c9a1b7e4d
     """
-    with _errors():
+    with exit_on_errors():
         from spamtl.errors import UsageError
         from spamtl.services.explain import explain_message
 
         if ref is not None and path is not None:
             raise UsageError("give either a message or --id, not both")
-        raw = _read_message(path) if ref is None else None
-        result = explain_message(_settings(db), user=user, raw=raw, ref=ref, top=top)
+        raw = read_message(path) if ref is None else None
+        settings = settings_from(db)
+        result = explain_message(engine_for(settings), settings, user=user, raw=raw, ref=ref, top=top)
         if output is OutputFormat.json:
-            _print_json(result.as_dict())
+            print_json(result.as_dict())
             return
         _print_explanation(result)
 
@@ -98,33 +92,37 @@ def history(
 
     Example: spamtl history alice --since 2026-11-01 -n 50
     """
-    with _errors():
+    with exit_on_errors():
         from spamtl.errors import UsageError
         from spamtl.services.history import history as load_history
 
         if user is None and not summary:
             raise UsageError("name a USER, or use --summary for every user")
-        result = load_history(_engine(_settings(db)), user=user, since=since, limit=limit, entries=not summary)
+        result = load_history(engine_for(settings_from(db)), user=user, since=since, limit=limit, entries=not summary)
         if output is OutputFormat.json:
-            _print_json(result.as_dict())
-            return
-        if not summary:
-            if not result.entries:
-                typer.echo(f"No verdicts logged for {user} yet.")
-            else:
-                typer.echo(f"{'classified (UTC)':<19}  {'id':<12}  {'verdict':<7} {'prob':>6}  {'model':>5}  "
-                           f"{'outcome':<20}  subject")
-            for e in result.entries:
-                outcome = f"{e.outcome} ({e.label})" if e.outcome else "-"
-                subject = (e.subject or "-").replace("\n", " ")[:60]
-                typer.echo(f"{e.classified_at:%Y-%m-%d %H:%M:%S}  {e.id}  {e.verdict:<7} {e.probability:6.4f}  "
-                           f"{'v' + str(e.model_version) if e.model_version else '-':>5}  {outcome:<20}  {subject}")
-            typer.echo("")
-        typer.echo(f"{'user':<14} {'verdicts':>8} {'labelled':>8} {'confirmed':>9} {'false pos':>9} "
-                   f"{'false neg':>9} {'unsure':>6}")
-        for c in [*result.users, result.overall] if result.user is None else result.users:
-            typer.echo(f"{c.user:<14} {c.classifications:>8} {c.labelled:>8} {c.confirmed:>9} "
-                       f"{c.false_positives:>9} {c.false_negatives:>9} {c.unsure_labelled:>6}")
+            print_json(result.as_dict())
+        else:
+            _print_history(result, user, with_entries=not summary)
+
+
+def _print_history(result: Any, user: str | None, *, with_entries: bool) -> None:
+    if with_entries:
+        if not result.entries:
+            typer.echo(f"No verdicts logged for {user} yet.")
+        else:
+            typer.echo(f"{'classified (UTC)':<19}  {'id':<12}  {'verdict':<7} {'prob':>6}  {'model':>5}  "
+                       f"{'outcome':<20}  subject")
+        for e in result.entries:
+            outcome = f"{e.outcome} ({e.label})" if e.outcome else "-"
+            subject = (e.subject or "-").replace("\n", " ")[:60]
+            typer.echo(f"{e.classified_at:%Y-%m-%d %H:%M:%S}  {e.id}  {e.verdict:<7} {e.probability:6.4f}  "
+                       f"{'v' + str(e.model_version) if e.model_version else '-':>5}  {outcome:<20}  {subject}")
+        typer.echo("")
+    typer.echo(f"{'user':<14} {'verdicts':>8} {'labelled':>8} {'confirmed':>9} {'false pos':>9} "
+               f"{'false neg':>9} {'unsure':>6}")
+    for c in [*result.users, result.overall] if result.user is None else result.users:
+        typer.echo(f"{c.user:<14} {c.classifications:>8} {c.labelled:>8} {c.confirmed:>9} "
+                   f"{c.false_positives:>9} {c.false_negatives:>9} {c.unsure_labelled:>6}")
 
 
 @app.command()
@@ -139,20 +137,24 @@ def review(
 
     Example: spamtl review alice -n 5
     """
-    with _errors():
+    with exit_on_errors():
         from spamtl.services.review import review_queue
 
-        items = review_queue(_settings(db), user=user, n=n)
+        settings = settings_from(db)
+        items = review_queue(engine_for(settings), settings, user=user, n=n)
         if output is OutputFormat.json:
-            _print_json([item.as_dict() for item in items])
-            return
-        if not items:
+            print_json([item.as_dict() for item in items])
+        elif not items:
             typer.echo(f"Nothing to review for {user}: no unlabelled classified mail with its text stored.")
-            return
-        typer.echo(f"{user}'s cutoffs: spam {items[0].spam_cutoff:.4f}, ham {items[0].ham_cutoff:.4f} "
-                   "(spam at or above the first, ham at or below the second, unsure between)")
-        typer.echo(f"{'id':<12}  {'verdict':<7} {'prob':>6}  {'why':<34}  subject")
-        for item in items:
-            subject = (item.subject or "-").replace("\n", " ")[:50]
-            typer.echo(f"{item.id}  {item.verdict:<7} {item.probability:6.4f}  {item.why:<34}  {subject}")
-        typer.echo(f"\nLabel one: spamtl feedback {user} --spam --id {items[0].id}   (or --ham)")
+        else:
+            _print_review(items, user)
+
+
+def _print_review(items: list[Any], user: str) -> None:
+    typer.echo(f"{user}'s cutoffs: spam {items[0].spam_cutoff:.4f}, ham {items[0].ham_cutoff:.4f} "
+               "(spam at or above the first, ham at or below the second, unsure between)")
+    typer.echo(f"{'id':<12}  {'verdict':<7} {'prob':>6}  {'why':<34}  subject")
+    for item in items:
+        subject = (item.subject or "-").replace("\n", " ")[:50]
+        typer.echo(f"{item.id}  {item.verdict:<7} {item.probability:6.4f}  {item.why:<34}  {subject}")
+    typer.echo(f"\nLabel one: spamtl feedback {user} --spam --id {items[0].id}   (or --ham)")

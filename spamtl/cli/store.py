@@ -1,7 +1,4 @@
-"""Commands that look after the store: ``prune``, ``models pin|unpin``, ``users delete|rename``.
-
-Registered on the app of :mod:`spamtl.cli.app` (imported at its end).
-"""
+"""``spamtl init`` and ``spamtl prune``: create or upgrade the store, apply retention."""
 
 from __future__ import annotations
 
@@ -9,13 +6,51 @@ from typing import Annotated
 
 import typer
 
-from spamtl.cli.app import DbOption, OutputFormat, _engine, _errors, _now, _print_json, _settings, models_app, users_app
-from spamtl.cli.app import app as _app
+from spamtl.cli.options import (
+    DbOption,
+    OutputFormat,
+    engine_for,
+    exit_on_errors,
+    new_typer,
+    now,
+    print_json,
+    settings_from,
+)
 
-__all__: list[str] = []
+app = new_typer()
 
 
-@_app.command()
+@app.command()
+def init(
+    db: DbOption = None,
+    group: Annotated[str | None, typer.Option(
+        "--group", metavar="GROUP", help="Share the SQLite file with this group (mode 0660) instead of keeping it "
+                                         "to its owner (0600); also applies to an existing file.")] = None,
+) -> None:
+    """Create the database, or upgrade it to the current schema.
+
+    A new SQLite file is readable by its owner only (mode 0600, whatever the
+    umask); an existing one that every account may read gets a warning.
+
+    Example: spamtl init --db sqlite:////var/lib/spamtl/spamtl.sqlite3
+             spamtl init --group spamtl   (shared with the group's accounts)
+    """
+    with exit_on_errors():
+        from spamtl.errors import redact
+        from spamtl.store.engine import make_engine, permission_warnings, upgrade
+
+        settings = settings_from(db)
+        engine = make_engine(settings.database_url, create_dir=True, group=group)
+        for warning in permission_warnings(settings.database_url):
+            typer.echo(f"warning: {warning}", err=True)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
+        typer.echo(f"Database ready: {redact(settings.database_url)}")
+
+
+@app.command()
 def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go; change nothing.")] = False,
     output: Annotated[OutputFormat, typer.Option("--format", help="Result as text or JSON.")] = OutputFormat.text,
@@ -30,87 +65,15 @@ def prune(
 
     Example: spamtl prune --dry-run
     """
-    with _errors():
+    with exit_on_errors():
         from spamtl.services.retention import prune as run_prune
 
-        settings = _settings(db)
-        result = run_prune(_engine(settings), settings, now=_now(), dry_run=dry_run)
+        settings = settings_from(db)
+        result = run_prune(engine_for(settings), settings, now=now(), dry_run=dry_run)
         if output is OutputFormat.json:
-            _print_json(result.as_dict())
+            print_json(result.as_dict())
             return
         would = "Would drop" if dry_run else "Dropped"
         stripped = ", ".join(f"v{v}" for v in result.versions_stripped or []) or "none"
         typer.echo(f"{would} {result.bodies_dropped} message bodies, {result.classifications_deleted} verdicts, "
                    f"{result.messages_deleted} messages; weights of model versions: {stripped}")
-
-
-def _pin(version: int, db: str | None, pinned: bool) -> None:
-    with _errors():
-        from spamtl.services.models import pin
-
-        info = pin(_engine(_settings(db)), version, pinned)
-        typer.echo(f"Model v{info.version} is {'pinned: retention keeps its weights' if pinned else 'unpinned'}.")
-
-
-@models_app.command("pin")
-def models_pin(
-    version: Annotated[int, typer.Argument(metavar="VERSION", help="The model version to keep.")],
-    db: DbOption = None,
-) -> None:
-    """Keep VERSION's weights whatever retention says (to roll back to it later).
-
-    Example: spamtl models pin 12
-    """
-    _pin(version, db, True)
-
-
-@models_app.command("unpin")
-def models_unpin(
-    version: Annotated[int, typer.Argument(metavar="VERSION", help="The model version to release.")],
-    db: DbOption = None,
-) -> None:
-    """Let retention drop VERSION's weights again once it is old.
-
-    Example: spamtl models unpin 12
-    """
-    _pin(version, db, False)
-
-
-@users_app.command("delete")
-def users_delete(
-    user: Annotated[str, typer.Argument(metavar="USER", help="The user to remove.")],
-    yes: Annotated[bool, typer.Option("--yes", help="Really delete (without it: say what would be deleted).")] = False,
-    db: DbOption = None,
-) -> None:
-    """Delete USER and everything of theirs: labels, verdicts, personal weights in every
-    model version, and mail only they received or labelled.  One transaction.
-
-    Example: spamtl users delete bob --yes
-    """
-    with _errors():
-        from spamtl.errors import UsageError
-        from spamtl.services.users import delete_user
-
-        result = delete_user(_engine(_settings(db)), user, dry_run=not yes)
-        what = (f"{result.labels} labels, {result.classifications} verdicts, personal weights in "
-                f"{result.model_parts} model versions and {result.messages} messages only they had")
-        if not yes:
-            raise UsageError(f"this would delete user {user!r} with {what}; add --yes to do it")
-        typer.echo(f"Deleted user {user!r} with {what}.")
-
-
-@users_app.command("rename")
-def users_rename(
-    old: Annotated[str, typer.Argument(metavar="OLD", help="The current name.")],
-    new: Annotated[str, typer.Argument(metavar="NEW", help="The new name.")],
-    db: DbOption = None,
-) -> None:
-    """Rename a user; their labels and personal weights (in every model version) follow.
-
-    Example: spamtl users rename bob robert
-    """
-    with _errors():
-        from spamtl.services.users import rename_user
-
-        versions = rename_user(_engine(_settings(db)), old, new)
-        typer.echo(f"Renamed {old!r} to {new!r} (personal weights in {versions} model versions).")

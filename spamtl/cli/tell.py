@@ -18,10 +18,12 @@ import typer
 
 from spamtl.serve import protocol as proto
 
-__all__ = ["tell", "main"]
+__all__ = ["app", "tell", "main"]
 
 EX_USAGE_CLI = 2
 """Wrong usage exits 2, as Typer's own usage errors do everywhere in spamtl."""
+
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, rich_markup_mode=None)
 
 
 def _fail(code: int, reason: str) -> typer.Exit:
@@ -29,6 +31,7 @@ def _fail(code: int, reason: str) -> typer.Exit:
     return typer.Exit(code)
 
 
+@app.command()
 def tell(
     spam: Annotated[bool, typer.Option("--spam", help="The message is spam.")] = False,
     ham: Annotated[bool, typer.Option("--ham", help="The message is not spam.")] = False,
@@ -88,6 +91,4 @@ def tell(
 
 def main(argv: list[str]) -> None:
     """``spamtl tell ARGS`` without the rest of the command line (its settings pull in numpy)."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, rich_markup_mode=None)
-    app.command()(tell)
     app(argv, prog_name="spamtl tell")

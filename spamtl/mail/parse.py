@@ -7,8 +7,8 @@ headers, NUL bytes, 30 MB attachments, and files that are not mail at all.
 returned; what went wrong is listed in ``ParsedMessage.defects`` so that the
 caller can warn, but a message is never lost because it could not be parsed.
 
-The work per message is bounded and linear in the bytes it may look at
-(DESIGN.md section 3, issue 9): at most ``MAX_PARSE_BYTES`` of the raw bytes are
+The work per message is bounded and linear in the bytes it may look at: at
+most ``MAX_PARSE_BYTES`` of the raw bytes are
 handed to the MIME parser; every header field of every part is cut to
 ``MAX_HEADER_BYTES`` *before* anything decodes or parses it; a part keeps at
 most ``MAX_HEADER_FIELDS`` header fields; MIME nesting deeper than
@@ -19,10 +19,7 @@ cannot backtrack; and at most ``MAX_TEXT_CHARS`` of text are kept in total.
 Non-text parts (attachments) are never decoded; only their name, type and
 encoded size are recorded.
 
-:func:`add_headers` and :func:`strip_own_headers` edit the top-level header
-block of the raw bytes without parsing the message (see their docstrings for
-the exact rules); :func:`message_identity` says which stored message a copy
-is, whatever its delivery did to it.
+Editing the header block byte for byte is :mod:`spamtl.mail.headers`.
 """
 
 from __future__ import annotations
@@ -32,10 +29,8 @@ import email.feedparser
 import email.header
 import email.quoprimime
 import email.utils
-import hashlib
 import html
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
@@ -51,11 +46,8 @@ __all__ = [
     "Attachment",
     "ParsedMessage",
     "parse_message",
-    "parse_envelope",
-    "add_headers",
-    "strip_own_headers",
-    "message_identity",
-    "not_mail_reason",
+    "decode_header_value",
+    "parse_date",
 ]
 
 MAX_PARSE_BYTES = 4 * 1024 * 1024
@@ -73,9 +65,8 @@ MAX_HEADER_BYTES = 8 * 1024
 
 Enough for 2,000 decoded characters even of CJK text in RFC 2047 encoded words
 (about 4 raw characters per decoded one); more is an attack.  The stdlib's
-parameter parser (Content-Type) is quadratic in the value, and so was its
-encoded-word decoder, so the cut has to come first: a 1 MB Subject took more
-than 600 s before.
+parameter parser (Content-Type) is quadratic in the value, and so is its
+encoded-word decoder, so the cut has to come first.
 """
 MAX_ENCODED_WORDS = 110
 """RFC 2047 encoded words decoded per header value; the rest of the value is kept as it is.
@@ -97,8 +88,8 @@ MAX_MIME_DEPTH = 10
 """MIME nesting levels parsed; a deeper multipart or message/rfc822 is read as text.
 
 The stdlib parser checks each line against every enclosing boundary, so its
-work is lines x depth: 1 MB at depth 1,000 took 32 s.  Real mail (a forwarded
-message with attachments inside a digest) stays below 6.
+work is lines x depth.  Real mail (a forwarded message with attachments inside
+a digest) stays below 6.
 """
 MAX_PARTS = 200
 """MIME parts looked at; the parser stops reading within 64 KB after the next one starts."""
@@ -106,8 +97,8 @@ MAX_HTML_DEPTH = 256
 """Element nesting given to the HTML parser; deeper markup has its tags removed without parsing.
 
 An HTML5 parser walks the stack of open elements for every block start tag
-(``<div>``, ``<ul>``), so its work is tags x depth: 512 KB of ``<div>`` took
-15 s.  Browsers cap the depth too (Blink at 512); real mail stays below 50.
+(``<div>``, ``<ul>``), so its work is tags x depth.  Browsers cap the depth too
+(Blink at 512); real mail stays below 50.
 """
 MAX_URLS = 200
 """Distinct link hosts kept."""
@@ -115,29 +106,13 @@ MAX_HREFS = 2_000
 """Link targets (``href``) of one HTML part copied into the text; a real newsletter has a few hundred."""
 MAX_HOST_CHARS = 253
 """Longest DNS name; a longer "host" is cut (it would otherwise give thousands of domain suffixes)."""
-MAX_HEADER_SCAN_BYTES = 256 * 1024
-"""Bytes of the top-level header block that :func:`strip_own_headers` and :func:`parse_envelope` look at."""
-MAX_HEADER_SCAN_FIELDS = MAX_HEADER_FIELDS
-"""Fields of the top-level header block they look at: as many as the parser keeps.
-
-Each field costs a few RE2 calls, so the work is in fields, and 256 KB holds
-64,000 fields of ``X:v``.  Filters add their headers at the top.
-"""
-MAX_STATUS_CHECKS = 3
-"""``X-Spamtl-Status`` fields whose ``id=`` :func:`message_identity` checks against the bytes below them.
-
-Each check hashes the message once more.  A copy carries spamtl's field at the
-top, and one more for each earlier pass through a spamtl filter; a message with
-more is not one spamtl wrote, and its further fields are not looked at.
-"""
-
 # Headers whose values are never passed on as header facts: the date gives the
 # label away in public corpora and teaches nothing that lasts, and the rest are
 # handled by dedicated fields.
 _SKIPPED_HEADERS = frozenset({"date", "subject", "message-id"})
 
-# RE2 (linear time, no backtracking): this one runs over up to MAX_TEXT_CHARS of body text, where
-# the stdlib engine took 5 s on 100 KB of "www." (the www branch rescans the run from every match).
+# RE2 (linear time, no backtracking): this one runs over up to MAX_TEXT_CHARS of body text, where the
+# stdlib engine is quadratic on runs of "www." (the www branch rescans the run from every match).
 _SPACE = r"\t\n\x0b\f\r \x1c-\x1f\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
 """What Python's ``\\s`` matches (RE2's ``\\s`` is ASCII only), so the hosts found are the same."""
 _URL_RE = re2.compile(
@@ -247,7 +222,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     >>> msg.from_domain, msg.subject, msg.text.strip()
     ('example.org', 'hi', 'hello <b>there</b>')
     """
-    if not isinstance(raw, (bytes, bytearray, memoryview)):
+    if not isinstance(raw, bytes | bytearray | memoryview):
         raise TypeError(f"parse_message expects bytes, got {type(raw).__name__}")
     raw = bytes(raw)
     defects: list[str] = []
@@ -342,68 +317,21 @@ def _from_message(msg: Message, defects: list[str]) -> ParsedMessage:
         defects.append(type(defect).__name__)
     if not msg.keys():
         defects.append("no headers found; not an RFC 5322 message")
-
     subject = _header(msg, "subject")
     from_address, from_domain = _address(_header(msg, "from"))
     reply_to_address, reply_to_domain = _address(_header(msg, "reply-to"))
     message_id = _header(msg, "message-id").strip().strip("<>").strip()
-    date = _date(_header(msg, "date"))
-
-    headers: list[tuple[str, str]] = []
-    for name, value in msg.items()[:MAX_HEADERS]:
-        lname = _to_text(name).strip().lower()
-        if lname in _SKIPPED_HEADERS:
-            continue
-        headers.append((lname, _decode_header_value(value)[:MAX_HEADER_CHARS]))
-
-    plain: list[str] = []
-    htmls: list[str] = []
-    attachments: list[Attachment] = []
-    content_types: list[str] = []
-    charsets: list[str] = []
-    budget = MAX_TEXT_CHARS
+    date = parse_date(_header(msg, "date"))
+    headers = _header_facts(msg)
+    body = _Body()
     for n, part in enumerate(msg.walk()):
         if n >= MAX_PARTS:
             defects.append(f"more than {MAX_PARTS} MIME parts; rest ignored")
             break
-        if isinstance(part, _Message):
-            if part.dropped_fields:
-                defects.append(f"more than {MAX_HEADER_FIELDS} header fields in a part; rest ignored")
-            if part.dropped_lines:
-                defects.append(f"more than {MAX_HEADER_LINES} header lines in a part; rest ignored")
-            if part.is_too_deep and Message.get_content_type(part).startswith(("multipart/", "message/")):
-                defects.append(f"MIME nesting deeper than {MAX_MIME_DEPTH}; the rest read as text")
-        ctype = _safe(part.get_content_type, "text/plain").lower()
-        content_types.append(ctype)
-        if part.is_multipart():
-            continue
-        filename = _filename(part)
-        disposition = _safe(part.get_content_disposition, None)
-        maintype = ctype.split("/", 1)[0]
-        if maintype == "multipart":
-            # A multipart without a usable boundary: its body is all we have, read it as text.
-            defects.append("multipart without parts; body read as text")
-            ctype = "text/plain"
-        elif maintype != "text" or disposition == "attachment":
-            payload = part.get_payload()
-            size = len(payload) if isinstance(payload, (str, bytes)) else 0
-            attachments.append(Attachment(filename, ctype, size))
-            continue
-        if budget <= 0:
-            continue
-        text, charset = _decode_text_part(part, defects)
-        if charset:
-            charsets.append(charset)
-        if ctype == "text/html":
-            text = _strip_html(text, defects)
-            htmls.append(text[:budget])
-        else:
-            plain.append(text[:budget])
-        budget -= len(text)
-
-    if budget <= 0:
+        _read_part(part, body, defects)
+    if body.budget <= 0:
         defects.append(f"body text truncated to {MAX_TEXT_CHARS} characters")
-    raw_text = "\n".join(plain + htmls)[:MAX_TEXT_CHARS]
+    raw_text = "\n".join(body.plain + body.htmls)[:MAX_TEXT_CHARS]
     return ParsedMessage(
         subject=subject,
         from_address=from_address,
@@ -414,13 +342,73 @@ def _from_message(msg: Message, defects: list[str]) -> ParsedMessage:
         date=date,
         text=raw_text,
         url_hosts=_url_hosts(raw_text),
-        attachments=tuple(attachments),
-        headers=tuple(headers),
-        content_types=tuple(content_types),
-        charsets=tuple(charsets),
-        is_html_only=bool(htmls) and not plain,
+        attachments=tuple(body.attachments),
+        headers=headers,
+        content_types=tuple(body.content_types),
+        charsets=tuple(body.charsets),
+        is_html_only=bool(body.htmls) and not body.plain,
         defects=tuple(dict.fromkeys(defects)),
     )
+
+
+def _header_facts(msg: Message) -> tuple[tuple[str, str], ...]:
+    """The first ``MAX_HEADERS`` fields but Date, Subject and Message-ID: (lower-cased name, decoded value)."""
+    headers: list[tuple[str, str]] = []
+    for name, value in msg.items()[:MAX_HEADERS]:
+        lname = _to_text(name).strip().lower()
+        if lname not in _SKIPPED_HEADERS:
+            headers.append((lname, decode_header_value(value)[:MAX_HEADER_CHARS]))
+    return tuple(headers)
+
+
+@dataclass
+class _Body:
+    """What the walk over the parts collects; ``budget``: characters of body text still kept."""
+
+    plain: list[str] = field(default_factory=list)
+    htmls: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    content_types: list[str] = field(default_factory=list)
+    charsets: list[str] = field(default_factory=list)
+    budget: int = MAX_TEXT_CHARS
+
+
+def _read_part(part: Message, body: _Body, defects: list[str]) -> None:
+    """Add one MIME part to ``body``: its type, and its text or its attachment facts."""
+    if isinstance(part, _Message):
+        if part.dropped_fields:
+            defects.append(f"more than {MAX_HEADER_FIELDS} header fields in a part; rest ignored")
+        if part.dropped_lines:
+            defects.append(f"more than {MAX_HEADER_LINES} header lines in a part; rest ignored")
+        if part.is_too_deep and Message.get_content_type(part).startswith(("multipart/", "message/")):
+            defects.append(f"MIME nesting deeper than {MAX_MIME_DEPTH}; the rest read as text")
+    ctype = _safe(part.get_content_type, "text/plain").lower()
+    body.content_types.append(ctype)
+    if part.is_multipart():
+        return
+    filename = _filename(part)
+    disposition = _safe(part.get_content_disposition, None)
+    maintype = ctype.split("/", 1)[0]
+    if maintype == "multipart":
+        # A multipart without a usable boundary: its body is all we have, read it as text.
+        defects.append("multipart without parts; body read as text")
+        ctype = "text/plain"
+    elif maintype != "text" or disposition == "attachment":
+        payload = part.get_payload()
+        size = len(payload) if isinstance(payload, str | bytes) else 0
+        body.attachments.append(Attachment(filename, ctype, size))
+        return
+    if body.budget <= 0:
+        return
+    text, charset = _decode_text_part(part, defects)
+    if charset:
+        body.charsets.append(charset)
+    if ctype == "text/html":
+        text = _strip_html(text, defects)
+        body.htmls.append(text[:body.budget])
+    else:
+        body.plain.append(text[:body.budget])
+    body.budget -= len(text)
 
 
 def _safe(fn, default):  # type: ignore[no-untyped-def]
@@ -466,7 +454,7 @@ def _decode_guess(data: bytes, charset: str | None) -> str:
     return data.decode("cp1252", "replace")
 
 
-def _decode_header_value(value: object) -> str:
+def decode_header_value(value: object) -> str:
     """Decode RFC 2047 encoded-words, tolerating every way they go wrong."""
     text = _to_text(value)
     if "=?" not in text:
@@ -496,7 +484,29 @@ def _decode_encoded_words(text: str) -> str:
     probe = text if text.isascii() else text.encode("ascii", "backslashreplace").decode("ascii")
     if _HAS_ENCODED_WORD_RE.search(probe) is None:
         return text
-    words: list[tuple[str, str | None, str | None]] = []  # (text, encoding or None, charset or None)
+    words = _split_encoded_words(text)
+    # Whitespace between two encoded words goes (RFC 2047 section 6.2; the stdlib tests the
+    # word before and after in the list as it was, and drops encoded "words" of blanks too).
+    dropped = {n - 1 for n in range(2, len(words))
+               if words[n][1] and words[n - 2][1] and words[n - 1][0].isspace()}
+    runs: list[tuple[bytes, str | None]] = []
+    pieces: list[bytes] = []
+    run_charset: str | None = None
+    for n, (word, encoding, charset) in enumerate(words):
+        if n in dropped:
+            continue
+        if pieces and charset != run_charset:
+            runs.append(((b" " if run_charset is None else b"").join(pieces), run_charset))
+            pieces = []
+        pieces.append(_word_bytes(word, encoding))
+        run_charset = charset
+    runs.append(((b" " if run_charset is None else b"").join(pieces), run_charset))
+    return "".join(_decode_bytes(data, charset or "ascii") for data, charset in runs)
+
+
+def _split_encoded_words(text: str) -> list[tuple[str, str | None, str | None]]:
+    """(text, encoding or None, charset or None) per encoded word and unencoded run, line by line."""
+    words: list[tuple[str, str | None, str | None]] = []
     budget = MAX_ENCODED_WORDS
     for line in text.splitlines():
         # No encoded word ends after the line's last "?=", so the stdlib's pattern only runs up to
@@ -517,32 +527,19 @@ def _decode_encoded_words(text: str) -> str:
             words.append((encoded, encoding.lower(), charset.lower()))
             if unencoded:
                 words.append((unencoded, None, None))
-    # Whitespace between two encoded words goes (RFC 2047 section 6.2; the stdlib tests the
-    # word before and after in the list as it was, and drops encoded "words" of blanks too).
-    dropped = {n - 1 for n in range(2, len(words))
-               if words[n][1] and words[n - 2][1] and words[n - 1][0].isspace()}
-    runs: list[tuple[bytes, str | None]] = []
-    pieces: list[bytes] = []
-    run_charset: str | None = None
-    for n, (word, encoding, charset) in enumerate(words):
-        if n in dropped:
-            continue
-        if encoding is None:
-            data = word.encode("raw-unicode-escape")
-        elif encoding == "q":
-            data = _q_decode(word)
-        else:
-            pad = len(word) % 4
-            if pad:  # missing padding added, as the stdlib does
-                word += "==="[:4 - pad]
-            data = binascii.a2b_base64(word.encode("raw-unicode-escape"))
-        if pieces and charset != run_charset:
-            runs.append(((b" " if run_charset is None else b"").join(pieces), run_charset))
-            pieces = []
-        pieces.append(data)
-        run_charset = charset
-    runs.append(((b" " if run_charset is None else b"").join(pieces), run_charset))
-    return "".join(_decode_bytes(data, charset or "ascii") for data, charset in runs)
+    return words
+
+
+def _word_bytes(word: str, encoding: str | None) -> bytes:
+    """The bytes of one word: unencoded text as raw-unicode-escape, else Q or base64 decoded."""
+    if encoding is None:
+        return word.encode("raw-unicode-escape")
+    if encoding == "q":
+        return _q_decode(word)
+    pad = len(word) % 4
+    if pad:  # missing padding added, as the stdlib does
+        word += "==="[:4 - pad]
+    return binascii.a2b_base64(word.encode("raw-unicode-escape"))
 
 
 def _q_decode(encoded: str) -> bytes:
@@ -568,7 +565,7 @@ def _header(msg: Message, name: str) -> str:
         value = msg.get(name)
     except Exception:  # noqa: BLE001
         return ""
-    return "" if value is None else _decode_header_value(value)[:MAX_HEADER_CHARS]
+    return "" if value is None else decode_header_value(value)[:MAX_HEADER_CHARS]
 
 
 def _address(value: str) -> tuple[str, str]:
@@ -585,7 +582,7 @@ def _address(value: str) -> tuple[str, str]:
     return addr, addr.rsplit("@", 1)[1].strip(".").strip(">")
 
 
-def _date(value: str) -> datetime | None:
+def parse_date(value: str) -> datetime | None:
     if not value:
         return None
     try:
@@ -605,7 +602,7 @@ def _filename(part: Message) -> str:
         name = _safe(lambda: part.get_param("name"), None)
     if isinstance(name, tuple):  # RFC 2231 triple
         name = _safe(lambda: email.utils.collapse_rfc2231_value(name), "")
-    return _decode_header_value(name) if name else ""
+    return decode_header_value(name) if name else ""
 
 
 def _decode_text_part(part: Message, defects: list[str]) -> tuple[str, str]:
@@ -690,8 +687,7 @@ _NON_NESTING = frozenset("area base br col embed hr img input link meta param so
 def _drop_tags(markup: str) -> str:
     """Markup with each ``<...>`` replaced by a space (or its link target): one str.find pass.
 
-    (RE2's Python binding took 0.3 s per 100,000 tags here; the stdlib's ``<[^>]*>`` is
-    quadratic on unclosed '<'.)
+    (The stdlib's ``<[^>]*>`` is quadratic on unclosed '<'; a regex call per tag costs more than find.)
     """
     out: list[str] = []
     pos = 0
@@ -763,363 +759,3 @@ def _url_hosts(text: str) -> tuple[str, ...]:
                 break
     return tuple(hosts)
 
-
-# Header-block editing works on bytes, line by line, without the MIME parser.  A line ends at
-# CRLF, CR or LF, as the stdlib parser reads it.  Byte patterns run in RE2's Latin-1 mode, where
-# every byte is a character (in UTF-8 mode invalid bytes match nothing).
-_LATIN1 = re2.Options()
-_LATIN1.encoding = re2.Options.Encoding.LATIN1
-_EOL_RE = re2.compile(rb"\r\n|\r|\n", _LATIN1)
-# A header field line: a name of printable characters but the colon, optional blanks, a colon.
-_FIELD_RE = re2.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:", _LATIN1)
-# Lines that begin with a blank before any field: a parser ignores them, or folds them into the
-# field above them.  RE2 so that a message of 10 MB of such lines is one linear pass.  The same pattern
-# reads a field's continuation lines.
-_LEADING_WS_RE = re2.compile(rb"(?:[ \t][^\r\n]*(?:\r\n|\r|\n))*", _LATIN1)
-_OWN_PREFIXES = (b"x-spamtl-", b"x-spam-", b"x-spamd-", b"x-rspamd-")
-_OWN_NAMES = frozenset({b"x-bogosity"})
-
-
-def _is_own(name: bytes) -> bool:
-    lname = name.lower()
-    return lname in _OWN_NAMES or lname.startswith(_OWN_PREFIXES)
-
-
-def _line_end(raw: bytes, pos: int, endpos: int) -> tuple[int, int]:
-    """(end of the line's content, start of the next line); (-1, -1) if no line end before ``endpos``."""
-    match = _EOL_RE.search(raw, pos, endpos)
-    if match is None:
-        return -1, -1
-    return match.start(), match.end()
-
-
-def _envelope_end(raw: bytes) -> int:
-    """Length of an mbox ``From `` envelope line (with its line end) at the start, else 0."""
-    if not raw.startswith(b"From "):
-        return 0
-    _, nxt = _line_end(raw, 0, len(raw))
-    return len(raw) if nxt < 0 else nxt
-
-
-def _header_fields(raw: bytes, until: Callable[[bytes], bool] | None = None,
-                   ) -> tuple[int, list[tuple[int, int, bytes, bool]]]:
-    """Where the top-level header fields are: (start of the first field, [(start, end, name, whole), ...]).
-
-    Skips the envelope line and leading whitespace lines; stops at the empty
-    line, at a line that is neither a field nor a continuation, at the end of
-    the data, once ``MAX_HEADER_SCAN_BYTES`` of fields or
-    ``MAX_HEADER_SCAN_FIELDS`` fields have been read, or before the first
-    field whose name ``until`` accepts (for callers that need only the top).
-    A field's span includes its continuation lines and line end; ``whole`` is
-    False for a last field cut by the scan limit.
-    """
-    pos = _envelope_end(raw)
-    ws = _LEADING_WS_RE.match(raw, pos)
-    if ws is not None:
-        pos = ws.end()
-    first = pos
-    fields: list[tuple[int, int, bytes, bool]] = []
-    limit = min(len(raw), pos + MAX_HEADER_SCAN_BYTES)
-    while pos < limit and len(fields) < MAX_HEADER_SCAN_FIELDS:
-        if raw.startswith(b"From ", pos):
-            # A misplaced envelope line: the stdlib parser skips it and reads on, so do we
-            # (kept, with the continuation lines after it, as if it were a field of its own).
-            name = b"From "
-        else:
-            match = _FIELD_RE.match(raw, pos, limit)
-            if match is None:
-                break
-            name = match.group(1)
-        if until is not None and until(name):
-            break
-        start = pos
-        _, pos = _line_end(raw, pos, limit)
-        if pos >= 0:  # its continuation lines that end before the limit, in one match (not one call per line)
-            more = _LEADING_WS_RE.match(raw, pos, limit)
-            pos = more.end() if more is not None else pos
-            if raw[pos:pos + 1] in (b" ", b"\t"):
-                # A continuation line without a line end before the limit, or one that starts at the limit
-                # (the field goes on past it: cut, not whole).
-                pos = -1
-        if pos < 0:  # the field runs to the end of the data, or past the scan limit (then it is cut)
-            fields.append((start, limit, name, limit == len(raw)))
-            break
-        fields.append((start, pos, name, True))
-    return first, fields
-
-
-def strip_own_headers(raw: bytes) -> bytes:
-    r"""The message without the spam-filter headers of its top-level header block.
-
-    Removes every header field (with its continuation lines) named, in any
-    case, ``X-Spamtl-*``, ``X-Spam-*`` (SpamAssassin's X-Spam-Flag, -Status,
-    -Level, -Score, -Report, -Checker-Version), ``X-Spamd-*``, ``X-Rspamd-*``
-    or ``X-Bogosity``: what spamtl and the other filters a message may have
-    passed add, so that the filter never learns its own (or another filter's)
-    verdict.  Everything else, an mbox ``From `` envelope line included, is
-    kept byte for byte; the one exception: where a removed field sat between a
-    bare CR and an LF (mixed line endings), an LF is kept so that they do not
-    merge into one line end.  Only the top-level header block is looked at, and of
-    it at most ``MAX_HEADER_SCAN_BYTES`` and ``MAX_HEADER_SCAN_FIELDS`` fields;
-    bodies and attached messages are never touched.
-
-    Examples
-    --------
-    >>> strip_own_headers(b"From x@y Thu Jan  1 00:00:00 2004\nX-Spam-Flag: YES\nSubject: hi\n\nX-Spam-Flag: body")
-    b'From x@y Thu Jan  1 00:00:00 2004\nSubject: hi\n\nX-Spam-Flag: body'
-    """
-    raw = bytes(raw)
-    _, fields = _header_fields(raw)
-    own = [(start, end) for start, end, name, whole in fields if whole and _is_own(name)]
-    if not own:
-        return raw
-    pieces, pos = [], 0
-    for start, end in own:
-        pieces.append(raw[pos:start])
-        pos = end
-    pieces.append(raw[pos:])
-    joined = [pieces[0]]
-    last = pieces[0][-1:]
-    for piece in pieces[1:]:
-        if not piece:  # two removed fields in a row
-            continue
-        if last == b"\r" and piece.startswith(b"\n"):
-            # Mixed line endings: a bare CR before the removed field and an LF after it would
-            # merge into one CRLF and swallow a line (the blank one that ends the header block).
-            joined.append(b"\n")
-        joined.append(piece)
-        last = piece[-1:]
-    return b"".join(joined)
-
-
-# Fields a transport writes at the top of the header block, above what it was handed: RFC 5321's trace
-# fields, what delivery agents record of the envelope (Postfix: Delivered-To, X-Original-To; Exim:
-# Envelope-to, Delivery-date; others X-Envelope-*, X-Delivered-To), the results a receiving MTA prepends,
-# and a misplaced mbox "From " line (read as a field named "From ").
-_TRACE_NAMES = frozenset({
-    b"return-path", b"received", b"delivered-to", b"x-original-to", b"envelope-to", b"delivery-date",
-    b"x-envelope-to", b"x-envelope-from", b"x-delivered-to", b"received-spf", b"authentication-results",
-    b"from "})
-# What a reader sees of a message (RFC 5322 sections 3.6.2 to 3.6.7, and MIME): above spamtl's own
-# X-Spamtl-Status such a field makes the copy another message, whatever its id says.
-_CONTENT_NAMES = frozenset({
-    b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"subject", b"date", b"message-id", b"in-reply-to",
-    b"references", b"comments", b"keywords", b"mime-version"})
-_CONTENT_PREFIXES = (b"content-", b"resent-")
-_STATUS_NAME = b"x-spamtl-status"
-# The id in spamtl's X-Spamtl-Status value ("ham, probability=0.0100, ..., id=0123456789ab[, label]").
-# Run over one field cut to MAX_HEADER_BYTES; no nested quantifiers.
-_STATUS_ID_RE = re.compile(rb"(?<![0-9A-Za-z_])id=([0-9a-f]{12})(?![0-9A-Za-z])")
-
-
-def message_identity(raw: bytes) -> tuple[bytes, str]:
-    r"""(The bytes spamtl keeps of a message, its digest): the one rule for "the same message".
-
-    A copy of a message after delivery is the same message: its line ends
-    converted (CRLF, LF), trace fields written above it by the MTA or the
-    delivery agent, spamtl's and other filters' headers added, the final line
-    end added or dropped (IMAP APPEND).  Any other change (a byte of the body,
-    a header value, a field added below the first field that is not trace)
-    makes another message.
-
-    - **Kept bytes**: the message without filter headers
-      (:func:`strip_own_headers`), what is stored and featurised.  But when
-      one of the first ``MAX_STATUS_CHECKS`` ``X-Spamtl-Status`` fields of the
-      top-level header block has no content field (From, To, Subject, Date,
-      Message-ID, MIME-Version, Content-*, Resent-*, ...) above it, and its
-      ``id=`` is the start of the digest of the bytes from that field down,
-      the kept bytes are those: the copy spamtl classified, without what
-      a transport later wrote above it (an LDA's or a virus scanner's fields).
-    - **Digest**: the sha256 of the kept bytes' canonical form: without the
-      run of trace fields at the top of the header block (Received,
-      Return-Path, Delivered-To, X-Original-To, Envelope-To, Delivery-Date,
-      X-Envelope-To, X-Envelope-From, X-Delivered-To, Received-SPF,
-      Authentication-Results), nor the mbox ``From `` line and the lines
-      led by blanks before the first field (unless no field follows: bytes
-      that are not mail count whole); every line end (CRLF, CR, LF) as LF;
-      no line end at the very end.
-
-    The id in a header is never looked up: it only marks where spamtl's copy
-    begins, and is believed only when the bytes below it hash to it, so a
-    forged one cannot name another message.  The digest of the kept bytes is
-    the digest of the message (``message_identity(kept)[1] == digest``): a
-    stored message gives its own digest back.  Linear and bounded: the header
-    scans of :func:`strip_own_headers`, and at most ``MAX_STATUS_CHECKS + 1``
-    hashes of the message.
-
-    Examples
-    --------
-    >>> kept, digest = message_identity(b"Subject: hi\n\nbody\n")
-    >>> status = b"X-Spamtl-Status: ham, id=" + digest[:12].encode() + b"\r\n"
-    >>> delivered = b"Return-Path: <a@b.example>\r\nX-Virus-Scanned: yes\r\n" + status + b"Subject: hi\r\n\r\nbody"
-    >>> message_identity(delivered)[1] == digest, message_identity(b"Subject: hi\n\nbody!\n")[1] == digest
-    (True, False)
-    """
-    raw = bytes(raw)
-    _, fields = _header_fields(raw, until=_is_content)
-    seen = 0
-    for start, end, name, whole in fields:
-        if name.lower() != _STATUS_NAME:
-            continue
-        seen += 1
-        match = _STATUS_ID_RE.search(raw, start, min(end, start + MAX_HEADER_BYTES)) if whole else None
-        if match is not None:
-            below = strip_own_headers(raw[start:])
-            digest = _digest(below)
-            if digest.startswith(match.group(1).decode("ascii")):
-                return below, digest
-        if seen >= MAX_STATUS_CHECKS:
-            break
-    kept = strip_own_headers(raw)
-    return kept, _digest(kept)
-
-
-def _is_content(name: bytes) -> bool:
-    lname = name.lower()
-    return lname in _CONTENT_NAMES or lname.startswith(_CONTENT_PREFIXES)
-
-
-def _is_not_trace(name: bytes) -> bool:
-    return name.lower() not in _TRACE_NAMES
-
-
-def _digest(kept: bytes) -> str:
-    """The sha256 (hex) of the canonical form of kept bytes (see :func:`message_identity`)."""
-    first, fields = _header_fields(kept, until=_is_not_trace)
-    if not fields and _FIELD_RE.match(kept, first, first + MAX_HEADER_SCAN_BYTES) is None:
-        first = 0  # no header field: not mail, every byte counts
-    start = first
-    for _, end, _, whole in fields:
-        if not whole:
-            break
-        start = end
-    canonical = kept[start:].replace(b"\r\n", b"\n").replace(b"\r", b"\n").rstrip(b"\n")
-    return hashlib.sha256(canonical).hexdigest()
-
-
-def _header_value(raw: bytes, start: int, end: int) -> str:
-    """One field's value from the raw bytes, cut to ``MAX_HEADER_BYTES`` before it is decoded."""
-    value = raw[start:min(end, start + MAX_HEADER_BYTES)]
-    value = value.split(b":", 1)[1] if b":" in value else b""
-    return value.decode("ascii", "surrogateescape")
-
-
-def parse_envelope(raw: bytes) -> tuple[str, datetime | None]:
-    """Message-ID and Date from the header block only (cheap: no MIME parse; never raises).
-
-    Used when storing a message, where only these two facts are needed.  Looks
-    at ``MAX_HEADER_SCAN_BYTES`` of the header block and ``MAX_HEADER_BYTES`` of
-    each value at most.
-    """
-    raw = bytes(raw)
-    _, fields = _header_fields(raw)
-    found: dict[bytes, str] = {}
-    for start, end, name, _ in fields:
-        lname = name.lower()
-        if lname in (b"message-id", b"date") and lname not in found:
-            found[lname] = _header_value(raw, start, end)
-    message_id = _decode_header_value(found.get(b"message-id", ""))
-    date = _date(_decode_header_value(found.get(b"date", "")))
-    return message_id.strip().strip("<>").strip()[:998], date
-
-
-def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
-    r"""The message byte for byte, with header lines added at the top.
-
-    The rule, so that the added fields are always well-formed and nothing in
-    the input can fold into them:
-
-    - they go first, after an mbox ``From `` envelope line if there is one
-      (procmail passes it), and after any lines that begin with a space or tab
-      before the first header field (a parser ignores such lines at the top,
-      but would fold them into a header placed above them);
-    - they end with the input's own line ending (the first one found: CRLF,
-      CR or LF; LF for input that has none), except that where that is a
-      bare CR and the byte after the block is LF they end with CRLF (a CR
-      before that LF would read as one CRLF, and a whitespace line after it
-      would fold into the last added field);
-    - names and values are ASCII (others replaced by ``?``) on one line
-      (CR and LF become spaces);
-    - the only byte ever added besides the block is one line ending, after an
-      input that ends inside that first line (an unterminated ``From `` line
-      or an unterminated whitespace line, which the block would otherwise be
-      glued onto or folded into).
-
-    So the output is ``prefix + block + rest`` where ``prefix + rest`` is the
-    input (plus that one line ending), and every parser sees exactly the
-    values given here.
-
-    Examples
-    --------
-    >>> add_headers(b"From a@b Thu Jan  1 00:00:00 2004\r\nSubject: x\r\n\r\nbody", [("X-Spamtl-Status", "ham")])
-    b'From a@b Thu Jan  1 00:00:00 2004\r\nX-Spamtl-Status: ham\r\nSubject: x\r\n\r\nbody'
-    >>> add_headers(b"From a@b Thu Jan  1 00:00:00 2004", [("X-Spamtl-Status", "ham")])
-    b'From a@b Thu Jan  1 00:00:00 2004\nX-Spamtl-Status: ham\n'
-    """
-    raw = bytes(raw)
-    match = _EOL_RE.search(raw, 0, min(len(raw), MAX_HEADER_SCAN_BYTES))
-    eol = match.group(0) if match is not None else b"\n"
-    block = b"".join(_header_line(name, value) + eol for name, value in headers)
-    pos = _envelope_end(raw)
-    ws = _LEADING_WS_RE.match(raw, pos)
-    if ws is not None:
-        pos = ws.end()
-    if eol == b"\r" and raw[pos:pos + 1] == b"\n":
-        # Mixed endings: a bare CR before the input's LF would read as one CRLF, and a whitespace
-        # line after it would fold into our last header; end our lines with CRLF there instead.
-        block = b"".join(_header_line(name, value) + b"\r\n" for name, value in headers)
-    prefix = raw[:pos]
-    if pos == len(raw) and pos > 0 and raw[pos - 1:pos] not in (b"\n", b"\r"):
-        prefix += eol  # an unterminated From or whitespace line: the one added line ending
-    elif pos < len(raw) and raw[pos:pos + 1] in (b" ", b"\t"):
-        # An unterminated whitespace line after the envelope (the regex needs a line end).
-        prefix, raw, pos = raw + eol, b"", 0
-    return prefix + block + raw[pos:]
-
-
-_UNSAFE_NAME_RE = re.compile(r"[^\x21-\x39\x3b-\x7e]")
-
-
-def _header_line(name: str, value: str) -> bytes:
-    name = _UNSAFE_NAME_RE.sub("-", name) or "X-Spamtl"
-    value = value.replace("\r", " ").replace("\n", " ")
-    return f"{name}: {value}".encode("ascii", "replace")
-
-
-NOT_MAIL_SNIFF_BYTES = 1024
-"""Bytes searched for a NUL to call input without a header field binary rather than text (a reason only)."""
-
-
-def not_mail_reason(raw: bytes) -> str | None:
-    r"""Why ``raw`` is not a mail message at all, or None when it is one (damaged or not).
-
-    Not mail: empty or whitespace-only input, and input whose first line is
-    not a header field (``Name: value``, the name starting with a letter),
-    once an mbox ``From `` envelope line and lines starting with a blank (which
-    parsers skip) are passed: no header section, so a text file, a picture,
-    an executable.  Anything that starts with a header field is mail, however
-    damaged after it: garbage or a NUL byte further down must never let a
-    sender's message through unscanned (and an MTA always puts its own
-    ``Received`` field first).  Looks at the first field only: linear in the
-    skipped blank lines, at most ``MAX_HEADER_BYTES`` for the field name.
-
-    Examples
-    --------
-    >>> not_mail_reason(b"Subject: hi\n\nbody") is None
-    True
-    >>> not_mail_reason(b" \r\n"), not_mail_reason(b"\x89PNG\r\n\x1a\n\x00\x00"), not_mail_reason(b"hello\n")
-    ('empty message', 'not mail: binary data', 'not mail: no header fields')
-    """
-    raw = bytes(raw)
-    pos = _envelope_end(raw)
-    ws = _LEADING_WS_RE.match(raw, pos)
-    if ws is not None:
-        pos = ws.end()
-    match = _FIELD_RE.match(raw, pos, min(len(raw), pos + MAX_HEADER_BYTES))
-    if match is not None and match.group(1)[:1].isalpha():
-        return None
-    if not raw[pos:].strip():
-        return "empty message"
-    if b"\x00" in raw[:NOT_MAIL_SNIFF_BYTES]:
-        return "not mail: binary data"
-    return "not mail: no header fields"

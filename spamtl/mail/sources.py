@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-__all__ = ["RawMail", "Unreadable", "iter_mail", "count_mail", "read_mbox", "looks_like_mail", "MAX_MESSAGE_BYTES", "MAIL_SNIFF_BYTES"]
+__all__ = ["RawMail", "Unreadable", "iter_mail", "count_mail", "read_mbox", "looks_like_mail", "is_single_message", "MAX_MESSAGE_BYTES", "MAIL_SNIFF_BYTES"]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """A single message larger than this is reported unreadable rather than loaded."""
@@ -59,7 +59,7 @@ class Unreadable:
     origin: str
     reason: str
     # Set when the file was read but is not mail (empty, a picture, prose): the reason in
-    # spamtl.mail.parse.not_mail_reason's words, so that classify reports it as skipped, as it does stdin.
+    # spamtl.mail.headers.not_mail_reason's words, so that classify reports it as skipped, as it does stdin.
     not_mail: str | None = None
 
 
@@ -106,16 +106,29 @@ def _is_mbox(head: bytes) -> bool:
     return head.startswith(b"From ")
 
 
+def is_single_message(path: str | os.PathLike[str]) -> bool:
+    """True for a regular file that is neither an mbox nor gzip: one message (a file that cannot be
+    opened counts as one, so that reading it reports why)."""
+    if not Path(path).is_file():
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(5)
+    except OSError:
+        return True
+    return not (_is_mbox(head) or head.startswith(_GZIP_MAGIC))
+
+
 MAIL_SNIFF_BYTES = 4096
 
 
 def _not_mail(head: bytes) -> str | None:
-    """Why a file that starts with ``head`` is no mail message (:func:`spamtl.mail.parse.not_mail_reason`), or None.
+    """Why a file that starts with ``head`` is no mail message (:func:`spamtl.mail.headers.not_mail_reason`), or None.
 
     A file may start with a UTF-8 byte-order mark and empty lines, which editors and exports add; a
     file that starts with an mbox ``From `` line is a mailbox, whose messages are judged one by one.
     """
-    from spamtl.mail.parse import not_mail_reason
+    from spamtl.mail.headers import not_mail_reason
 
     text = head[:MAIL_SNIFF_BYTES].removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     return None if text.startswith(b"From ") else not_mail_reason(text)
@@ -258,39 +271,18 @@ def read_mbox(fh: _Reader, origin: str) -> Iterator[RawMail | Unreadable]:
     ends inside a message: that last message is reported, not yielded.
     """
     buf = fh.read(_BLOCK)
-    eof = not buf
-    count = 0
-    start = 0  # where the current message's content begins in buf
-    if buf.startswith(b"From "):
-        eol = buf.find(b"\n")
-        while eol < 0 and not eof:
-            more = fh.read(_BLOCK)
-            eof = not more
-            buf += more
-            eol = buf.find(b"\n")
-        start = len(buf) if eol < 0 else eol + 1
-    search = start
-    too_big = False
-
-    def emit(content: bytes) -> RawMail | Unreadable:
-        nonlocal count
-        count += 1
-        name = f"{origin}#{count}"
-        if too_big:
-            return Unreadable(name, f"message larger than {MAX_MESSAGE_BYTES // 2**20} MiB; skipped")
-        if not content.strip():
-            return Unreadable(name, _EMPTY_MESSAGE)
-        return RawMail(name, _finish(content))
-
+    buf, eof, start = _past_envelope(fh, buf, not buf)  # start: where the current message begins in buf
+    search, count, too_big = start, 0, False
     while True:
         i = buf.find(b"\nFrom ", search)
         eol = buf.find(b"\n", i + 1) if i >= 0 else -1
         if i < 0 or (eol < 0 and not eof):
             if eof:
+                count += 1
                 if not getattr(fh, "cut", False):
-                    yield emit(buf[start:])  # a separator with nothing after it (a file of one `From ` line) too
+                    # A separator with nothing after it (a file of one `From ` line) too.
+                    yield _mbox_entry(f"{origin}#{count}", buf[start:], too_big)
                 elif buf[start:].strip():
-                    count += 1
                     yield Unreadable(f"{origin}#{count}", "cut short by damage to the file; not imported")
                 return
             # Need more data: resume at the unfinished separator, or a few bytes
@@ -308,13 +300,35 @@ def read_mbox(fh: _Reader, origin: str) -> Iterator[RawMail | Unreadable]:
         # i == start == 0: the message begins with this empty line, right after the previous separator line.
         blank_before = buf[i - 1:i] == b"\n" or buf[i - 2:i] == b"\n\r" or (i == start == 0 and not too_big)
         if blank_before and i >= start and _SEPARATOR_RE.match(line):
-            yield emit(buf[start:i + 1])
+            count += 1
+            yield _mbox_entry(f"{origin}#{count}", buf[start:i + 1], too_big)
             too_big = False
             start = eol + 1 if eol >= 0 else len(buf)
             buf = buf[start:]
             start = search = 0
         else:
             search = i + 1
+
+
+def _past_envelope(fh: _Reader, buf: bytes, eof: bool) -> tuple[bytes, bool, int]:
+    """(buf, eof, where the first message begins): past a leading ``From `` line, read to its line end."""
+    if not buf.startswith(b"From "):
+        return buf, eof, 0
+    eol = buf.find(b"\n")
+    while eol < 0 and not eof:
+        more = fh.read(_BLOCK)
+        eof = not more
+        buf += more
+        eol = buf.find(b"\n")
+    return buf, eof, len(buf) if eol < 0 else eol + 1
+
+
+def _mbox_entry(name: str, content: bytes, too_big: bool) -> RawMail | Unreadable:
+    if too_big:
+        return Unreadable(name, f"message larger than {MAX_MESSAGE_BYTES // 2**20} MiB; skipped")
+    if not content.strip():
+        return Unreadable(name, _EMPTY_MESSAGE)
+    return RawMail(name, _finish(content))
 
 
 def _read_file(path: Path) -> Iterator[RawMail | Unreadable]:

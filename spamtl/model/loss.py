@@ -32,13 +32,11 @@ where p is each parameter's penalty factor (1, mu_g or mu).  With mu, mu_g >= 1
 (p_ref = 1) this is the Evgeniou-Pontil rescaling of v by sqrt(mu): the penalty
 becomes isotropic.  When some factor is below ``RESCALE_BELOW`` (0.01), p_ref is
 that smallest factor, so w0 is scaled by sqrt(1 / mu) instead and the penalty is
-again isotropic.  Keeping the original coordinates there (as the first release
-did) leaves w0 with curvature 1/mu times that of v: at mu = 1e-6 L-BFGS ran into
-max_iter with the gradient 1e6 times above the tolerance, or stopped on its
-relative-reduction rule (SciPy >= 1.15) well before it.  Between 0.01 and 1
-the original coordinates are kept: the imbalance is at most 100, L-BFGS copes,
-and the stopping test (a max-norm in these coordinates) keeps its meaning, so
-models fitted with the usual grid are the same as before.  Both limits
+again isotropic.  The original coordinates there would leave w0 with curvature
+1/mu times that of v, and L-BFGS would stop far from the optimum at tiny mu.
+Between 0.01 and 1 the original coordinates are kept: the imbalance is at most
+100, L-BFGS copes, and the stopping test (a max-norm in these coordinates)
+keeps its meaning.  Both limits
 (mu -> 0, mu -> inf) are well-conditioned.  The objective is divided by sum(s) inside the solver,
 which does not move the optimum.
 """
@@ -50,7 +48,6 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +56,10 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 from scipy.special import expit
 
+from spamtl.parallel import one_blas_thread
+
 __all__ = ["TASK_WEIGHTINGS", "task_weights", "ConvergenceWarning", "TaskLayout", "MultiTaskLogisticLoss",
-           "UserBlock", "user_blocks", "block_loss_grad", "minimize_lbfgs", "lbfgs_numpy", "fit_single_task",
-           "Blockwise"]
+           "minimize_lbfgs", "lbfgs_numpy", "Blockwise", "parameter_blocks", "task_ranges"]
 
 
 TASK_WEIGHTINGS = ("sample", "task")
@@ -69,13 +67,11 @@ RESCALE_BELOW = 0.01
 """Penalty factors below this switch the preconditioner to the smallest factor (module Notes)."""
 LARGE_PROBLEM = 1_000_000
 """Above this many parameters (about 130 users of ~100 labels) :func:`minimize_lbfgs` uses
-:func:`lbfgs_numpy` instead of SciPy's L-BFGS-B.  SciPy's workspace is ~25 float64 copies of the parameters
-(10 GB at 10,000 users), and since SciPy 1.15 its bookkeeping (``setulb``) cost two thirds of a fit's time
-at 200 users (16.7 of 25.9 s; the data products 1.5 s); below it every fit is exactly what it was (tests and
-bench_model run there)."""
+:func:`lbfgs_numpy` instead of SciPy's L-BFGS-B, whose workspace is ~25 float64 copies of the parameters and
+whose per-iteration bookkeeping then costs more than the objective."""
 SINGLE_BLAS_THREAD_ABOVE = 1_000_000
-"""Fits with more parameters than this (about 130 users of ~100 labels; bench_model's six Enron users
-stay below) run BLAS on one thread (see :func:`minimize_lbfgs`)."""
+"""Fits with more parameters than this (about 130 users of ~100 labels) run BLAS on one thread (see
+:func:`minimize_lbfgs`)."""
 HISTORY_BYTES = 2e9
 """At most this much memory for :func:`lbfgs_numpy`'s (s, y) pairs: 10 float64 pairs up to 12.5M parameters."""
 
@@ -139,6 +135,31 @@ def task_ranges(cumulative: np.ndarray, size: float) -> np.ndarray:
     return np.unique(np.concatenate([[0], np.minimum(cuts, T), [T]])).astype(np.int64)
 
 
+def _group_layout(key_cols: np.ndarray, task_offsets: np.ndarray, task_group: np.ndarray, n_groups: int,
+                  key_type: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The group keys (:class:`TaskLayout`'s ``group_cols``, ``group_offsets``, ``key_group``), one group at a
+    time: a group's keys are the distinct columns of its tasks' key ranges."""
+    key_group = np.full(len(key_cols), -1, dtype=key_type)
+    group_parts = []
+    group_counts = np.zeros(n_groups, np.int64)
+    if n_groups:
+        task_order = np.argsort(task_group, kind="stable")
+        group_start = np.searchsorted(task_group[task_order], np.arange(n_groups + 1))
+        n_group_keys = 0
+        for g in range(n_groups):
+            members = task_order[group_start[g]:group_start[g + 1]]
+            pos = _ranges(task_offsets[members], task_offsets[members + 1] - task_offsets[members])
+            cols, group_inverse = _unique_inverse(key_cols[pos], key_type)
+            group_inverse += n_group_keys
+            key_group[pos] = group_inverse
+            group_parts.append(cols.astype(np.int64))
+            group_counts[g] = len(cols)
+            n_group_keys += len(cols)
+            del pos, group_inverse
+    group_cols = np.concatenate(group_parts) if group_parts else np.zeros(0, np.int64)
+    return group_cols, np.concatenate([[0], np.cumsum(group_counts)]).astype(np.int64), key_group
+
+
 @dataclass(frozen=True)
 class TaskLayout:
     """Index bookkeeping for the compact parameterisation.
@@ -175,11 +196,11 @@ class TaskLayout:
 
     @classmethod
     def build(cls, X: sp.csr_matrix, task_index: np.ndarray, n_tasks: int,
-              task_group: np.ndarray, n_groups: int) -> TaskLayout:
+              task_group: np.ndarray, n_groups: int, block_nnz: int = BUILD_BLOCK_NNZ) -> TaskLayout:
         """Index X (CSR, float64) by (task, column) keys.
 
         ``task_index`` gives each row's task in 0..T-1; ``task_group`` each
-        task's group in 0..G-1 or -1.
+        task's group in 0..G-1 or -1.  The keys are indexed ``block_nnz`` non-zeros at a time (memory).
         """
         d = X.shape[1]
         X = X.tocsr()
@@ -194,7 +215,7 @@ class TaskLayout:
         lengths = np.diff(X.indptr)
         row_order = np.argsort(task_index, kind="stable")
         row_start = np.searchsorted(task_index[row_order], np.arange(n_tasks + 1))
-        bounds = task_ranges(np.cumsum(np.bincount(task_index, weights=lengths, minlength=n_tasks)), BUILD_BLOCK_NNZ)
+        bounds = task_ranges(np.cumsum(np.bincount(task_index, weights=lengths, minlength=n_tasks)), block_nnz)
         inverse = np.empty(X.nnz, dtype=index_type)
         cols_parts = []
         counts = np.zeros(n_tasks, np.int64)
@@ -227,26 +248,7 @@ class TaskLayout:
         Xk = sp.csr_matrix((X.data, inverse, X.indptr.astype(index_type)), shape=(X.shape[0], len(key_cols)))
         del inverse
 
-        # Group keys likewise, one group at a time: a group's keys are those of its tasks' key ranges.
-        key_group = np.full(len(key_cols), -1, dtype=key_type)
-        group_parts = []
-        group_counts = np.zeros(n_groups, np.int64)
-        if n_groups:
-            task_order = np.argsort(task_group, kind="stable")
-            group_start = np.searchsorted(task_group[task_order], np.arange(n_groups + 1))
-            n_group_keys = 0
-            for g in range(n_groups):
-                members = task_order[group_start[g]:group_start[g + 1]]
-                pos = _ranges(task_offsets[members], task_offsets[members + 1] - task_offsets[members])
-                cols, group_inverse = _unique_inverse(key_cols[pos], key_type)
-                group_inverse += n_group_keys
-                key_group[pos] = group_inverse
-                group_parts.append(cols.astype(np.int64))
-                group_counts[g] = len(cols)
-                n_group_keys += len(cols)
-                del pos, group_inverse
-        group_cols = np.concatenate(group_parts) if group_parts else np.zeros(0, np.int64)
-        group_offsets = np.concatenate([[0], np.cumsum(group_counts)]).astype(np.int64)
+        group_cols, group_offsets, key_group = _group_layout(key_cols, task_offsets, task_group, n_groups, key_type)
         return cls(d, shared_cols, task_offsets, key_cols, group_cols, group_offsets, key_group, Xk)
 
     @property
@@ -262,74 +264,6 @@ class TaskLayout:
         position = np.zeros(self.n_features, dtype=key_type)
         position[self.shared_cols] = np.arange(len(self.shared_cols), dtype=key_type)
         return position[self.key_cols]
-
-
-@dataclass(frozen=True)
-class UserBlock:
-    """The rows and keys of a contiguous range of tasks (users): what :func:`block_loss_grad` needs.
-
-    Keys of tasks ``t0..t1-1`` are contiguous (``key_start:key_stop`` of the layout), and their rows touch
-    no other key, so a block is self-contained given its effective per-key weights.
-    """
-
-    t0: int
-    t1: int
-    key_start: int
-    key_stop: int
-    Xk: sp.csr_matrix  # (block rows, block keys)
-    XkT: sp.csr_matrix
-    y: np.ndarray
-    s: np.ndarray
-    task: np.ndarray  # each row's task, 0-based within the block
-
-
-def user_blocks(layout: TaskLayout, y: np.ndarray, s: np.ndarray, task_index: np.ndarray,
-                n_blocks: int) -> list[UserBlock]:
-    """Split the data into ``n_blocks`` contiguous task ranges of about equal non-zeros."""
-    T = len(layout.task_offsets) - 1
-    row_nnz = np.diff(layout.Xk.indptr)
-    per_task = np.bincount(task_index, weights=row_nnz, minlength=T)
-    cum = np.cumsum(per_task)
-    total = cum[-1] if T else 0.0
-    cuts = np.searchsorted(cum, total * np.arange(1, n_blocks) / n_blocks, side="right") + 1
-    bounds = np.unique(np.concatenate([[0], np.minimum(cuts, T), [T]]))
-    blocks = []
-    for t0, t1 in zip(bounds[:-1], bounds[1:]):
-        rows = np.flatnonzero((task_index >= t0) & (task_index < t1))
-        k0, k1 = int(layout.task_offsets[t0]), int(layout.task_offsets[t1])
-        sub = layout.Xk[rows]
-        Xk = sp.csr_matrix((sub.data, sub.indices - k0, sub.indptr), shape=(len(rows), k1 - k0))
-        blocks.append(UserBlock(int(t0), int(t1), k0, k1, Xk, Xk.T.tocsr(), y[rows], s[rows],
-                                (task_index[rows] - t0).astype(np.int64)))
-    return blocks
-
-
-def block_loss_grad(block: UserBlock, W: np.ndarray, task_intercept: np.ndarray) -> tuple[float, np.ndarray,
-                                                                                        np.ndarray]:
-    """The loss of one block of users and its gradient, given their effective weights.
-
-    ``W`` holds the block's keys' effective weights (w0 + u_g + v_t on each key), ``task_intercept``
-    each of its tasks' b0 + cg_g + c_t.  Returns the weighted logistic loss of the block's rows, its
-    gradient with respect to W (per key) and the sum of dJ/dz over each task's rows; the shared
-    gradients are sums of these over blocks (:meth:`MultiTaskLogisticLoss.loss_gradient`).  Needs
-    nothing of any other user: this is the map step of a distributed fit (README, "Scaling").
-    """
-    from spamtl.parallel import resolve
-
-    block = resolve(block)
-    z = block.Xk @ W + task_intercept[block.task]
-    yz = block.y * z
-    loss = float(block.s @ np.logaddexp(0.0, -yz))
-    r = -block.y * block.s * expit(-yz)
-    return loss, block.XkT @ r, np.bincount(block.task, weights=r, minlength=block.t1 - block.t0)
-
-
-@dataclass(frozen=True)
-class _Span:
-    t0: int
-    t1: int
-    key_start: int
-    key_stop: int
 
 
 class Blockwise:
@@ -385,7 +319,7 @@ def parameter_blocks(sizes: dict[str, int], factors: dict[str, float],
     penalised = [factors[k] for k in sizes if sizes[k] and factors[k] > 0]
     smallest = float(min(penalised)) if penalised else 1.0
     # See the module Notes: rescale by the smallest factor only where the factors differ by more
-    # than RESCALE_BELOW; above it the first release's coordinates (and so its fits) are kept.
+    # than RESCALE_BELOW; above it the original coordinates (and so the same fits) are kept.
     reference = smallest if smallest < RESCALE_BELOW else 1.0
     scale = Blockwise(slices, {k: float(np.sqrt(np.maximum(np.float64(f) / reference, 1.0)))
                                for k, f in factors.items()})
@@ -479,56 +413,8 @@ class MultiTaskLogisticLoss:
         b = p["b0"][0] + cg[self.gi] + p["c"][self.ti]
         return W, b
 
-    def distribute(self, blocks: list[UserBlock], executor: Executor, payloads: list[Any] | None = None) -> None:
-        """Evaluate the data terms block by block (:func:`block_loss_grad`) on ``executor`` from now on.
-
-        ``blocks`` are :func:`user_blocks` of this objective's data; ``payloads`` what is submitted in
-        their place (handles a fork pool's workers resolve, or a Dask client's scattered futures;
-        default the blocks themselves).  Same loss and gradient as in-process, up to summation order.
-        """
-        if self.is_fixed:
-            raise ValueError("a fixed-shared objective has one task: nothing to distribute")
-        self._block_spans = [_Span(b.t0, b.t1, b.key_start, b.key_stop) for b in blocks]
-        self.blocks = payloads if payloads is not None else blocks
-        self.executor = executor
-
-    def _blocked(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        p = self.unpack(theta)
-        lay = self.layout
-        W = p["w0"][lay.key_shared]
-        W += p["v"]
-        if self.n_groups:
-            W[self._grouped] += p["u"][self._grouped_key]
-        cg = np.append(p["cg"], 0.0)
-        tg = np.where(self.tg >= 0, self.tg, self.n_groups)
-        b_task = p["b0"][0] + cg[tg] + p["c"]
-        spans = [(b.t0, b.t1, b.key_start, b.key_stop) for b in self._block_spans]
-        futures = [self.executor.submit(block_loss_grad, block, W[k0:k1], b_task[t0:t1])
-                   for block, (t0, t1, k0, k1) in zip(self.blocks, spans)]
-        loss = 0.0
-        G = np.empty(lay.n_keys)
-        r_task = np.empty(self.n_tasks)
-        for future, (t0, t1, k0, k1) in zip(futures, spans):
-            part, G[k0:k1], r_task[t0:t1] = future.result()
-            loss += part
-        grad = np.empty_like(theta)
-        sl = self.slices
-        grad[sl["v"]] = G
-        grad[sl["w0"]] = np.bincount(lay.key_shared, weights=G, minlength=self.sizes["w0"])
-        if self.n_groups:
-            grad[sl["u"]] = np.bincount(self._grouped_key, weights=G[self._grouped], minlength=self.sizes["u"])
-            grad[sl["cg"]] = np.bincount(tg, weights=r_task, minlength=self.n_groups + 1)[:-1]
-        grad[sl["b0"]] = r_task.sum()
-        grad[sl["c"]] = r_task
-        pen_theta = self.alpha_penalty.times(theta)
-        loss += 0.5 * float(theta @ pen_theta)
-        grad += pen_theta
-        return loss, grad
-
     def loss_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """J(theta) and dJ/dtheta in the original (unscaled, unnormalised) form."""
-        if getattr(self, "blocks", None) is not None:
-            return self._blocked(theta)
         # Parameter-sized arrays are let go as soon as they are used (W before G exists, G once it is
         # in grad): at 10,000 users each is ~500 MB, and a fit's peak is inside this function.
         W, b = self.effective(theta)
@@ -563,13 +449,14 @@ class MultiTaskLogisticLoss:
 
 
 def minimize_lbfgs(objective: Any, theta0: np.ndarray, *, tol: float, max_iter: int,
-                   secant: bool = False, history_bytes: float | None = None,
+                   secant: bool = False, history_bytes: float | None = None, numpy_above: int = LARGE_PROBLEM,
                    warn: bool = True) -> tuple[np.ndarray, int, float]:
     """Minimise with scipy's L-BFGS-B in scaled coordinates.
 
     ``secant=True`` always uses :func:`lbfgs_numpy`, whose line search then extrapolates by the secant of
     the directional derivatives (what an objective whose evaluations are expensive asks for: the
-    projected one's first line search took 15 doublings on 1,000 users).  ``history_bytes``: see
+    projected one's first line search took many doublings).  Problems of more than ``numpy_above`` parameters
+    also use it (SciPy's workspace is ~25 copies of the parameters).  ``history_bytes``: see
     :func:`lbfgs_numpy`.  ``warn=False``: no ConvergenceWarning (the caller checks ``grad_norm``; a
     ``warnings.catch_warnings`` block is not safe in threads).
 
@@ -595,14 +482,12 @@ def minimize_lbfgs(objective: Any, theta0: np.ndarray, *, tol: float, max_iter: 
         return loss / norm, grad
 
     # One BLAS thread on large problems: the solver's BLAS calls are vector operations (dot, axpy) that
-    # OpenBLAS splits over threads which then spin; on a loaded 2-core machine that made a fit 2.6x slower
-    # (25.8 s -> 9.9 s at 300 users), and training runs independent fits side by side instead.  Below
-    # SINGLE_BLAS_THREAD_ABOVE the first release's threading is kept: a different summation order moves
-    # an ill-conditioned fit within its tolerance, and bench_model's n=all figures moved 7-19 %.
-    # Below it no threadpoolctl call at all (it is not thread-safe, and the projected fit's users solved in
-    # the primal run this from its chunk threads).
-    with _one_blas_thread() if len(theta0) > SINGLE_BLAS_THREAD_ABOVE else contextlib.nullcontext():
-        if len(theta0) > LARGE_PROBLEM or secant:
+    # BLAS splits over threads which then spin, and training runs independent fits side by side instead.
+    # Below SINGLE_BLAS_THREAD_ABOVE BLAS keeps its own threading (its summation order is part of what a
+    # small fit gives) and threadpoolctl is not called at all: it is not thread-safe, and the projected
+    # fit's users solved in the primal run this from its chunk threads.
+    with one_blas_thread() if len(theta0) > SINGLE_BLAS_THREAD_ABOVE else contextlib.nullcontext():
+        if len(theta0) > numpy_above or secant:
             x, nit, message = lbfgs_numpy(fun, scale.times(theta0), tol=tol, max_iter=max_iter, secant=secant,
                                           history_bytes=history_bytes)
         else:
@@ -652,21 +537,7 @@ def lbfgs_numpy(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.nd
     for it in range(max_iter):
         if not g.size or float(np.max(np.abs(g))) <= tol:
             return x, it, "converged"
-        # Two-loop recursion: d = -H g.
-        q = g.copy()
-        a = np.empty(len(s_hist))
-        for i in range(len(s_hist) - 1, -1, -1):
-            a[i] = rho[i] * float(s_hist[i] @ q)
-            q -= a[i] * y_hist[i]
-        if s_hist:
-            y_last = y_hist[-1].astype(np.float64, copy=False)
-            q *= float(s_hist[-1] @ y_last) / float(y_last @ y_last)
-            del y_last
-        for i in range(len(s_hist)):
-            b = rho[i] * float(y_hist[i] @ q)
-            q += (a[i] - b) * s_hist[i]
-        d = np.negative(q, out=q)
-        del q
+        d = _two_loop(g, s_hist, y_hist, rho)
         slope = float(g @ d)
         if slope >= 0:  # not a descent direction (rounding): restart from steepest descent
             s_hist.clear(), y_hist.clear(), rho.clear()
@@ -691,6 +562,23 @@ def lbfgs_numpy(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.nd
         if reduction <= 1e-14 * np.finfo(float).eps:
             return x, it + 1, "no further reduction"
     return x, max_iter, "max_iter reached"
+
+
+def _two_loop(g: np.ndarray, s_hist: list[np.ndarray], y_hist: list[np.ndarray], rho: list[float]) -> np.ndarray:
+    """The L-BFGS direction -H g by the two-loop recursion (Nocedal & Wright, Algorithm 7.4)."""
+    q = g.copy()
+    a = np.empty(len(s_hist))
+    for i in range(len(s_hist) - 1, -1, -1):
+        a[i] = rho[i] * float(s_hist[i] @ q)
+        q -= a[i] * y_hist[i]
+    if s_hist:
+        y_last = y_hist[-1].astype(np.float64, copy=False)
+        q *= float(s_hist[-1] @ y_last) / float(y_last @ y_last)
+        del y_last
+    for i in range(len(s_hist)):
+        b = rho[i] * float(y_hist[i] @ q)
+        q += (a[i] - b) * s_hist[i]
+    return np.negative(q, out=q)
 
 
 def _wolfe_step(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.ndarray, f: float, slope: float,
@@ -729,83 +617,3 @@ def _wolfe_step(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.nda
         step = 0.5 * (lo + hi) if math.isfinite(hi) else 2.0 * lo
     return best  # sufficient decrease without the curvature condition beats stopping
 
-
-def fit_single_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray | Callable[[np.ndarray], np.ndarray],
-                    offset_intercept: float, *, weight: float | np.ndarray, alpha: float, mu: float,
-                    init_cols: np.ndarray | None = None, init_values: np.ndarray | None = None,
-                    init_intercept: float = 0.0, tol: float = 1e-6,
-                    max_iter: int = 500) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Fit one task's personal part (v_t, c_t) with the shared part fixed.
-
-    This is the feedback path: it needs no other task's data or weights, so
-    it touches no other task.
-
-    Parameters
-    ----------
-    X : csr_matrix, shape (m, n_features)
-        The task's rows.
-    y : ndarray, shape (m,)
-        Labels in {-1, +1}.
-    offset_weights : ndarray, shape (n_features,) or callable
-        w0 + u_g, fixed: dense, or a function of the task's columns (sorted int64) returning w0 + u_g on
-        them (what a caller refitting thousands of tasks passes instead of a dense copy per task).
-    offset_intercept : float
-        b0 + cg_g, fixed.
-    weight : float or ndarray of shape (m,)
-        omega_t, the weight of each of this task's samples (an array weighs each sample on its own:
-        feedback weighs a user's corrections above their imported labels).
-    alpha, mu : float
-        As in the joint objective.
-    init_cols, init_values, init_intercept : optional
-        The previous v_t (sparse) and c_t, for a warm start.
-
-    Returns
-    -------
-    cols : ndarray of int64
-        Support of the new v_t (columns occurring in X), sorted.
-    values : ndarray of float64
-        v_t on ``cols``.
-    intercept : float
-        c_t.
-    grad_norm : float
-    """
-    m = X.shape[0]
-    layout = TaskLayout.build(X, np.zeros(m, np.int64), 1, np.full(1, -1, np.int64), 0)
-    objective = MultiTaskLogisticLoss(
-        layout, y.astype(np.float64), np.broadcast_to(np.asarray(weight, np.float64), (m,)).copy(),
-        np.zeros(m, np.int64),
-        np.full(1, -1, np.int64), alpha=alpha, mu=mu, mu_group=1.0,
-        fixed_shared=(np.asarray(offset_weights(layout.key_cols), np.float64) if callable(offset_weights)
-                      else np.asarray(offset_weights, np.float64)[layout.key_cols]),
-        fixed_intercept=np.full(m, float(offset_intercept)),
-    )
-    theta0 = np.zeros(objective.n_params)
-    if init_cols is not None and init_values is not None and len(init_cols):
-        pos = np.searchsorted(init_cols, layout.key_cols)
-        pos = np.minimum(pos, len(init_cols) - 1)
-        hit = init_cols[pos] == layout.key_cols
-        theta0[objective.slices["v"]][hit] = init_values[pos[hit]]
-    theta0[objective.slices["c"]] = init_intercept
-    with _one_blas_thread():  # a refit is small: BLAS threads only spin (see _one_blas_thread)
-        theta, _, grad_norm = minimize_lbfgs(objective, theta0, tol=tol, max_iter=max_iter)
-    p = objective.unpack(theta)
-    return layout.key_cols.astype(np.int64), p["v"].copy(), float(p["c"][0]), grad_norm
-
-
-def _one_blas_thread() -> Any:
-    """BLAS limited to one thread while a feedback refit's L-BFGS-B runs (feedback, TELL).
-
-    L-BFGS-B's own work is level-1 BLAS on the parameter vector (1e5 to 1e6
-    entries): OpenBLAS's threads cost more in hand-offs and spinning than they
-    save, and on a machine whose cores are busy (a mail server, the daemon's
-    other worker, other jobs) the spinning steals them.  Measured on the
-    2-core machine at a load of 10-14: a 500-message Junk folder's refit took
-    3.5 s with OpenBLAS's default threads and 0.3 s with one; `spamtl train`
-    on 2,000 messages 18.5 s and 2.0 s.  Training's fits keep BLAS's own
-    threading below SINGLE_BLAS_THREAD_ABOVE parameters (see minimize_lbfgs).
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn brings it; without it, BLAS keeps its own setting
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")

@@ -1,10 +1,12 @@
-"""Fitted weights in a light, numpy-only form: scoring and safe serialisation.
+"""The fitted model in a light, numpy-only form: the one scorer, and safe serialisation.
 
 A fitted multi-task model is a shared part (w0, b0), optional group parts
-(u_g, cg) and one personal part per task (v_t, c_t), each a sparse vector
+(u_g, c_g) and one personal part per task (v_t, c_t), each a sparse vector
 plus an intercept, and optionally the :class:`~spamtl.features.IdfWeights`
-that rows are reweighted with before they are scored.  :class:`ModelWeights` holds them; :func:`score_rows`
-scores feature rows for one task.  This module imports numpy only, so the
+that rows are reweighted with before they are scored.  :class:`ModelWeights`
+holds them; :meth:`ModelWeights.score` scores one row for one task and returns
+the logit with its parts (:class:`RowScore`): every verdict, explanation and
+review ranking comes from it.  This module imports numpy only, so the
 classification path of a mail pipeline starts fast (no scikit-learn, no scipy).
 
 Serialisation uses ``numpy.savez`` and loads with ``allow_pickle=False``:
@@ -27,34 +29,49 @@ import numpy as np
 from spamtl.errors import DamagedModelError
 from spamtl.features import FeatureRow, IdfWeights, load_npz, load_sparse
 
-__all__ = ["FORMAT_VERSION", "SparsePart", "ModelWeights", "decode_stored", "score_rows", "sigmoid"]
+__all__ = ["FORMAT_VERSION", "PART_KINDS", "SparsePart", "PartScore", "RowScore", "ModelWeights", "decode_stored",
+           "score_row", "sigmoid"]
 
 FORMAT_VERSION = 2
 """2 added the optional idf weights; files and store rows of format 1 still load."""
 _READABLE_FORMATS = (1, 2)
+PART_KINDS = ("shared", "group", "personal")
+"""The parts of a score, in the order they are summed and shown."""
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class SparsePart:
-    """A sparse weight vector (sorted ``cols``, ``values``) and an intercept."""
+    """A sparse weight vector (sorted unique ``cols``, ``values``) and an intercept."""
 
     cols: np.ndarray
     values: np.ndarray
     intercept: float = 0.0
+    # n_features -> the vector as one dense array (shared and group parts: gathered per message, built once)
+    _dense: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def empty(cls) -> SparsePart:
         return cls(np.zeros(0, np.int64), np.zeros(0, np.float64), 0.0)
 
-    def dot(self, row: FeatureRow) -> float:
-        """Inner product with one feature row (both sorted sparse vectors)."""
-        if not len(self.cols) or not len(row.indices):
-            return 0.0
-        pos = np.searchsorted(self.cols, row.indices)
-        pos[pos == len(self.cols)] = 0
-        hit = self.cols[pos] == row.indices
-        return float(self.values[pos[hit]] @ row.values[hit].astype(np.float64))
+    def at(self, columns: np.ndarray, n_features: int | None = None) -> np.ndarray:
+        """The weight at each of ``columns`` (0.0 where the part has none), float64.
+
+        With ``n_features`` the part is kept as a dense array of that length (8 bytes a feature) and
+        looked up by index: for the parts every user shares, which score every message.
+        """
+        if n_features is not None:
+            dense = self._dense.get(n_features)
+            if dense is None:
+                dense = self._dense[n_features] = np.zeros(n_features)
+                dense[self.cols] = self.values
+            return dense[columns]
+        weights = np.zeros(len(columns))
+        if len(self.cols) and len(columns):
+            pos = np.minimum(np.searchsorted(self.cols, columns), len(self.cols) - 1)
+            hit = self.cols[pos] == columns
+            weights[hit] = self.values[pos[hit]]
+        return weights
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -103,20 +120,34 @@ class ModelWeights:
         """The row as the parts expect it: reweighted by :attr:`idf`, if any."""
         return self.idf.apply(row) if self.idf is not None else row
 
-    def parts_for(self, task: str | None, group: str | None = None) -> list[SparsePart]:
-        """The parts that score ``task``: shared, its group's (if any), its own (if known)."""
-        parts = [self.shared]
+    def named_parts(self, task: str | None, group: str | None = None) -> list[tuple[str, str, SparsePart]]:
+        """(kind, name, part) of each part that scores ``task``: shared, its group's, its own.
+
+        A known task's group is the one it was trained in (``group`` is for a task the model does not
+        know); a missing group or personal part is left out: an unknown task is scored by the shared
+        (and group) part alone.
+        """
+        parts = [("shared", "", self.shared)]
         if task is not None and task in self.task_groups:
             group = self.task_groups[task]
         if group is not None and group in self.groups:
-            parts.append(self.groups[group])
+            parts.append(("group", group, self.groups[group]))
         if task is not None and task in self.tasks:
-            parts.append(self.tasks[task])
+            parts.append(("personal", task, self.tasks[task]))
         return parts
 
+    def score(self, row: FeatureRow, task: str | None, group: str | None = None, *,
+              is_dense: bool = False) -> RowScore:
+        """The score of one (raw, not yet idf-reweighted) feature row for ``task``, with its parts.
+
+        ``is_dense`` keeps the shared and group parts as dense arrays (8 bytes a feature each, built at the
+        first call and kept with the parts): for weights that score many messages, as a reader's do.
+        """
+        return score_row(self.prepare(row), self.named_parts(task, group), self.n_features if is_dense else None)
+
     def decision(self, rows: Sequence[FeatureRow], task: str | None, group: str | None = None) -> np.ndarray:
-        """Scores f_t(x) of rows for one task; an unknown task gets shared (+ group) only."""
-        return score_rows([self.prepare(r) for r in rows], self.parts_for(task, group))
+        """Scores f_t(x) of rows for one task (:meth:`score`'s logits); an unknown task gets shared (+ group) only."""
+        return np.array([self.score(r, task, group).logit for r in rows], dtype=np.float64)
 
     def save(self, file: Any) -> None:
         """Write everything to one ``.npz`` file (path or binary file object)."""
@@ -173,13 +204,66 @@ def decode_stored(decode: Callable[[bytes], T], data: bytes, *, version: int, n_
     return part
 
 
-def score_rows(rows: Sequence[FeatureRow], parts: Sequence[SparsePart]) -> np.ndarray:
-    """Sum of the parts' scores (dot product plus intercept) for each row."""
-    out = np.empty(len(rows), dtype=np.float64)
-    intercept = sum(p.intercept for p in parts)
-    for i, row in enumerate(rows):
-        out[i] = intercept + sum(p.dot(row) for p in parts)
-    return out
+@dataclass(frozen=True)
+class PartScore:
+    """One part's share of a row's logit: its intercept plus ``weight * x`` on each of the row's columns."""
+
+    kind: str  # one of PART_KINDS
+    name: str  # the group's or the task's name; "" for the shared part
+    intercept: float
+    cols: np.ndarray  # the row's columns, int64, sorted
+    x: np.ndarray  # the row's values there (idf-reweighted, unit norm), float64
+    weights: np.ndarray  # the part's weight at each column (0.0 where it has none)
+    contributions: np.ndarray  # weights * x
+    features: float  # the contributions' sum
+
+    @property
+    def total(self) -> float:
+        return self.intercept + self.features
+
+
+@dataclass(frozen=True)
+class RowScore:
+    """A row's logit and the parts it is the sum of (in :data:`PART_KINDS` order; missing parts left out)."""
+
+    logit: float
+    parts: tuple[PartScore, ...]
+
+    @property
+    def probability(self) -> float:
+        return sigmoid(self.logit)
+
+    def total(self, kind: str) -> float:
+        """The total of the part of this kind, 0.0 when the task has none."""
+        return next((p.total for p in self.parts if p.kind == kind), 0.0)
+
+
+def score_row(row: FeatureRow, parts: Sequence[tuple[str, str, SparsePart]],
+              n_features: int | None = None) -> RowScore:
+    """The one scorer: ``row`` (already reweighted, :meth:`ModelWeights.prepare`) under ``parts``.
+
+    The logit is ``sum(part.total)``, each total ``intercept + sum(weights * x)``, summed in the parts'
+    order, so the parts add up to the score exactly.  A part's weights are found by binary search, or
+    with ``n_features`` the shared and group parts by index in their dense form (:meth:`SparsePart.at`).
+
+    Examples
+    --------
+    >>> row = FeatureRow(np.array([1, 4], np.int32), np.array([0.6, 0.8], np.float32))
+    >>> shared = SparsePart(np.array([1, 2]), np.array([2.0, 5.0]), -1.0)
+    >>> mine = SparsePart(np.array([4]), np.array([-1.0]), 0.5)
+    >>> score = score_row(row, [("shared", "", shared), ("personal", "ann", mine)])
+    >>> [(p.kind, round(p.total, 3)) for p in score.parts], round(score.logit, 3)
+    ([('shared', 0.2), ('personal', -0.3)], -0.1)
+    """
+    cols = row.indices.astype(np.int64)
+    x = row.values.astype(np.float64)
+    scores = []
+    for kind, name, part in parts:
+        weights = part.at(cols, n_features if kind != "personal" else None)
+        contributions = weights * x
+        scores.append(PartScore(kind, name, float(part.intercept), cols, x, weights, contributions,
+                                float(contributions.sum())))
+    return RowScore(sum(p.total for p in scores), tuple(scores))
 
 
 def sigmoid(z: float) -> float:

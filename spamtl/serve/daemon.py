@@ -52,9 +52,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from spamtl.config import Settings, validate_name
 from spamtl.errors import NoModelError, SpamtlError, UnknownUserError, UsageError
 from spamtl.serve import protocol as proto
+from spamtl.settings import Settings, validate_name
+from spamtl.store import utcnow
 
 if TYPE_CHECKING:
     from spamtl.serve.peers import Peer
@@ -72,7 +73,7 @@ class ServeOptions:
     """Where to listen and whose model answers a request without a User header.
 
     Everything else (workers, limits, timeouts, who may teach whom) is in
-    :class:`~spamtl.config.Settings` (``serve_*``), so SIGHUP rereads it.
+    :class:`~spamtl.settings.Settings` (``serve_*``), so SIGHUP rereads it.
     """
 
     socket_path: str | None = None
@@ -252,20 +253,25 @@ class Worker:
     def load(self) -> None:
         """(Re)read the settings and open a fresh reader: every cached model is dropped."""
         from spamtl.services.classify import VerdictWriter, open_reader
+        from spamtl.store.engine import make_engine
 
         settings = self.settings_factory()
         policy = _policy(settings)
-        reader = open_reader(settings)  # raises before anything changes
+        engine = make_engine(settings.database_url)
+        try:
+            reader = open_reader(engine, settings)  # raises before anything changes
+        except BaseException:
+            engine.dispose()
+            raise
         old_reader, old_engine, old_writer = self.reader, self.engine, self.writer
         if old_writer is not None:
             old_writer.close()  # what was scored with the old settings goes to the old store, now
-        self.writer = VerdictWriter(settings, interval=settings.serve_log_interval, on_error=_verdicts_lost)
-        self.settings, self.reader, self.policy = settings, reader, policy
+        self.writer = VerdictWriter(engine, settings, interval=settings.serve_log_interval, on_error=_verdicts_lost)
+        self.settings, self.reader, self.policy, self.engine = settings, reader, policy, engine
         # Each worker takes its share of the connections the kernel hands out.
         self.limit = max(1, math.ceil(settings.serve_max_connections / max(1, settings.serve_workers)))
         global _SETTINGS
         _SETTINGS = settings
-        self.engine = None
         self._checked = 0.0
         if old_reader is not None:
             old_reader.store.close()
@@ -278,13 +284,6 @@ class Worker:
             self.reader.refresh()
             self._checked = now
         return self.reader
-
-    def _engine(self) -> Any:
-        if self.engine is None:
-            from spamtl.store.engine import make_engine
-
-            self.engine = make_engine(self.settings.database_url)
-        return self.engine
 
     # -- connections
     def _admit(self, conn: _Connection) -> str | None:
@@ -490,7 +489,7 @@ class Worker:
         log_verdict = None
         is_stored = user != _SHARED and self.policy.may_act_for(peer, user)
         if is_stored:
-            log_verdict = functools.partial(self.writer.submit, model, message, verdict, _now())
+            log_verdict = functools.partial(self.writer.submit, model, message, verdict, utcnow())
         is_spam = verdict.verdict == "spam"
         spam = proto.spam_header(verdict.probability, verdict.spam_cutoff, verdict.ham_cutoff, verdict.verdict)
         emit("verdict", command=request.command, user=user or "-", verdict=verdict.verdict,
@@ -513,7 +512,7 @@ class Worker:
             if command == "REPORT" or is_spam:
                 text = _report(verdict, spam[1]) + _breakdown(explain(model, message, scored=verdict.scored))
             return proto.response(proto.EX_OK, headers=[spam], body=text.encode()), log_verdict
-        from spamtl.mail.parse import add_headers
+        from spamtl.mail.headers import add_headers
 
         # X-Spam-Status names the same symbols as SYMBOLS (top=0: the parts' totals, no evidence lists).
         tests = symbol_names(verdict, explain(model, message, top=0, scored=verdict.scored))
@@ -526,7 +525,7 @@ class Worker:
         """The answer for input that is not mail: not spam, 0 points, the message back marked ``skipped``."""
         spam = ("Spam", "False ; 0.0 / 5.0")
         if request.command in ("PROCESS", "HEADERS"):
-            from spamtl.mail.parse import add_headers
+            from spamtl.mail.headers import add_headers
 
             processed = add_headers(body, [("X-Spamtl-Status", skipped.header_value())])
             if request.command == "HEADERS":
@@ -580,14 +579,14 @@ class Worker:
         none) and ``changed`` (Set: local stored a label the user did not have)."""
         from spamtl.services.feedback import forget_feedback, record_feedback
 
-        engine = self._engine()
+        engine = self.engine
         out: dict[str, Any] = {"label": None, "changed": False}
         if tell.remove_local:
-            forgot = forget_feedback(engine, self.settings, user=user, raw=body, now=_now())
+            forgot = forget_feedback(engine, self.settings, user=user, raw=body, now=utcnow())
             out.update(removed=forgot.removed, id=forgot.sha256[:12])
         if tell.set_local:
             assert tell.message_class is not None
-            result = record_feedback(engine, self.settings, user=user, label=tell.message_class, raw=body, now=_now(),
+            result = record_feedback(engine, self.settings, user=user, label=tell.message_class, raw=body, now=utcnow(),
                                      create_user=self.settings.auto_create_users)
             out.update(id=result.sha256[:12], version=result.model_version, labels=result.user_labels,
                        label=result.label, previous=result.previous_label or "-",
@@ -633,12 +632,6 @@ def _policy(settings: Settings) -> Any:
 
 def _verdicts_lost(count: int, exc: Exception) -> None:
     emit("error", reason=f"{count} verdict(s) not stored: {exc}")
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _report(verdict: Any, spam_value: str) -> str:
@@ -750,10 +743,15 @@ def serve(settings_factory: Callable[[], Settings], options: ServeOptions,
     """
     from spamtl.serve import systemd
     from spamtl.services.classify import open_reader
+    from spamtl.store.engine import make_engine
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s spamtl[%(process)d] %(message)s")
     settings = settings_factory()
-    open_reader(settings).store.close()  # fail fast: no database, wrong schema, unknown trusted account
+    engine = make_engine(settings.database_url)
+    try:
+        open_reader(engine, settings).store.close()  # fail fast: no database, wrong schema, unknown trusted account
+    finally:
+        engine.dispose()  # nothing of it crosses the fork into the workers
     _policy(settings)
     sockets = bind_sockets(options, settings)
     where = ", ".join(describe(s) for s in sockets)

@@ -11,33 +11,10 @@ TELL as ``spamc -L`` does, :func:`exchange` is the client's one round trip
 (the only I/O in this module), :func:`parse_response` reads the answer and
 :func:`tell_outcome` says whether the daemon confirmed what was asked.
 
-spamtl's score scale (what ``Spam: True ; S / 5.0`` and ``X-Spam-Status: ...
-score=S required=5.0`` say) is SpamAssassin's: the threshold is always
-``required_score`` 5.0, so rules written for SpamAssassin's points work.  S is
-piecewise linear in the log-odds ``z = ln(p / (1 - p))`` of the user's spam
-probability p, anchored at the user's two cutoffs (a = the log-odds of the ham
-cutoff, b = that of the spam cutoff):
-
-    S = 5 * (z - a) / (b - a)      a <  z <  b   (unsure: 0 < S < 5)
-    S = k * (z - a)                z <= a        (ham: S <= 0)
-    S = 5 + k * (z - b)            z >= b        (spam: S >= 5)
-    k = 5 / max(b - a, 1)          points per unit of log-odds beyond the band
-
-so the ham cutoff is 0 points, the spam cutoff 5.0, and with a band at least
-one log-odds wide (training makes it so) the three pieces are one line: with
-the default cutoffs 0.5 and 0.9 (b = ln 9), p = 0.99 is 10.5 points, 0.7 is
-1.9 and 0.1 is -5.0.  A narrower band (an administrator's cutoffs, down to
-zero width) keeps 5 points per unit of log-odds outside it, so scores do not
-jump to the limits.  Probabilities are clamped to [1e-9, 1 - 1e-9] and S to
-[-100, 100] (SpamAssassin's own extremes: a welcome-listed sender is -100).
-S is shown with one decimal (as spamc prints it); when rounding, or the user's
-own label deciding the verdict, would put S outside the verdict's range, S is
-moved to its edge: spam at least 5.0, unsure 0.1 to 4.9, ham at most 0.0.  So
-``S >= 5.0`` holds exactly when ``Spam: True`` does (SpamAssassin's
-``get_tag_value_for_score`` keeps the same promise at its threshold).
+``Spam: True ; S / 5.0`` gives the score on SpamAssassin's scale (:mod:`spamtl.services.points`).
 
 PROCESS and HEADERS add SpamAssassin's headers in its default layout (see
-:func:`spamassassin_headers`) besides spamtl's own ``X-Spamtl-Status``.
+:func:`spamtl.services.points.spamassassin_headers`) besides spamtl's own ``X-Spamtl-Status``.
 
 TELL (spamc ``-L`` and ``-C``): ``local`` is the user's own label, stored and
 learnt at once; ``remote`` (SpamAssassin's collaborative databases) is
@@ -53,13 +30,13 @@ tell "already learned" (success) from a label that was not stored.
 
 from __future__ import annotations
 
-import math
 import socket
 from dataclasses import dataclass, field
 
+from spamtl.services.points import score_scale
+
 __all__ = ["PROTOCOL_VERSION", "COMMANDS", "ProtocolError", "Request", "Tell", "parse_request_line", "parse_header",
-           "build_request", "response", "REQUIRED_SCORE", "spamassassin_points", "score_scale", "spam_header",
-           "spamassassin_headers", "TELL_LABEL_HEADER", "tell_answer_headers", "Response", "TELL_LABELS",
+           "build_request", "response", "spam_header", "TELL_LABEL_HEADER", "tell_answer_headers", "Response", "TELL_LABELS",
            "MAX_SENT_BYTES", "tell_request", "exchange", "parse_response", "tell_outcome", "EX_OK", "EX_USAGE",
            "EX_DATAERR", "EX_NOUSER", "EX_SOFTWARE", "EX_TEMPFAIL", "EX_PROTOCOL", "EX_UNAVAILABLE", "EX_NOPERM"]
 
@@ -86,18 +63,6 @@ EX_NOPERM = 77
 _CODE_NAMES = {EX_OK: "EX_OK", EX_USAGE: "EX_USAGE", EX_DATAERR: "EX_DATAERR", EX_NOUSER: "EX_NOUSER",
                EX_UNAVAILABLE: "EX_UNAVAILABLE", EX_SOFTWARE: "EX_SOFTWARE", EX_TEMPFAIL: "EX_TEMPFAIL",
                EX_PROTOCOL: "EX_PROTOCOL", EX_NOPERM: "EX_NOPERM"}
-
-_P_EPSILON = 1e-9
-"""Probabilities (and cutoffs) are clamped to [1e-9, 1 - 1e-9] for the score (|log-odds| <= 20.7)."""
-REQUIRED_SCORE = 5.0
-"""The threshold every score is shown against: SpamAssassin's default ``required_score``."""
-MIN_BAND_LOGODDS = 1.0
-"""Outside the unsure band S moves 5 points per band width in log-odds, but at most 5 per unit of log-odds
-(training keeps a band at least 1 log-odds wide; only an administrator's cutoffs are narrower)."""
-SCORE_LIMIT = 100.0
-"""|S| is at most this: SpamAssassin's own extremes (USER_IN_WELCOMELIST is -100)."""
-MAX_STARS = 50
-"""Most ``*`` in ``X-Spam-Level``, as SpamAssassin's ``_STARS_`` tag."""
 
 
 class ProtocolError(Exception):
@@ -243,64 +208,10 @@ def response(code: int, message: str | None = None, headers: list[tuple[str, str
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b"")
 
 
-def _logodds(p: float) -> float:
-    p = min(max(p, _P_EPSILON), 1.0 - _P_EPSILON)
-    return math.log(p / (1.0 - p))
-
-
-def spamassassin_points(probability: float, spam_cutoff: float, ham_cutoff: float) -> float:
-    """S before rounding: the map of the module doc (ham cutoff 0 points, spam cutoff 5.0), in [-100, 100]."""
-    z, b = _logodds(probability), _logodds(spam_cutoff)
-    a = min(_logodds(ham_cutoff), b)
-    slope = REQUIRED_SCORE / max(b - a, MIN_BAND_LOGODDS)
-    if z >= b:
-        points = REQUIRED_SCORE + slope * (z - b)
-    elif z <= a:
-        points = slope * (z - a)
-    else:
-        points = REQUIRED_SCORE * (z - a) / (b - a)
-    return min(max(points, -SCORE_LIMIT), SCORE_LIMIT)
-
-
-def score_scale(probability: float, spam_cutoff: float, ham_cutoff: float, verdict: str) -> tuple[float, float]:
-    """``(S, 5.0)`` as shown, S with one decimal and in ``verdict``'s range (``S >= 5.0`` exactly for spam).
-
-    ``verdict`` is ``spam``, ``ham`` or ``unsure``: the model's at these cutoffs, or the user's own label.
-    """
-    score = round(spamassassin_points(probability, spam_cutoff, ham_cutoff), 1)
-    if verdict == "spam":
-        score = max(score, REQUIRED_SCORE)
-    elif verdict == "ham":
-        score = min(score, 0.0)
-    else:
-        score = min(max(score, 0.1), round(REQUIRED_SCORE - 0.1, 1))
-    return score + 0.0, REQUIRED_SCORE  # + 0.0: never "-0.0"
-
-
 def spam_header(probability: float, spam_cutoff: float, ham_cutoff: float, verdict: str) -> tuple[str, str]:
     """The ``Spam: True ; S / 5.0`` header (True for a spam verdict only)."""
     score, threshold = score_scale(probability, spam_cutoff, ham_cutoff, verdict)
     return "Spam", f"{'True' if verdict == 'spam' else 'False'} ; {score:.1f} / {threshold:.1f}"
-
-
-def spamassassin_headers(score: float, is_spam: bool, tests: list[str], version: str) -> list[tuple[str, str]]:
-    """SpamAssassin's ``X-Spam-Flag``, ``X-Spam-Level`` and ``X-Spam-Status`` for a shown score.
-
-    As its default configuration writes them (``rules/10_default_prefs.cf``): ``X-Spam-Flag: YES`` for
-    spam only; ``X-Spam-Level`` one ``*`` per whole point (at most 50), an empty value below 1 point;
-    ``X-Spam-Status: Yes, score=7.3 required=5.0 tests=A,B autolearn=no version=...`` (``No`` when not
-    spam; the tests sorted, ``none`` when there are none).  On one line, as with ``fold_headers 0``.
-
-    >>> for name, value in spamassassin_headers(7.3, True, ["SPAMTL_SPAM", "SPAMTL_SHARED_SPAM"], "spamtl-1.0"):
-    ...     print(f"{name}: {value}")
-    X-Spam-Flag: YES
-    X-Spam-Level: *******
-    X-Spam-Status: Yes, score=7.3 required=5.0 tests=SPAMTL_SHARED_SPAM,SPAMTL_SPAM autolearn=no version=spamtl-1.0
-    """
-    stars = "*" * min(max(int(score), 0), MAX_STARS)
-    status = (f"{'Yes' if is_spam else 'No'}, score={score:.1f} required={REQUIRED_SCORE:.1f} "
-              f"tests={','.join(sorted(tests)) or 'none'} autolearn=no version={version}")
-    return ([("X-Spam-Flag", "YES")] if is_spam else []) + [("X-Spam-Level", stars), ("X-Spam-Status", status)]
 
 
 TELL_LABEL_HEADER = "Spamtl-Label"

@@ -2,9 +2,9 @@
 
 The CLI (one message or a mailbox), ``spamtl serve`` and the demo all score
 through :class:`ModelReader` and log through :class:`VerdictLogger`, on a
-:class:`~spamtl.store.lite.Store` (DB-API; no SQLAlchemy on the SQLite path).
+:class:`~spamtl.store.Store` (DB-API; no SQLAlchemy on the SQLite path).
 
-- A message is known by its digest (:func:`spamtl.mail.parse.message_identity`): the
+- A message is known by its digest (:func:`spamtl.mail.headers.message_identity`): the
   sha256 of its bytes without the headers that spamtl and other filters add,
   without the trace fields a transport writes at the top, with LF line ends.
   So a delivered copy (CRLF in IMAP, Return-Path, Delivered-To and Received
@@ -25,15 +25,18 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import numpy as np
+from sqlalchemy import Engine
 
-from spamtl.config import Settings, verdict_at
 from spamtl.errors import DatabaseError, NoModelError
-from spamtl.features import FeatureConfig, FeatureRow, IdfWeights, MessageTokens, featurize_with_tokens
-from spamtl.mail.parse import ParsedMessage, message_identity, not_mail_reason, parse_message
+from spamtl.features import FeatureConfig, IdfWeights, MessageTokens, column_tokens, featurize_with_tokens
+from spamtl.mail.headers import message_identity, not_mail_reason
+from spamtl.mail.parse import ParsedMessage, parse_message
 from spamtl.mail.sources import RawMail, Unreadable
-from spamtl.model.weights import ModelWeights, SparsePart, decode_stored, sigmoid
-from spamtl.store import lite
+from spamtl.model.weights import ModelWeights, RowScore, SparsePart, decode_stored
+from spamtl.settings import Settings, verdict_at
+from spamtl.store import statements
+from spamtl.store.engine import check_schema
+from spamtl.store.statements import Store
 
 __all__ = ["SHORT_ID_CHARS", "Prepared", "Scored", "Verdict", "Skipped", "UserModel", "ModelReader",
            "VerdictLogger", "VerdictWriter", "prepare", "skip_reason", "classify_messages", "open_reader",
@@ -46,7 +49,7 @@ _LOG_CHUNK = 500
 
 @dataclass(frozen=True)
 class Prepared:
-    """A message as spamtl knows it: the bytes it keeps and its digest (:func:`spamtl.mail.parse.message_identity`)."""
+    """A message as spamtl knows it: the bytes it keeps and its digest (:func:`spamtl.mail.headers.message_identity`)."""
 
     raw: bytes
     sha256: str
@@ -63,19 +66,29 @@ def prepare(raw: bytes) -> Prepared:
 
 @dataclass(frozen=True)
 class Scored:
-    """One scoring pass over a message: its probability, and everything explaining it needs.
+    """One scoring pass over a message: the score with its parts, and what names their evidence.
 
-    :meth:`UserModel.score_message` makes it (one parse, one featurisation,
-    one dot product per part); :func:`spamtl.services.explain.explain` splits
-    the same row into parts, so a report never parses the message again.
+    :meth:`UserModel.score_message` makes it (one parse, one featurisation, one
+    :meth:`~spamtl.model.weights.ModelWeights.score`); the verdict, the filter's report header, the
+    daemon's SYMBOLS and REPORT, ``spamtl explain`` and the review queue all read it.
     """
 
-    probability: float
-    logit: float
+    score: RowScore  # the logit and its shared, group and personal parts
     warnings: list[str]
     parsed: ParsedMessage
-    row: FeatureRow  # as the parts score it: reweighted by the version's idf
     tokens: MessageTokens  # what the row was hashed from, to name its columns
+
+    @property
+    def logit(self) -> float:
+        return self.score.logit
+
+    @property
+    def probability(self) -> float:
+        return self.score.probability
+
+    def column_tokens(self, n_features: int) -> dict[int, list[str]]:
+        """Column -> the message's tokens hashed to it (see :func:`spamtl.features.column_tokens`)."""
+        return column_tokens(self.tokens.as_list(), n_features)
 
 
 @dataclass
@@ -134,7 +147,7 @@ class Skipped:
 
 
 def skip_reason(raw: bytes) -> str | None:
-    """Why these bytes get no verdict (empty, or not mail at all: :func:`spamtl.mail.parse.not_mail_reason`), or None.
+    """Why these bytes get no verdict (empty, or not mail at all: :func:`spamtl.mail.headers.not_mail_reason`), or None.
 
     The one skip decision of every caller (filter mode, a mailbox, the daemon): such input is passed
     through with ``X-Spamtl-Status: skipped, <reason>``, never scored (a model asked about nothing
@@ -157,51 +170,17 @@ class UserModel:
     spam_cutoff: float = 0.9
     ham_cutoff: float = 0.5
     cutoff_source: str = "global"
-    # The shared (+ group) part as one dense vector and summed intercept, shared by every user of the
-    # version and group (a daemon holding 1,000 users keeps one 2 MB vector, not 1,000).
-    base: tuple[np.ndarray, float] | None = None
-
-    def _base(self) -> tuple[np.ndarray, float]:
-        if self.base is None:
-            self.base = dense_base(self.weights, self.group)
-        return self.base
-
-    def probability(self, raw: bytes) -> tuple[float, list[str], str]:
-        """Spam probability of (already prepared) message bytes, parse warnings, Message-ID."""
-        p, warnings, parsed = self.score(raw)
-        return p, warnings, parsed.message_id
-
-    def score(self, raw: bytes) -> tuple[float, list[str], Any]:
-        """Spam probability, parse warnings and the parsed message (see :meth:`score_message`)."""
-        scored = self.score_message(raw)
-        return scored.probability, scored.warnings, scored.parsed
 
     def score_message(self, raw: bytes) -> Scored:
         """The one scoring pass (every verdict and explanation comes from it): parse, featurise, score."""
         parsed = parse_message(raw)
-        features, tokens = featurize_with_tokens(parsed, self.config)
-        row = self.weights.prepare(features)
-        dense, intercept = self._base()
-        z = intercept + float(dense[row.indices] @ row.values.astype(np.float64))
-        personal = self.weights.tasks.get(self.user)
-        if personal is not None:
-            z += personal.dot(row) + personal.intercept
+        row, tokens = featurize_with_tokens(parsed, self.config)
         warnings = ["; ".join(parsed.defects)] if parsed.is_damaged else []
-        return Scored(sigmoid(z), z, warnings, parsed, row, tokens)
+        return Scored(self.weights.score(row, self.user, self.group, is_dense=True), warnings, parsed, tokens)
 
     def verdict(self, probability: float) -> str:
         """The verdict at this user's cutoffs."""
         return verdict_at(probability, self.spam_cutoff, self.ham_cutoff)
-
-
-def dense_base(weights: ModelWeights, group: str | None) -> tuple[np.ndarray, float]:
-    """w0 + u_g as one dense vector over the hashed space, and the summed intercept."""
-    dense = np.zeros(weights.n_features)
-    intercept = 0.0
-    for part in weights.parts_for(None, group):
-        dense[part.cols] += part.values  # columns are unique within a part
-        intercept += part.intercept
-    return dense, intercept
 
 
 def verdict_headers(verdict: Verdict, *, tests: Sequence[str] | None = None) -> list[tuple[str, str]]:
@@ -210,7 +189,7 @@ def verdict_headers(verdict: Verdict, *, tests: Sequence[str] | None = None) -> 
     Always ``X-Spamtl-Status`` (feedback by ``--id`` reads it).  Filter mode (``tests`` None) adds
     ``X-Spam-Flag: YES`` for spam.  The daemon gives ``tests`` (the score's symbols,
     :func:`spamtl.services.explain.symbol_names`) and gets SpamAssassin's ``X-Spam-Flag``,
-    ``X-Spam-Level`` and ``X-Spam-Status`` in its layout, on its 5.0 scale (:mod:`spamtl.serve.protocol`),
+    ``X-Spam-Level`` and ``X-Spam-Status`` in its layout, on its 5.0 scale (:mod:`spamtl.services.points`),
     as rules and milters written for SpamAssassin expect them.
     """
     headers = [("X-Spamtl-Status", verdict.header_value())]
@@ -219,11 +198,10 @@ def verdict_headers(verdict: Verdict, *, tests: Sequence[str] | None = None) -> 
             headers.append(("X-Spam-Flag", "YES"))
         return headers
     from spamtl import __version__
-    from spamtl.serve import protocol as proto  # a pure formatting module: no I/O, no spamtl imports
+    from spamtl.services.points import score_scale, spamassassin_headers
 
-    score, _ = proto.score_scale(verdict.probability, verdict.spam_cutoff, verdict.ham_cutoff, verdict.verdict)
-    return headers + proto.spamassassin_headers(score, verdict.verdict == "spam", list(tests),
-                                                f"spamtl-{__version__}")
+    score, _ = score_scale(verdict.probability, verdict.spam_cutoff, verdict.ham_cutoff, verdict.verdict)
+    return headers + spamassassin_headers(score, verdict.verdict == "spam", list(tests), f"spamtl-{__version__}")
 
 
 @dataclass
@@ -236,7 +214,6 @@ class _VersionParts:
     task_groups: dict[str, str | None]
     params: dict[str, Any]
     groups: dict[str, SparsePart | None] = field(default_factory=dict)
-    bases: dict[str | None, tuple[np.ndarray, float]] = field(default_factory=dict)
 
 
 class ModelReader:
@@ -249,7 +226,7 @@ class ModelReader:
     :class:`UserModel` comes from a single version: never two in one verdict.
     """
 
-    def __init__(self, store: lite.Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
         self._generation: int | None = None
@@ -257,36 +234,27 @@ class ModelReader:
         self._users: dict[str, UserModel] = {}
 
     def check_schema(self) -> None:
-        try:
-            row = self.store.one(lite.SCHEMA)
-        except DatabaseError as exc:
-            if "no spamtl tables" in str(exc):
-                raise DatabaseError("the database is empty; run `spamtl init` to create it") from None
-            raise
-        revision = row[0] if row else None
-        if revision != lite.SCHEMA_REVISION:
-            raise DatabaseError(f"the database is at schema {revision}, expected {lite.SCHEMA_REVISION}; "
-                                "run `spamtl init` to upgrade it")
+        check_schema(self.store.engine)
 
     def refresh(self) -> bool:
         """Drop cached parts that changed since the last call; True if anything was dropped."""
-        row = self.store.one(lite.GENERATION)
+        row = self.store.one(statements.GENERATION)
         generation = int(row[0]) if row else 0
         if generation == self._generation:
             self.store.finish_read()
             return False
         previous, self._generation = self._generation, generation
         dropped = bool(self._users) or self._version is not None
-        active = self.store.one(lite.ACTIVE_VERSION)
+        active = self.store.one(statements.ACTIVE_VERSION)
         # A deleted or renamed user leaves no changed row behind: the marker says so, and every slice (with
         # its user id) and the version's task groups go.
-        users_changed = self.store.one(lite.USERS_CHANGED) if previous is not None else None
+        users_changed = self.store.one(statements.USERS_CHANGED) if previous is not None else None
         if (previous is None or self._version is None or active is None or active[0] != self._version.version
                 or (users_changed is not None and int(users_changed[0]) > previous)):
             self._version = None
             self._users.clear()
         else:
-            changed = self.store.all(lite.CHANGED_PARTS, {"version": self._version.version, "generation": previous})
+            changed = self.store.all(statements.CHANGED_PARTS, {"version": self._version.version, "generation": previous})
             if any(kind != "user" for kind, _ in changed):
                 self._version = None
                 self._users.clear()
@@ -300,7 +268,7 @@ class ModelReader:
 
     def _version_parts(self) -> _VersionParts:
         if self._version is None:
-            row = self.store.one(lite.ACTIVE_VERSION)
+            row = self.store.one(statements.ACTIVE_VERSION)
             if row is None:
                 raise NoModelError()
             version, feature_key, n_features, params = row
@@ -320,7 +288,7 @@ class ModelReader:
         return self._version
 
     def _part_bytes(self, version: int, kind: str, name: str) -> bytes | None:
-        row = self.store.one(lite.PART, {"version": version, "kind": kind, "name": name})
+        row = self.store.one(statements.PART, {"version": version, "kind": kind, "name": name})
         return bytes(row[0]) if row else None
 
     def _part(self, version: int, n_features: int, kind: str, name: str) -> SparsePart | None:
@@ -338,7 +306,7 @@ class ModelReader:
         if self._generation is None:
             self.refresh()
         v = self._version_parts()
-        user_row = self.store.one(lite.USER, {"name": user})
+        user_row = self.store.one(statements.USER, {"name": user})
         user_id, stored_group, spam_override, ham_override = user_row if user_row else (None, None, None, None)
         group = v.task_groups.get(user, stored_group)
         if group and group not in v.groups:
@@ -351,13 +319,9 @@ class ModelReader:
             tasks={user: personal} if personal is not None else {},
             task_groups={user: group}, params=v.params, idf=v.idf)
         spam_cutoff, ham_cutoff, source = self._cutoffs(user, v.version, spam_override, ham_override)
-        base_key = group if group_part is not None else None
-        if base_key not in v.bases:
-            v.bases[base_key] = dense_base(weights, base_key)
         model = UserModel(user=user, version=v.version, weights=weights, config=v.config,
                           is_known_user=personal is not None, group=group, user_id=user_id,
-                          spam_cutoff=spam_cutoff, ham_cutoff=ham_cutoff, cutoff_source=source,
-                          base=v.bases[base_key])
+                          spam_cutoff=spam_cutoff, ham_cutoff=ham_cutoff, cutoff_source=source)
         self.store.finish_read()
         self._users[user] = model
         return model
@@ -366,7 +330,7 @@ class ModelReader:
                  ham_override: float | None) -> tuple[float, float, str]:
         """(spam, ham, source): administrator > configuration > the version's training > global."""
         spam_cutoff, ham_cutoff, source = self.settings.spam_cutoff, self.settings.ham_cutoff, "global setting"
-        trained = self.store.one(lite.USER_CUTOFF, {"version": version, "name": user}) if version else None
+        trained = self.store.one(statements.USER_CUTOFF, {"version": version, "name": user}) if version else None
         if trained is not None:
             spam_cutoff, ham_cutoff, source = float(trained[0]), float(trained[1]), f"model v{version}: {trained[2]}"
         override = self.settings.user_cutoffs.get(user)
@@ -380,22 +344,22 @@ class ModelReader:
 
     def cutoffs(self, user: str) -> tuple[float, float, str]:
         """``user``'s effective (spam, ham) cutoffs and where they come from, with or without a model."""
-        active = self.store.one(lite.ACTIVE_VERSION)
-        row = self.store.one(lite.USER, {"name": user})
+        active = self.store.one(statements.ACTIVE_VERSION)
+        row = self.store.one(statements.USER, {"name": user})
         spam_override, ham_override = (row[2], row[3]) if row else (None, None)
         result = self._cutoffs(user, int(active[0]) if active else None, spam_override, ham_override)
         self.store.finish_read()
         return result
 
     def user_names(self) -> list[str]:
-        names = [str(r[0]) for r in self.store.all(lite.USER_NAMES)]
+        names = [str(r[0]) for r in self.store.all(statements.USER_NAMES)]
         self.store.finish_read()
         return names
 
     def current_label(self, model: UserModel, sha256: str) -> str | None:
         if model.user_id is None:
             return None
-        row = self.store.one(lite.CURRENT_LABEL, {"user_id": model.user_id, "sha256": sha256})
+        row = self.store.one(statements.CURRENT_LABEL, {"user_id": model.user_id, "sha256": sha256})
         self.store.finish_read()
         return str(row[0]) if row else None
 
@@ -426,7 +390,7 @@ class VerdictLogger:
     are the verdicts of a user deleted (or renamed) after their slice was read.
     """
 
-    def __init__(self, store: lite.Store, *, create_users: bool = False) -> None:
+    def __init__(self, store: Store, *, create_users: bool = False) -> None:
         self.store = store
         self.create_users = create_users
 
@@ -434,54 +398,37 @@ class VerdictLogger:
         """Log a batch of verdicts for one user; False when the user is unknown and not created."""
         if not items:
             return True
-        with self.store.transaction():
-            return self._log_user(model, [(message, verdict, now) for message, verdict in items])
+        return self.log_each([(model, message, verdict, now) for message, verdict in items]) > 0
 
     def log_each(self, entries: Sequence[tuple[UserModel, Prepared, Verdict, datetime]]) -> int:
         """Log verdicts of any users, each with its own time, in one transaction; how many were stored."""
-        by_user: dict[int, tuple[UserModel, list[tuple[Prepared, Verdict, datetime]]]] = {}
-        for model, message, verdict, now in entries:  # grouped by model object, each group in order
-            by_user.setdefault(id(model), (model, []))[1].append((message, verdict, now))
-        stored = 0
         with self.store.transaction():
-            for model, items in by_user.values():
-                stored += len(items) if self._log_user(model, items) else 0
-        return stored
+            user_ids = {id(model): self._user_id(model, now) for model, _, _, now in entries}
+            kept = [(user_ids[id(model)], message, verdict, now) for model, message, verdict, now in entries
+                    if user_ids[id(model)] is not None]
+            if not kept:
+                return 0
+            pks = statements.store_messages(self.store, [(m.sha256, m.raw, v.subject) for _, m, v, _ in kept],
+                                            now=min(now for *_, now in kept))
+            self.store.execute(statements.LOG_VERDICT, [
+                {"user_id": user_id, "message_pk": pks[message.sha256], "probability": verdict.probability,
+                 "verdict": verdict.verdict, "version": verdict.model_version, "now": now}
+                for user_id, message, verdict, now in kept])
+        return len(kept)
 
-    def _log_user(self, model: UserModel, items: list[tuple[Prepared, Verdict, datetime]]) -> bool:
-        """The rows of one user's verdicts, inside the caller's transaction."""
-        from spamtl.mail.parse import parse_envelope
-
-        store = self.store
-        user_id = model.user_id
-        if user_id is None:
+    def _user_id(self, model: UserModel, now: datetime) -> int | None:
+        """The user's id, registered first if new and ``create_users``; None: their verdicts are not stored."""
+        row = self.store.one(statements.USER, {"name": model.user})
+        if model.user_id is None:
             if not self.create_users:
-                return False
-            store.execute(lite.CREATE_USER, {"name": model.user, "now": store.value(items[0][2])})
-            row = store.one(lite.USER, {"name": model.user})
-            user_id = model.user_id = int(row[0]) if row else None
-        else:
-            row = store.one(lite.USER, {"name": model.user})
-            if row is None or int(row[0]) != user_id:
-                return False  # deleted (or renamed) since the slice was read: nothing of theirs is stored
-        for message, verdict, now in items:
-            stamp = store.value(now)
-            row = store.one(lite.MESSAGE_PK, {"sha256": message.sha256})
+                return None
             if row is None:
-                message_id, date = parse_envelope(message.raw)
-                store.execute(lite.STORE_MESSAGE, {
-                    "sha256": message.sha256, "message_id": message_id or None,
-                    "raw": lite.compress(message.raw), "size": len(message.raw),
-                    "date": store.value(lite.naive_utc(date)), "now": stamp,
-                    "subject": verdict.subject[:255] or None})
-                row = store.one(lite.MESSAGE_PK, {"sha256": message.sha256})
-            elif row[1]:
-                store.execute(lite.RESTORE_BODY, {"pk": int(row[0]), "raw": lite.compress(message.raw)})
-            assert row is not None
-            store.execute(lite.LOG_VERDICT, {
-                "user_id": user_id, "message_pk": int(row[0]), "probability": verdict.probability,
-                "verdict": verdict.verdict, "version": verdict.model_version, "now": stamp})
-        return True
+                statements.create_user(self.store, name=model.user, group=None, now=now)
+                row = self.store.one(statements.USER, {"name": model.user})
+            model.user_id = int(row[0]) if row else None
+        elif row is None or int(row[0]) != model.user_id:
+            return None  # deleted (or renamed) since the slice was read: nothing of theirs is stored
+        return model.user_id
 
 
 class VerdictWriter:
@@ -501,10 +448,11 @@ class VerdictWriter:
     not take the others with it; what still fails goes to ``on_error``.
     """
 
-    def __init__(self, settings: Settings, *, interval: float, max_batch: int = 500,
+    def __init__(self, engine: Engine, settings: Settings, *, interval: float, max_batch: int = 500,
                  on_error: Callable[[int, Exception], None] | None = None) -> None:
         import threading
 
+        self.engine = engine
         self.settings = settings
         self.interval = max(0.0, interval)
         self.max_batch = max(1, max_batch)
@@ -542,7 +490,7 @@ class VerdictWriter:
     def _run(self) -> None:
         import time
 
-        store: lite.Store | None = None
+        store = Store(self.engine)  # its own connection, in this thread
         try:
             while True:
                 with self._wake:
@@ -557,8 +505,6 @@ class VerdictWriter:
                     batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
                     self._busy = True
                 try:
-                    if store is None:
-                        store = lite.open_store(self.settings.database_url)
                     self._write(store, batch)
                 except Exception as exc:  # noqa: BLE001 - the writer thread must outlive a bad store
                     self._failed(len(batch), exc)
@@ -567,10 +513,9 @@ class VerdictWriter:
                         self._busy = False
                         self._wake.notify_all()
         finally:
-            if store is not None:
-                store.close()
+            store.close()
 
-    def _write(self, store: lite.Store, batch: list[tuple[UserModel, Prepared, Verdict, datetime]]) -> None:
+    def _write(self, store: Store, batch: list[tuple[UserModel, Prepared, Verdict, datetime]]) -> None:
         logger = VerdictLogger(store, create_users=self.settings.auto_create_users)
         try:
             self.written += logger.log_each(batch)
@@ -592,9 +537,9 @@ class VerdictWriter:
             self.on_error(count, exc)
 
 
-def open_reader(settings: Settings) -> ModelReader:
-    """A reader on the settings' database, schema checked."""
-    reader = ModelReader(lite.open_store(settings.database_url), settings)
+def open_reader(engine: Engine, settings: Settings) -> ModelReader:
+    """A reader on its own connection of ``engine``, schema checked."""
+    reader = ModelReader(Store(engine), settings)
     try:
         reader.check_schema()
     except BaseException:

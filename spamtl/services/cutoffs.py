@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.config import Settings, validate_name
 from spamtl.errors import UsageError
-from spamtl.store import learning, queries
+from spamtl.settings import Settings, validate_name
+from spamtl.store import queries
 from spamtl.store.engine import check_schema, translate_errors
 
 __all__ = ["EffectiveCutoffs", "list_cutoffs", "set_cutoffs", "unset_cutoffs", "ham_for"]
@@ -27,11 +27,11 @@ class EffectiveCutoffs:
         return dict(self.__dict__)
 
 
-def list_cutoffs(settings: Settings, users: list[str] | None = None) -> list[EffectiveCutoffs]:
+def list_cutoffs(engine: Engine, settings: Settings, users: list[str] | None = None) -> list[EffectiveCutoffs]:
     """Every user's cutoffs as classify applies them (same precedence: it asks the same reader)."""
     from spamtl.services.classify import open_reader
 
-    reader = open_reader(settings)
+    reader = open_reader(engine, settings)
     try:
         names = reader.user_names() if users is None else users
         return [EffectiveCutoffs(u, *reader.cutoffs(u)) for u in names]
@@ -62,13 +62,13 @@ def set_cutoffs(engine: Engine, settings: Settings, *, user: str, spam: float,
         raise UsageError(f"--ham must be between 0 and --spam ({spam:g}), got {ham:g}")
     check_schema(engine)
     with translate_errors(), Session(engine) as session, session.begin():
-        learning.set_user_override(session=session, user_id=_user_id(session, user), spam=spam, ham=ham)
-    return list_cutoffs(settings, [user])[0]
+        queries.set_user_override(session=session, user_id=_user_id(session, user), spam=spam, ham=ham)
+    return list_cutoffs(engine, settings, [user])[0]
 
 
 def unset_cutoffs(engine: Engine, settings: Settings, *, user: str) -> EffectiveCutoffs:
     """Drop ``user``'s override: configuration, training or the global cutoffs apply again."""
     check_schema(engine)
     with translate_errors(), Session(engine) as session, session.begin():
-        learning.set_user_override(session=session, user_id=_user_id(session, user), spam=None, ham=None)
-    return list_cutoffs(settings, [user])[0]
+        queries.set_user_override(session=session, user_id=_user_id(session, user), spam=None, ham=None)
+    return list_cutoffs(engine, settings, [user])[0]

@@ -1,18 +1,17 @@
 """Labelled data from the store as model inputs, with a feature cache.
 
 Feature rows are computed once per message and feature configuration and
-kept in ``message_features``; raw mail is read and featurised in chunks (with
-worker processes when there is much to do and no other thread runs, see
-:func:`spamtl.parallel.fork_pool_is_safe`), so memory is bounded by the
-features, not by the raw corpus.
+kept in ``message_features``; raw mail is read and featurised in chunks (on
+worker processes when there is much to do, :func:`spamtl.parallel.executor`),
+so memory is bounded by the features, not by the raw corpus.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,10 +22,10 @@ from sqlalchemy.orm import Session
 
 from spamtl.features import FeatureConfig, FeatureRow, featurize, rows_to_csr
 from spamtl.mail.parse import parse_message
-from spamtl.parallel import fork_pool_is_safe
+from spamtl.parallel import SerialExecutor, executor
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.rowfiles import row_batches, stack_rows
-from spamtl.store import learning, queries
+from spamtl.store import queries
 from spamtl.store.engine import translate_errors
 
 __all__ = ["TrainingData", "load_training_data", "feature_rows", "featurize_raw"]
@@ -88,31 +87,22 @@ def feature_rows(engine: Engine, message_pks: Sequence[int], config: FeatureConf
     if progress is not None:
         progress(len(cached))
     missing = [p for p in wanted if p not in cached]
-    workers = min(os.cpu_count() or 1, 4)
-    parallel = len(missing) >= _PARALLEL_MIN and workers > 1 and fork_pool_is_safe()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) \
-        if parallel else None
+    workers = min(os.cpu_count() or 1, 4) if len(missing) >= _PARALLEL_MIN else 1
+    pool = executor(workers, kind="processes")
+    ahead = 0 if isinstance(pool, SerialExecutor) else workers  # chunks in flight beyond the one being stored
     try:
-        pending = []
+        pending: deque[tuple[list[int], Future[list[bytes]]]] = deque()
         for chunk in _chunks(missing, _CHUNK):
             with translate_errors(), Session(engine) as session:
                 pairs = list(queries.raw_messages(session=session, message_pks=chunk))
-            pks = [pk for pk, _ in pairs]
-            raws = [raw for _, raw in pairs]
-            if pool is not None:
-                pending.append((pks, pool.submit(featurize_raw, raws, config)))
-                if len(pending) <= workers:
-                    continue
-                pks, future = pending.pop(0)
-                blobs = future.result()
-            else:
-                blobs = featurize_raw(raws, config)
-            _store(engine, pks, blobs, config, cached, progress)
+            pending.append(([pk for pk, _ in pairs], pool.submit(featurize_raw, [raw for _, raw in pairs], config)))
+            while len(pending) > ahead:
+                pks, future = pending.popleft()
+                _store(engine, pks, future.result(), config, cached, progress)
         for pks, future in pending:
             _store(engine, pks, future.result(), config, cached, progress)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=True)
     return {pk: FeatureRow.from_bytes(blob) for pk, blob in cached.items()}
 
 
@@ -141,7 +131,7 @@ def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence
 
     With ``uncorrected=(since, until)`` the verdicts logged in that window
     that their user never corrected are added as labels too, marked in
-    ``TrainingData.uncorrected`` (see :func:`spamtl.store.learning.uncorrected_verdicts`).
+    ``TrainingData.uncorrected`` (see :func:`spamtl.store.queries.uncorrected_verdicts`).
 
     The features are read ``BATCH_ROWS`` labels at a time; with ``directory`` each batch's rows go to a file
     there and ``X`` maps them (:mod:`spamtl.rowfiles`), so memory holds a batch, not every label's rows.
@@ -149,7 +139,7 @@ def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence
     messages whose features are ready, a chunk at a time.
     """
     with translate_errors(), Session(engine) as session:
-        labels, n_given = learning.labels_to_learn(session=session, users=users, window=uncorrected)
+        labels, n_given = queries.labels_to_learn(session=session, users=users, window=uncorrected)
         groups = {u.name: u.group_name for u in queries.users_by_name(session=session).values()}
     given = np.arange(len(labels)) < n_given
     kept: list[int] = []

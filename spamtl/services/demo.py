@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from spamtl.config import Settings
+from spamtl.errors import redact
 from spamtl.mail.sources import RawMail, iter_mail
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.services.classify import Verdict, classify_messages, open_reader
@@ -18,9 +19,11 @@ from spamtl.services.evaluate import Evaluation, evaluate
 from spamtl.services.feedback import FeedbackResult, record_feedback
 from spamtl.services.importing import ImportSummary, import_mail
 from spamtl.services.training import TrainResult, train
+from spamtl.settings import Settings
 from spamtl.store.engine import make_engine, upgrade
 
-__all__ = ["DemoReport", "corpus_folder", "run_demo"]
+__all__ = ["DemoReport", "corpus_folder", "run_demo", "summary", "next_commands"]
+
 
 @dataclass
 class DemoReport:
@@ -68,7 +71,7 @@ def run_demo(database_url: str, *, now: datetime, corpus: Path | None = None, fo
     progress.stage("evaluate", folds=folds)  # against single-task learning
     report.evaluation = evaluate(engine, settings, folds=folds)
     progress.stage("classify", len(names), unit="users")  # the held-back mail
-    reader = open_reader(settings)
+    reader = open_reader(engine, settings)
     for user in names:
         mails = [m for m in iter_mail([folder / user / "incoming.mbox"]) if isinstance(m, RawMail)]
         truths = meta[user]["incoming_truth"]
@@ -95,13 +98,30 @@ def run_demo(database_url: str, *, now: datetime, corpus: Path | None = None, fo
     return report
 
 
-def held_back_message(report: DemoReport, corpus: Path) -> tuple[str, bytes] | None:
-    """(user, raw bytes) of the first held-back message the demo classified, for the closing hints."""
+def next_commands(report: DemoReport, folder: Path, executable: str) -> list[str]:
+    """Commands to try after the demo that run as printed: the full path of this spamtl (``executable`` is its
+    Python), and a held-back message saved in ``folder``.  The database URL is shown without its password."""
+    script = Path(executable).parent / "spamtl"
+    program = shlex.quote(str(script)) if script.is_file() else f"{shlex.quote(executable)} -m spamtl"
+    hints = [f"export SPAMTL_DATABASE_URL={shlex.quote(redact(report.database_url))}", f"{program} users"]
+    message = _held_back_message(report)
+    if message is not None:
+        user, raw = message
+        path = folder / "held-back.eml"
+        path.write_bytes(raw)
+        hints += [f"{program} classify {user} < {shlex.quote(str(path))}",
+                  f"{program} explain {user} {shlex.quote(str(path))}",
+                  f"{program} review {user} -n 3"]
+    return [*hints, f"{program} evaluate --chronological", f"{program} models"]
+
+
+def _held_back_message(report: DemoReport) -> tuple[str, bytes] | None:
+    """(user, raw bytes) of the first held-back message the demo classified."""
     if not report.incoming:
         return None
     user, _, verdict = report.incoming[0]
     try:
-        return user, _raw_of(corpus / user / "incoming.mbox", verdict.sha256)
+        return user, _raw_of(report.corpus / user / "incoming.mbox", verdict.sha256)
     except LookupError:
         return None
 

@@ -22,13 +22,14 @@ import numpy as np
 import scipy.sparse as sp
 from sqlalchemy import Engine
 
-from spamtl.config import Settings
 from spamtl.errors import UsageError
 from spamtl.features import IdfWeights
 from spamtl.metrics import binary_metrics, roc_curve_points
+from spamtl.model.folds import chronological_split, stratified_folds
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.services.dataset import TrainingData, load_training_data
-from spamtl.services.training import base_params, choose_params, fit_model, holdout_split, min_df_mask
+from spamtl.services.training import base_params, choose_params, fit_model, min_df_mask
+from spamtl.settings import Settings
 from spamtl.store.engine import check_schema
 
 __all__ = ["SYSTEMS", "Evaluation", "evaluate"]
@@ -50,14 +51,8 @@ class Evaluation:
 
 def _splits(data: TrainingData, folds: int, chronological: bool, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     if chronological:
-        train, test = holdout_split(data, CHRONOLOGICAL_TEST_FRACTION, 1)
-        return [(train, test)]
-    from sklearn.model_selection import StratifiedKFold
-
-    strata = np.char.add(data.users.astype(str), data.y.astype(str))
-    _, idx, counts = np.unique(strata, return_inverse=True, return_counts=True)
-    idx = np.where(counts[idx] >= folds, idx, -1)  # strata too small to split go together
-    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(idx)), idx))
+        return [chronological_split(data.users, data.y, data.recency, CHRONOLOGICAL_TEST_FRACTION, 1)]
+    return stratified_folds(data.users, data.y, folds, seed)
 
 
 def _logistic(alpha: float, X: sp.csr_matrix, y: np.ndarray, X_test: sp.csr_matrix, idf: bool) -> np.ndarray:
@@ -128,6 +123,15 @@ def evaluate(engine: Engine, settings: Settings, *, users: Sequence[str] | None 
                 scores[name][test_idx] = s
         progress.advance(1)
     n_train = {u: round(n / len(splits)) for u, n in n_train.items()}
+    report, macro, curves = _report(data, wanted, scores, n_train, settings, with_curves)
+    how = "chronological (newest 30 % of each user's ham and spam tested)" if chronological else f"{folds}-fold"
+    return Evaluation(users=report, macro=macro, splits=how, curves=curves)
+
+
+def _report(data: TrainingData, wanted: list[str], scores: dict[str, np.ndarray], n_train: dict[str, int],
+            settings: Settings, with_curves: bool) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]],
+                                                            dict[str, dict[str, tuple[list[float], list[float]]]]]:
+    """Per-user metrics of every system, their macro means, and (``with_curves``) ROC curves."""
     cutoff = float(np.log(settings.spam_cutoff / (1 - settings.spam_cutoff)))  # probability -> log-odds
     report: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
@@ -146,8 +150,7 @@ def evaluate(engine: Engine, settings: Settings, *, users: Sequence[str] | None 
     macro = {system: {metric: _nanmean([report[u][system][metric] for u in wanted])
                       for metric in ("roc_auc", "auc_error_pct", "precision", "recall", "f1", "ham_fpr",
                                      "spam_at_0.1pct_fpr")} for system in SYSTEMS}
-    how = "chronological (newest 30 % of each user's ham and spam tested)" if chronological else f"{folds}-fold"
-    return Evaluation(users=report, macro=macro, splits=how, curves=curves)
+    return report, macro, curves
 
 
 def _nanmean(values: list[float]) -> float:

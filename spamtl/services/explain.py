@@ -4,11 +4,12 @@ The score of a message for user t is the logit
 
     z = (b0 + w0 . x) + (c_g + u_g . x) + (c_t + v_t . x)
 
-where x is the message's idf-reweighted, unit-norm feature row.  Each part's
-contribution is its intercept plus ``part.values[j] * x[j]`` over the row's
-columns, so the parts add up to the score exactly.  Columns are CRC-32
-hashes of tokens; the message's own tokens, kept by the scoring pass, name
-them (a column may hold several tokens, shown joined with ``|``).
+where x is the message's idf-reweighted, unit-norm feature row.  The one
+scorer (:meth:`spamtl.model.weights.ModelWeights.score`) returns each part's
+intercept and ``weight * x`` on each of the row's columns, so the parts add up
+to the score exactly.  Columns are hashes of tokens; the message's own tokens,
+kept by the scoring pass, name them (a column may hold several tokens, shown
+joined with ``|``).
 
 An explanation is made from the pass that scored the message
 (:class:`~spamtl.services.classify.Scored`, ``Verdict.scored``): the message
@@ -22,19 +23,19 @@ SpamAssassin-style symbols; :func:`explain_message` is the CLI's use case
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Engine
 
-from spamtl.config import Settings, validate_name
 from spamtl.errors import UsageError
-from spamtl.model.weights import SparsePart
-from spamtl.services.classify import Prepared, Scored, UserModel, Verdict, open_reader, prepare
+from spamtl.model.weights import PartScore
+from spamtl.services.classify import SHORT_ID_CHARS, Prepared, Scored, UserModel, Verdict, open_reader, prepare
+from spamtl.settings import Settings, validate_name
 
 __all__ = ["DEFAULT_TOP", "MAX_TOKEN_CHARS", "MAX_TOKENS_PER_COLUMN", "REPORT_MAX_CHARS", "Evidence",
-           "PartExplanation", "Explanation", "explain", "explain_message", "part_totals", "report_header",
+           "PartExplanation", "Explanation", "explain", "explain_message", "report_header",
            "symbol_names"]
 
 DEFAULT_TOP = 5
@@ -109,7 +110,7 @@ class Explanation:
 
     @property
     def short_id(self) -> str:
-        return self.sha256[:12]
+        return self.sha256[:SHORT_ID_CHARS]
 
     def part(self, kind: str) -> PartExplanation | None:
         return next((p for p in self.parts if p.kind == kind), None)
@@ -147,26 +148,15 @@ def _short(token: str) -> str:
     return token if len(token) <= MAX_TOKEN_CHARS else token[:MAX_TOKEN_CHARS - 3] + "..."
 
 
-def _column_names(tokens: list[str], n_features: int) -> dict[int, list[str]]:
-    """Column -> the message's tokens hashed to it, in first-seen order (same hash as features.py)."""
-    names: dict[int, list[str]] = {}
-    for token in dict.fromkeys(tokens):
-        col = zlib.crc32(token.encode("utf-8", "surrogatepass")) & (n_features - 1)
-        names.setdefault(col, []).append(token)
-    return names
-
-
-def _part(kind: str, name: str, part: SparsePart, cols: np.ndarray, x: np.ndarray,
-          names: dict[int, list[str]], top: int) -> PartExplanation:
-    weights = _weights_at(part, cols)
-    contrib = weights * x
+def _part(score: PartScore, names: dict[int, list[str]], top: int) -> PartExplanation:
+    cols, contrib = score.cols, score.contributions
 
     def evidence(order: np.ndarray) -> tuple[Evidence, ...]:
         out = []
         for i in order:
             tokens = names.get(int(cols[i]), [])
             out.append(Evidence(tokens=tuple(_short(t) for t in tokens[:MAX_TOKENS_PER_COLUMN]),
-                                column=int(cols[i]), weight=float(weights[i]), x=float(x[i]),
+                                column=int(cols[i]), weight=float(score.weights[i]), x=float(score.x[i]),
                                 contribution=float(contrib[i]),
                                 more_tokens=max(0, len(tokens) - MAX_TOKENS_PER_COLUMN)))
         return tuple(out)
@@ -176,68 +166,31 @@ def _part(kind: str, name: str, part: SparsePart, cols: np.ndarray, x: np.ndarra
     spam_idx = spam_idx[np.lexsort((cols[spam_idx], -contrib[spam_idx]))][:top]
     ham_idx = np.flatnonzero(contrib < 0)
     ham_idx = ham_idx[np.lexsort((cols[ham_idx], contrib[ham_idx]))][:top]
-    return PartExplanation(kind=kind, name=name, intercept=float(part.intercept),
-                           features=float(contrib.sum()), spam=evidence(spam_idx), ham=evidence(ham_idx))
-
-
-def _parts(model: UserModel) -> list[tuple[str, str, SparsePart]]:
-    """(kind, name, part) of each part that scores ``model``'s user: shared, group (if any), personal (if any)."""
-    weights = model.weights
-    parts = [("shared", "", weights.shared)]
-    group = weights.task_groups.get(model.user, model.group)
-    if group is not None and group in weights.groups:
-        parts.append(("group", group, weights.groups[group]))
-    if model.user in weights.tasks:
-        parts.append(("personal", model.user, weights.tasks[model.user]))
-    return parts
-
-
-def part_totals(model: UserModel, cols: np.ndarray, x: np.ndarray) -> dict[str, float]:
-    """Intercept + weight . x of each part (``shared``, ``group``, ``personal``; 0.0 for a missing part).
-
-    ``cols``/``x`` are a prepared (idf-reweighted) row; the totals add up to the logit.
-    """
-    totals = {"shared": 0.0, "group": 0.0, "personal": 0.0}
-    for kind, _, part in _parts(model):
-        totals[kind] = part.intercept + _weights_at(part, cols) @ x
-    return totals
-
-
-def _weights_at(part: SparsePart, cols: np.ndarray) -> np.ndarray:
-    weights = np.zeros(len(cols))
-    if len(part.cols) and len(cols):
-        pos = np.minimum(np.searchsorted(part.cols, cols), len(part.cols) - 1)
-        hit = part.cols[pos] == cols
-        weights[hit] = part.values[pos[hit]]
-    return weights
+    return PartExplanation(kind=score.kind, name=score.name, intercept=score.intercept, features=score.features,
+                           spam=evidence(spam_idx), ham=evidence(ham_idx))
 
 
 def explain(model: UserModel, message: Prepared, *, top: int = DEFAULT_TOP,
             scored: Scored | None = None) -> Explanation:
     """The score of ``message`` for ``model``'s user, split into parts with their strongest evidence.
 
-    Pure: no database access.  ``sum(part.total) == logit`` up to rounding,
-    and ``probability`` is what :meth:`UserModel.score` reports.  ``scored``
-    is the pass that scored ``message`` with ``model`` (``Verdict.scored``):
-    given, the message is not parsed or featurised again; else one pass is
-    made here.
+    Pure: no database access.  The parts' totals add up to ``logit``, and ``probability`` is the
+    verdict's.  ``scored`` is the pass that scored ``message`` with ``model`` (``Verdict.scored``):
+    given, the message is not parsed or featurised again; else one pass is made here.
     """
     top = max(0, min(int(top), MAX_TOP))
     if scored is None:
         scored = model.score_message(message.raw)
-    cols = scored.row.indices.astype(np.int64)
-    x = scored.row.values.astype(np.float64)
     # top=0 (the daemon's X-Spam-Status: the parts' totals only) names no evidence: skip hashing the tokens
-    names = _column_names(scored.tokens.as_list(), model.config.n_features) if top else {}
-    parts = [_part(kind, name, part, cols, x, names, top) for kind, name, part in _parts(model)]
-    logit = sum(p.total for p in parts)
+    names = scored.column_tokens(model.config.n_features) if top else {}
+    parts = [_part(part, names, top) for part in scored.score.parts]
     probability, parsed = scored.probability, scored.parsed
     notes = []
     if not model.is_known_user:
         notes.append(f"{model.user!r} has no personal model yet: scored by the shared"
                      f"{' and group' if len(parts) > 1 else ''} part")
     return Explanation(user=model.user, sha256=message.sha256, message_id=parsed.message_id,
-                       model_version=model.version, logit=logit, probability=probability,
+                       model_version=model.version, logit=scored.logit, probability=probability,
                        verdict=model.verdict(probability), spam_cutoff=model.spam_cutoff,
                        ham_cutoff=model.ham_cutoff, cutoff_source=model.cutoff_source, parts=tuple(parts),
                        notes=tuple(notes))
@@ -281,49 +234,45 @@ def report_header(explanation: Explanation, *, per_part: int = 3, limit: int = R
     return line[:limit]
 
 
-def explain_message(settings: Settings, *, user: str, raw: bytes | None = None, ref: str | None = None,
+def explain_message(engine: Engine, settings: Settings, *, user: str, raw: bytes | None = None, ref: str | None = None,
                     top: int = DEFAULT_TOP) -> Explanation:
     """Explain a message (its bytes, or ``ref``: a stored id / sha256 prefix / Message-ID) for ``user``."""
     validate_name(user)
     if (raw is None) == (ref is None):
         raise UsageError("give either the message or --id, not both or neither")
     if ref is not None:
-        raw = stored_raw(settings, ref)
+        raw = stored_raw(engine, ref)
     assert raw is not None
     message = prepare(raw)
-    reader = open_reader(settings)
+    reader = open_reader(engine, settings)
     try:
         model = reader.user_model(user)
-        result = explain(model, message, top=top)
-        label = reader.current_label(model, message.sha256)
+        verdict = reader.classify(model, message, "explain")  # the verdict classify gives: the user's label decides
     finally:
         reader.store.close()
-    if label is not None:
-        result = Explanation(**{**result.__dict__, "verdict": label, "reason": "label",
-                                "notes": (*result.notes, f"{user} labelled this message {label}; "
+    result = explain(model, message, top=top, scored=verdict.scored)
+    if verdict.reason == "label":
+        result = Explanation(**{**result.__dict__, "verdict": verdict.verdict, "reason": "label",
+                                "notes": (*result.notes, f"{user} labelled this message {verdict.verdict}; "
                                                          "their label decides the verdict")})
     return result
 
 
-def stored_raw(settings: Settings, ref: str) -> bytes:
+def stored_raw(engine: Engine, ref: str) -> bytes:
     """The stored bytes of the message ``ref`` names (see :func:`feedback.resolve_reference`)."""
     from sqlalchemy.orm import Session
 
     from spamtl.services.feedback import resolve_reference
     from spamtl.store import queries
-    from spamtl.store.engine import check_schema, make_engine, translate_errors
+    from spamtl.store.engine import check_schema, translate_errors
     from spamtl.store.schema import Message
 
-    engine = make_engine(settings.database_url)
-    try:
-        check_schema(engine)
-        with translate_errors(), Session(engine) as session:
-            pk = resolve_reference(session, ref)
-            message = session.get(Message, pk)
-            data = message.raw if message is not None else None
-            sha = message.sha256 if message is not None else ref
-    finally:
-        engine.dispose()
+    check_schema(engine)
+    with translate_errors(), Session(engine) as session:
+        pk = resolve_reference(session, ref)
+        message = session.get(Message, pk)
+        data = message.raw if message is not None else None
+        sha = message.sha256 if message is not None else ref
     if not data:
         raise UsageError(f"the message {sha[:12]} is known but its text is no longer stored "
                          "(dropped by retention); pass the message itself")

@@ -13,17 +13,17 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.config import Settings, validate_name
 from spamtl.errors import NoModelError, UnknownUserError, UsageError
 from spamtl.features import FeatureConfig, rows_to_csr
-from spamtl.mail.parse import message_identity
+from spamtl.mail.headers import message_identity
 from spamtl.mail.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.model.weights import SparsePart, sigmoid
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.services.dataset import feature_rows
 from spamtl.services.importing import _batches, store_messages
 from spamtl.services.models import load_user_slice
-from spamtl.store import learning, queries
+from spamtl.settings import Settings, validate_name
+from spamtl.store import queries
 from spamtl.store.engine import check_schema, translate_errors
 from spamtl.store.schema import LABELS, Message
 
@@ -243,11 +243,11 @@ def _refit_if_model(engine: Engine, settings: Settings, result: Any, *, user: st
         pass
 
 
-def _user_cutoffs(settings: Settings, user: str) -> tuple[float, float]:
+def _user_cutoffs(engine: Engine, settings: Settings, user: str) -> tuple[float, float]:
     """The user's effective cutoffs, by the classify path's own precedence."""
     from spamtl.services.classify import open_reader
 
-    reader = open_reader(settings)
+    reader = open_reader(engine, settings)
     try:
         spam, ham, _ = reader.cutoffs(user)
     finally:
@@ -283,14 +283,13 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
     With no labels left (all forgotten) the user is scored by the shared
     (+ group) part again.
     """
-    from spamtl.model.loss import fit_single_task, task_weights
+    from spamtl.model.estimator import MultiTaskLogisticRegression
 
     with translate_errors(), Session(engine) as session:
         version, weights = load_user_slice(session=session, user=user, group=group)
-        version_id, feature_key, params = version.id, version.feature_key, dict(version.params)
-        version_trained = version.created_at
-        labels, _ = learning.labels_to_learn(session=session, users=[user], window=settings.autolearn_window(now))
-        sources = learning.label_sources(session=session, user_id=user_id)
+        version_id, feature_key, version_trained = version.id, version.feature_key, version.created_at
+        labels, _ = queries.labels_to_learn(session=session, users=[user], window=settings.autolearn_window(now))
+        sources = queries.label_sources(session=session, user_id=user_id)
     config = FeatureConfig.from_key(feature_key)
     extra = [message_pk] if message_pk is not None else []
     rows = feature_rows(engine, [lab.message_pk for lab in labels] + extra, config)
@@ -301,48 +300,32 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
     result.model_version = version_id
     if message_pk is not None:
         result.probability_before = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
-    y = np.array([1.0 if lab.is_spam else -1.0 for lab in labels])
+    y = np.array([int(lab.is_spam) for lab in labels], dtype=np.int64)  # the model's classes: 1 = spam
     X = rows_to_csr([rows[lab.message_pk] for lab in labels], config.n_features)
     X = _training_columns(X, weights, np.array([lab.labelled_at > version_trained for lab in labels], dtype=bool))
-    if weights.idf is not None:  # the version's own idf: fixed until the next training
-        X = weights.idf.transform(X)
-    # Offsets: the fixed shared (+ group) part, dense over the hashed space.
-    offset = np.zeros(config.n_features)
-    offset[weights.shared.cols] += weights.shared.values
-    offset_b = weights.shared.intercept
     user_group = weights.task_groups.get(user)
-    if user_group in weights.groups:
-        offset[weights.groups[user_group].cols] += weights.groups[user_group].values
-        offset_b += weights.groups[user_group].intercept
+    weights.task_groups[user] = user_group
     if len(y) == 0:  # every label forgotten: the user is scored by the shared (+ group) part again
-        old = SparsePart.empty()
-        weights.tasks[user] = old
+        part = SparsePart.empty()
+        weights.tasks[user] = part
     else:
-        old = weights.tasks.get(user, SparsePart.empty())
-        omega = float(task_weights(np.array([len(y)]), params.get("task_weighting", "sample"),
-                                   params.get("weight_scale"))[0])
-        sample_weight = omega * np.array([settings.feedback_weight if sources.get(lab.message_pk) == "feedback"
-                                          else 1.0 for lab in labels])
+        model = MultiTaskLogisticRegression.from_weights(weights)  # its idf: the version's, fixed until training
+        sample_weight = np.array([settings.feedback_weight if sources.get(lab.message_pk) == "feedback" else 1.0
+                                  for lab in labels])
         target = next((i for i, lab in enumerate(labels) if lab.message_pk == message_pk), None)
-        spam_cutoff, ham_cutoff = _user_cutoffs(settings, user) if target is not None else (1.0, 0.0)
+        spam_cutoff, ham_cutoff = _user_cutoffs(engine, settings, user) if target is not None else (1.0, 0.0)
         for _ in range(settings.feedback_max_doublings + 1):
-            cols, values, intercept, _ = fit_single_task(
-                X, y, offset, offset_b, weight=sample_weight, alpha=float(params["alpha"]), mu=float(params["mu"]),
-                init_cols=old.cols, init_values=old.values, init_intercept=old.intercept,
-                tol=float(params.get("tol", 1e-5)), max_iter=int(params.get("max_iter", 500)))
-            old = SparsePart(cols.astype(np.int64), values, intercept)
-            weights.tasks[user] = old
-            weights.task_groups[user] = user_group
+            part = model.refit_task(X, y, user, group=user_group, sample_weight=sample_weight).task_part(user)
+            weights.tasks[user] = part
             if target is None:
                 break
             p = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))  # type: ignore[index]
             if (p >= spam_cutoff) if y[target] > 0 else (p <= ham_cutoff):
                 break
             sample_weight[target] *= 2.0
-    weights.task_groups[user] = user_group
     if message_pk is not None:
         result.probability_after = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
     result.user_labels = len(y)
     with translate_errors(), Session(engine) as session, session.begin():
         queries.upsert_model_part(session=session, version_id=version_id, kind="user", name=user,
-                                  data=old.to_bytes())
+                                  data=part.to_bytes())

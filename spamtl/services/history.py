@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.config import validate_name
 from spamtl.errors import UsageError
-from spamtl.store import log_queries, queries
+from spamtl.settings import validate_name
+from spamtl.store import queries
 from spamtl.store.engine import check_schema, translate_errors
 
 __all__ = ["HistoryEntry", "ErrorCounts", "History", "history", "MAX_ENTRIES"]
@@ -110,8 +110,8 @@ def history(engine: Engine, *, user: str | None, since: datetime | None = None, 
             user_id = row.id
         items: list[HistoryEntry] = []
         if user_id is not None and entries and limit:
-            rows = log_queries.recent_classifications(session=session, user_id=user_id, since=since, limit=limit)
-            labels = log_queries.labels_of(session=session, user_id=user_id, message_pks=[r.message_id for r in rows])
+            rows = queries.recent_classifications(session=session, user_id=user_id, since=since, limit=limit)
+            labels = queries.labels_of(session=session, user_id=user_id, message_pks=[r.message_id for r in rows])
             by_message: dict[int, list[Any]] = defaultdict(list)
             for lab in labels:
                 by_message[lab.message_id].append(lab)
@@ -126,8 +126,8 @@ def history(engine: Engine, *, user: str | None, since: datetime | None = None, 
                     entry.outcome = _outcome(r.verdict, latest.label)
                 items.append(entry)
         counts = {name: ErrorCounts(user=name, classifications=n) for name, n in
-                  log_queries.classification_counts(session=session, user_id=user_id, since=since).items()}
-        classified = log_queries.labelled_classifications(session=session, user_id=user_id, since=since)
+                  queries.classification_counts(session=session, user_id=user_id, since=since).items()}
+        classified = queries.labelled_classifications(session=session, user_id=user_id, since=since)
         pairs: dict[tuple[int, int], list[Any]] = defaultdict(list)
         names: dict[int, str] = {}
         for c in classified:
@@ -138,7 +138,7 @@ def history(engine: Engine, *, user: str | None, since: datetime | None = None, 
             per_user[uid].append(pk)
         for uid, pks in per_user.items():
             labels_by_pk: dict[int, list[Any]] = defaultdict(list)
-            for lab in log_queries.labels_of(session=session, user_id=uid, message_pks=pks):
+            for lab in queries.labels_of(session=session, user_id=uid, message_pks=pks):
                 labels_by_pk[lab.message_id].append(lab)
             tally = counts.setdefault(names[uid], ErrorCounts(user=names[uid]))
             for pk in pks:

@@ -11,14 +11,13 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.config import validate_name
 from spamtl.errors import SpamtlError, UsageError
-from spamtl.mail.parse import message_identity, parse_envelope
+from spamtl.mail.headers import message_identity
 from spamtl.mail.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.progress import NO_PROGRESS, Progress
-from spamtl.store import queries
+from spamtl.settings import validate_name
+from spamtl.store import queries, statements
 from spamtl.store.engine import check_schema, translate_errors
-from spamtl.store.lite import naive_utc
 from spamtl.store.schema import LABELS
 
 __all__ = ["ImportSummary", "ImportInterrupted", "import_mail", "store_messages"]
@@ -55,35 +54,15 @@ class ImportInterrupted(SpamtlError):
 def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) -> list[int]:
     """Primary keys of these messages, storing those not yet known (dedup by digest).
 
-    A message is known by :func:`spamtl.mail.parse.message_identity`: a copy delivered with spamtl's
+    A message is known by :func:`spamtl.mail.headers.message_identity`: a copy delivered with spamtl's
     verdict, CRLF line ends or a transport's trace fields on top is the message that was
     classified, and the first copy stored keeps its bytes (filter headers stripped, so a
     verdict is never learned).  Race-free: a message another process stores between the look-up and the
     insert is skipped by ``ON CONFLICT DO NOTHING`` and its id read back.
     """
     identities = [message_identity(r) for r in raws]
-    raws = [kept for kept, _ in identities]
-    shas = [digest for _, digest in identities]
-    known = queries.message_ids_by_sha(session=session, shas=shas)
-    if known:  # a message whose body retention dropped gets it back, so it can be learnt from again
-        bodiless = queries.bodiless_messages(session=session, message_pks=list(known.values()))
-        for sha, raw in zip(shas, raws):
-            if known.get(sha) in bodiless:
-                queries.restore_body(session=session, message_pk=known[sha], raw=queries.compress(raw))
-                bodiless.discard(known[sha])
-    rows: dict[str, dict[str, Any]] = {}
-    for sha, raw in zip(shas, raws):
-        if sha in known or sha in rows:
-            continue
-        message_id, date = parse_envelope(raw)
-        rows[sha] = {"sha256": sha, "message_id": message_id or None, "raw": queries.compress(raw),
-                     "size": len(raw), "date": naive_utc(date), "received_at": now}
-    if rows:
-        # In sha256 order: two transactions inserting overlapping sets then take row locks in the
-        # same order, so PostgreSQL never sees a deadlock between them.
-        queries.insert_messages(session=session, rows=[rows[sha] for sha in sorted(rows)])
-        known.update(queries.message_ids_by_sha(session=session, shas=list(rows)))
-    return [known[s] for s in shas]
+    pks = statements.store_messages(session, [(sha, kept, None) for kept, sha in identities], now=now)
+    return [pks[sha] for _, sha in identities]
 
 
 def _batches(items: Iterable[RawMail | Unreadable], size: int) -> Iterable[list[RawMail | Unreadable]]:

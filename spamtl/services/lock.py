@@ -27,14 +27,14 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
 from spamtl.errors import SpamtlError
 from spamtl.parallel import mark_fork_safe
-from spamtl.store import queries
+from spamtl.store import queries, utcnow
 from spamtl.store.engine import translate_errors
 from spamtl.store.schema import Lock
 
@@ -65,10 +65,6 @@ class Holder:
     heartbeat_at: datetime
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -95,7 +91,7 @@ def acquire(engine: Engine, name: str, *, what: str | None = None, lease: float 
     """Take lock ``name`` for this process (or raise :class:`LockBusyError`)."""
     me_host, me_pid = host or socket.gethostname(), pid or os.getpid()
     for _attempt in range(3):
-        now = _utcnow()
+        now = utcnow()
         with translate_errors(), Session(engine) as session, session.begin():
             session.execute(queries.upsert(session, Lock, ["name"]).values(
                 name=name, host=me_host, pid=me_pid, acquired_at=now, heartbeat_at=now))
@@ -112,7 +108,7 @@ def acquire(engine: Engine, name: str, *, what: str | None = None, lease: float 
                                                Lock.pid == holder.pid))
     with translate_errors(), Session(engine) as session:
         holder = _current(session, name)
-    raise LockBusyError(what or name, holder or Holder("?", 0, _utcnow(), _utcnow()))
+    raise LockBusyError(what or name, holder or Holder("?", 0, utcnow(), utcnow()))
 
 
 def release(engine: Engine, name: str, holder: Holder) -> None:
@@ -126,7 +122,7 @@ def _heartbeat(engine: Engine, name: str, holder: Holder, stop: threading.Event,
         try:
             with Session(engine) as session, session.begin():
                 session.execute(update(Lock).where(Lock.name == name, Lock.host == holder.host,
-                                                   Lock.pid == holder.pid).values(heartbeat_at=_utcnow()))
+                                                   Lock.pid == holder.pid).values(heartbeat_at=utcnow()))
         except Exception:  # noqa: BLE001 - a missed heartbeat is retried; the lease is 20 of them
             continue
 

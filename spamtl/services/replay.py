@@ -38,10 +38,10 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.config import Settings
 from spamtl.errors import UsageError
 from spamtl.metrics import roc_auc
 from spamtl.progress import NO_PROGRESS, Progress
+from spamtl.settings import Settings
 from spamtl.store import queries
 from spamtl.store.engine import check_schema, translate_errors
 
@@ -262,25 +262,14 @@ def _run_system(source: Engine, plans: dict[str, UserPlan], settings: Settings, 
     from spamtl.store.engine import make_engine, upgrade
 
     url = f"sqlite:///{workdir / 'replay.sqlite3'}"
-    engine = make_engine(url, create_dir=True)
-    settings = replace(settings, database_url=url)
+    engine, settings = make_engine(url, create_dir=True), replace(settings, database_url=url)
     records: list[_Record] = []
     nights: list[dict[str, Any]] = []
     try:
         upgrade(engine)
-        with translate_errors(), Session(engine) as session, session.begin():
-            from spamtl.services.importing import store_messages
-
-            for plan in plans.values():
-                user_id = queries.get_or_create_user(session=session, name=plan.user, group=plan.group,
-                                                     now=start).id
-                raws = _raws(source, [it.pk for it in plan.bootstrap])
-                pks = store_messages(session=session, raws=[raws[it.pk] for it in plan.bootstrap], now=start)
-                queries.add_labels(session=session, rows=[
-                    {"user_id": user_id, "message_id": pk, "label": "spam" if it.is_spam else "ham",
-                     "source": "import", "created_at": start} for pk, it in zip(pks, plan.bootstrap)])
+        _bootstrap(source, engine, plans, start)
         nights.append(_night(engine, settings, start + timedelta(hours=23), 0))
-        reader = open_reader(settings)
+        reader = open_reader(engine, settings)
         try:
             logger = VerdictLogger(reader.store, create_users=True)
             progress.stage("days", sum(p.n_messages for p in plans.values()), unit="messages", system=system,
@@ -325,6 +314,20 @@ def _run_system(source: Engine, plans: dict[str, UserPlan], settings: Settings, 
     finally:
         engine.dispose()
     return records, nights
+
+
+def _bootstrap(source: Engine, engine: Engine, plans: dict[str, UserPlan], start: datetime) -> None:
+    """Every user and their bootstrap mail, labelled, in the replay's own store."""
+    from spamtl.services.importing import store_messages
+
+    with translate_errors(), Session(engine) as session, session.begin():
+        for plan in plans.values():
+            user_id = queries.get_or_create_user(session=session, name=plan.user, group=plan.group, now=start).id
+            raws = _raws(source, [it.pk for it in plan.bootstrap])
+            pks = store_messages(session=session, raws=[raws[it.pk] for it in plan.bootstrap], now=start)
+            queries.add_labels(session=session, rows=[
+                {"user_id": user_id, "message_id": pk, "label": "spam" if it.is_spam else "ham",
+                 "source": "import", "created_at": start} for pk, it in zip(pks, plan.bootstrap)])
 
 
 def _file_correct(engine: Engine, user: str, items: list[tuple[bytes, str]], now: datetime) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.config import Settings
+from spamtl.settings import Settings
 from spamtl.store import queries
 from spamtl.store.engine import check_schema, translate_errors
 
@@ -34,6 +34,6 @@ def list_users(engine: Engine, settings: Settings | None = None) -> list[UserRow
         return [UserRow(c.user, c.group, c.ham, c.spam) for c in counts]
     from spamtl.services.cutoffs import list_cutoffs
 
-    cut = {c.user: c for c in list_cutoffs(settings, [c.user for c in counts])}
+    cut = {c.user: c for c in list_cutoffs(engine, settings, [c.user for c in counts])}
     return [UserRow(c.user, c.group, c.ham, c.spam, cut[c.user].spam_cutoff, cut[c.user].ham_cutoff,
                     cut[c.user].source) for c in counts]

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.config import Settings
+from spamtl.settings import Settings
 from spamtl.store import queries
 from spamtl.store.engine import check_schema, translate_errors
 from spamtl.store.schema import ModelVersion

@@ -36,23 +36,24 @@ import scipy.sparse as sp
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.config import Settings
+from spamtl import parallel
 from spamtl.errors import DamagedModelError, NoModelError, UsageError
-from spamtl.metrics import macro_auc_error, rows_by_task
-from spamtl.parallel import Inherited, SerialExecutor, release, return_free_memory, share, training_executor
+from spamtl.metrics import macro_auc_error, macro_weights, paired_gap, rows_by_task
+from spamtl.model.folds import chronological_split, grouped_folds
+from spamtl.parallel import SerialExecutor, release, return_free_memory, share
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.rowfiles import column_counts, map_rows, remove_rows, scratch_directory
 from spamtl.services.cutoffs import ham_for
 from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.models import load_weights, save_weights, version_info
-from spamtl.store import learning
+from spamtl.settings import Settings
+from spamtl.store import queries
 from spamtl.store.engine import check_schema, translate_errors
 
 __all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "Cutoff", "train", "load_labels",
            "prepare_features", "cross_fit_folds", "choose_mu", "search_sample", "reused_choice",
            "one_se_for_all_users", "cross_fit_and_fit", "mean_shared_part", "choose_and_fit", "fit_candidate",
-           "load_active", "active_scores",
-           "gate", "choose_cutoffs", "save_version", "holdout_split", "fit_model", "min_df_mask",
+           "load_active", "active_scores", "gate", "choose_cutoffs", "save_version", "fit_model", "min_df_mask",
            "choose_params", "base_params", "EXIT_REFUSED"]
 
 EXIT_REFUSED = 3
@@ -62,9 +63,8 @@ _TIE = 1e-9  # nats: differences this small are rounding (probability <-> log-od
 MIN_UNSURE_LOG_ODDS = 1.0
 """A trained ham cutoff stays this far (log-odds) below the user's spam cutoff: every user keeps an unsure
 band at least as wide as a factor e in the odds (0.875-0.95 under a 0.95 spam cutoff), so mail the model
-rates just under the spam cutoff is never called ham.  In the replay benchmark it held 4 of 147 user-nights
-(corrections 133.9 -> 132.8 per 1,000, ham FPR 0.120 -> 0.099 %); on mail the model separates perfectly (the
-demo corpus) the 5 % quantile of spam lies above the spam cutoff and the band would otherwise vanish."""
+rates just under the spam cutoff is never called ham, even where the model separates the user's mail
+perfectly."""
 
 
 @dataclass
@@ -131,38 +131,9 @@ def prepare_features(data: TrainingData, directory: str | None = None) -> Traini
 
 # ---------------------------------------------------------------- step 3: choose mu
 def cross_fit_folds(data: TrainingData, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """K (train, test) index pairs, every row in exactly one test fold, all rows of a message together.
-
-    Grouping by message matters: a spam campaign labelled by five users must
-    not be scored for one of them by a fit that saw it labelled by the other
-    four.  Within that constraint each (user, label) is spread evenly over the
-    folds.  Empty when a class has fewer than ``k`` messages (nothing to cross-fit).
-    """
-    n = len(data.y)
-    if k < 2 or min(int((data.y == 0).sum()), int((data.y == 1).sum())) < k:
-        return []
-    strata = np.unique(np.char.add(np.char.add(data.users.astype(str), "\x00"), data.y.astype(str)),
-                       return_inverse=True)[1]
-    per_stratum = np.zeros((strata.max() + 1, k), dtype=np.int64)
-    total = np.zeros(k, dtype=np.int64)
-    fold_of_message: dict[int, int] = {}
-    fold = np.empty(n, dtype=np.int64)
-    rows_of: dict[int, list[int]] = {}
-    for i, pk in enumerate(data.message_pks.tolist()):
-        rows_of.setdefault(pk, []).append(i)
-    for i in np.random.default_rng(seed).permutation(n):
-        pk = int(data.message_pks[i])
-        if pk not in fold_of_message:
-            s = strata[i]
-            fold_of_message[pk] = int(np.lexsort((np.arange(k), total, per_stratum[s]))[0])
-            for j in rows_of[pk]:
-                per_stratum[strata[j], fold_of_message[pk]] += 1
-                total[fold_of_message[pk]] += 1
-        fold[i] = fold_of_message[pk]
-    folds = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
-    if any(len(np.unique(data.y[tr])) < 2 or len(te) == 0 for tr, te in folds):
-        return []
-    return folds
+    """The nightly cross-fitting folds: ``k`` folds of the labels, all labels of a message in one fold
+    (:func:`spamtl.model.folds.grouped_folds`; empty when there is nothing to cross-fit)."""
+    return grouped_folds(data.users, data.y, data.message_pks, k, seed)
 
 
 @dataclass
@@ -212,9 +183,10 @@ def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, n
     (:func:`search_sample`), and ``oof_scores`` is NaN outside it: call
     :func:`cross_fit` for every row's score at the chosen setting.  The folds
     run side by side on ``executor`` (default: ``settings.train_workers``
-    forked processes).  Reported as stage ``search``, counting folds.
+    processes, :func:`spamtl.parallel.executor`).  Reported as stage ``search``, counting folds.
     """
-    from spamtl.model.estimator import MultiTaskLogisticRegression, select_hyperparameters
+    from spamtl.model.estimator import MultiTaskLogisticRegression
+    from spamtl.model.selection import select_hyperparameters
 
     base = base_params(settings)
     if not folds:
@@ -228,7 +200,7 @@ def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, n
     progress.stage("search", len(cv), unit="folds", settings=len(settings.alphas) * len(settings.mus),
                    users=searched, labels=len(y) if rows is None else int(rows.sum()))
     own = executor is None
-    pool = training_executor(settings.train_workers) if own else executor
+    pool = parallel.executor(settings.train_workers, kind="processes") if own else executor
     try:
         search = select_hyperparameters(data.X, y, data.users, _groups(data), alphas=settings.alphas,
                                         mus=settings.mus, cv=cv, estimator=MultiTaskLogisticRegression(**base),
@@ -278,10 +250,11 @@ def one_se_for_all_users(table: list[dict[str, float]], searched: int, users: in
                                                                                              dict[str, float]]:
     """The one-SE rule on a search over ``searched`` of ``users`` users, with each row's standard error
     scaled by sqrt(searched / users) (``gap_se_all_users``): the most shared setting within it of the best."""
+    from spamtl.model.selection import most_shared_within_one_se
+
     shrink = math.sqrt(searched / users)
     table = [{**r, "gap_se_all_users": r["gap_se"] * shrink} for r in table]
-    pick = max((r for r in table if r["gap_to_best"] <= r["gap_se_all_users"]), key=lambda r: (r["mu"], r["alpha"]))
-    return table, pick
+    return table, most_shared_within_one_se(table, se="gap_se_all_users")
 
 
 def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
@@ -303,10 +276,10 @@ def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.nd
 
     ``fold_models``: the folds already fitted on the sample at ``params`` (the sampled search's,
     :attr:`Choice.fold_models`), one per fold in order.  Only the users' parts are then refitted, and without
-    ``warm`` the candidate starts from the folds' mean shared part (on 10,000 users the first night's final fit
-    starts near its optimum instead of from zero).
+    ``warm`` the candidate starts from the folds' mean shared part (near its optimum, not from zero).
     """
-    from spamtl.model.estimator import MultiTaskLogisticRegression, cross_fit_fold
+    from spamtl.model.estimator import MultiTaskLogisticRegression
+    from spamtl.model.selection import cross_fit_fold
 
     oof = np.full(len(y), np.nan)
     pool = executor if executor is not None else SerialExecutor()
@@ -326,8 +299,7 @@ def cross_fit_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.nd
         for (_, test_rows), future in zip(folds, futures):
             oof[test_rows] = future.result()
     finally:
-        if isinstance(payload, Inherited):
-            release(payload)
+        release(payload)
     return oof, candidate
 
 
@@ -359,8 +331,8 @@ def fit_candidate(data: TrainingData, y: np.ndarray, params: dict[str, Any], war
     ``threads``: the projected solver's chunks of users side by side (``fit(threads=)``; the same model).
 
     A shallow copy of ``warm`` suffices: ``fit`` reads the fitted arrays it starts from and replaces every
-    one of them, never writing into them; a deep copy held a second copy of the active model (~1 GB at
-    10,000 users) through the whole fit.
+    one of them, never writing into them; a deep copy would hold a second copy of the active model through
+    the whole fit.
     """
     from spamtl.model.estimator import MultiTaskLogisticRegression
 
@@ -378,7 +350,7 @@ def choose_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarr
     """Steps 3 and 4: the chosen setting (with every row's out-of-fold score) and the candidate.
 
     Up to ``mu_search_users`` users: the grid search on all rows, then the
-    final fit (as the first release did).  Beyond: the grid on a sample of
+    final fit.  Beyond: the grid on a sample of
     users (or ``reuse``, the active model's setting: :func:`reused_choice`),
     then the chosen setting's K folds fitted on the sample and every user's
     part refitted per fold, side by side with the final fit
@@ -392,7 +364,7 @@ def choose_and_fit(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarr
                    **({} if scored else {"cross_fit_folds": len(folds)}))
     if scored:
         return choice, fit_candidate(data, y, choice.params, warm=warm, threads=settings.train_workers)
-    with training_executor(settings.train_workers, alongside=True) as pool:
+    with parallel.executor(settings.train_workers, kind="processes", alongside=True) as pool:
         choice.oof_scores, candidate = cross_fit_and_fit(data, y, folds, choice.params, search_sample(data, settings),
                                                          warm=warm, executor=pool, threads=settings.train_workers,
                                                          fold_models=choice.fold_models)
@@ -433,7 +405,7 @@ def active_scores(engine: Engine, active: ActiveModel, data: TrainingData) -> np
     if active.version is None:
         return out
     with translate_errors(), Session(engine) as session:
-        logged = learning.logged_scores_before_labels(session=session, version_id=active.version)
+        logged = queries.logged_scores_before_labels(session=session, version_id=active.version)
     index = {(u, int(pk)): i for i, (u, pk) in enumerate(zip(data.users.tolist(), data.message_pks.tolist()))}
     for row in logged:
         i = index.get((row.user, row.message_pk))
@@ -453,12 +425,6 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     p = np.clip(p, _PROB_CLIP, 1 - _PROB_CLIP)
     loss: np.ndarray = -np.where(y == 1, np.log(p), np.log1p(-p))
     return loss
-
-
-def _macro(users: np.ndarray) -> np.ndarray:
-    """Row weights that make a weighted sum the mean over users of each user's mean."""
-    _, index, counts = np.unique(users, return_inverse=True, return_counts=True)
-    return 1.0 / (len(counts) * counts[index])
 
 
 def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.ndarray, active: ActiveModel,
@@ -499,36 +465,43 @@ def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.n
         return GateDecision(False, f"the candidate's cross-fitted 1-AUC {cand_auc:.2f}% is worse than chance; "
                                    f"keeping v{active.version}", metrics)
     both = fitted & np.isfinite(active_probability)
-    n = int(both.sum())
-    metrics["compared_messages"] = n
-    if n:
-        w = _macro(data.users[both])
-        cand_loss = _log_loss(y[both], cand_p[both])
-        act_loss = _log_loss(y[both], active_probability[both])
-        diff = cand_loss - act_loss
-        gap = float(w @ diff)
-        se = float(np.sqrt(np.sum(w ** 2 * (diff - gap) ** 2)))
-        metrics.update({"candidate_log_loss": round(float(w @ cand_loss), 6),
-                        "active_log_loss": round(float(w @ act_loss), 6),
-                        "log_loss_gap": round(gap, 6), "log_loss_gap_se": round(se, 6)})
-        for name, scores in (("candidate", cand_p[both]), ("active", active_probability[both])):
-            err = macro_auc_error(y[both] == 1, scores, data.users[both])
-            metrics[f"{name}_compared_auc_error_pct"] = None if math.isnan(err) else round(err, 4)
-        if math.isfinite(gap) and math.isfinite(se):
-            margin = (settings.promote_tolerance + settings.promote_margin_se * se
-                      + settings.promote_relative_margin * float(w @ act_loss))
-            said = (f"candidate log loss {w @ cand_loss:.4f} vs active v{active.version} {w @ act_loss:.4f} "
-                    f"on {n} messages neither was fitted on")
-            if gap > margin + _TIE:
-                return GateDecision(False, f"{said}: worse by {gap:.4f} > margin {margin:.4f}; "
-                                           f"keeping v{active.version}", metrics)
-            return GateDecision(True, f"{said}: not worse (difference {gap:+.4f}, margin {margin:.4f})", metrics)
+    metrics["compared_messages"] = int(both.sum())
+    if both.any():
+        decision = _compare(data, both, cand_p, active_probability, active, settings, metrics)
+        if decision is not None:
+            return decision
     # Rule 4: nothing to compare with (a store nobody classifies through, or only fresh mail).
     if math.isnan(cand_auc):
         return GateDecision(True, "no out-of-sample scores to compare; promoting the model fitted on all labels",
                             metrics)
     return GateDecision(True, f"no logged scores of active v{active.version} on mail labelled since; candidate's "
                               f"cross-fitted 1-AUC {cand_auc:.4f}% is better than chance", metrics)
+
+
+def _compare(data: TrainingData, both: np.ndarray, cand_p: np.ndarray, active_p: np.ndarray, active: ActiveModel,
+             settings: Settings, metrics: dict[str, Any]) -> GateDecision | None:
+    """Rule 3 of :func:`gate` on the rows ``both`` models scored out of sample (None: a NaN difference)."""
+    y, n = data.y, int(both.sum())
+    w = macro_weights(data.users[both])
+    cand_loss = _log_loss(y[both], cand_p[both])
+    act_loss = _log_loss(y[both], active_p[both])
+    gap, se = paired_gap(w, cand_loss - act_loss)
+    metrics.update({"candidate_log_loss": round(float(w @ cand_loss), 6),
+                    "active_log_loss": round(float(w @ act_loss), 6),
+                    "log_loss_gap": round(gap, 6), "log_loss_gap_se": round(se, 6)})
+    for name, scores in (("candidate", cand_p[both]), ("active", active_p[both])):
+        err = macro_auc_error(y[both] == 1, scores, data.users[both])
+        metrics[f"{name}_compared_auc_error_pct"] = None if math.isnan(err) else round(err, 4)
+    if not (math.isfinite(gap) and math.isfinite(se)):
+        return None
+    margin = (settings.promote_tolerance + settings.promote_margin_se * se
+              + settings.promote_relative_margin * float(w @ act_loss))
+    said = (f"candidate log loss {w @ cand_loss:.4f} vs active v{active.version} {w @ act_loss:.4f} "
+            f"on {n} messages neither was fitted on")
+    if gap > margin + _TIE:
+        return GateDecision(False, f"{said}: worse by {gap:.4f} > margin {margin:.4f}; keeping v{active.version}",
+                            metrics)
+    return GateDecision(True, f"{said}: not worse (difference {gap:+.4f}, margin {margin:.4f})", metrics)
 
 
 # ----------------------------------------------------------------- step 6: cutoffs
@@ -594,48 +567,68 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
     ham = (data.y == 0) & scored & data.learned
     if target <= 0 or not ham.any():
         return {}, None
-    k = settings.cutoff_shrinkage
-    z_min = _logit(max(settings.min_spam_cutoff, settings.ham_cutoff))  # spam never at or below the ham cutoff
-    z_global = max(_logit(settings.spam_cutoff), z_min)
-    z_shared = float(np.quantile(oof_scores[ham], 1.0 - target, method="higher"))
     spam = (data.y == 1) & scored
-    spam_share = settings.target_spam_as_ham
-    z_ham_global = _logit(settings.ham_cutoff)
-    z_ham_shared = z_ham_global
-    if spam_share > 0 and spam.any():
-        z_ham_shared = float(np.quantile(oof_scores[spam], spam_share, method="lower"))
-    pct = f"{100 * target:g}%"
+    levels = _Levels.of(oof_scores, ham, spam, settings)
+    shared = levels.cutoff(max(levels.z_shared, levels.z_global), levels.z_ham_shared,
+                           f"shared: target {100 * target:g}% ham FPR on {int(ham.sum())} ham of all users")
+    out = {str(user): _user_cutoff(oof_scores[rows[ham[rows]]], oof_scores[rows[spam[rows]]], levels)
+           for user, rows in rows_by_task(data.users)}
+    return out, shared
 
-    def cutoff(z: float, z_ham: float, source: str, ham_sample: str = "") -> Cutoff:
+
+@dataclass(frozen=True)
+class _Levels:
+    """The log-odds that every user's cutoffs are shrunk toward or bounded by (:func:`choose_cutoffs`)."""
+
+    settings: Settings
+    z_min: float  # the lowest spam cutoff (a user with lots of ham)
+    z_global: float  # the configured spam cutoff
+    z_shared: float  # the target quantile of every user's ham
+    z_ham_global: float  # the configured ham cutoff
+    z_ham_shared: float  # the target quantile of every user's spam
+
+    @classmethod
+    def of(cls, oof_scores: np.ndarray, ham: np.ndarray, spam: np.ndarray, settings: Settings) -> _Levels:
+        z_min = _logit(max(settings.min_spam_cutoff, settings.ham_cutoff))  # spam never at or below the ham cutoff
+        z_ham_global = _logit(settings.ham_cutoff)
+        z_ham_shared = z_ham_global
+        if settings.target_spam_as_ham > 0 and spam.any():
+            z_ham_shared = float(np.quantile(oof_scores[spam], settings.target_spam_as_ham, method="lower"))
+        return cls(settings, z_min, max(_logit(settings.spam_cutoff), z_min),
+                   float(np.quantile(oof_scores[ham], 1.0 - settings.target_ham_fpr, method="higher")),
+                   z_ham_global, z_ham_shared)
+
+    def cutoff(self, z: float, z_ham: float, source: str, ham_sample: str = "") -> Cutoff:
+        """Spam cutoff ``z`` and ham cutoff ``z_ham`` (log-odds), the ham one kept ``MIN_UNSURE_LOG_ODDS`` under
+        the spam one and never below the configured ham cutoff."""
         spam_p = round(_sigmoid(z), 6)
         held = z_ham > z - MIN_UNSURE_LOG_ODDS
         z_ham = min(z_ham, z - MIN_UNSURE_LOG_ODDS)
-        if z_ham <= z_ham_global:
-            return Cutoff(spam_p, ham_for(spam_p, settings), source)
+        if z_ham <= self.z_ham_global:
+            return Cutoff(spam_p, ham_for(spam_p, self.settings), source)
         held_note = f", held {MIN_UNSURE_LOG_ODDS:g} log-odds under spam" if held else ""
         return Cutoff(spam_p, round(_sigmoid(z_ham), 6),
-                      f"{source}; ham: {100 * spam_share:g}% of spam below{ham_sample}{held_note}")
+                      f"{source}; ham: {100 * self.settings.target_spam_as_ham:g}% of spam below{ham_sample}"
+                      f"{held_note}")
 
-    shared = cutoff(max(z_shared, z_global), z_ham_shared,
-                    f"shared: target {pct} ham FPR on {int(ham.sum())} ham of all users")
-    out: dict[str, Cutoff] = {}
-    for user, rows in rows_by_task(data.users):
-        z_ham, ham_sample = z_ham_global, ""
-        if spam_share > 0:
-            z_ham, n_spam, w_spam = _shrunk_quantile(oof_scores[rows[spam[rows]]], spam_share, k, "lower",
-                                                     z_ham_shared)
-            ham_sample = (f" on {n_spam} spam, shrunk {100 * (1 - w_spam):.0f}% to shared" if n_spam
-                          else ", shared (no spam)")
-        z, n_ham, w = _shrunk_quantile(oof_scores[rows[ham[rows]]], 1.0 - target, k, "higher", z_shared)
-        if n_ham == 0:
-            out[str(user)] = cutoff(max(z_shared, z_global), z_ham, "shared (no ham)", ham_sample)
-            continue
-        floor = w * z_min + (1 - w) * z_global
-        source = f"target {pct} ham FPR on {n_ham} ham, shrunk {100 * (1 - w):.0f}% to shared"
-        if z < floor:
-            z, source = floor, source + f", raised to the floor {_sigmoid(floor):.4f}"
-        out[str(user)] = cutoff(z, z_ham, source, ham_sample)
-    return out, shared
+
+def _user_cutoff(ham_scores: np.ndarray, spam_scores: np.ndarray, levels: _Levels) -> Cutoff:
+    """One user's cutoffs from the out-of-fold scores of their ham labels and of their spam."""
+    settings, k = levels.settings, levels.settings.cutoff_shrinkage
+    z_ham, ham_sample = levels.z_ham_global, ""
+    if settings.target_spam_as_ham > 0:
+        z_ham, n_spam, w_spam = _shrunk_quantile(spam_scores, settings.target_spam_as_ham, k, "lower",
+                                                 levels.z_ham_shared)
+        ham_sample = (f" on {n_spam} spam, shrunk {100 * (1 - w_spam):.0f}% to shared" if n_spam
+                      else ", shared (no spam)")
+    z, n_ham, w = _shrunk_quantile(ham_scores, 1.0 - settings.target_ham_fpr, k, "higher", levels.z_shared)
+    if n_ham == 0:
+        return levels.cutoff(max(levels.z_shared, levels.z_global), z_ham, "shared (no ham)", ham_sample)
+    floor = w * levels.z_min + (1 - w) * levels.z_global
+    source = f"target {100 * settings.target_ham_fpr:g}% ham FPR on {n_ham} ham, shrunk {100 * (1 - w):.0f}% to shared"
+    if z < floor:
+        z, source = floor, source + f", raised to the floor {_sigmoid(floor):.4f}"
+    return levels.cutoff(z, z_ham, source, ham_sample)
 
 
 # ----------------------------------------------------------------- step 7: promote
@@ -651,7 +644,7 @@ def save_version(engine: Engine, candidate: Any, decision: GateDecision, cutoffs
         version = save_weights(session=session, weights=weights, feature_key=settings.features.key,
                                status="active" if decision.promoted else "rejected", now=now, metrics=metrics,
                                n_messages=n_messages, note=decision.reason)
-        learning.add_user_cutoffs(session=session, version_id=version,
+        queries.add_user_cutoffs(session=session, version_id=version,
                                   rows=[(u, c.spam, c.ham, c.source) for u, c in sorted(cutoffs.items())])
     return version
 
@@ -734,25 +727,6 @@ def _fit_and_judge(engine: Engine, settings: Settings, data: TrainingData, *, no
 
 
 # ------------------------------------------------- used by `spamtl evaluate` (not by train)
-def holdout_split(data: TrainingData, fraction: float, minimum: int) -> tuple[np.ndarray, np.ndarray]:
-    """The most recent ``fraction`` of each user's ham and of their spam (at least ``minimum`` each).
-
-    Ham and spam are cut separately so the held-out set has both classes even
-    where one class is all newer than the other.  A (user, label) with fewer
-    than 2 * minimum messages stays entirely in training.
-    """
-    train_rows: list[int] = []
-    hold: list[int] = []
-    for user in np.unique(data.users):
-        for label in (0, 1):
-            idx = np.flatnonzero((data.users == user) & (data.y == label))
-            idx = idx[np.argsort(data.recency[idx], kind="stable")]
-            k = max(minimum, int(round(fraction * len(idx)))) if len(idx) >= 2 * minimum else 0
-            train_rows.extend(idx[:len(idx) - k])
-            hold.extend(idx[len(idx) - k:])
-    return np.sort(np.array(train_rows, dtype=np.int64)), np.sort(np.array(hold, dtype=np.int64))
-
-
 def fit_model(data: TrainingData, params: dict[str, Any], warm: Any = None) -> Any:
     """Fit on ``data`` after feature preparation (evaluate's folds)."""
     return fit_candidate(prepare_features(data), data.y, params, warm)
@@ -760,9 +734,11 @@ def fit_model(data: TrainingData, params: dict[str, Any], warm: Any = None) -> A
 
 def choose_params(data: TrainingData, settings: Settings, base: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
     """Alpha and mu on a chronological validation split (evaluate's quick search within one fold)."""
-    from spamtl.model.estimator import MultiTaskLogisticRegression, select_hyperparameters
+    from spamtl.model.estimator import MultiTaskLogisticRegression
+    from spamtl.model.selection import select_hyperparameters
 
-    inner_train, inner_val = holdout_split(data, settings.holdout_fraction, settings.holdout_min)
+    inner_train, inner_val = chronological_split(data.users, data.y, data.recency, settings.holdout_fraction,
+                                                 settings.holdout_min)
     if len(inner_val) == 0 or len(settings.alphas) * len(settings.mus) == 1:
         return {**base, "alpha": settings.alphas[0], "mu": settings.mus[0]}, []
     search = select_hyperparameters(min_df_mask(data.X), data.y, data.users, _groups(data), alphas=settings.alphas,

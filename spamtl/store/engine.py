@@ -1,4 +1,4 @@
-"""Engines, the default database location, schema upgrades and error translation."""
+"""Engines, schema upgrades and checks, and the one translation of database errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from spamtl.errors import DatabaseError, UsageError, redact
 
@@ -21,13 +21,14 @@ __all__ = [
     "make_engine",
     "permission_warnings",
     "upgrade",
-    "schema_revision",
+    "downgrade",
     "check_schema",
+    "translate",
     "translate_errors",
-    "display_url",
 ]
 
-from spamtl.store.lite import SCHEMA_REVISION, connect_failure  # noqa: E402 - one definition, without SQLAlchemy
+SCHEMA_REVISION = "0006"
+"""Alembic head this code expects; a test checks it against migrations/."""
 
 BUSY_TIMEOUT_S = 30.0
 """How long SQLite waits for another writer before 'database is locked' (``SPAMTL_BUSY_TIMEOUT``)."""
@@ -38,14 +39,6 @@ def _busy_timeout() -> float:
         return float(os.environ.get("SPAMTL_BUSY_TIMEOUT", BUSY_TIMEOUT_S))
     except ValueError:
         return BUSY_TIMEOUT_S
-
-
-def display_url(url: str) -> str:
-    """``url`` as it may be shown or logged: the password replaced by ``***``."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return redact(url)
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -102,7 +95,7 @@ def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | Non
         hint = ""
         if isinstance(exc, ImportError) and make_url(url).get_backend_name() == "postgresql":
             hint = "; use a postgresql+psycopg:// URL with the driver from `pip install 'spamtl[postgres]'`"
-        raise DatabaseError(f"cannot use database URL {display_url(url)!r}: {redact(str(exc))}{hint}") from None
+        raise DatabaseError(f"cannot use database URL {redact(url)!r}: {redact(str(exc))}{hint}") from None
     if path is not None:
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
     return engine
@@ -178,7 +171,6 @@ def permission_warnings(url: str) -> list[str]:
 
 def _sqlite_pragmas(busy_timeout: float) -> Any:
     def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-        # Let SQLAlchemy's transaction handling drive BEGIN; pysqlite's own is buggy.
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         cursor.execute("PRAGMA foreign_keys = ON")
@@ -240,40 +232,66 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(_alembic_config(connection), revision)
 
 
-def schema_revision(engine: Engine) -> str | None:
-    """The Alembic revision the database is at, or None for an empty database."""
-    with translate_errors(), engine.connect() as connection:
-        if not inspect(connection).has_table("alembic_version"):
-            return None
-        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-
-
 def check_schema(engine: Engine) -> None:
     """Raise a clear error unless the database is at the schema this code expects."""
-    revision = schema_revision(engine)
+    try:
+        with translate_errors(), engine.connect() as connection:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DatabaseError as exc:
+        if "no spamtl tables" not in str(exc):
+            raise
+        revision = None
     if revision != SCHEMA_REVISION:
         state = "is empty" if revision is None else f"is at schema {revision}, expected {SCHEMA_REVISION}"
         raise DatabaseError(f"the database {state}; run `spamtl init` to create or upgrade it")
 
 
+# How psycopg 3 words a failure to reach or log in to the server (refused, unknown host, bad password).
+_CONNECT_FAILURES = ("connection failed:", "connection to server", "failed to resolve host",
+                     "could not translate host name")
+
+
+def translate(exc: BaseException) -> DatabaseError | None:
+    """A database error as a one-line :class:`DatabaseError` that says what to do, else None (a bug).
+
+    The one translation of driver errors (SQLAlchemy's wrappers, ``sqlite3``, psycopg), for the
+    store's own choke points and for the CLI's last resort.
+    """
+    if isinstance(exc, DatabaseError):
+        return exc
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    elif isinstance(exc, SQLAlchemyError):
+        text_ = str(exc)
+        if "file is not a database" in text_ or "unable to open" in text_:
+            return DatabaseError(f"cannot open the database: {exc.__class__.__name__}: {exc}")
+        return None
+    if not isinstance(exc, sqlite3.Error) and not type(exc).__module__.startswith("psycopg"):
+        return None
+    message = redact(str(exc)).strip()
+    if message.startswith(_CONNECT_FAILURES):
+        first = message.splitlines()[0].removeprefix("connection failed:")
+        return DatabaseError(f"cannot connect to the database server: {' '.join(first.split())}")
+    message = message.splitlines()[0] if message else exc.__class__.__name__
+    if "locked" in message or "busy" in message:
+        return DatabaseError("the database is locked by another process; try again later")
+    if "no such table" in message or "does not exist" in message and "relation" in message:
+        return DatabaseError("the database has no spamtl tables; run `spamtl init` first")
+    if "not a database" in message or "malformed" in message or "disk image" in message:
+        return DatabaseError(f"the database file is damaged ({message}); restore it from a backup "
+                             "(or check it with `sqlite3 FILE 'PRAGMA integrity_check'`)")
+    if "disk is full" in message or "No space left" in message or "could not extend" in message:
+        return DatabaseError("the disk is full; the last change was not written (free some space and try again)")
+    return DatabaseError(f"database error: {' '.join(message.split())}")
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
-    """Turn driver errors users can act on into one-line DatabaseErrors."""
+    """Raise the database errors users can act on as one-line DatabaseErrors (:func:`translate`)."""
     try:
         yield
-    except OperationalError as exc:
-        message = redact(str(exc.orig) if exc.orig is not None else str(exc))
-        unreachable = connect_failure(message)
-        if unreachable is not None:
-            raise unreachable from None
-        if "locked" in message or "busy" in message:
-            raise DatabaseError("the database is locked by another process; try again later") from None
-        if "no such table" in message:
-            raise DatabaseError("the database has no spamtl tables; run `spamtl init` first") from None
-        raise DatabaseError(f"database error: {' '.join(message.split())}") from None
-    except sqlite3.DatabaseError as exc:
-        raise DatabaseError(f"database error: {exc}") from None
-    except SQLAlchemyError as exc:
-        if "file is not a database" in str(exc) or "unable to open" in str(exc):
-            raise DatabaseError(f"cannot open the database: {exc.__class__.__name__}: {exc}") from None
-        raise
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        problem = translate(exc)
+        if problem is None:
+            raise
+        raise problem from None

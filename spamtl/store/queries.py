@@ -1,14 +1,17 @@
-"""Queries on the store.  Every function takes ``session`` as a keyword and never commits."""
+"""Queries on the store for the services: every function takes ``session`` as a keyword and never commits.
+
+The scoring path's statements, and the one way to store mail and users, are in
+:mod:`spamtl.store.statements`.
+"""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, delete, func, insert, select, update
+from sqlalchemy import Insert, and_, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from spamtl.store.schema import (
@@ -20,42 +23,30 @@ from spamtl.store.schema import (
     ModelVersion,
     StoreState,
     User,
+    UserCutoff,
 )
+from spamtl.store.statements import chunks, compress, create_user, decompress
 
 __all__ = [
     "UserCounts",
     "LabelledMessage",
+    "LoggedScore",
     "get_user",
     "get_or_create_user",
     "message_ids_by_sha",
-    "insert_messages",
     "latest_labels",
     "add_labels",
     "user_counts",
+    "current_labels",
+    "labels_to_learn",
+    "recent_classifications",
     "compress",
     "decompress",
 ]
 
-# SQLite limits bound parameters per statement (32766 in modern builds, 999 in
-# old ones); keep IN lists well below the old limit.
-_IN_CHUNK = 900
-
-
-from spamtl.store.lite import compress  # noqa: E402 - one definition, shared with the classify path
-
-
-def decompress(data: bytes) -> bytes:
-    return zlib.decompress(data)
-
-
 def _pairs(result: Any) -> dict[Any, Any]:
     """A two-column result as a dict (a Result has .keys(), so dict.update would misread it)."""
     return {a: b for a, b in result}
-
-
-def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 def upsert(session: Session, model: Any, keys: Sequence[str], update_columns: Sequence[str] = ()) -> Insert:
@@ -91,7 +82,7 @@ def get_or_create_user(*, session: Session, name: str, group: str | None, now: d
     """The user called ``name``; created if new (race-free).  A given ``group`` replaces the stored one."""
     user = get_user(session=session, name=name)
     if user is None:
-        session.execute(upsert(session, User, ["name"]).values(name=name, group_name=group, created_at=now))
+        create_user(session, name=name, group=group, now=now)
         user = get_user(session=session, name=name)
         assert user is not None  # inserted now, or by whoever won the race
     if group is not None and user.group_name != group:
@@ -101,7 +92,7 @@ def get_or_create_user(*, session: Session, name: str, group: str | None, now: d
 
 def message_ids_by_sha(*, session: Session, shas: Sequence[str]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for chunk in _chunks(list(shas)):
+    for chunk in chunks(list(shas)):
         out.update(_pairs(session.execute(select(Message.sha256, Message.id).where(Message.sha256.in_(chunk)))))
     return out
 
@@ -117,19 +108,10 @@ def message_ids_by_message_id(*, session: Session, message_id: str) -> list[int]
     return list(session.scalars(select(Message.id).where(Message.message_id == message_id)))
 
 
-def insert_messages(*, session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert message rows (keys as the Message columns; ``raw`` already compressed).
-
-    A message someone else stored meanwhile (same sha256) is left as it is.
-    """
-    if rows:
-        session.execute(upsert(session, Message, ["sha256"]), rows)
-
-
 def latest_labels(*, session: Session, user_id: int, message_ids: Sequence[int]) -> dict[int, str]:
     """The current (latest) label of each given message for one user."""
     out: dict[int, str] = {}
-    for chunk in _chunks(list(message_ids)):
+    for chunk in chunks(list(message_ids)):
         latest = (select(func.max(Label.id)).where(Label.user_id == user_id, Label.message_id.in_(chunk))
                   .group_by(Label.message_id))
         out.update(_pairs(session.execute(select(Label.message_id, Label.label).where(Label.id.in_(latest)))))
@@ -144,7 +126,7 @@ def add_labels(*, session: Session, rows: list[dict[str, Any]]) -> None:
 def delete_labels(*, session: Session, user_id: int, message_ids: Sequence[int]) -> int:
     """Remove every label (history included) one user gave these messages; the number removed."""
     removed = 0
-    for chunk in _chunks(list(message_ids)):
+    for chunk in chunks(list(message_ids)):
         removed += session.execute(delete(Label).where(Label.user_id == user_id,
                                                        Label.message_id.in_(chunk))).rowcount or 0  # type: ignore[attr-defined]
     return removed
@@ -213,7 +195,7 @@ def raw_messages(*, session: Session, message_pks: Sequence[int]) -> Iterator[tu
 
     Messages whose body retention has dropped (``raw`` NULL) are left out.
     """
-    for chunk in _chunks(list(message_pks)):
+    for chunk in chunks(list(message_pks)):
         for pk, data in session.execute(select(Message.id, Message.raw).where(
                 Message.id.in_(chunk), Message.raw.is_not(None))):
             yield pk, decompress(data or b"")
@@ -221,7 +203,7 @@ def raw_messages(*, session: Session, message_pks: Sequence[int]) -> Iterator[tu
 
 def cached_features(*, session: Session, message_pks: Sequence[int], feature_key: str) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
-    for chunk in _chunks(list(message_pks)):
+    for chunk in chunks(list(message_pks)):
         out.update(_pairs(session.execute(
             select(MessageFeatures.message_id, MessageFeatures.data)
             .where(MessageFeatures.feature_key == feature_key, MessageFeatures.message_id.in_(chunk)))))
@@ -308,12 +290,6 @@ def set_active(*, session: Session, version_id: int) -> None:
     bump_generation(session=session)
 
 
-def add_classification(*, session: Session, user_id: int, message_pk: int, probability: float, verdict: str,
-                       model_version_id: int | None, now: datetime) -> None:
-    session.add(Classification(user_id=user_id, message_id=message_pk, probability=probability, verdict=verdict,
-                               model_version_id=model_version_id, created_at=now))
-
-
 # ---------------------------------------------------------------- retention
 def _labelled(message_col: Any) -> Any:
     return select(Label.id).where(Label.message_id == message_col).exists()
@@ -354,20 +330,6 @@ def delete_unreferenced_messages(*, session: Session, before: datetime) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def bodiless_messages(*, session: Session, message_pks: Sequence[int]) -> set[int]:
-    """Which of these messages have had their body dropped by retention."""
-    out: set[int] = set()
-    for chunk in _chunks(list(message_pks)):
-        out.update(session.scalars(select(Message.id).where(Message.id.in_(chunk), Message.raw.is_(None))))
-    return out
-
-
-def restore_body(*, session: Session, message_pk: int, raw: bytes) -> None:
-    """Store the (compressed) body of a message whose body retention dropped."""
-    session.execute(update(Message).where(Message.id == message_pk, Message.raw.is_(None)).values(raw=raw)
-                    .execution_options(synchronize_session=False))
-
-
 def versions_with_weights(*, session: Session) -> set[int]:
     return set(session.scalars(select(ModelPart.model_version_id).distinct()))
 
@@ -379,3 +341,164 @@ def drop_model_parts(*, session: Session, version_ids: Sequence[int]) -> int:
     result = session.execute(delete(ModelPart).where(ModelPart.model_version_id.in_(list(version_ids)))
                              .execution_options(synchronize_session=False))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------- classification log
+
+def recent_classifications(*, session: Session, user_id: int, since: datetime | None,
+                           limit: int) -> list[Any]:
+    """The user's latest classifications, newest first, with their message's id, sha256 and subject."""
+    stmt = (select(Classification.id, Classification.message_id, Classification.created_at,
+                   Classification.verdict, Classification.probability, Classification.model_version_id,
+                   Message.sha256, Message.message_id.label("mid"), Message.subject)
+            .join(Message, Message.id == Classification.message_id)
+            .where(Classification.user_id == user_id))
+    if since is not None:
+        stmt = stmt.where(Classification.created_at >= since)
+    stmt = stmt.order_by(Classification.created_at.desc(), Classification.id.desc()).limit(limit)
+    return list(session.execute(stmt))
+
+
+def labels_of(*, session: Session, user_id: int, message_pks: Sequence[int]) -> list[Any]:
+    """(message_id, label, created_at, id) of every label the user gave these messages, oldest first."""
+    out: list[Any] = []
+    pks = sorted(set(message_pks))
+    for chunk in chunks(pks):
+        out += session.execute(
+            select(Label.message_id, Label.label, Label.created_at, Label.id)
+            .where(Label.user_id == user_id, Label.message_id.in_(chunk))
+            .order_by(Label.created_at, Label.id)).all()
+    return out
+
+
+def labelled_classifications(*, session: Session, user_id: int | None, since: datetime | None) -> list[Any]:
+    """(user name, user id, message pk, created_at, verdict) of classifications whose message the user labelled."""
+    labelled = exists().where(and_(Label.user_id == Classification.user_id,
+                                   Label.message_id == Classification.message_id))
+    stmt = (select(User.name, Classification.user_id, Classification.message_id, Classification.created_at,
+                   Classification.verdict)
+            .join(User, User.id == Classification.user_id).where(labelled))
+    if user_id is not None:
+        stmt = stmt.where(Classification.user_id == user_id)
+    if since is not None:
+        stmt = stmt.where(Classification.created_at >= since)
+    return list(session.execute(stmt.order_by(Classification.created_at, Classification.id)))
+
+
+def classification_counts(*, session: Session, user_id: int | None, since: datetime | None) -> dict[str, int]:
+    """User name -> number of classifications (in the period)."""
+    stmt = (select(User.name, func.count(Classification.id))
+            .join(User, User.id == Classification.user_id).group_by(User.name))
+    if user_id is not None:
+        stmt = stmt.where(Classification.user_id == user_id)
+    if since is not None:
+        stmt = stmt.where(Classification.created_at >= since)
+    return {name: int(n) for name, n in session.execute(stmt)}
+
+
+def unlabelled_recent(*, session: Session, user_id: int, limit: int) -> list[Any]:
+    """(message pk, sha256, Message-ID, subject) of messages classified for the user, text still stored,
+    not labelled by them; most recently classified first, at most ``limit``."""
+    labelled = exists().where(and_(Label.user_id == user_id, Label.message_id == Classification.message_id))
+    last = func.max(Classification.created_at).label("last")
+    stmt = (select(Classification.message_id, Message.sha256, Message.message_id.label("mid"), Message.subject,
+                   last)
+            .join(Message, Message.id == Classification.message_id)
+            .where(Classification.user_id == user_id, ~labelled, Message.raw.is_not(None),
+                   func.length(Message.raw) > 0)
+            .group_by(Classification.message_id, Message.sha256, Message.message_id, Message.subject)
+            .order_by(last.desc(), Classification.message_id.desc()).limit(limit))
+    return list(session.execute(stmt))
+
+
+# ----------------------------------------------------------------- learning
+
+@dataclass(frozen=True)
+class LoggedScore:
+    """What a model version said about a message for a user, before anyone had labelled that message."""
+
+    user: str
+    message_pk: int
+    probability: float
+
+
+def logged_scores_before_labels(*, session: Session, version_id: int) -> list[LoggedScore]:
+    """Out-of-sample scores of model ``version_id`` from the classification log.
+
+    A classification counts only if it was logged before the first label any
+    user gave that message: no model existing at that time (training or
+    feedback refit) can have been fitted on it.  Of several such
+    classifications of a (user, message) the latest wins.
+    """
+    first_label = (select(Label.message_id, func.min(Label.created_at).label("first"))
+                   .group_by(Label.message_id).subquery())
+    q = (select(User.name, Classification.message_id, Classification.probability, Classification.id)
+         .join(User, User.id == Classification.user_id)
+         .join(first_label, first_label.c.message_id == Classification.message_id)
+         .where(Classification.model_version_id == version_id, Classification.verdict != "error",
+                Classification.created_at < first_label.c.first)
+         .order_by(Classification.id))
+    latest: dict[tuple[str, int], float] = {}
+    for name, pk, probability, _ in session.execute(q):
+        latest[(name, int(pk))] = float(probability)
+    return [LoggedScore(u, pk, p) for (u, pk), p in latest.items()]
+
+
+def uncorrected_verdicts(*, session: Session, since: datetime, until: datetime,
+                         users: Sequence[str] | None = None) -> list[LabelledMessage]:
+    """Verdicts logged between ``since`` and ``until`` that their user never corrected, as labels.
+
+    Per (user, message) the latest classification in that window counts, if
+    it said spam or ham (never unsure or error) and the user has no label on
+    that message at all (any label, even a later one, means the user spoke
+    for themselves).  ``labelled_at`` is when the verdict was logged.
+    """
+    latest = (select(func.max(Classification.id).label("id"))
+              .where(Classification.created_at >= since, Classification.created_at <= until)
+              .group_by(Classification.user_id, Classification.message_id).subquery())
+    labelled = exists().where(and_(Label.user_id == Classification.user_id,
+                                   Label.message_id == Classification.message_id))
+    q = (select(User.name, Classification.message_id, Classification.verdict, Message.date,
+                Classification.created_at)
+         .join(latest, latest.c.id == Classification.id)
+         .join(User, User.id == Classification.user_id)
+         .join(Message, Message.id == Classification.message_id)
+         .where(Classification.verdict.in_(("spam", "ham")), ~labelled)
+         .order_by(User.name, Classification.message_id))
+    if users is not None:
+        q = q.where(User.name.in_(users))
+    return [LabelledMessage(u, int(m), v == "spam", d, c) for u, m, v, d, c in session.execute(q)]
+
+
+def labels_to_learn(*, session: Session, users: Sequence[str] | None = None,
+                    window: tuple[datetime, datetime] | None = None) -> tuple[list[LabelledMessage], int]:
+    """What a fit learns: every current label, then (with ``window``) the uncorrected verdicts logged in it.
+
+    Returns the list and how many of its first entries are the users' own labels.
+    """
+    labels = current_labels(session=session, users=users)
+    given = len(labels)
+    if window is not None:
+        labels += uncorrected_verdicts(session=session, since=window[0], until=window[1], users=users)
+    return labels, given
+
+
+def label_sources(*, session: Session, user_id: int) -> dict[int, str]:
+    """The source ('import' or 'feedback') of each current label of one user, by message id."""
+    latest = (select(func.max(Label.id)).where(Label.user_id == user_id).group_by(Label.message_id))
+    return {int(m): str(s) for m, s in session.execute(
+        select(Label.message_id, Label.source).where(Label.id.in_(latest)))}
+
+
+def add_user_cutoffs(*, session: Session, version_id: int, rows: Iterable[tuple[str, float, float, str]]) -> None:
+    """Store the cutoffs a training set for each user, with its version (rolled back with it)."""
+    values = [{"model_version_id": version_id, "user_name": u, "spam_cutoff": s, "ham_cutoff": h,
+               "source": src[:255]} for u, s, h, src in rows]
+    if values:
+        session.execute(insert(UserCutoff), values)
+
+
+def set_user_override(*, session: Session, user_id: int, spam: float | None, ham: float | None) -> None:
+    """Set (or, with None, clear) an administrator's cutoffs for one user; bumps the generation."""
+    session.execute(update(User).where(User.id == user_id).values(spam_cutoff=spam, ham_cutoff=ham))
+    bump_generation(session=session)

@@ -67,7 +67,7 @@ class User(Base):
 class Message(Base):
     """One distinct message, stored zlib-compressed: what the first copy seen keeps (filter headers stripped).
 
-    Kept bytes and ``sha256`` (the digest) come from :func:`spamtl.mail.parse.message_identity`, so a copy
+    Kept bytes and ``sha256`` (the digest) come from :func:`spamtl.mail.headers.message_identity`, so a copy
     after delivery is this row; rows whose body was pruned before migration 0006 keep their older digest.
 
     ``raw`` is NULL once retention dropped the body of mail nobody labelled

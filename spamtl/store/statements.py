@@ -1,0 +1,259 @@
+"""The statements of the scoring path, compiled once, and the connection they run on.
+
+Every caller that classifies mail (the CLI, ``spamtl serve``) reads a user's
+slice of the active model and logs its verdicts with these statements:
+SQLAlchemy Core ``text()`` constants, which :class:`Store` compiles once
+for the engine's dialect, so a daemon pays only the driver's call per
+statement.  The module imports no ORM (a cold ``spamtl classify`` stays short).
+:func:`store_messages` and :func:`create_user` are also how ``import`` and
+feedback store mail and users: one way to write each.
+
+Writes use ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite >= 3.24 and
+PostgreSQL spell it the same way), so concurrent writers of the same new
+message or user never collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, LargeBinary, bindparam, text
+
+from spamtl.errors import DatabaseError
+from spamtl.store.engine import translate
+
+__all__ = ["Store", "store_messages", "create_user", "compress", "decompress", "naive_utc"]
+
+_STAMP = DateTime()
+GENERATION = text("SELECT value FROM store_state WHERE key = 'generation'")
+# The generation at which a user was last deleted or renamed (queries.mark_users_changed).
+USERS_CHANGED = text("SELECT value FROM store_state WHERE key = 'users_changed'")
+ACTIVE_VERSION = text("SELECT id, feature_key, n_features, params FROM model_versions WHERE status = 'active'")
+USER = text("SELECT id, group_name, spam_cutoff, ham_cutoff FROM users WHERE name = :name")
+USER_NAMES = text("SELECT name FROM users ORDER BY name")
+PART = text("SELECT data FROM model_parts WHERE model_version_id = :version AND kind = :kind AND name = :name")
+CHANGED_PARTS = text("SELECT kind, name FROM model_parts WHERE model_version_id = :version "
+                     "AND revision > :generation")
+USER_CUTOFF = text("SELECT spam_cutoff, ham_cutoff, source FROM user_cutoffs "
+                   "WHERE model_version_id = :version AND user_name = :name")
+# The user's current (latest) label of a message, if any: a correction sticks.
+CURRENT_LABEL = text("SELECT l.label FROM labels l JOIN messages m ON m.id = l.message_id "
+                     "WHERE l.user_id = :user_id AND m.sha256 = :sha256 ORDER BY l.id DESC LIMIT 1")
+CREATE_USER = text("INSERT INTO users (name, group_name, created_at) VALUES (:name, :group, :now) "
+                   "ON CONFLICT (name) DO NOTHING").bindparams(bindparam("now", type_=_STAMP))
+STORE_MESSAGE = text("INSERT INTO messages (sha256, message_id, raw, size, date, received_at, subject) "
+                     "VALUES (:sha256, :message_id, :raw, :size, :date, :now, :subject) "
+                     "ON CONFLICT (sha256) DO NOTHING").bindparams(
+    bindparam("raw", type_=LargeBinary()), bindparam("date", type_=_STAMP), bindparam("now", type_=_STAMP))
+# A body dropped by retention comes back with the next copy, so that its verdict can be learnt from.
+RESTORE_BODY = text("UPDATE messages SET raw = :raw WHERE id = :pk AND raw IS NULL").bindparams(
+    bindparam("raw", type_=LargeBinary()))
+LOG_VERDICT = text("INSERT INTO classifications (user_id, message_id, probability, verdict, model_version_id, "
+                   "created_at) VALUES (:user_id, :message_pk, :probability, :verdict, :version, :now)").bindparams(
+    bindparam("now", type_=_STAMP))
+
+IN_CHUNK = 900
+"""Longest IN list: SQLite limits bound parameters per statement (999 in old builds)."""
+
+
+def compress(raw: bytes) -> bytes:
+    """Raw message bytes as stored (zlib level 6)."""
+    return zlib.compress(raw, 6)
+
+
+def decompress(data: bytes) -> bytes:
+    return zlib.decompress(data)
+
+
+def naive_utc(value: datetime | None) -> datetime | None:
+    """An aware datetime as the naive UTC value the store keeps (None if it cannot be represented)."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def create_user(db: Any, *, name: str, group: str | None, now: datetime) -> None:
+    """Register ``name`` unless someone did already (race-free); ``db`` is a Session, Connection or Store."""
+    db.execute(CREATE_USER, {"name": name, "group": group, "now": now})
+
+
+def store_messages(db: Any, messages: Sequence[tuple[str, bytes, str | None]], *, now: datetime) -> dict[str, int]:
+    """Store each (digest, kept bytes, subject) unless known; the id of each digest.
+
+    A known message whose body retention dropped gets it back, so it can be
+    learnt from again.  New rows go in digest order: two transactions storing
+    overlapping sets take row locks in the same order, so PostgreSQL never
+    sees a deadlock between them.  ``db`` is a Session, Connection or Store.
+    """
+    from spamtl.mail.headers import parse_envelope
+
+    shas = sorted({sha for sha, _, _ in messages})
+    known = _known(db, shas)
+    new: dict[str, dict[str, Any]] = {}
+    for sha, raw, subject in messages:
+        if sha in known:
+            pk, bodiless = known[sha]
+            if bodiless:
+                db.execute(RESTORE_BODY, {"pk": pk, "raw": compress(raw)})
+                known[sha] = (pk, False)
+        elif sha not in new:
+            message_id, date = parse_envelope(raw)
+            new[sha] = {"sha256": sha, "message_id": message_id or None, "raw": compress(raw), "size": len(raw),
+                        "date": naive_utc(date), "now": now, "subject": (subject or "")[:255] or None}
+    if new:
+        db.execute(STORE_MESSAGE, [new[sha] for sha in sorted(new)])
+        known.update(_known(db, sorted(new)))
+    return {sha: pk for sha, (pk, _) in known.items()}
+
+
+def _known(db: Any, shas: Sequence[str]) -> dict[str, tuple[int, bool]]:
+    """Digest -> (id, whether retention dropped its body) of the stored ones among ``shas``."""
+    out: dict[str, tuple[int, bool]] = {}
+    for chunk in chunks(shas, 512):
+        size = 1 << (len(chunk) - 1).bit_length()  # a few statement sizes, each compiled once
+        padded = [*chunk, *[chunk[-1]] * (size - len(chunk))]
+        for sha, pk, bodiless in db.execute(_messages(size), {f"s{i}": sha for i, sha in enumerate(padded)}):
+            out[sha] = (int(pk), bool(bodiless))
+    return out
+
+
+@functools.cache
+def _messages(n: int) -> Any:
+    """The stored messages among ``n`` digests (``:s0`` ... ``:s{n-1}``)."""
+    return text(f"SELECT sha256, id, raw IS NULL FROM messages WHERE sha256 IN "
+                f"({', '.join(f':s{i}' for i in range(n))})")
+
+
+class Store:
+    """One pooled connection of ``engine`` for a long-lived reader or writer (the model reader, the verdict log).
+
+    Each statement is compiled once for the engine's dialect (SQL text,
+    parameter order, SQLAlchemy's type conversions) and then runs on the
+    driver's cursor, so a daemon pays only the driver's own cost per
+    statement.  :meth:`execute` is the one place where driver errors become
+    :class:`~spamtl.errors.DatabaseError`.  When the server drops the
+    connection (a restart, an outage) the statement fails with one readable
+    line and the next one outside a transaction runs on a new connection, so
+    ``spamtl serve`` recovers by itself once the server is back.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._pooled: Any = None
+        self._prepared: dict[Any, tuple[str, Callable[[dict[str, Any]], Any]]] = {}
+        self._in_transaction = False
+
+    def _connection(self) -> Any:
+        """The driver connection, a new one when the server dropped ours (never inside a transaction)."""
+        pooled = self._pooled
+        if pooled is not None and not self._in_transaction and getattr(pooled.driver_connection, "closed", False):
+            with contextlib.suppress(Exception):
+                pooled.invalidate()  # never back into the pool, whose reset would fail on it
+            pooled = self._pooled = None
+        if pooled is None:
+            try:
+                pooled = self._pooled = self.engine.raw_connection()
+            except Exception as exc:  # noqa: BLE001 - every driver has its own error classes
+                raise _translated(exc) from None
+        return pooled.driver_connection
+
+    def _prepare(self, statement: Any) -> tuple[str, Callable[[dict[str, Any]], Any]]:
+        dialect = self.engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        processors = {name: proc for name, bind in compiled.binds.items()
+                      if (proc := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None}
+
+        def convert(params: dict[str, Any]) -> Any:
+            if processors:
+                params = {k: processors[k](v) if k in processors else v for k, v in params.items()}
+            return params if compiled.positiontup is None else tuple(params[k] for k in compiled.positiontup)
+
+        self._prepared[statement] = (compiled.string, convert)
+        return self._prepared[statement]
+
+    def execute(self, statement: Any, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> Any:
+        """Run one statement (a list of parameter sets: executemany); the choke point for database errors."""
+        sql, convert = self._prepared.get(statement) or self._prepare(statement)
+        try:
+            cursor = self._connection().cursor()
+            if isinstance(params, list):
+                cursor.executemany(sql, [convert(p) for p in params])
+            else:
+                cursor.execute(sql, convert(params or {}))
+            return cursor
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every driver has its own error classes
+            raise _translated(exc) from None
+
+    def one(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
+        return self.execute(statement, params).fetchone()
+
+    def all(self, statement: Any, params: dict[str, Any] | None = None) -> list[Any]:
+        return list(self.execute(statement, params).fetchall())
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction: committed at the end, rolled back on any error.
+
+        On SQLite it starts with ``BEGIN IMMEDIATE`` so that two writers queue
+        on the busy timeout instead of failing on a lock upgrade.
+        """
+        self.finish_read()
+        if self.dialect == "sqlite":
+            self.execute(_BEGIN_IMMEDIATE)
+        else:
+            self._connection()
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            self._in_transaction = False
+            with contextlib.suppress(Exception):
+                self._pooled.driver_connection.rollback()
+            raise
+        self._in_transaction = False
+        try:
+            self._pooled.driver_connection.commit()
+        except Exception as exc:  # noqa: BLE001
+            raise _translated(exc) from None
+
+    def finish_read(self) -> None:
+        """End the implicit read transaction PostgreSQL keeps open after a SELECT (SQLite opens none)."""
+        if self.dialect != "sqlite" and self._pooled is not None:
+            with contextlib.suppress(Exception):
+                self._pooled.driver_connection.rollback()
+
+    def close(self) -> None:
+        """Give the connection back to the engine's pool (the engine belongs to the caller)."""
+        pooled, self._pooled = self._pooled, None
+        if pooled is None:
+            return
+        with contextlib.suppress(Exception):
+            if getattr(pooled.driver_connection, "closed", False):
+                pooled.invalidate()
+            else:
+                pooled.rollback()  # end the read transaction PostgreSQL keeps open after a SELECT
+                pooled.close()
+
+
+_BEGIN_IMMEDIATE = text("BEGIN IMMEDIATE")
+
+
+def _translated(exc: BaseException) -> BaseException:
+    problem = translate(exc)
+    return exc if problem is None else problem
