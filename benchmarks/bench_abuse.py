@@ -144,7 +144,7 @@ def one_run(db: str, folder: Path) -> dict[str, float]:
     proc, port = start(db, folder)
     try:
         quiet = checks(port, 100, 0.05)
-        attack = Slowloris(port, count=100, seconds=20)  # the attacker of tests/test_serve_abuse.py
+        attack = Slowloris(port, count=100, seconds=20)  # the attacker of tests/serve/test_abuse.py
         attack.start()
         time.sleep(3)
         attacked = checks(port, 100, 0.15)

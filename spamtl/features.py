@@ -1,21 +1,8 @@
 """ParsedMessage -> prefixed tokens -> one sparse row in a fixed hashed space.
 
-Every token says where it came from (``subj:``, ``body:``, ``from:``,
-``url:``, ``hdr:x-mailer:`` ...), so that "free" in a subject and "free" in a
-body are different evidence.  Tokens are hashed with CRC-32 (``zlib.crc32``):
-stable across processes, machines and Python versions, unlike the salted
-built-in string hash, and fast because it runs in C.
-
-The vector of a message records which tokens occur (``tf='binary'``, the
-default) or their sublinear term frequency ``1 + log(count)`` (``tf='log'``),
-scaled to unit L2 norm, so long and short messages live on one scale.
-
-:class:`IdfWeights` is the one fitted piece: inverse document frequencies
-learned from the training rows, which down-weight tokens that nearly every
-message has.  It is stored with each model and applied to rows before scoring.
-
-This module imports numpy only; scipy is imported where a CSR matrix is built,
-so that classifying a single message stays cheap.
+Tokens say where they came from (``subj:``, ``body:``, ``hdr:x-mailer:`` ...) and are hashed with CRC-32,
+stable across processes and Python versions.  Rows are binary or ``1 + log(count)``, at unit L2 norm;
+:class:`IdfWeights` is the one fitted piece.  numpy only (scipy where a CSR matrix is built).
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
-"""One structured log line per verdict, feedback and training, for people and log tools.
+"""One structured log line (logfmt, keys in a fixed order) per verdict, feedback and training.
 
-Format: ``key=value`` pairs (logfmt), one event per line, keys in a fixed order::
-
-    2026-11-25T11:40:02Z spamtl[4242] level=info event=verdict user=ann id=3f2c9a1b7e4d verdict=spam
-    probability=0.9876 cutoff=0.9000 ham_cutoff=0.5000 version=3 reason=model
-
-(one line; wrapped here; ``cutoff`` is the spam cutoff).  A value with spaces, quotes, ``=`` or non-ASCII
-characters is double-quoted with backslash escapes, so a line always parses
-back with :func:`parse_line`.  Lines NEVER hold message bodies or subjects (a
-subject can be as private as a body): only ids (the 12-hex sha256 prefix),
-user names, verdicts, probabilities, cutoffs, model versions and reasons.
-
-Where lines go is ``Settings.log_destination``: ``stderr`` (default),
-``syslog`` (``/dev/log``: journald and rsyslog read it), ``none``, or a file
-path (appended).  ``Settings.log_level`` filters them: verdict and feedback
-lines are INFO, trainings INFO (WARNING when not promoted), so at the default
-level ``warning`` a successful filter-mode run writes nothing to stderr.
-
-The daemon calls the same functions; a logging failure never fails a verdict.
+Lines never hold message bodies or subjects, only ids, names, verdicts, numbers and reasons; values with
+spaces, quotes, ``=`` or non-ASCII are quoted so every line parses back as logfmt.  Destination and
+level come from ``Settings.log_destination``/``log_level`` (docs/operations.md); a logging failure never
+fails a verdict.
 """
 
 from __future__ import annotations
@@ -31,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["LOGGER_NAME", "configure", "format_fields", "format_line", "parse_line", "log_event", "log_verdict",
+__all__ = ["LOGGER_NAME", "configure", "format_fields", "format_line", "log_event", "log_verdict",
            "log_feedback", "log_training"]
 
 LOGGER_NAME = "spamtl.events"
@@ -60,19 +46,6 @@ def _quote(value: Any) -> str:
 def format_fields(fields: Mapping[str, Any]) -> str:
     """``key=value`` pairs in the given order (values quoted where needed)."""
     return " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
-
-
-_PAIR = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|\S+)')
-
-
-def parse_line(line: str) -> dict[str, str]:
-    """The key=value pairs of a log line (values unquoted; escapes kept as written except \\" and \\\\)."""
-    out = {}
-    for key, value in _PAIR.findall(line):
-        if value.startswith('"'):
-            value = re.sub(r'\\(["\\])', r"\1", value[1:-1])
-        out[key] = value
-    return out
 
 
 class _Formatter(logging.Formatter):

@@ -96,8 +96,8 @@ def paired_gap(weights: np.ndarray, diff: np.ndarray) -> tuple[float, float]:
 
 
 def rows_by_task(tasks: Any) -> Iterator[tuple[Any, np.ndarray]]:
-    """Each distinct task (sorted) and the indices of its rows, in their order: one sort, not a comparison of
-    every row per task (at 10,000 users and 1M rows the comparisons took half a minute).
+    """Each distinct task (sorted) and the indices of its rows, in their order (one sort, not a comparison of
+    every row per task).
 
     Examples
     --------

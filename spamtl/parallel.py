@@ -1,24 +1,10 @@
 """The one way spamtl runs independent work side by side: a ``concurrent.futures.Executor`` from :func:`executor`.
 
-The units of parallel work are plain top-level functions over explicit arguments: a cross-fitting fold
-(:func:`spamtl.model.estimator.cross_fit_fold`), a search fold (:func:`spamtl.model.estimator.fit_fold`), a
-chunk of users of the projected objective (:class:`spamtl.model.projected.UserChunk`), a batch of messages to
-featurise (:func:`spamtl.services.dataset.featurize_raw`).  Callers ``submit`` or ``map`` them on whatever
-executor they are given, so any executor with that interface (a ``dask.distributed.Client``) runs the same
-functions.  :func:`executor` gives the local ones:
-
-- ``kind="threads"``: numpy's and scipy's loops release the GIL (the projected objective's chunks);
-- ``kind="processes"``: worker processes forked on first use, for work that holds the GIL or needs its own
-  memory (featurising, training's folds beside the final fit).  Large arrays reach them without being pickled:
-  :func:`share` wraps an object in a handle that pickles as a key into a registry the workers inherited at
-  fork time (copy-on-write), and :func:`resolve` gives the object back on either side.
-
-Forking is only safe while no other thread runs: a thread holding a lock at the moment of the fork (an import,
-a BLAS call, a database driver's mutex) leaves it held for ever in the child.  So a process pool falls back to
-in-process work whenever another thread is alive, except threads marked with :func:`mark_fork_safe` (the
-training lock's heartbeat, which holds nothing a worker needs).
-
-BLAS's own threads are limited in one place, :func:`one_blas_thread`.
+Work units are top-level functions over explicit arguments, so any executor runs them.  Fork pools get large
+arrays without pickling them: :func:`share` registers an object before the fork (the workers inherit it
+copy-on-write) and :func:`resolve` gives it back on either side.  A fork while another thread holds a lock
+leaves it held in the child, so process pools fall back to in-process work unless every other live thread
+is marked with :func:`mark_fork_safe`.
 """
 
 from __future__ import annotations

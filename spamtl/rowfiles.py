@@ -1,15 +1,7 @@
-"""Training rows in files, mapped rather than held: what keeps a night's memory that of the model.
+"""Training rows in files, mapped rather than held, so that training's memory is that of the model.
 
-A night at 10,000 users reads a million labels' feature rows: 1.6 GB as a CSR matrix (float64 values, int32
-columns, ~140 non-zeros a row).  :class:`RowWriter` writes them a batch at a time into a scratch directory
-and gives back a ``scipy.sparse.csr_matrix`` whose values and columns are read-only maps of those files
-(its row offsets, 8 bytes a row, stay in memory), so every step that reads rows (``X[rows]``, ``X @ w``,
-``X.T @ r``) works on it unchanged, and none can write into it.
-
-A mapped page that a step has read counts in the process's memory until :func:`release_pages` hands it back.
-Steps that walk every row (the column counts, the fit's chunks, the cross-fitting's refits) call it after
-each batch.  The pages stay in the operating system's page cache, so reading them again costs no disk,
-and the cache gives them up when programs need the memory.
+:class:`RowWriter` gives back a CSR matrix whose values and columns are read-only maps of scratch files;
+steps that walk every row call :func:`release_pages` after each batch to hand the read pages back.
 """
 
 from __future__ import annotations
@@ -28,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["BATCH_ROWS", "RowWriter", "release_pages", "is_mapped", "row_batches", "column_counts", "stack_rows",
+__all__ = ["BATCH_ROWS", "RowWriter", "release_pages", "row_batches", "column_counts", "stack_rows",
            "map_rows", "remove_rows", "scratch_parent", "scratch_directory", "new_scratch_directory", "ArrayStore"]
 
 BATCH_ROWS = 100_000
@@ -104,11 +96,6 @@ def _mapping(array: np.ndarray) -> mmap.mmap | None:
             return base
         base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
     return None
-
-
-def is_mapped(X: Any) -> bool:
-    """Whether ``X``'s values are a map of a :class:`RowWriter` file."""
-    return sp.issparse(X) and _mapping(X.data) is not None
 
 
 def release_pages(X: Any) -> None:

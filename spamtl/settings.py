@@ -4,20 +4,9 @@ Precedence, highest first::
 
     command-line option > environment (SPAMTL_<NAME>) > user config file > system config file > default
 
-- The user config file is ``--config PATH`` or ``$SPAMTL_CONFIG`` if set (it
-  must exist, and then replaces both files, so that one file says everything),
-  else ``$XDG_CONFIG_HOME/spamtl/config.toml`` (``~/.config/spamtl/config.toml``)
-  if it exists; the system file is ``/etc/spamtl/config.toml`` if it exists.
-- Every field of :class:`Settings` is a key, by its name, with its type:
-  numbers, booleans, strings, lists, ``[features]`` (the FeatureConfig fields)
-  and ``[users.NAME]`` tables with ``spam_cutoff`` and ``ham_cutoff`` for
-  ``user_cutoffs``.  Its environment variable is ``SPAMTL_`` + the upper-case
-  name (``SPAMTL_SPAM_CUTOFF=0.95``); a structured value is written as a TOML
-  value (``SPAMTL_MUS="[10, 1]"``) or, for a list, separated by commas.
-
-The fields are the one table of settings: name, type, default, range and a
-comment saying what each is for.  A field added there is read from every
-source without other changes.
+The user file is ``--config``/``$SPAMTL_CONFIG`` (which then replaces both files) or
+``$XDG_CONFIG_HOME/spamtl/config.toml``; the system file is ``/etc/spamtl/config.toml``.  Every field of
+:class:`Settings` is read from every source by its name (docs/operations.md).
 """
 
 from __future__ import annotations

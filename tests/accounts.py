@@ -1,6 +1,6 @@
 """Running spamtl's clients as other local accounts (mail, nobody) against a daemon started by the test.
 
-Used by ``tests/test_socket_clients.py`` and ``tests/test_imapsieve.py``: the daemon runs as root
+Used by ``tests/serve/test_socket_clients.py`` and ``tests/delivery/test_imapsieve.py``: the daemon runs as root
 (the test), its clients as the unprivileged accounts a mail system uses, so socket modes, groups and
 peer credentials are the real ones.
 """

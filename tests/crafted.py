@@ -1,6 +1,6 @@
-"""Crafted worst-case messages (issue 9): each shape is a function of a target size in bytes.
+"""Crafted worst-case messages: each shape is a function of a target size in bytes.
 
-Shared by ``tests/test_worst_case.py`` (regression tests with generous time budgets) and
+Shared by ``tests/mail/test_worst_case.py`` (regression tests with generous time budgets) and
 ``benchmarks/bench_worst_case.py`` (the table).  Every shape aims at one place where a parser
 can do more than linear work: a regex that backtracks, a quadratic stdlib routine, nesting, or
 sheer count.  Output is deterministic (no randomness but a seeded generator).
@@ -56,7 +56,7 @@ def _many_urls(size: int) -> bytes:
 
 
 def _header_storm(size: int, value: bytes) -> bytes:
-    """Header fields of about 8 KB (the per-field cut) of ``value``: the red-team shape of issue 24 at 512 KB."""
+    """Header fields of about 8 KB (the per-field cut) of ``value``: the red-team shape at 512 KB."""
     line = 8 * 1024 // len(value)
     fields = b"".join(b"X-A%03d: " % i + value * line + b"\n" for i in range(max(1, size // (len(value) * line + 8))))
     return b"From: a@example.com\nSubject: hi\n" + fields + b"\nbody\n"
@@ -122,7 +122,7 @@ SHAPES: dict[str, Callable[[int], bytes]] = {
     "long_domain": lambda n: _fill(HEAD + b"\nhttp://", b"a.", n, b"com/ x"),
     "dotted_words": lambda n: _fill(HEAD + b"\n", b"a.-'", n),
     "binary_noise": _binary_noise,
-    # Issue 24 (bounded work per message, under the 512 KB size limit).
+    # Bounded work per message, under the 512 KB size limit.
     "unclosed_encoded_words": lambda n: _header_storm(n, b"=?a?q?x"),
     "unclosed_after_one_word": lambda n: _header_storm(n, b"=?a?q?x").replace(b": =?a?q?x", b": =?a?q?hi?= "),
     "empty_encoded_words": lambda n: _header_storm(n, b"=?a?q??="),
@@ -141,5 +141,5 @@ SIZES = {"100KB": 100 * 1024, "1MB": 1024 * 1024, "10MB": 10 * 1024 * 1024}
 
 RED_TEAM = (b"From: a@example.com\nSubject: hi\n"
             + b"".join(b"X-A%02d: " % i + b"=?a?q?x" * 1157 + b"\n" for i in range(63)) + b"\nbody\n")
-"""Issue 24's reproduction, byte for byte: 63 headers of 8 KB of unclosed encoded words (510 KB),
+"""A reported reproduction, byte for byte: 63 headers of 8 KB of unclosed encoded words (510 KB),
 quadratic work for the stdlib's encoded-word decoder."""

@@ -1,6 +1,6 @@
 """A throw-away Dovecot running contrib/dovecot's files as deployed (not a test module).
 
-``tests/test_imapsieve.py`` (IMAP with the IMAPSieve recipe) and ``tests/test_delivery.py`` (the same,
+``tests/delivery/test_imapsieve.py`` (IMAP with the IMAPSieve recipe) and ``tests/delivery/test_postfix_dovecot.py`` (the same,
 and LMTP with Sieve at delivery) start it alike: everything in a folder of its own, IMAP (and LMTP) on
 free loopback ports, its users in a passwd-file with Maildirs, its mail processes as the unprivileged
 ``mail`` account (so the sieve pipes run as it), contrib's conf.d files included as an administrator

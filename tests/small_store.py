@@ -1,4 +1,4 @@
-"""A small trained store for the issue-26 tests: a few users, a few dozen messages each, one mu.
+"""A small trained store for the tests of planted defects: a few users, a few dozen messages each, one mu.
 
 Not a test module: the factory the behaviour tests (``test_corrections_stick``, ``test_group_parts``,
 ``test_explain_order``, ``test_retention_days``, ``test_size_limits``, ...) build their stores with;
@@ -16,8 +16,8 @@ from spamtl.services.training import train
 from spamtl.settings import Settings
 from spamtl.store.engine import make_engine, upgrade
 
+from .cli.test_loop import _mails
 from .conftest import NOW, run, write_mbox
-from .test_cli_loop import _mails
 
 
 def build_store(tmp: Path, users: dict[str, tuple[str | None, bool]], *, n: int = 15,

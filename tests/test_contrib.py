@@ -1,7 +1,7 @@
 """The deployment files in ``contrib/``: the documentation (README.md and docs/*.md) shows each of them
 once, as it is; the learn script passes ``spamtl tell``'s exit status on, and systemd accepts the units.
 
-Dovecot running the IMAPSieve files for real is ``tests/test_imapsieve.py``.
+Dovecot running the IMAPSieve files for real is ``tests/delivery/test_imapsieve.py``.
 """
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ def test_featurize_equals_hashing_the_token_list_exactly(config: FeatureConfig) 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["default", "log-bigrams", "small-no-headers"])
 def test_featurize_with_tokens_is_featurize_and_tokenize_in_one_pass(config: FeatureConfig) -> None:
-    """The scorer's one pass (issue 24) gives featurize's row and tokenize's tokens, bit for bit."""
+    """The scorer's one pass gives featurize's row and tokenize's tokens, bit for bit."""
     from spamtl.features import featurize_with_tokens
 
     from .crafted import SHAPES

@@ -15,12 +15,17 @@ import scipy.sparse as sp
 import spamtl.rowfiles as rowfiles
 from spamtl.features import IdfWeights
 from spamtl.model.estimator import MultiTaskLogisticRegression
-from spamtl.rowfiles import RowWriter, column_counts, is_mapped, map_rows, release_pages, row_batches
+from spamtl.rowfiles import RowWriter, _mapping, column_counts, map_rows, release_pages, row_batches
 from spamtl.services import training
 from spamtl.services.training import fit_candidate, load_labels, min_df_mask, prepare_features, train
 
 from .conftest import NOW
-from .test_learning import _build, _settings
+from .services.test_training import _build, _settings
+
+
+def is_mapped(X: object) -> bool:
+    """Whether ``X``'s values are a map of a RowWriter file."""
+    return sp.issparse(X) and _mapping(X.data) is not None
 
 
 def _written(X: sp.csr_matrix, directory: Path, batch: int = 70, name: str = "rows") -> sp.csr_matrix:

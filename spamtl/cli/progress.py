@@ -1,16 +1,8 @@
 """How the command line shows a long job's progress (what the services report: :mod:`spamtl.progress`).
 
-On a terminal: a rich bar per stage with its count, rate of work and ETA (a
-spinner and the elapsed time where a stage has no count); finished stages stay
-on screen with their duration.  Otherwise (cron, a pipe, a log file): one log
-line per stage when it ends, with its duration and count, in the format of
-:mod:`spamtl.logs`::
-
-    2026-11-25T03:15:52Z spamtl[4301]: level=info event=stage command=train stage=fit labels=14000 users=1200 alpha=0.01 mu=3 seconds=12.3
-
-Both go to stderr, so stdout holds exactly the command's result (``--format json``).
-The lines are the command's own output, like the bar: ``log_level`` and
-``log_destination`` (which govern the event log) do not apply to them.
+On a terminal a rich bar per stage; otherwise one :mod:`spamtl.logs` line per finished stage
+(``event=stage command=train stage=fit ... seconds=12.3``).  Both go to stderr, so stdout holds exactly the
+command's result, and ``log_level``/``log_destination`` do not apply to them.
 """
 
 from __future__ import annotations

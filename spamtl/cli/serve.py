@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
 
 from spamtl.cli.options import DbOption, exit_on_errors, new_typer, settings_from
+from spamtl.settings import Settings
 
 app = new_typer()
+
+
+def _default(name: str) -> str:
+    """``Default: name (value)`` for an option's help, from the Settings field's default."""
+    value = next(f.default for f in dataclasses.fields(Settings) if f.name == name)
+    return f"Default: {name} ({format(value, 'g') if isinstance(value, float) else value})"
+
 
 _Socket = Annotated[str | None, typer.Option("--socket", metavar="PATH", help="Listen on this Unix socket (spamc -U PATH).")]
 _Port = Annotated[int | None, typer.Option("--port", metavar="N",
@@ -17,12 +26,12 @@ _Host = Annotated[str, typer.Option("--host", help="Address for --port; loopback
 _AllowRemote = Annotated[bool, typer.Option("--allow-remote", help="Allow a non-loopback --host.")]
 _Workers = Annotated[int | None, typer.Option("--workers", min=1, max=64,
                                               help="Worker processes (scoring is CPU-bound: one per core). "
-                                                   "Default: serve_workers (2).")]
+                                                   f"{_default('serve_workers')}.")]
 _MaxConnections = Annotated[int | None, typer.Option("--max-connections", min=1,
                                                      help="Connections served at once; more get EX_TEMPFAIL. "
-                                                          "Default: serve_max_connections (64).")]
+                                                          f"{_default('serve_max_connections')}.")]
 _Timeout = Annotated[float | None, typer.Option("--timeout", min=0.1, help="Seconds a client has to send a request. "
-                                                                           "Default: serve_read_timeout (30).")]
+                                                                           f"{_default('serve_read_timeout')}.")]
 _DefaultUser = Annotated[str | None, typer.Option("--default-user", metavar="USER",
                                                   help="Whose model scores a request without a User header "
                                                        "(default: the shared model).")]
@@ -41,16 +50,16 @@ _TrustNetwork = Annotated[list[str] | None, typer.Option("--trust-network", meta
                                                               "Default: serve_trusted_networks (none).")]
 _SocketMode = Annotated[str | None, typer.Option("--socket-mode", metavar="OCTAL",
                                                  help="Mode of the --socket file; clients need read and write. "
-                                                      "Default: serve_socket_mode (0660).")]
+                                                      f"{_default('serve_socket_mode')}.")]
 _SocketGroup = Annotated[str | None, typer.Option("--socket-group", metavar="GROUP",
                                                   help="Group of the --socket file, e.g. the mail system's "
                                                        "group. Default: serve_socket_group (the daemon's).")]
 _HeaderTimeout = Annotated[float | None, typer.Option("--header-timeout", min=0.1,
                                                       help="Seconds a client has to send the request line and "
-                                                           "headers. Default: serve_header_timeout (5).")]
+                                                           f"headers. {_default('serve_header_timeout')}.")]
 _MaxPerClient = Annotated[int | None, typer.Option("--max-per-client", min=1,
                                                    help="Connections one untrusted client (account or address) "
-                                                        "may hold open. Default: serve_max_per_client (8).")]
+                                                        f"may hold open. {_default('serve_max_per_client')}.")]
 
 
 @app.command()

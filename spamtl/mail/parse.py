@@ -1,24 +1,8 @@
 """Raw message bytes -> :class:`ParsedMessage` (pure, never raises).
 
-Real mail is broken in every way imaginable: MIME boundaries that never close,
-charsets that do not exist or lie, base64 with garbage in it, 8-bit bytes in
-headers, NUL bytes, 30 MB attachments, and files that are not mail at all.
-:func:`parse_message` survives all of it.  Whatever can be recovered is
-returned; what went wrong is listed in ``ParsedMessage.defects`` so that the
-caller can warn, but a message is never lost because it could not be parsed.
-
-The work per message is bounded and linear in the bytes it may look at: at
-most ``MAX_PARSE_BYTES`` of the raw bytes are
-handed to the MIME parser; every header field of every part is cut to
-``MAX_HEADER_BYTES`` *before* anything decodes or parses it; a part keeps at
-most ``MAX_HEADER_FIELDS`` header fields; MIME nesting deeper than
-``MAX_MIME_DEPTH`` is read as text; at most ``MAX_PART_BYTES`` of any one text
-part are decoded; HTML goes through a real parser (Lexbor, via selectolax), never
-through regular expressions; the only regex run over body text is RE2's, which
-cannot backtrack; and at most ``MAX_TEXT_CHARS`` of text are kept in total.
-Non-text parts (attachments) are never decoded; only their name, type and
-encoded size are recorded.
-
+Whatever can be recovered from broken mail is returned, and what went wrong is listed in
+``ParsedMessage.defects``.  The work per message is bounded and linear in the bytes looked at: each
+``MAX_*`` constant below caps one dimension; HTML goes through Lexbor and body text only through RE2.
 Editing the header block byte for byte is :mod:`spamtl.mail.headers`.
 """
 

@@ -1,24 +1,9 @@
 """Find and stream raw messages from files: .eml, directories, Maildir, mbox, gzip.
 
-Everything streams: an mbox is read block by block and yields one message at
-a time, so memory stays flat however large the file is.  A file that cannot be
-read is reported as a :class:`Unreadable` item in the same stream and the rest
-goes on.  In particular:
-
-- Only regular files are opened.  FIFOs, sockets and devices (also behind a
-  symlink) are reported as "not a regular file" and never opened: opening a
-  FIFO blocks until someone writes to it.  Folders that cannot be listed are
-  reported too.
-- A file whose first non-empty line is neither a header field (``Name:
-  value``) nor an mbox ``From `` line is "not a mail message" (pictures,
-  programs, PDFs, READMEs) and is not yielded.
-- Gzip files are decompressed incrementally, twice: a first pass checks every
-  member's CRC and finds where any damage is, the second yields messages.  What
-  decompressed before a truncation or corrupt data is kept, except the message
-  the damage cut (reported, never imported: its end is unknown); a member whose
-  CRC fails is not trusted at all (nothing of it is imported); trailing garbage
-  after a valid stream is reported and ignored.  Each damage is one
-  :class:`Unreadable` item naming how many messages were kept.
+Everything streams, one message at a time.  A file that cannot be read, is not a regular file (FIFOs are
+never opened) or is damaged is reported as an :class:`Unreadable` item in the same stream and the rest goes
+on; a file that does not start like mail is skipped.  Gzip is read twice: a first pass checks every member's
+CRC, so that nothing of a damaged member and no message cut by damage is imported.
 """
 
 from __future__ import annotations
@@ -138,8 +123,7 @@ def looks_like_mail(head: bytes) -> bool:
     """True when the first non-empty line is an mbox ``From `` line or a header field (``Name: value``).
 
     ``head`` is the start of the file (``MAIL_SNIFF_BYTES`` are enough).  PNG, ELF,
-    PDF and zip files, and prose such as a README, fail; every message of the
-    SpamAssassin and Enron corpora passes.
+    PDF and zip files, and prose such as a README, fail.
 
     >>> looks_like_mail(b"Return-Path: <a@b>\\nSubject: x\\n\\nbody"), looks_like_mail(b"# README\\n\\nText: here")
     (True, False)

@@ -1,9 +1,6 @@
-"""MultiTaskLogisticRegression: a shared + group + per-task logistic model.
+"""MultiTaskLogisticRegression: a scikit-learn estimator with shared, group and per-task parts.
 
-Works on numpy / scipy arrays only (no store, no CLI), so it can be used from
-a notebook or in a scikit-learn ``Pipeline``.  The mathematics live in
-:mod:`spamtl.model.loss`; this module validates input, packs and unpacks
-parameters and follows scikit-learn's conventions.
+The mathematics live in :mod:`spamtl.model.loss`; this module validates input and packs parameters.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from spamtl.model import DEFAULT_MAX_ITER, DEFAULT_TOL
 from spamtl.model.loss import TASK_WEIGHTINGS, ConvergenceWarning, task_weights
 from spamtl.model.refit import refit_task
 from spamtl.model.solvers import SOLVERS, Problem, choose_solver
-from spamtl.model.weights import ModelWeights, SparsePart
+from spamtl.model.weights import ModelWeights, SparsePart, trained_group
 from spamtl.parallel import return_free_memory
 from spamtl.rowfiles import release_pages
 
@@ -69,9 +66,8 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         with them (then rescale it to unit L2 norm) before it enters the
         objective, in ``fit``, ``refit_task`` and scoring alike.  This is a
         fixed, label-free transform of X; the objective below is unchanged
-        in the transformed rows.  spamtl's training always sets it: on
-        Enron-Spam it halves the error at every training-set size (README).
-        Leave it off for general real-valued features.
+        in the transformed rows.  spamtl's training always sets it; leave it
+        off for general real-valued features.
     solver : {'auto', 'joint', 'projected'}, default='auto'
         How J is minimised; every solver finds the same optimum (to ``tol``).  ``'joint'``: one L-BFGS over
         all parameters.  ``'projected'``: L-BFGS over the shared and group parts only, each task's part
@@ -293,10 +289,9 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         if not (self.warm_start and hasattr(self, "coef_shared_")):
             return theta
         if solver == "joint" and getattr(self, "penalty_", None) != self._penalty():
-            # The joint L-BFGS from another penalty's optimum stops where it starts: its test (the max-norm of
-            # dJ / sum(s)) sees a user's part through that user's share of the weight, and after mu 100 -> 10
-            # the change in each part's gradient was below tol (0 iterations on 6 and on 50 users; held-out
-            # loss that of mu = 100).  The projected solver re-solves every part at the new penalty.
+            # From another penalty's optimum the joint L-BFGS stops where it starts (its max-norm test sees
+            # each user's part through that user's small share of the weight); the projected solver re-solves
+            # every part at the new penalty.
             return theta
         if self.coef_shared_.shape[0] != layout.n_features:
             warnings.warn("warm_start ignored: the number of features changed", UserWarning, stacklevel=3)
@@ -322,9 +317,8 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         """A copy with the shared and group parts (and IDF) but no task's personal part (the arrays are
         shared, not copied: ``fit`` replaces them, never writes into them).
 
-        Every task scores with it as an unknown one; it is what :func:`spamtl.model.refit.score_refitted_tasks`
-        refits each task's part from, and a warm start for a fit on other rows
-        (:func:`spamtl.model.selection.select_hyperparameters` keeps the folds' fits this way: a fraction of their size, which grows with the users' keys).
+        Every task scores with it as an unknown one; :func:`spamtl.model.refit.score_refitted_tasks` refits each
+        task's part from it, and it warm-starts a fit on other rows (model selection keeps the folds' fits so).
         """
         check_is_fitted(self, "coef_shared_")
         shared = copy.copy(self)
@@ -339,14 +333,16 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         return float(self.alpha), float(self.mu), float(self.mu_group)
 
     # -------------------------------------------------------------- predict
-    def _indices(self, labels: Any, known: Sequence[Any], n: int, what: str) -> np.ndarray:
-        if labels is None:
-            return np.full(n, -1, dtype=np.int64)
-        arr = np.asarray(labels, dtype=object)
+    @staticmethod
+    def _labels(labels: Any, n: int, what: str) -> np.ndarray:
+        arr = np.full(n, None, dtype=object) if labels is None else np.asarray(labels, dtype=object)
         if arr.shape != (n,):
             raise ValueError(f"{what} must have shape ({n},), got {arr.shape}")
+        return arr
+
+    def _indices(self, labels: Any, known: Sequence[Any], n: int, what: str) -> np.ndarray:
         index = {k: i for i, k in enumerate(known)}
-        return np.array([index.get(a, -1) for a in arr], dtype=np.int64)
+        return np.array([index.get(a, -1) for a in self._labels(labels, n, what)], dtype=np.int64)
 
     def decision_function(self, X: Any, tasks: Any = None, groups: Any = None) -> np.ndarray:
         """Scores f_t(x) (log-odds of the positive class).
@@ -359,8 +355,11 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         n = X.shape[0]
         out = X @ self.coef_shared_ + self.intercept_shared_
         t = self._indices(tasks, self.tasks_, n, "tasks")
-        g = self._indices(groups, self.groups_, n, "groups")
-        g = np.where(t >= 0, self.task_groups_[np.maximum(t, 0)], g) if len(self.tasks_) else g
+        given = self._labels(groups, n, "groups")
+        if tasks is not None:
+            trained = {task: self.groups_[k] if k >= 0 else None for task, k in zip(self.tasks_, self.task_groups_)}
+            given = [trained_group(a, b, trained) for a, b in zip(np.asarray(tasks, dtype=object), given)]
+        g = self._indices(given, self.groups_, n, "groups")
         for idx, coef, intercept in ((t, self.coef_tasks_, self.intercept_tasks_),
                                      (g, self.coef_groups_, self.intercept_groups_)):
             # One sparse product per task present: cost grows with the rows

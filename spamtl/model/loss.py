@@ -207,9 +207,8 @@ class TaskLayout:
         X.sum_duplicates()
         # The key of each non-zero and its index among the sorted distinct keys (np.unique of task * d + column
         # with return_inverse).  Different tasks never share a key, so this is done a block of tasks at a time
-        # (BUILD_BLOCK_NNZ non-zeros): the blocks' sorted keys, in task order, are the sorted keys.  At 10,000
-        # users of 100 labels (142M non-zeros, 52M keys) the whole-array version was a night's memory peak
-        # (~4 GB of temporaries beside the data); int32 indices while they fit.
+        # (BUILD_BLOCK_NNZ non-zeros): the blocks' sorted keys, in task order, are the sorted keys, and the
+        # temporaries stay a block's size.  int32 indices while they fit.
         index_type = np.int32 if X.nnz < np.iinfo(np.int32).max else np.int64
         col_type = np.int32 if d < np.iinfo(np.int32).max else np.int64
         lengths = np.diff(X.indptr)
@@ -258,8 +257,7 @@ class TaskLayout:
     @functools.cached_property
     def key_shared(self) -> np.ndarray:
         """Position of each key's column in ``shared_cols`` (int32 while it fits), made when first asked for:
-        the joint objective gathers w0 onto the keys with it, the projected one never does (210 MB at
-        10,000 users)."""
+        the joint objective gathers w0 onto the keys with it, the projected one never does."""
         key_type = np.int32 if len(self.key_cols) < np.iinfo(np.int32).max else np.int64
         position = np.zeros(self.n_features, dtype=key_type)
         position[self.shared_cols] = np.arange(len(self.shared_cols), dtype=key_type)
@@ -270,9 +268,8 @@ class Blockwise:
     """A vector of the parameters' size that is constant on each block of the parameter vector (the
     penalty factors, the preconditioner), kept as one value per block.
 
-    Arrays of that size are what a fit at 10,000 users runs out of memory on (~80M parameters, 640 MB
-    each); these two would be constant on six blocks.  Each operation is the elementwise one, block by
-    block, so results are bit-for-bit those of the full vectors.
+    Parameter-sized arrays are what a large fit runs out of memory on.  Each operation is the elementwise
+    one, block by block, so results are bit-for-bit those of the full vectors.
     """
 
     def __init__(self, slices: dict[str, slice], values: dict[str, float]) -> None:
@@ -390,8 +387,8 @@ class MultiTaskLogisticLoss:
             self._grouped = np.flatnonzero(grouped)
             self._grouped_key = layout.key_group[self._grouped]
         del grouped
-        # The backward product X^T r as a CSR mat-vec is 7 % faster than the CSC one of ``Xk.T``, at the price
-        # of a second copy of the data: kept for small problems, dropped where memory is what runs out.
+        # A CSR copy of Xk.T makes the backward product faster at the price of a second copy of the data:
+        # kept for small problems only.
         self._XkT = layout.Xk.T.tocsr() if self.n_params <= LARGE_PROBLEM else layout.Xk.T
 
     def unpack(self, theta: np.ndarray) -> dict[str, np.ndarray]:
@@ -416,7 +413,7 @@ class MultiTaskLogisticLoss:
     def loss_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """J(theta) and dJ/dtheta in the original (unscaled, unnormalised) form."""
         # Parameter-sized arrays are let go as soon as they are used (W before G exists, G once it is
-        # in grad): at 10,000 users each is ~500 MB, and a fit's peak is inside this function.
+        # in grad): a fit's memory peak is inside this function.
         W, b = self.effective(theta)
         z = self.layout.Xk @ W + b
         del W

@@ -15,24 +15,15 @@ by the envelope theorem its gradient is the joint gradient's shared rows at the 
 backward product X^T r as a joint evaluation, with r = dJ/dz at the users' solutions.  The optimum is
 the joint one.
 
-What this buys with many users: the joint L-BFGS carries about ten vectors of every parameter plus its
-history; here the optimiser's vectors have the size of the shared part (the vocabulary),
-and the personal parts exist once.
+The optimiser's vectors have the size of the shared part (the vocabulary), not of users x vocabulary.
 
 The per-user problems are solved by :class:`spamtl.model.refit.PersonalParts` (in dual coordinates, batched;
 users of more than ``DUAL_MAX_ROWS`` rows in the primal), each evaluation starting every user from their
 previous solution.
 
-The rows are held a chunk of users at a time (:class:`UserChunk`, ``CHUNK_ROWS`` rows): each chunk has its own
-key layout, Gram matrices and by-column data, and an evaluation is a map over the chunks (the shared parts'
-score of the chunk's rows, its users' solutions, its partial gradient: a vocabulary-sized sum) and a reduction
-(the sums added).  A fit of more than one chunk keeps the chunks' data in a scratch directory
-(:class:`ArrayStore`, under ``$TMPDIR``, or ``/var/tmp`` where ``/tmp`` is a tmpfs) and reads one chunk at a time, so
-its memory is the model's (the optimiser's vectors of the shared parts, the personal parts it returns, a few
-numbers per row) plus one chunk's, not every row's.  The operating system keeps the files in its page cache while it has the memory, so the reads cost little.
-The map runs on ``threads`` threads (numpy's and scipy's loops release the GIL; :func:`spamtl.parallel.executor`)
-with the same sums, since each chunk is evaluated by one thread at a time and the reduction adds the
-chunks' parts in chunk order.
+The rows are held a chunk of users at a time (:class:`UserChunk`, ``CHUNK_ROWS`` rows; beyond one chunk in a
+scratch :class:`ArrayStore`): an evaluation maps over the chunks (on ``threads`` threads) and adds their
+partial sums in chunk order, so the result does not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -69,8 +60,7 @@ LOOSEST = 1e3
 """The users' problems are solved at most this much looser than INNER_TOL of the outer tolerance (above)."""
 
 def _gather(values: np.ndarray, index: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
-    """``values[index]`` as int32 where it fits, gathered a chunk at a time (no int64 copy of ``index``'s
-    size: 1.1 GB at 142M non-zeros)."""
+    """``values[index]`` as int32 where it fits, gathered a chunk at a time (no int64 copy of ``index``'s size)."""
     out_type = np.int32 if len(values) and values.max() < np.iinfo(np.int32).max else np.int64
     out = np.empty(len(index), out_type)
     for k in range(0, len(index), chunk):

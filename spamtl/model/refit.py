@@ -15,7 +15,7 @@ This module solves them, and nothing else does:
   as above.  It is the inner step of the projected fit (:mod:`spamtl.model.projected`) and, through
   :func:`score_refitted_tasks`, nightly cross-fitting's refit of every user.
 
-Refitting one task touches no other task's weights (DESIGN.md, property 5).
+Refitting one task touches no other task's weights.
 
 Dual coordinates.  At the optimum ``lam beta_t = -Xt^T r_t`` (``beta_t = (v_t, c_t)``, ``xt_i = (x_i, 1)``,
 ``lam = alpha * mu``, r = dJ/dz), so ``beta_t = Xt^T a_t`` for an ``a_t`` with one entry per row of the task,

@@ -1,18 +1,7 @@
-"""The fitted model in a light, numpy-only form: the one scorer, and safe serialisation.
+"""The fitted model in a numpy-only form: the one scorer (:meth:`ModelWeights.score`) and safe serialisation.
 
-A fitted multi-task model is a shared part (w0, b0), optional group parts
-(u_g, c_g) and one personal part per task (v_t, c_t), each a sparse vector
-plus an intercept, and optionally the :class:`~spamtl.features.IdfWeights`
-that rows are reweighted with before they are scored.  :class:`ModelWeights`
-holds them; :meth:`ModelWeights.score` scores one row for one task and returns
-the logit with its parts (:class:`RowScore`): every verdict, explanation and
-review ranking comes from it.  This module imports numpy only, so the
-classification path of a mail pipeline starts fast (no scikit-learn, no scipy).
-
-Serialisation uses ``numpy.savez`` and loads with ``allow_pickle=False``:
-loading a model never runs code.  Each part serialises on its own
-(:meth:`SparsePart.to_bytes`), which lets the store keep the shared part once
-and each user's part in its own row.
+numpy only, so that classifying starts fast; ``numpy.savez`` bytes loaded with ``allow_pickle=False``, per part
+(:meth:`SparsePart.to_bytes`) so that the store keeps each user's part in its own row.
 """
 
 from __future__ import annotations
@@ -20,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,7 +19,7 @@ from spamtl.errors import DamagedModelError
 from spamtl.features import FeatureRow, IdfWeights, load_npz, load_sparse
 
 __all__ = ["FORMAT_VERSION", "PART_KINDS", "SparsePart", "PartScore", "RowScore", "ModelWeights", "decode_stored",
-           "score_row", "sigmoid"]
+           "score_row", "sigmoid", "trained_group"]
 
 FORMAT_VERSION = 2
 """2 added the optional idf weights; files and store rows of format 1 still load."""
@@ -128,8 +117,7 @@ class ModelWeights:
         (and group) part alone.
         """
         parts = [("shared", "", self.shared)]
-        if task is not None and task in self.task_groups:
-            group = self.task_groups[task]
+        group = trained_group(task, group, self.task_groups)
         if group is not None and group in self.groups:
             parts.append(("group", group, self.groups[group]))
         if task is not None and task in self.tasks:
@@ -183,6 +171,11 @@ class ModelWeights:
         idf = IdfWeights.from_bytes(z["idf"].tobytes()) if "idf" in z else None
         return cls(int(meta["n_features"]), shared, parts["group"], parts["task"],
                    dict(meta["task_groups"]), dict(meta["params"]), idf)
+
+
+def trained_group(task: Any, group: Any, task_groups: Mapping[Any, Any]) -> Any:
+    """The group that scores ``task``: the one it was trained in when ``task_groups`` knows it, else ``group``."""
+    return task_groups[task] if task is not None and task in task_groups else group
 
 
 def decode_stored(decode: Callable[[bytes], T], data: bytes, *, version: int, n_features: int, kind: str,

@@ -1,31 +1,14 @@
-"""The SPAMC/SPAMD protocol (as SpamAssassin's ``spamd`` speaks it): parsing and formatting.
+"""The SPAMC/SPAMD protocol as SpamAssassin's ``spamd`` speaks it: parsing and formatting, both sides.
 
-A request is ``COMMAND SPAMC/1.5`` on one line, header lines ``Name: value``,
-an empty line, then ``Content-length`` bytes of message.  A response is
-``SPAMD/1.5 CODE MESSAGE``, headers, an empty line and a body.  Lines end in
-``\\r\\n`` (a bare ``\\n`` is accepted).  Codes are the ``sysexits.h`` numbers
-spamc knows.
+A request is ``COMMAND SPAMC/1.5``, ``Name: value`` header lines, an empty line and ``Content-length``
+bytes of message; a response is ``SPAMD/1.5 CODE MESSAGE``, headers, an empty line and a body (lines end
+in ``\\r\\n``, a bare ``\\n`` is accepted; codes are spamc's ``sysexits.h`` numbers).  ``Spam: True ; S / 5.0``
+is the score on SpamAssassin's scale (:mod:`spamtl.services.points`).  The client side is for ``spamtl tell``.
 
-The client side is here too (``spamtl tell``): :func:`tell_request` builds a
-TELL as ``spamc -L`` does, :func:`exchange` is the client's one round trip
-(the only I/O in this module), :func:`parse_response` reads the answer and
-:func:`tell_outcome` says whether the daemon confirmed what was asked.
-
-``Spam: True ; S / 5.0`` gives the score on SpamAssassin's scale (:mod:`spamtl.services.points`).
-
-PROCESS and HEADERS add SpamAssassin's headers in its default layout (see
-:func:`spamtl.services.points.spamassassin_headers`) besides spamtl's own ``X-Spamtl-Status``.
-
-TELL (spamc ``-L`` and ``-C``): ``local`` is the user's own label, stored and
-learnt at once; ``remote`` (SpamAssassin's collaborative databases) is
-spamtl's shared model, which every user's labels train at the next ``spamtl
-train``, so ``Set: remote`` is done once the label is stored, and ``Remove:
-remote`` (``spamc -C revoke``) once the user's label is not spam.  As in
-spamd, ``DidSet: local`` (``DidRemove: local``) is sent only when the request
-changed the user's label: a label the user already had is "already learned"
-(no ``DidSet: local``).  Every successful answer also says the user's label
-after the request, ``Spamtl-Label: spam|ham|none``, so ``spamtl tell`` can
-tell "already learned" (success) from a label that was not stored.
+TELL: ``local`` is the user's own label, learnt at once; ``remote`` is the shared model, trained from those
+labels at the next ``spamtl train``.  As in spamd, ``DidSet``/``DidRemove: local`` is sent only when the
+user's label changed; ``Spamtl-Label: spam|ham|none`` says the label after the request, so ``spamtl tell``
+tells "already learned" from "not stored".
 """
 
 from __future__ import annotations

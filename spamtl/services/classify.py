@@ -1,20 +1,10 @@
 """Classify mail for one user: one model reader and one verdict logger for every caller.
 
-The CLI (one message or a mailbox), ``spamtl serve`` and the demo all score
-through :class:`ModelReader` and log through :class:`VerdictLogger`, on a
-:class:`~spamtl.store.Store` (DB-API; no SQLAlchemy on the SQLite path).
-
-- A message is known by its digest (:func:`spamtl.mail.headers.message_identity`): the
-  sha256 of its bytes without the headers that spamtl and other filters add,
-  without the trace fields a transport writes at the top, with LF line ends.
-  So a delivered copy (CRLF in IMAP, Return-Path, Delivered-To and Received
-  above it) is the same message as the one that was classified, and a forged
-  ``X-Spamtl-Status`` cannot change a score or name another message.
-- A correction sticks: when the user has labelled the message, the verdict
-  is the user's label, whatever the model says (``reason = "label"``).
-- Each user's cutoffs come from, in order: an administrator's per-user
-  setting (``spamtl cutoffs set``), the configuration (``Settings.user_cutoffs``),
-  the active version's cutoffs for the user (set at training), the global settings.
+The CLI, ``spamtl serve`` and the demo score through :class:`ModelReader` and log through
+:class:`VerdictLogger`.  A message is known by its digest (:func:`spamtl.mail.headers.message_identity`),
+so a delivered copy is the message that was classified; the user's label decides the verdict when there is
+one (``reason = "label"``); cutoffs come from ``cutoffs set``, then the settings' per-user cutoffs, then
+the active version's, then the global settings.
 """
 
 from __future__ import annotations
@@ -120,11 +110,8 @@ class Verdict:
                 "reason": self.reason}
 
     def header_value(self) -> str:
-        """The ``X-Spamtl-Status`` value: verdict first, then key=value facts (id works with --id).
-
-        Both cutoffs, spam first: an "unsure" or "ham" reads right only beside the ham cutoff.  A reader
-        that looks for the first ``cutoff=`` (the format before both were shown) still finds the spam one.
-        """
+        """The ``X-Spamtl-Status`` value: verdict first, then key=value facts (id works with --id), spam cutoff
+        before ham cutoff."""
         label = ", label" if self.reason == "label" else ""
         return (f"{self.verdict}, probability={self.probability:.4f}, spam_cutoff={self.spam_cutoff:.4f}, "
                 f"ham_cutoff={self.ham_cutoff:.4f}, version={self.model_version}, id={self.short_id}{label}")
@@ -232,9 +219,6 @@ class ModelReader:
         self._generation: int | None = None
         self._version: _VersionParts | None = None
         self._users: dict[str, UserModel] = {}
-
-    def check_schema(self) -> None:
-        check_schema(self.store.engine)
 
     def refresh(self) -> bool:
         """Drop cached parts that changed since the last call; True if anything was dropped."""
@@ -457,7 +441,6 @@ class VerdictWriter:
         self.interval = max(0.0, interval)
         self.max_batch = max(1, max_batch)
         self.on_error = on_error
-        self.written = 0
         self._pending: list[tuple[UserModel, Prepared, Verdict, datetime]] = []
         self._busy = False
         self._closed = False
@@ -518,7 +501,7 @@ class VerdictWriter:
     def _write(self, store: Store, batch: list[tuple[UserModel, Prepared, Verdict, datetime]]) -> None:
         logger = VerdictLogger(store, create_users=self.settings.auto_create_users)
         try:
-            self.written += logger.log_each(batch)
+            logger.log_each(batch)
             return
         except DatabaseError:
             if len({id(m) for m, *_ in batch}) == 1:
@@ -528,7 +511,7 @@ class VerdictWriter:
             users.setdefault(id(entry[0]), []).append(entry)
         for entries in users.values():
             try:
-                self.written += logger.log_each(entries)
+                logger.log_each(entries)
             except DatabaseError as exc:
                 self._failed(len(entries), exc)
 
@@ -541,7 +524,7 @@ def open_reader(engine: Engine, settings: Settings) -> ModelReader:
     """A reader on its own connection of ``engine``, schema checked."""
     reader = ModelReader(Store(engine), settings)
     try:
-        reader.check_schema()
+        check_schema(engine)
     except BaseException:
         reader.store.close()
         raise

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from spamtl.errors import UsageError
+from spamtl.services.users import existing_user
 from spamtl.settings import Settings, validate_name
 from spamtl.store import queries
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import transaction
 
 __all__ = ["EffectiveCutoffs", "list_cutoffs", "set_cutoffs", "unset_cutoffs", "ham_for"]
 
@@ -44,13 +44,6 @@ def ham_for(spam: float, settings: Settings) -> float:
     return min(spam, settings.ham_cutoff)
 
 
-def _user_id(session: Session, user: str) -> int:
-    found = queries.get_user(session=session, name=validate_name(user))
-    if found is None:
-        raise UsageError(f"no user {user!r}; see `spamtl users`")
-    return found.id
-
-
 def set_cutoffs(engine: Engine, settings: Settings, *, user: str, spam: float,
                 ham: float | None = None) -> EffectiveCutoffs:
     """Override ``user``'s cutoffs (over configuration and training); without ``ham``, the global ham cutoff."""
@@ -60,15 +53,13 @@ def set_cutoffs(engine: Engine, settings: Settings, *, user: str, spam: float,
         ham = ham_for(spam, settings)
     if not 0.0 <= ham <= spam:
         raise UsageError(f"--ham must be between 0 and --spam ({spam:g}), got {ham:g}")
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session, session.begin():
-        queries.set_user_override(session=session, user_id=_user_id(session, user), spam=spam, ham=ham)
+    with transaction(engine) as session:
+        queries.set_user_override(session=session, user_id=existing_user(session, validate_name(user)).id, spam=spam, ham=ham)
     return list_cutoffs(engine, settings, [user])[0]
 
 
 def unset_cutoffs(engine: Engine, settings: Settings, *, user: str) -> EffectiveCutoffs:
     """Drop ``user``'s override: configuration, training or the global cutoffs apply again."""
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session, session.begin():
-        queries.set_user_override(session=session, user_id=_user_id(session, user), spam=None, ham=None)
+    with transaction(engine) as session:
+        queries.set_user_override(session=session, user_id=existing_user(session, validate_name(user)).id, spam=None, ham=None)
     return list_cutoffs(engine, settings, [user])[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +18,6 @@ from datetime import datetime
 import numpy as np
 import scipy.sparse as sp
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from spamtl.features import FeatureConfig, FeatureRow, featurize, rows_to_csr
 from spamtl.mail.parse import parse_message
@@ -26,7 +25,8 @@ from spamtl.parallel import SerialExecutor, executor
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.rowfiles import row_batches, stack_rows
 from spamtl.store import queries
-from spamtl.store.engine import translate_errors
+from spamtl.store.engine import transaction
+from spamtl.store.statements import chunks
 
 __all__ = ["TrainingData", "load_training_data", "feature_rows", "featurize_raw"]
 
@@ -70,11 +70,6 @@ def featurize_raw(raws: Sequence[bytes], config: FeatureConfig) -> list[bytes]:
     return [featurize(parse_message(raw), config).to_bytes() for raw in raws]
 
 
-def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
 def feature_rows(engine: Engine, message_pks: Sequence[int], config: FeatureConfig,
                  progress: Advance | None = None) -> dict[int, FeatureRow]:
     """Feature rows of the given messages, computing and caching the missing ones.
@@ -82,7 +77,7 @@ def feature_rows(engine: Engine, message_pks: Sequence[int], config: FeatureConf
     Messages without a cached row whose body retention has dropped are absent from the result.
     """
     wanted = sorted(set(int(p) for p in message_pks))
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine, checked=False) as session:
         cached = queries.cached_features(session=session, message_pks=wanted, feature_key=config.key)
     if progress is not None:
         progress(len(cached))
@@ -92,8 +87,8 @@ def feature_rows(engine: Engine, message_pks: Sequence[int], config: FeatureConf
     ahead = 0 if isinstance(pool, SerialExecutor) else workers  # chunks in flight beyond the one being stored
     try:
         pending: deque[tuple[list[int], Future[list[bytes]]]] = deque()
-        for chunk in _chunks(missing, _CHUNK):
-            with translate_errors(), Session(engine) as session:
+        for chunk in chunks(missing, _CHUNK):
+            with transaction(engine, checked=False) as session:
                 pairs = list(queries.raw_messages(session=session, message_pks=chunk))
             pending.append(([pk for pk, _ in pairs], pool.submit(featurize_raw, [raw for _, raw in pairs], config)))
             while len(pending) > ahead:
@@ -108,7 +103,7 @@ def feature_rows(engine: Engine, message_pks: Sequence[int], config: FeatureConf
 
 def _store(engine: Engine, pks: list[int], blobs: list[bytes], config: FeatureConfig, cached: dict[int, bytes],
            progress: Advance | None) -> None:
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine, checked=False) as session:
         queries.store_features(session=session, rows=zip(pks, blobs), feature_key=config.key)
     cached.update(zip(pks, blobs))
     if progress is not None:
@@ -138,7 +133,7 @@ def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence
     ``progress`` (its current stage counts messages) gets the total once the labels are read, then the
     messages whose features are ready, a chunk at a time.
     """
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine, checked=False) as session:
         labels, n_given = queries.labels_to_learn(session=session, users=users, window=uncorrected)
         groups = {u.name: u.group_name for u in queries.users_by_name(session=session).values()}
     given = np.arange(len(labels)) < n_given

@@ -1,24 +1,9 @@
 """Why a message got its score: the logit split into shared, group and personal parts, with evidence.
 
-The score of a message for user t is the logit
-
-    z = (b0 + w0 . x) + (c_g + u_g . x) + (c_t + v_t . x)
-
-where x is the message's idf-reweighted, unit-norm feature row.  The one
-scorer (:meth:`spamtl.model.weights.ModelWeights.score`) returns each part's
-intercept and ``weight * x`` on each of the row's columns, so the parts add up
-to the score exactly.  Columns are hashes of tokens; the message's own tokens,
-kept by the scoring pass, name them (a column may hold several tokens, shown
-joined with ``|``).
-
-An explanation is made from the pass that scored the message
-(:class:`~spamtl.services.classify.Scored`, ``Verdict.scored``): the message
-is parsed and featurised once, whether or not a report is asked for.
-
-:func:`explain` is a pure function of a :class:`UserModel` and a prepared
-message (no database access), so the daemon can reuse it for
-SpamAssassin-style symbols; :func:`explain_message` is the CLI's use case
-(it opens the store and resolves ``--id``).
+``z = (b0 + w0 . x) + (c_g + u_g . x) + (c_t + v_t . x)``; the one scorer
+(:meth:`spamtl.model.weights.ModelWeights.score`) returns each part's terms, so the parts add up to the
+score exactly, and the tokens kept by that pass name the columns.  :func:`explain` is pure (the daemon
+uses it for symbols); :func:`explain_message` is the CLI's use case.
 """
 
 from __future__ import annotations
@@ -112,9 +97,6 @@ class Explanation:
     def short_id(self) -> str:
         return self.sha256[:SHORT_ID_CHARS]
 
-    def part(self, kind: str) -> PartExplanation | None:
-        return next((p for p in self.parts if p.kind == kind), None)
-
     def sentence(self) -> str:
         """One line saying why, in words: the parts that pushed toward the verdict, with their top evidence."""
         if self.reason == "label":
@@ -181,7 +163,7 @@ def explain(model: UserModel, message: Prepared, *, top: int = DEFAULT_TOP,
     top = max(0, min(int(top), MAX_TOP))
     if scored is None:
         scored = model.score_message(message.raw)
-    # top=0 (the daemon's X-Spam-Status: the parts' totals only) names no evidence: skip hashing the tokens
+    # top=0 (the parts' totals only) names no evidence: skip hashing the tokens
     names = scored.column_tokens(model.config.n_features) if top else {}
     parts = [_part(part, names, top) for part in scored.score.parts]
     probability, parsed = scored.probability, scored.parsed
@@ -196,16 +178,18 @@ def explain(model: UserModel, message: Prepared, *, top: int = DEFAULT_TOP,
                        notes=tuple(notes))
 
 
-def symbol_names(verdict: Verdict, explanation: Explanation) -> list[str]:
+def symbol_names(verdict: Verdict) -> list[str]:
     """The verdict and the parts of its score as SpamAssassin names the rules that hit, sorted as it does.
 
     ``SPAMTL_SPAM`` (``_HAM``, ``_UNSURE``), ``SPAMTL_USER_LABEL`` when the user's label decided, and
     ``SPAMTL_SHARED_SPAM``, ``SPAMTL_GROUP_HAM``, ``SPAMTL_PERSONAL_SPAM`` ... for each part that pushed
-    the score one way.  The daemon's SYMBOLS answer and its ``X-Spam-Status`` ``tests=`` list.
+    the score one way (from ``verdict.scored``, which must be kept).  The daemon's SYMBOLS answer and
+    its ``X-Spam-Status`` ``tests=`` list.
     """
+    assert verdict.scored is not None, "symbol_names needs the scoring pass (keep_scored=True)"
     names = [f"SPAMTL_{verdict.verdict.upper()}"] + (["SPAMTL_USER_LABEL"] if verdict.reason == "label" else [])
     names += [f"SPAMTL_{part.kind.upper()}_{'SPAM' if part.total > 0 else 'HAM'}"
-              for part in explanation.parts if part.total != 0]
+              for part in verdict.scored.score.parts if part.total != 0]
     return sorted(names)
 
 
@@ -260,15 +244,12 @@ def explain_message(engine: Engine, settings: Settings, *, user: str, raw: bytes
 
 def stored_raw(engine: Engine, ref: str) -> bytes:
     """The stored bytes of the message ``ref`` names (see :func:`feedback.resolve_reference`)."""
-    from sqlalchemy.orm import Session
-
     from spamtl.services.feedback import resolve_reference
     from spamtl.store import queries
-    from spamtl.store.engine import check_schema, translate_errors
+    from spamtl.store.engine import transaction
     from spamtl.store.schema import Message
 
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine) as session:
         pk = resolve_reference(session, ref)
         message = session.get(Message, pk)
         data = message.raw if message is not None else None

@@ -20,11 +20,11 @@ from spamtl.mail.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.model.weights import SparsePart, sigmoid
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.services.dataset import feature_rows
-from spamtl.services.importing import _batches, store_messages
+from spamtl.services.importing import _batches, label_messages, store_messages
 from spamtl.services.models import load_user_slice
 from spamtl.settings import Settings, validate_name
 from spamtl.store import queries
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import transaction
 from spamtl.store.schema import LABELS, Message
 
 __all__ = ["FeedbackResult", "FeedbackBatchResult", "ForgetResult", "record_feedback", "record_feedback_batch",
@@ -138,8 +138,7 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
     if (raw is None) == (ref is None):
         raise UsageError("give either the message or --id, not both or neither")
     validate_name(user)
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine) as session:
         known = queries.get_user(session=session, name=user)
         if known is None and not create_user:
             raise UnknownUserError(f"no user {user!r} in the store, and auto_create_users is off; "
@@ -177,8 +176,7 @@ def record_feedback_batch(engine: Engine, settings: Settings, *, user: str, labe
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or directory: {missing[0]}")
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine) as session:
         db_user = queries.get_or_create_user(session=session, name=user, group=None, now=now)
         user_id, group = db_user.id, db_user.group_name
     result = FeedbackBatchResult(user=user, label=label)
@@ -186,7 +184,11 @@ def record_feedback_batch(engine: Engine, settings: Settings, *, user: str, labe
     for batch in _batches(iter_mail(paths), max(1, settings.chunk_size)):
         mails = [m for m in batch if isinstance(m, RawMail)]
         result.unreadable += [(m.origin, m.reason) for m in batch if isinstance(m, Unreadable)]
-        _store_labels(engine, result, user_id=user_id, label=label, raws=[m.raw for m in mails], now=now)
+        counts = label_messages(engine, user_id=user_id, label=label, raws=[m.raw for m in mails],
+                                source="feedback", now=now)
+        result.new += counts["new"]
+        result.unchanged += counts["known"]
+        result.relabelled += counts["relabelled"]
         progress.advance(len(batch))
     if result.new or result.relabelled:
         progress.stage("refit", user=user)
@@ -194,33 +196,11 @@ def record_feedback_batch(engine: Engine, settings: Settings, *, user: str, labe
     return result
 
 
-def _store_labels(engine: Engine, result: FeedbackBatchResult, *, user_id: int, label: str, raws: list[bytes],
-                  now: datetime) -> None:
-    with translate_errors(), Session(engine) as session, session.begin():
-        pks = store_messages(session=session, raws=raws, now=now)
-        current = queries.latest_labels(session=session, user_id=user_id, message_ids=pks)
-        rows = []
-        for pk in pks:
-            previous = current.get(pk)
-            if previous == label:
-                result.unchanged += 1
-                continue
-            if previous is None:
-                result.new += 1
-            else:
-                result.relabelled += 1
-            current[pk] = label  # the same message twice in one batch counts once
-            rows.append({"user_id": user_id, "message_id": pk, "label": label, "source": "feedback",
-                         "created_at": now})
-        queries.add_labels(session=session, rows=rows)
-
-
 def forget_feedback(engine: Engine, settings: Settings, *, user: str, raw: bytes, now: datetime) -> ForgetResult:
     """Remove ``user``'s labels of this message (every one, history included) and refit ``user``."""
     validate_name(user)
-    check_schema(engine)
     sha = message_identity(raw)[1]  # the delivered copy finds the message that was classified
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine) as session:
         db_user = queries.get_user(session=session, name=user)
         found = queries.message_ids_by_sha(session=session, shas=[sha])
         if db_user is None or sha not in found:
@@ -273,19 +253,13 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
                 group: str | None, message_pk: int | None, now: datetime) -> None:
     """Refit ``user``'s personal part of the active version on all their labels, shared and group parts fixed.
 
-    The user's feedback labels weigh ``settings.feedback_weight`` times an
-    imported label; if the corrected message is still on the wrong side of the
-    user's cutoff (spam below the spam cutoff, ham above the ham cutoff), its
-    weight is doubled and the part refitted, at most
-    ``feedback_max_doublings`` times: the model itself learns the correction,
-    and similar mail moves the same way.  The user's uncorrected verdicts
-    count as labels, as at nightly training (``Settings.autolearn_window``).
-    With no labels left (all forgotten) the user is scored by the shared
-    (+ group) part again.
+    Feedback labels weigh ``settings.feedback_weight``; a corrected message still on the wrong side of the
+    user's cutoff has its weight doubled and the part refitted, at most ``feedback_max_doublings`` times.
+    Uncorrected verdicts count as labels (``Settings.autolearn_window``); with no labels left the part is empty.
     """
     from spamtl.model.estimator import MultiTaskLogisticRegression
 
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine, checked=False) as session:
         version, weights = load_user_slice(session=session, user=user, group=group)
         version_id, feature_key, version_trained = version.id, version.feature_key, version.created_at
         labels, _ = queries.labels_to_learn(session=session, users=[user], window=settings.autolearn_window(now))
@@ -326,6 +300,6 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
     if message_pk is not None:
         result.probability_after = sigmoid(float(weights.decision([rows[message_pk]], user)[0]))
     result.user_labels = len(y)
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine, checked=False) as session:
         queries.upsert_model_part(session=session, version_id=version_id, kind="user", name=user,
                                   data=part.to_bytes())

@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.errors import UsageError
+from spamtl.services.users import IN_STORE, existing_user
 from spamtl.settings import validate_name
 from spamtl.store import queries
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import transaction
 
 __all__ = ["HistoryEntry", "ErrorCounts", "History", "history", "MAX_ENTRIES"]
 
@@ -100,67 +100,75 @@ def history(engine: Engine, *, user: str | None, since: datetime | None = None, 
     if user is not None:
         validate_name(user)
     limit = max(0, min(int(limit), MAX_ENTRIES))
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine) as session:
         user_id = None
         if user is not None:
-            row = queries.get_user(session=session, name=user)
-            if row is None:
-                raise UsageError(f"no user {user!r} in the store; `spamtl users` lists them")
-            user_id = row.id
+            user_id = existing_user(session, user, missing=IN_STORE).id
         items: list[HistoryEntry] = []
         if user_id is not None and entries and limit:
-            rows = queries.recent_classifications(session=session, user_id=user_id, since=since, limit=limit)
-            labels = queries.labels_of(session=session, user_id=user_id, message_pks=[r.message_id for r in rows])
-            by_message: dict[int, list[Any]] = defaultdict(list)
-            for lab in labels:
-                by_message[lab.message_id].append(lab)
-            for r in rows:
-                entry = HistoryEntry(id=r.sha256[:12], sha256=r.sha256, message_id=r.mid, subject=r.subject,
-                                     classified_at=r.created_at, verdict=r.verdict, probability=float(r.probability),
-                                     model_version=r.model_version_id)
-                after = [lab for lab in by_message.get(r.message_id, []) if lab.created_at >= r.created_at]
-                if after:
-                    latest = after[-1]
-                    entry.label, entry.labelled_at = latest.label, latest.created_at
-                    entry.outcome = _outcome(r.verdict, latest.label)
-                items.append(entry)
-        counts = {name: ErrorCounts(user=name, classifications=n) for name, n in
-                  queries.classification_counts(session=session, user_id=user_id, since=since).items()}
-        classified = queries.labelled_classifications(session=session, user_id=user_id, since=since)
-        pairs: dict[tuple[int, int], list[Any]] = defaultdict(list)
-        names: dict[int, str] = {}
-        for c in classified:
-            pairs[(c.user_id, c.message_id)].append(c)
-            names[c.user_id] = c.name
-        per_user: dict[int, list[int]] = defaultdict(list)
-        for uid, pk in pairs:
-            per_user[uid].append(pk)
-        for uid, pks in per_user.items():
-            labels_by_pk: dict[int, list[Any]] = defaultdict(list)
-            for lab in queries.labels_of(session=session, user_id=uid, message_pks=pks):
-                labels_by_pk[lab.message_id].append(lab)
-            tally = counts.setdefault(names[uid], ErrorCounts(user=names[uid]))
-            for pk in pks:
-                if not labels_by_pk.get(pk):
-                    continue
-                final = labels_by_pk[pk][-1]
-                before = [c for c in pairs[(uid, pk)] if c.created_at <= final.created_at]
-                if not before:
-                    continue
-                verdict = before[-1].verdict
-                tally.labelled += 1
-                outcome = _outcome(verdict, final.label)
-                if outcome == "confirmed":
-                    tally.confirmed += 1
-                elif outcome == "labelled":
-                    tally.unsure_labelled += 1
-                elif verdict == "spam":
-                    tally.false_positives += 1
-                else:
-                    tally.false_negatives += 1
+            items = _entries(session, user_id, since, limit)
+        counts = _error_counts(session, user_id, since)
     users = [counts[name] for name in sorted(counts)]
     overall = ErrorCounts(user="ALL")
     for c in users:
         overall.add(c)
     return History(user=user, since=since, entries=items, users=users, overall=overall)
+
+
+def _entries(session: Session, user_id: int, since: datetime | None, limit: int) -> list[HistoryEntry]:
+    """The user's latest classifications, each with the latest label given after it."""
+    rows = queries.recent_classifications(session=session, user_id=user_id, since=since, limit=limit)
+    labels = queries.labels_of(session=session, user_id=user_id, message_pks=[r.message_id for r in rows])
+    by_message: dict[int, list[Any]] = defaultdict(list)
+    for lab in labels:
+        by_message[lab.message_id].append(lab)
+    items = []
+    for r in rows:
+        entry = HistoryEntry(id=r.sha256[:12], sha256=r.sha256, message_id=r.mid, subject=r.subject,
+                             classified_at=r.created_at, verdict=r.verdict, probability=float(r.probability),
+                             model_version=r.model_version_id)
+        after = [lab for lab in by_message.get(r.message_id, []) if lab.created_at >= r.created_at]
+        if after:
+            latest = after[-1]
+            entry.label, entry.labelled_at = latest.label, latest.created_at
+            entry.outcome = _outcome(r.verdict, latest.label)
+        items.append(entry)
+    return items
+
+
+def _error_counts(session: Session, user_id: int | None, since: datetime | None) -> dict[str, ErrorCounts]:
+    """Per user name: the latest label of each (user, message) against the last verdict before it."""
+    counts = {name: ErrorCounts(user=name, classifications=n) for name, n in
+              queries.classification_counts(session=session, user_id=user_id, since=since).items()}
+    pairs: dict[tuple[int, int], list[Any]] = defaultdict(list)
+    names: dict[int, str] = {}
+    for c in queries.labelled_classifications(session=session, user_id=user_id, since=since):
+        pairs[(c.user_id, c.message_id)].append(c)
+        names[c.user_id] = c.name
+    per_user: dict[int, list[int]] = defaultdict(list)
+    for uid, pk in pairs:
+        per_user[uid].append(pk)
+    for uid, pks in per_user.items():
+        labels_by_pk: dict[int, list[Any]] = defaultdict(list)
+        for lab in queries.labels_of(session=session, user_id=uid, message_pks=pks):
+            labels_by_pk[lab.message_id].append(lab)
+        tally = counts.setdefault(names[uid], ErrorCounts(user=names[uid]))
+        for pk in pks:
+            if not labels_by_pk.get(pk):
+                continue
+            final = labels_by_pk[pk][-1]
+            before = [c for c in pairs[(uid, pk)] if c.created_at <= final.created_at]
+            if not before:
+                continue
+            verdict = before[-1].verdict
+            tally.labelled += 1
+            outcome = _outcome(verdict, final.label)
+            if outcome == "confirmed":
+                tally.confirmed += 1
+            elif outcome == "labelled":
+                tally.unsure_labelled += 1
+            elif verdict == "spam":
+                tally.false_positives += 1
+            else:
+                tally.false_negatives += 1
+    return counts

@@ -17,10 +17,10 @@ from spamtl.mail.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.settings import validate_name
 from spamtl.store import queries, statements
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import transaction
 from spamtl.store.schema import LABELS
 
-__all__ = ["ImportSummary", "ImportInterrupted", "import_mail", "store_messages"]
+__all__ = ["ImportSummary", "ImportInterrupted", "import_mail", "label_messages", "store_messages"]
 
 
 @dataclass
@@ -76,6 +76,28 @@ def _batches(items: Iterable[RawMail | Unreadable], size: int) -> Iterable[list[
         yield batch
 
 
+def label_messages(engine: Engine, *, user_id: int, label: str, raws: list[bytes], source: str,
+                   now: datetime) -> dict[str, int]:
+    """Store a chunk of messages and give each ``label`` unless the user's latest label is already that,
+    in one transaction; returns the counts of ``new``, ``known`` and ``relabelled`` messages."""
+    counts = {"new": 0, "known": 0, "relabelled": 0}
+    with transaction(engine, checked=False) as session:
+        pks = store_messages(session=session, raws=raws, now=now)
+        current = queries.latest_labels(session=session, user_id=user_id, message_ids=pks)
+        new_rows = []
+        for pk in pks:
+            previous = current.get(pk)
+            if previous == label:
+                counts["known"] += 1
+                continue
+            counts["new" if previous is None else "relabelled"] += 1
+            current[pk] = label  # the same message twice in one batch is known the second time
+            new_rows.append({"user_id": user_id, "message_id": pk, "label": label,
+                             "source": source, "created_at": now})
+        queries.add_labels(session=session, rows=new_rows)
+    return counts
+
+
 def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, group: str | None = None,
                 now: datetime, chunk_size: int = 1000, move_group: bool = False,
                 progress: Progress = NO_PROGRESS) -> ImportSummary:
@@ -95,9 +117,8 @@ def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, 
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or directory: {missing[0]}")
-    check_schema(engine)
     summary = ImportSummary(user=user, label=label)
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine) as session:
         existing = queries.get_user(session=session, name=user)
         if (existing is not None and group is not None and existing.group_name not in (None, group)
                 and not move_group):
@@ -106,24 +127,10 @@ def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, 
     try:
         progress.stage("import", count_mail(paths), unit="messages", user=user, label=label)
         for batch in _batches(iter_mail(paths), chunk_size):
-            mails = [m for m in batch if isinstance(m, RawMail)]
-            counts = {"imported": 0, "known": 0, "relabelled": 0}
-            with translate_errors(), Session(engine) as session, session.begin():
-                pks = store_messages(session=session, raws=[m.raw for m in mails], now=now)
-                current = queries.latest_labels(session=session, user_id=user_id, message_ids=pks)
-                new_rows = []
-                for pk in pks:
-                    previous = current.get(pk)
-                    if previous == label:
-                        counts["known"] += 1
-                        continue
-                    counts["imported" if previous is None else "relabelled"] += 1
-                    current[pk] = label  # the same message twice in one batch is known the second time
-                    new_rows.append({"user_id": user_id, "message_id": pk, "label": label,
-                                     "source": "import", "created_at": now})
-                queries.add_labels(session=session, rows=new_rows)
+            counts = label_messages(engine, user_id=user_id, label=label, source="import", now=now,
+                                    raws=[m.raw for m in batch if isinstance(m, RawMail)])
             # Counted only once the chunk is committed, so an interrupted import reports what was saved.
-            summary.imported += counts["imported"]
+            summary.imported += counts["new"]
             summary.known += counts["known"]
             summary.relabelled += counts["relabelled"]
             summary.unreadable += [(m.origin, m.reason) for m in batch if isinstance(m, Unreadable)]

@@ -1,22 +1,9 @@
 """Named locks in the store, so two ``spamtl train`` runs never overlap (on any host).
 
-A lock is a row of ``locks``: acquiring it is ``INSERT ... ON CONFLICT DO
-NOTHING`` (one statement, so exactly one of two racing processes wins, on
-SQLite and PostgreSQL alike), releasing it deletes the row.  The holder is
-``host:pid``.  A holder that died without releasing (kill -9, a power cut)
-leaves a stale row, which the next process takes over when
-
-- the holder ran on this host and its pid no longer exists, or
-- its heartbeat is older than the lease (``LEASE_S``): a live holder
-  refreshes ``heartbeat_at`` every ``HEARTBEAT_S`` from a background thread,
-  so only a dead or frozen process (or one on an unreachable host) lets it
-  lapse.
-
-Take-over deletes the stale row only if it is still the same holder, then
-retries the insert, so two processes taking over at once still end with one
-winner.  A busy lock raises :class:`LockBusyError` (exit code 75, EX_TEMPFAIL:
-cron may simply try again later).  A process holds a given lock at most once
-(it is not reentrant: the holder is identified by host and pid only).
+A lock is a row of ``locks`` taken with ``INSERT ... ON CONFLICT DO NOTHING`` and held by ``host:pid``,
+whose heartbeat a background thread refreshes every ``HEARTBEAT_S``.  A holder whose pid is gone (same
+host) or whose heartbeat is older than ``LEASE_S`` is stale and taken over (compare-and-delete).  A busy
+lock raises :class:`LockBusyError` (exit 75, EX_TEMPFAIL).  Not reentrant.
 """
 
 from __future__ import annotations
@@ -35,7 +22,7 @@ from sqlalchemy.orm import Session
 from spamtl.errors import SpamtlError
 from spamtl.parallel import mark_fork_safe
 from spamtl.store import queries, utcnow
-from spamtl.store.engine import translate_errors
+from spamtl.store.engine import transaction
 from spamtl.store.schema import Lock
 
 __all__ = ["LockBusyError", "Holder", "hold", "acquire", "release", "LEASE_S", "HEARTBEAT_S"]
@@ -92,7 +79,7 @@ def acquire(engine: Engine, name: str, *, what: str | None = None, lease: float 
     me_host, me_pid = host or socket.gethostname(), pid or os.getpid()
     for _attempt in range(3):
         now = utcnow()
-        with translate_errors(), Session(engine) as session, session.begin():
+        with transaction(engine, checked=False) as session:
             session.execute(queries.upsert(session, Lock, ["name"]).values(
                 name=name, host=me_host, pid=me_pid, acquired_at=now, heartbeat_at=now))
             # Whose row is it now?  (rowcount is -1 for this statement under psycopg, so look.)
@@ -106,21 +93,21 @@ def acquire(engine: Engine, name: str, *, what: str | None = None, lease: float 
             # Compare-and-delete: only the stale holder we looked at, not someone who took over meanwhile.
             session.execute(delete(Lock).where(Lock.name == name, Lock.host == holder.host,
                                                Lock.pid == holder.pid))
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine, checked=False) as session:
         holder = _current(session, name)
     raise LockBusyError(what or name, holder or Holder("?", 0, utcnow(), utcnow()))
 
 
 def release(engine: Engine, name: str, holder: Holder) -> None:
     """Give lock ``name`` back, if this holder still has it."""
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine, checked=False) as session:
         session.execute(delete(Lock).where(Lock.name == name, Lock.host == holder.host, Lock.pid == holder.pid))
 
 
 def _heartbeat(engine: Engine, name: str, holder: Holder, stop: threading.Event, every: float) -> None:
     while not stop.wait(every):
         try:
-            with Session(engine) as session, session.begin():
+            with transaction(engine, checked=False) as session:
                 session.execute(update(Lock).where(Lock.name == name, Lock.host == holder.host,
                                                    Lock.pid == holder.pid).values(heartbeat_at=utcnow()))
         except Exception:  # noqa: BLE001 - a missed heartbeat is retried; the lease is 20 of them

@@ -13,7 +13,7 @@ from spamtl.errors import NoModelError, UsageError
 from spamtl.features import IdfWeights
 from spamtl.model.weights import FORMAT_VERSION, ModelWeights, SparsePart, decode_stored
 from spamtl.store import queries
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import transaction
 from spamtl.store.schema import ModelVersion
 
 __all__ = ["VersionInfo", "save_weights", "load_weights", "load_user_slice", "list_versions", "activate", "pin"]
@@ -78,8 +78,7 @@ def _version(session: Session, version: int | None) -> ModelVersion:
 
 def load_weights(engine: Engine, version: int | None = None) -> tuple[int, str, ModelWeights]:
     """All parts of a version (default: the active one): (version, feature_key, weights)."""
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine) as session:
         v = _version(session, version)
         shared = queries.model_part(session=session, version_id=v.id, kind="shared")
         groups = queries.model_parts(session=session, version_id=v.id, kind="group")
@@ -136,20 +135,18 @@ def _idf(v: ModelVersion, data: bytes | None) -> IdfWeights | None:
 
 def version_info(engine: Engine, version: int) -> VersionInfo:
     """What ``spamtl models`` says about one version (no weights)."""
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine, checked=False) as session:
         return _info(_version(session, version))
 
 
 def list_versions(engine: Engine) -> list[VersionInfo]:
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine) as session:
         return [_info(v) for v in queries.model_versions(session=session)]
 
 
 def activate(engine: Engine, version: int) -> VersionInfo:
     """Make ``version`` the active model (roll back or forward), in one transaction."""
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine) as session:
         v = _version(session, version)
         if v.status == "rejected" and not v.metrics:
             raise UsageError(f"model version {version} was never completed")
@@ -164,8 +161,7 @@ def activate(engine: Engine, version: int) -> VersionInfo:
 
 def pin(engine: Engine, version: int, pinned: bool = True) -> VersionInfo:
     """Pin (or unpin) a version: a pinned version keeps its weights whatever retention says."""
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine) as session:
         v = _version(session, version)
         if pinned and queries.model_part(session=session, version_id=v.id, kind="shared") is None:
             raise UsageError(f"model version {version} has no weights any more; there is nothing to keep")

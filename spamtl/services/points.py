@@ -1,33 +1,8 @@
 """spamtl's score on SpamAssassin's points scale, and the headers SpamAssassin writes with it.
 
-For tools written for SpamAssassin: the daemon's ``Spam: True ; S / 5.0``, and the ``X-Spam-Flag``,
-``X-Spam-Level`` and ``X-Spam-Status`` headers of its PROCESS/HEADERS answers (:mod:`spamtl.serve.protocol`,
-:func:`spamtl.services.classify.verdict_headers`).  Pure formatting: no I/O, no spamtl imports.
-
-The scale (what ``Spam: True ; S / 5.0`` and ``X-Spam-Status: ...
-score=S required=5.0`` say) is SpamAssassin's: the threshold is always
-``required_score`` 5.0, so rules written for SpamAssassin's points work.  S is
-piecewise linear in the log-odds ``z = ln(p / (1 - p))`` of the user's spam
-probability p, anchored at the user's two cutoffs (a = the log-odds of the ham
-cutoff, b = that of the spam cutoff):
-
-    S = 5 * (z - a) / (b - a)      a <  z <  b   (unsure: 0 < S < 5)
-    S = k * (z - a)                z <= a        (ham: S <= 0)
-    S = 5 + k * (z - b)            z >= b        (spam: S >= 5)
-    k = 5 / max(b - a, 1)          points per unit of log-odds beyond the band
-
-so the ham cutoff is 0 points, the spam cutoff 5.0, and with a band at least
-one log-odds wide (training makes it so) the three pieces are one line: with
-the default cutoffs 0.5 and 0.9 (b = ln 9), p = 0.99 is 10.5 points, 0.7 is
-1.9 and 0.1 is -5.0.  A narrower band (an administrator's cutoffs, down to
-zero width) keeps 5 points per unit of log-odds outside it, so scores do not
-jump to the limits.  Probabilities are clamped to [1e-9, 1 - 1e-9] and S to
-[-100, 100] (SpamAssassin's own extremes: a welcome-listed sender is -100).
-S is shown with one decimal (as spamc prints it); when rounding, or the user's
-own label deciding the verdict, would put S outside the verdict's range, S is
-moved to its edge: spam at least 5.0, unsure 0.1 to 4.9, ham at most 0.0.  So
-``S >= 5.0`` holds exactly when ``Spam: True`` does (SpamAssassin's
-``get_tag_value_for_score`` keeps the same promise at its threshold).
+S is piecewise linear in the log-odds of the spam probability, 0 at the ham cutoff and 5.0 (``required``) at
+the spam cutoff; ``S >= 5.0`` exactly when ``Spam: True`` (docs/serving.md gives the formula).  Pure
+formatting: no I/O, no spamtl imports.
 """
 
 from __future__ import annotations

@@ -1,26 +1,10 @@
 """Backtest a season of use: replay the store's labelled mail in delivery order, day by day.
 
-``spamtl evaluate --replay`` answers "would it have helped us last quarter?".
-The labelled mail of the store is copied into a fresh temporary SQLite store
-(the real store and its active model are only read), and then, per system:
-
-1. each user's mail is put in delivery order (:func:`delivery_order`);
-2. the first K labels of each user bootstrap the store, and a first model is
-   trained on them;
-3. day by day, every user's mail of the day is classified with the current
-   model through the one classify path (``ModelReader`` + ``VerdictLogger``, so
-   the classification log holds the online scores), and the user corrects
-   every wrong or unsure verdict at once through ``record_feedback`` (which
-   refits their personal part); a correctly classified message is not
-   labelled (errors-only feedback) unless ``label_all`` is set;
-4. every night ``train`` runs as the nightly job does (gate and cutoffs
-   included), and whether it promoted or refused, and why, is recorded.
-
-Systems: ``mtl`` (the settings as given), ``pooled`` (mu = 1e6: every user's
-personal part is pinned to zero, one shared model) and ``per_user`` (mu tiny
-with alpha scaled by 1/mu: the shared part is pinned to zero and each user's
-personal part gets the usual penalty, i.e. independent per-user models).  All
-three go through exactly the same code: training, gate, cutoffs, feedback.
+``spamtl evaluate --replay``: the labelled mail is copied into a temporary SQLite store; per system,
+each user's first labels bootstrap a first model, then each day's mail is classified through the one
+classify path and every wrong or unsure verdict is corrected through ``record_feedback``, and every night
+``train`` runs as the nightly job does.  Systems: ``mtl``, ``pooled`` (mu = 1e6) and ``per_user`` (mu tiny,
+alpha scaled by 1/mu), all through the same code (docs/training.md).
 """
 
 from __future__ import annotations
@@ -36,14 +20,13 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from spamtl.errors import UsageError
 from spamtl.metrics import roc_auc
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.settings import Settings
 from spamtl.store import queries
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import transaction
 
 __all__ = ["SYSTEMS", "DEFAULT_DAYS", "DEFAULT_BOOTSTRAP", "Item", "UserPlan", "Replay", "delivery_order",
            "plan_replay", "system_settings", "replay", "replay_metrics"]
@@ -194,8 +177,7 @@ def plan_replay(engine: Engine, *, users: Sequence[str] | None = None, days: int
         raise UsageError("--days must be at least 1")
     if bootstrap < 2:
         raise UsageError("--bootstrap must be at least 2")
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine) as session:
         labels = queries.current_labels(session=session, users=users)
         groups = {u.name: u.group_name for u in queries.users_by_name(session=session).values()}
     per_user: dict[str, list[Item]] = {}
@@ -240,7 +222,7 @@ class _Record:
 
 
 def _raws(engine: Engine, pks: Sequence[int]) -> dict[int, bytes]:
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine, checked=False) as session:
         return dict(queries.raw_messages(session=session, message_pks=list(pks)))
 
 
@@ -254,11 +236,47 @@ def _night(engine: Engine, settings: Settings, now: datetime, night: int) -> dic
             "labels": result.messages}
 
 
+def _user_day(source: Engine, engine: Engine, settings: Settings, reader: Any, logger: Any, plan: UserPlan,
+              day: int, morning: datetime, tick: int, records: list[_Record], *, label_all: bool) -> int:
+    """Classify one user's mail of one day, correcting each wrong or unsure verdict at once; the next tick."""
+    from spamtl.services.classify import prepare
+    from spamtl.services.feedback import record_feedback
+
+    todays = plan.days[day]
+    raws = _raws(source, [it.pk for it in todays])
+    reader.refresh()
+    model = reader.user_model(plan.user)
+    pending: list[Any] = []
+    correct: list[tuple[bytes, str]] = []
+    for item in todays:
+        now = morning + timedelta(seconds=tick)
+        tick += 1
+        raw = raws[item.pk]
+        prepared = prepare(raw)
+        verdict = reader.classify(model, prepared, "replay", keep_scored=False)
+        truth = "spam" if item.is_spam else "ham"
+        wrong = verdict.verdict != truth
+        records.append(_Record(plan.user, day, item.is_spam, verdict.probability, verdict.verdict, wrong))
+        pending.append((prepared, verdict))
+        if wrong:
+            logger.log(model, pending, now)  # the verdict is logged before it is corrected
+            pending = []
+            record_feedback(engine, settings, user=plan.user, label=truth, raw=raw,
+                            now=now + timedelta(milliseconds=500))
+            reader.refresh()
+            model = reader.user_model(plan.user)
+        elif label_all:
+            correct.append((raw, truth))
+    logger.log(model, pending, morning + timedelta(seconds=tick))
+    if correct:
+        _file_correct(engine, plan.user, correct, morning + timedelta(hours=12))
+    return tick
+
+
 def _run_system(source: Engine, plans: dict[str, UserPlan], settings: Settings, *, days: int, label_all: bool,
                 start: datetime, workdir: Path, progress: Progress = NO_PROGRESS,
                 system: str = "mtl") -> tuple[list[_Record], list[dict[str, Any]]]:
-    from spamtl.services.classify import VerdictLogger, open_reader, prepare
-    from spamtl.services.feedback import record_feedback
+    from spamtl.services.classify import VerdictLogger, open_reader
     from spamtl.store.engine import make_engine, upgrade
 
     url = f"sqlite:///{workdir / 'replay.sqlite3'}"
@@ -278,36 +296,9 @@ def _run_system(source: Engine, plans: dict[str, UserPlan], settings: Settings, 
                 morning = start + timedelta(days=day + 1, hours=8)
                 tick = 0
                 for plan in plans.values():
-                    todays = plan.days[day]
-                    raws = _raws(source, [it.pk for it in todays])
-                    reader.refresh()
-                    model = reader.user_model(plan.user)
-                    pending: list[Any] = []
-                    correct: list[tuple[bytes, str]] = []
-                    for item in todays:
-                        now = morning + timedelta(seconds=tick)
-                        tick += 1
-                        raw = raws[item.pk]
-                        prepared = prepare(raw)
-                        verdict = reader.classify(model, prepared, "replay", keep_scored=False)
-                        truth = "spam" if item.is_spam else "ham"
-                        wrong = verdict.verdict != truth
-                        records.append(_Record(plan.user, day, item.is_spam, verdict.probability,
-                                               verdict.verdict, wrong))
-                        pending.append((prepared, verdict))
-                        if wrong:
-                            logger.log(model, pending, now)  # the verdict is logged before it is corrected
-                            pending = []
-                            record_feedback(engine, settings, user=plan.user, label=truth, raw=raw,
-                                            now=now + timedelta(milliseconds=500))
-                            reader.refresh()
-                            model = reader.user_model(plan.user)
-                        elif label_all:
-                            correct.append((raw, truth))
-                    progress.advance(len(todays))
-                    logger.log(model, pending, morning + timedelta(seconds=tick))
-                    if correct:
-                        _file_correct(engine, plan.user, correct, morning + timedelta(hours=12))
+                    tick = _user_day(source, engine, settings, reader, logger, plan, day, morning, tick, records,
+                                     label_all=label_all)
+                    progress.advance(len(plan.days[day]))
                 nights.append(_night(engine, settings, start + timedelta(days=day + 1, hours=23), day + 1))
         finally:
             reader.store.close()
@@ -320,7 +311,7 @@ def _bootstrap(source: Engine, engine: Engine, plans: dict[str, UserPlan], start
     """Every user and their bootstrap mail, labelled, in the replay's own store."""
     from spamtl.services.importing import store_messages
 
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine, checked=False) as session:
         for plan in plans.values():
             user_id = queries.get_or_create_user(session=session, name=plan.user, group=plan.group, now=start).id
             raws = _raws(source, [it.pk for it in plan.bootstrap])
@@ -334,7 +325,7 @@ def _file_correct(engine: Engine, user: str, items: list[tuple[bytes, str]], now
     """--label-all: the day's correctly classified mail is labelled too (as filing it into folders would)."""
     from spamtl.services.importing import store_messages
 
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine, checked=False) as session:
         user_id = queries.get_or_create_user(session=session, name=user, group=None, now=now).id
         pks = store_messages(session=session, raws=[raw for raw, _ in items], now=now)
         queries.add_labels(session=session, rows=[

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from spamtl.settings import Settings
 from spamtl.store import queries
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import transaction
 
 
 @dataclass(frozen=True)
@@ -27,8 +26,7 @@ class UserRow:
 
 def list_users(engine: Engine, settings: Settings | None = None) -> list[UserRow]:
     """Users with their current ham/spam label counts (and, given settings, their effective cutoffs)."""
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine) as session:
         counts = queries.user_counts(session=session)
     if settings is None or not counts:
         return [UserRow(c.user, c.group, c.ham, c.spam) for c in counts]

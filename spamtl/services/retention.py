@@ -1,19 +1,9 @@
 """Retention: what a store that runs for years keeps, and what it lets go.
 
-- The body of mail that was only classified (no user labelled it) is dropped
-  ``raw_retention_days`` after its latest verdict; its row (sha256, Message-ID)
-  stays while a classification refers to it, so ``feedback --id`` still finds
-  it.  A label given then is stored but cannot be learnt from until the
-  message itself is passed again (classified, imported or given as feedback),
-  which restores the body.
-- Classification log rows go after ``classification_retention_days``; then
-  messages nothing refers to any more are deleted.
-- Model versions keep their weights if active, pinned, or among the last
-  ``keep_promoted_versions`` promoted; a refused candidate never keeps its
-  weights.  Every version keeps its row and metrics, so ``spamtl models``
-  still tells the whole story.
-
-Labelled mail is never pruned: it is the training set.
+Bodies of mail only classified go ``raw_retention_days`` after their latest verdict (the row stays, so
+``feedback --id`` finds it); classification rows go after ``classification_retention_days``, then messages
+nothing refers to; model versions keep weights if active, pinned or among the last
+``keep_promoted_versions`` promoted.  Labelled mail is never pruned (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -27,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from spamtl.settings import Settings
 from spamtl.store import queries
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import transaction
 from spamtl.store.schema import ModelVersion
 
 __all__ = ["PruneResult", "prune", "prune_in_session", "versions_to_strip"]
@@ -77,11 +67,9 @@ def prune_in_session(session: Session, settings: Settings, *, now: datetime) -> 
 
 def prune(engine: Engine, settings: Settings, *, now: datetime, dry_run: bool = False) -> PruneResult:
     """Apply the retention settings in one transaction (rolled back with ``dry_run``: counts only)."""
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session:
-        with session.begin() as transaction:
-            result = prune_in_session(session, settings, now=now)
-            if dry_run:
-                result.dry_run = True
-                transaction.rollback()
+    with transaction(engine) as session:
+        result = prune_in_session(session, settings, now=now)
+        if dry_run:
+            result.dry_run = True
+            session.rollback()
     return result

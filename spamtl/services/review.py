@@ -1,22 +1,9 @@
 """The review queue: the user's unlabelled mail whose label would teach their model most (active learning).
 
-Candidates are messages classified for the user whose text is still stored
-and that the user has not labelled, the most recently classified first (at
-most :data:`REVIEW_POOL`).  Each is re-scored with the *current* model (a
-logged probability may be stale after a refit or a training), and ranked by
-
-    priority = |z| - disagreement
-
-where z is the message's logit: ``|z|`` is its distance to p = 0.5, where the
-model is least sure (uncertainty sampling), and ``disagreement =
-min(|shared|, |personal|)`` when the shared part and the user's personal part
-push in opposite directions (the user's own evidence contradicts everyone's;
-a label settles which one is right), else 0.  Smallest priority first.
-
-Distance to p = 0.5, not to the spam cutoff: messages near a high spam cutoff
-are mostly spam the model already ranks well, and the ranking (AUC) is decided
-around p = 0.5; labelling by distance to the cutoffs taught the model no more
-than labelling random mail (benchmarks/bench_review.py).
+Candidates (classified for the user, text still stored, unlabelled; at most :data:`REVIEW_POOL`, newest
+first) are re-scored with the current model and ranked by ``priority = |z| - disagreement``, smallest
+first: z is the logit, and ``disagreement = min(|shared|, |personal|)`` when those two parts push in
+opposite directions, else 0.  Distance to p = 0.5, not to the spam cutoff (benchmarks/bench_review.py).
 """
 
 from __future__ import annotations
@@ -25,14 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
-from spamtl.errors import UsageError
 from spamtl.model.weights import PART_KINDS
 from spamtl.services.classify import open_reader
+from spamtl.services.users import IN_STORE, existing_user
 from spamtl.settings import Settings, validate_name
 from spamtl.store import queries
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import transaction
 
 __all__ = ["REVIEW_POOL", "ReviewItem", "review_priority", "review_queue"]
 
@@ -79,11 +65,8 @@ def review_queue(engine: Engine, settings: Settings, *, user: str, n: int = 10, 
     """The ``n`` unlabelled messages of ``user`` whose label would teach the model most (see module doc)."""
     validate_name(user)
     n = max(0, min(int(n), MAX_REVIEW))
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session:
-        row = queries.get_user(session=session, name=user)
-        if row is None:
-            raise UsageError(f"no user {user!r} in the store; `spamtl users` lists them")
+    with transaction(engine) as session:
+        row = existing_user(session, user, missing=IN_STORE)
         candidates = queries.unlabelled_recent(session=session, user_id=row.id, limit=pool)
         raws = dict(queries.raw_messages(session=session, message_pks=[c.message_id for c in candidates]))
     reader = open_reader(engine, settings)

@@ -1,22 +1,9 @@
-"""Nightly training: one readable sequence of steps, each a function a test (or a replay) can call.
+"""Nightly training: labels -> features -> choose mu (cross-fitting) -> fit on all labels -> gate -> cutoffs
+-> promote, each step a function a test (or a replay) can call.
 
-    labels -> feature preparation -> choose mu (cross-fitting) -> fit on ALL labels
-           -> gate (candidate vs active on mail neither was fitted on) -> per-user cutoffs -> promote
-
-- Every label is learned: the model that is promoted is fitted on every
-  current label; nothing is held out of it.
-- The gate still compares fairly.  The active model's out-of-sample scores
-  are what it said in the classification log about mail *before anyone
-  labelled that mail* (:func:`active_scores`); the candidate's are
-  cross-fitted (:func:`cross_fit_folds`, :func:`choose_mu`): K fits of the
-  candidate configuration, each scoring the fold it did not see, folds
-  grouped by message.  Both are compared on the same messages with the same
-  metric (:func:`gate`).  A feedback refit changes the active model after
-  its verdict was logged, so feedback can no longer block a night.  The
-  comparison is a non-inferiority test: the candidate may be worse by a
-  share of the active model's loss plus a few standard errors (it is biased
-  against the candidate on corrected mail; ``Settings.promote_relative_margin``).
-- Cutoffs (:func:`choose_cutoffs`) come from the same out-of-sample scores.
+The gate compares the candidate's cross-fitted scores with the active model's logged scores of the same
+mail before it was labelled, as a non-inferiority test (docs/training.md); cutoffs come from the same
+out-of-sample scores.
 """
 
 from __future__ import annotations
@@ -34,7 +21,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from spamtl import parallel
 from spamtl.errors import DamagedModelError, NoModelError, UsageError
@@ -48,7 +34,7 @@ from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.models import load_weights, save_weights, version_info
 from spamtl.settings import Settings
 from spamtl.store import queries
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import check_schema, transaction
 
 __all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "Cutoff", "train", "load_labels",
            "prepare_features", "cross_fit_folds", "choose_mu", "search_sample", "reused_choice",
@@ -214,7 +200,7 @@ def choose_mu(data: TrainingData, y: np.ndarray, folds: list[tuple[np.ndarray, n
         return Choice({**base, "alpha": search.alpha, "mu": search.mu}, search.table, search.oof_scores)
     # The one-SE rule on a sample: the standard error of a macro mean over users shrinks as
     # 1/sqrt(users), so the sample's SE is scaled to what all users would give; otherwise a smaller
-    # sample would pick a more shared mu than the full search (it did at 300 users, sample 100).
+    # sample would pick a more shared mu than the full search.
     table, pick = one_se_for_all_users(search.table, searched, data.n_users)
     return Choice({**base, "alpha": pick["alpha"], "mu": pick["mu"]}, table, search.oof_scores, searched,
                   fold_models=search.fold_models.get((pick["alpha"], pick["mu"]), []))
@@ -404,7 +390,7 @@ def active_scores(engine: Engine, active: ActiveModel, data: TrainingData) -> np
     out = np.full(len(data.y), np.nan)
     if active.version is None:
         return out
-    with translate_errors(), Session(engine) as session:
+    with transaction(engine, checked=False) as session:
         logged = queries.logged_scores_before_labels(session=session, version_id=active.version)
     index = {(u, int(pk)): i for i, (u, pk) in enumerate(zip(data.users.tolist(), data.message_pks.tolist()))}
     for row in logged:
@@ -429,22 +415,13 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def gate(data: TrainingData, candidate_oof: np.ndarray, active_probability: np.ndarray, active: ActiveModel,
          settings: Settings) -> GateDecision:
-    """Promote or refuse; see the module docstring and README, "Nightly training".
+    """Promote or refuse (docs/training.md, "The gate").
 
-    Rules, in order:
-
-    1. No active model, or one on other features: promote.
-    2. The candidate's cross-fitted macro 1-AUC over all labels is worse than
-       chance (> 50 %): refuse, whatever the comparison says (a broken fit,
-       e.g. inverted labels).  NaN (no user with both classes) skips this rule.
-    3. Rows where both the active model's logged score and the candidate's
-       out-of-fold score exist are compared by log loss (mean per user, then
-       over users).  Refuse iff the candidate's is larger by more than
-       ``promote_tolerance + promote_relative_margin * L_active +
-       promote_margin_se * SE`` (SE of the paired difference);
-       equal (a tie) or better promotes.  Macro 1-AUC on the same rows is
-       reported too (it is undefined for users with one class there).
-    4. No comparable rows (or a NaN difference): promote, saying why.
+    Rules, in order: no active model, or one on other features: promote.  Cross-fitted macro 1-AUC
+    worse than chance (> 50 %): refuse.  On rows with both an active logged score and a candidate
+    out-of-fold score, refuse iff the candidate's macro log loss is larger by more than
+    ``promote_tolerance + promote_relative_margin * L_active + promote_margin_se * SE`` (SE of the
+    paired difference).  No comparable rows (or a NaN difference): promote, saying why.
     """
     y = data.y
     from scipy.special import expit
@@ -534,33 +511,13 @@ def _shrunk_quantile(scores: np.ndarray, q: float, shrinkage: float, method: str
 
 def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Settings) -> tuple[dict[str, Cutoff],
                                                                                                  Cutoff | None]:
-    """Each user's spam and ham cutoffs, from out-of-sample scores (README, "Verdicts and cutoffs").
+    """Each user's spam and ham cutoffs from out-of-sample scores (docs/training.md, "Verdicts and cutoffs").
 
-    Spam cutoff, for ``settings.target_ham_fpr``, in log-odds, with
-    ``w = n_ham / (n_ham + cutoff_shrinkage)`` for a user with ``n_ham``
-    cross-fitted ham labels:
-
-    - the shared cutoff z_s is the (1 - target) quantile of every user's
-      out-of-fold ham scores, the user's own z_u that of their ham;
-    - their cutoff is ``w z_u + (1 - w) z_s``,
-    - but never below a floor that goes from the global ``spam_cutoff`` (no
-      ham) down to ``min_spam_cutoff`` (lots of ham), ``w z_min + (1 - w) z_global``:
-      a user goes below the global cutoff only as far as their own ham shows
-      it is safe, so a user with 2 ham labels cannot get a cutoff that calls
-      most mail spam (the shared scores are mostly other users' ham).
-
-    Only labels count for it, not uncorrected verdicts (easy ham by
-    construction: the tail that matters would look thinner than it is).
-
-    Ham cutoff, for ``settings.target_spam_as_ham``: the same shrinkage of
-    the target quantile (from below) of the user's spam, labels and
-    uncorrected verdicts alike (together they are the spam the user received,
-    corrected or not), never below the global ``ham_cutoff`` and never less
-    than ``MIN_UNSURE_LOG_ODDS`` under the spam cutoff (the unsure band keeps
-    its meaning).  Target 0: the global ham cutoff for everyone.
-
-    Returns ({}, None) when disabled (``target_ham_fpr`` 0) or without
-    out-of-fold ham.
+    The spam cutoff (for ``settings.target_ham_fpr``, labels only) shrinks the user's ham quantile toward the
+    shared one by ``w = n_ham / (n_ham + cutoff_shrinkage)``, above a floor between ``spam_cutoff`` and
+    ``min_spam_cutoff``; the ham cutoff (for ``settings.target_spam_as_ham``, labels and uncorrected verdicts)
+    shrinks the same way, at least the global ``ham_cutoff`` and ``MIN_UNSURE_LOG_ODDS`` under the spam cutoff.
+    Returns ({}, None) when disabled (``target_ham_fpr`` 0) or without out-of-fold ham.
     """
     target = settings.target_ham_fpr
     scored = np.isfinite(oof_scores)
@@ -640,7 +597,7 @@ def save_version(engine: Engine, candidate: Any, decision: GateDecision, cutoffs
     model is untouched.  A crash before the commit leaves everything as it was.
     """
     weights = candidate.to_weights()
-    with translate_errors(), Session(engine) as session, session.begin():
+    with transaction(engine, checked=False) as session:
         version = save_weights(session=session, weights=weights, feature_key=settings.features.key,
                                status="active" if decision.promoted else "rejected", now=now, metrics=metrics,
                                n_messages=n_messages, note=decision.reason)

@@ -10,10 +10,11 @@ from sqlalchemy.orm import Session
 
 from spamtl.errors import UsageError
 from spamtl.store import queries
-from spamtl.store.engine import check_schema, translate_errors
+from spamtl.store.engine import transaction
 from spamtl.store.schema import Classification, Label, Message, ModelPart, ModelVersion, User, UserCutoff
+from spamtl.store.statements import chunks
 
-__all__ = ["UserDeletion", "delete_user", "rename_user"]
+__all__ = ["UserDeletion", "delete_user", "existing_user", "rename_user"]
 
 
 @dataclass
@@ -31,10 +32,15 @@ class UserDeletion:
         return asdict(self)
 
 
-def _existing(session: Session, name: str) -> User:
+NO_USER = "no user {name!r}; see `spamtl users`"
+IN_STORE = "no user {name!r} in the store; `spamtl users` lists them"
+
+
+def existing_user(session: Session, name: str, *, missing: str = NO_USER) -> User:
+    """The user called ``name``, else a UsageError worded as ``missing`` (formatted with ``name``)."""
     user = queries.get_user(session=session, name=name)
     if user is None:
-        raise UsageError(f"no user {name!r}; see `spamtl users`")
+        raise UsageError(missing.format(name=name))
     return user
 
 
@@ -69,9 +75,8 @@ def delete_user(engine: Engine, name: str, *, dry_run: bool = False) -> UserDele
     A running ``spamtl serve`` forgets the user at its next generation check: it
     scores the name as unknown from then on.
     """
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session, session.begin() as transaction:
-        user = _existing(session, name)
+    with transaction(engine) as session:
+        user = existing_user(session, name)
         theirs = (select(Label.message_id).where(Label.user_id == user.id)
                   .union(select(Classification.message_id).where(Classification.user_id == user.id)))
         others = (select(Label.message_id).where(Label.user_id != user.id)
@@ -85,7 +90,7 @@ def delete_user(engine: Engine, name: str, *, dry_run: bool = False) -> UserDele
             model_parts=_count(session, parts),
             messages=len(only_theirs), dry_run=dry_run)
         if dry_run:
-            transaction.rollback()
+            session.rollback()
             return result
         session.execute(delete(Label).where(Label.user_id == user.id))
         session.execute(delete(Classification).where(Classification.user_id == user.id))
@@ -94,9 +99,8 @@ def delete_user(engine: Engine, name: str, *, dry_run: bool = False) -> UserDele
         _rekey_versions(session, name, None)
         session.delete(user)
         queries.mark_users_changed(session=session)
-        for chunk in range(0, len(only_theirs), 900):
-            session.execute(delete(Message).where(Message.id.in_(only_theirs[chunk:chunk + 900]))
-                            .execution_options(synchronize_session=False))
+        for chunk in chunks(only_theirs, 900):
+            session.execute(delete(Message).where(Message.id.in_(chunk)).execution_options(synchronize_session=False))
     return result
 
 
@@ -108,9 +112,8 @@ def rename_user(engine: Engine, old: str, new: str) -> int:
     """
     if not new.strip():
         raise UsageError("the user name must not be empty")
-    check_schema(engine)
-    with translate_errors(), Session(engine) as session, session.begin():
-        user = _existing(session, old)
+    with transaction(engine) as session:
+        user = existing_user(session, old)
         if queries.get_user(session=session, name=new) is not None:
             raise UsageError(f"user {new!r} already exists; delete or rename it first")
         user.name = new

@@ -7,13 +7,16 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from spamtl.errors import DatabaseError, UsageError, redact
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session  # imported when a transaction opens: a cold classify needs no ORM
 
 __all__ = [
     "SCHEMA_REVISION",
@@ -25,6 +28,7 @@ __all__ = [
     "check_schema",
     "translate",
     "translate_errors",
+    "transaction",
 ]
 
 SCHEMA_REVISION = "0006"
@@ -295,3 +299,18 @@ def translate_errors() -> Iterator[None]:
         if problem is None:
             raise
         raise problem from None
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine, *, checked: bool = True) -> Iterator[Session]:
+    """A session in one transaction on ``engine``, committed at the end of the block.
+
+    ``checked`` first checks the schema (:func:`check_schema`); database errors become
+    :class:`DatabaseError` (:func:`translate_errors`).  Store functions take this session.
+    """
+    from sqlalchemy.orm import Session
+
+    if checked:
+        check_schema(engine)
+    with translate_errors(), Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session

@@ -1,16 +1,8 @@
 """The statements of the scoring path, compiled once, and the connection they run on.
 
-Every caller that classifies mail (the CLI, ``spamtl serve``) reads a user's
-slice of the active model and logs its verdicts with these statements:
-SQLAlchemy Core ``text()`` constants, which :class:`Store` compiles once
-for the engine's dialect, so a daemon pays only the driver's call per
-statement.  The module imports no ORM (a cold ``spamtl classify`` stays short).
-:func:`store_messages` and :func:`create_user` are also how ``import`` and
-feedback store mail and users: one way to write each.
-
-Writes use ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite >= 3.24 and
-PostgreSQL spell it the same way), so concurrent writers of the same new
-message or user never collide.
+Every caller that classifies mail reads a user's model slice and logs verdicts with these ``text()``
+constants, compiled once per dialect by :class:`Store` (no ORM import on this path); :func:`store_messages`
+and :func:`create_user` are the one way to write mail and users (``INSERT ... ON CONFLICT DO NOTHING``).
 """
 
 from __future__ import annotations
