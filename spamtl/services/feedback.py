@@ -19,7 +19,6 @@ from spamtl.mail.headers import message_identity
 from spamtl.mail.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.model.weights import SparsePart, sigmoid
 from spamtl.progress import NO_PROGRESS, Progress
-from spamtl.services.dataset import feature_rows
 from spamtl.services.importing import _batches, label_messages, store_messages
 from spamtl.services.models import load_user_slice
 from spamtl.settings import Settings, validate_name
@@ -257,7 +256,10 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
     user's cutoff has its weight doubled and the part refitted, at most ``feedback_max_doublings`` times.
     Uncorrected verdicts count as labels (``Settings.autolearn_window``); with no labels left the part is empty.
     """
+    # The solver and the dataset reader (scipy) are loaded on the first refit, not by every process that
+    # may teach: the daemon's workers stay small until a TELL arrives.
     from spamtl.model.estimator import MultiTaskLogisticRegression
+    from spamtl.services.dataset import feature_rows
 
     with transaction(engine, checked=False) as session:
         version, weights = load_user_slice(session=session, user=user, group=group)

@@ -729,3 +729,11 @@ def test_systemd_socket_activation(store: dict[str, object], tmp_path: Path) -> 
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)
     assert proc.returncode == 0
+
+
+def test_the_daemon_loads_no_solver_until_it_is_taught() -> None:
+    """A worker that only scores keeps scipy and scikit-learn out of memory (tens of MB a process)."""
+    code = ("import sys, spamtl.serve.daemon\n"
+            "print(sorted(m for m in ('scipy', 'sklearn', 'spamtl.model.estimator') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
