@@ -102,6 +102,7 @@ def _run(command: str, cwd: Path, env: dict[str, str], timeout: float) -> subpro
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only(reason="the quick start makes its own SQLite store; what it runs does not change with the test backend")
 def test_quick_start_runs_as_printed(tmp_path: Path) -> None:
     """The demo command on a fresh copy, then the test command in the same copy.
 
