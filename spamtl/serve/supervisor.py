@@ -34,6 +34,9 @@ class _Child:
     last_beat: float | None = None
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 class Supervisor:
     """Keeps ``workers`` worker processes serving the shared sockets.
 
@@ -115,13 +118,20 @@ class Supervisor:
 
     def _spawn(self) -> None:
         beats_r, beats_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            self._child(beats_r, beats_w)
-        os.close(beats_w)
-        child = _Child(pid, beats_r, time.monotonic())
-        self.children[pid] = child
-        self.selector.register(beats_r, selectors.EVENT_READ, child)
+        # Signals wait while forking: a SIGTERM that reached the new child before it dropped the
+        # supervisor's handler would run that handler there and leave the child serving after a stop.
+        # They also wait until the child is on the list, so that a stop reaches it too.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(beats_r, beats_w)
+            os.close(beats_w)
+            child = _Child(pid, beats_r, time.monotonic())
+            self.children[pid] = child
+            self.selector.register(beats_r, selectors.EVENT_READ, child)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
     def _child(self, beats_r: int, beats_w: int) -> None:
         """The forked worker: serve, then exit (70 on an unexpected error, which the supervisor logs)."""
@@ -134,6 +144,7 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it: nothing cached yet
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
             os.set_blocking(beats_w, False)
             run_worker(self.settings_factory, self.options, self.sockets, beat=functools.partial(_beat, beats_w))
         except BaseException:  # noqa: BLE001 - the supervisor logs the exit code

@@ -131,6 +131,31 @@ def test_a_worker_whose_loop_hangs_is_killed_and_replaced(store: dict[str, objec
     assert f"worker {stuck} has not answered for 1.5 s; killing it" in err
 
 
+
+@pytest.mark.slow
+def test_a_stop_while_a_worker_is_being_replaced_stops_at_once(store: dict[str, object]) -> None:  # noqa: F811
+    """SIGTERM right after a worker died: the replacement being forked must not swallow the stop.
+
+    Without signals blocked around the fork, the new child could run the supervisor's own handler and keep
+    serving, and the daemon hung for the 45 s stop limit in about one stop of five here.
+    """
+    for delay in [i / 1000 for i in range(0, 24, 2)] * 2:  # the replacement is forked a few ms after the death
+        d = Daemon(str(store["db"]), Path(str(store["tmp"])), "--workers", "2")
+        before = wait_for(lambda: serving_workers(d.proc.pid), 5)  # noqa: B023 - called at once
+        os.kill(min(before), signal.SIGKILL)
+        time.sleep(delay)
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            d.proc.wait(timeout=10)
+        except Exception:
+            d.proc.kill()
+            for pid in workers_of(d.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            d.stop()
+            pytest.fail("the daemon did not stop within 10 s of SIGTERM while replacing a worker")
+        d.stop()
+
 class Notifications:
     """A stand-in for systemd's notification socket."""
 
