@@ -19,7 +19,7 @@ from spamtl.mail.headers import message_identity
 from spamtl.mail.sources import RawMail, Unreadable, count_mail, iter_mail
 from spamtl.model.weights import SparsePart, sigmoid
 from spamtl.progress import NO_PROGRESS, Progress
-from spamtl.services.importing import _batches, label_messages, store_messages
+from spamtl.services.importing import label_messages, mail_batches, store_messages
 from spamtl.services.models import load_user_slice
 from spamtl.settings import Settings, validate_name
 from spamtl.store import queries
@@ -180,7 +180,7 @@ def record_feedback_batch(engine: Engine, settings: Settings, *, user: str, labe
         user_id, group = db_user.id, db_user.group_name
     result = FeedbackBatchResult(user=user, label=label)
     progress.stage("feedback", count_mail(paths), unit="messages", user=user, label=label)
-    for batch in _batches(iter_mail(paths), max(1, settings.chunk_size)):
+    for batch in mail_batches(iter_mail(paths), max(1, settings.chunk_size)):
         mails = [m for m in batch if isinstance(m, RawMail)]
         result.unreadable += [(m.origin, m.reason) for m in batch if isinstance(m, Unreadable)]
         counts = label_messages(engine, user_id=user_id, label=label, raws=[m.raw for m in mails],

@@ -65,7 +65,8 @@ def store_messages(*, session: Session, raws: Sequence[bytes], now: datetime) ->
     return [pks[sha] for _, sha in identities]
 
 
-def _batches(items: Iterable[RawMail | Unreadable], size: int) -> Iterable[list[RawMail | Unreadable]]:
+def mail_batches(items: Iterable[RawMail | Unreadable], size: int) -> Iterable[list[RawMail | Unreadable]]:
+    """``items`` in lists of at most ``size``, read lazily (an mbox is never held whole)."""
     batch: list[RawMail | Unreadable] = []
     for item in items:
         batch.append(item)
@@ -126,7 +127,7 @@ def import_mail(engine: Engine, *, user: str, paths: Sequence[str], label: str, 
         user_id = queries.get_or_create_user(session=session, name=user, group=group, now=now).id
     try:
         progress.stage("import", count_mail(paths), unit="messages", user=user, label=label)
-        for batch in _batches(iter_mail(paths), chunk_size):
+        for batch in mail_batches(iter_mail(paths), chunk_size):
             counts = label_messages(engine, user_id=user_id, label=label, source="import", now=now,
                                     raws=[m.raw for m in batch if isinstance(m, RawMail)])
             # Counted only once the chunk is committed, so an interrupted import reports what was saved.
