@@ -116,10 +116,11 @@ def row_batches(n_rows: int, size: int | None = None) -> Iterator[tuple[int, int
         yield r0, min(r0 + size, n_rows)
 
 
-def column_counts(X: sp.csr_matrix, nonzero: bool = False) -> np.ndarray:
-    """How many rows store each column (``nonzero``: with a value other than 0), a batch of rows at a time."""
+def column_counts(X: sp.csr_matrix, nonzero: bool = False, batch_rows: int | None = None) -> np.ndarray:
+    """How many rows store each column (``nonzero``: with a value other than 0), ``batch_rows`` rows (default
+    ``BATCH_ROWS``) at a time."""
     counts = np.zeros(X.shape[1], np.int64)
-    for r0, r1 in row_batches(X.shape[0]):
+    for r0, r1 in row_batches(X.shape[0], batch_rows):
         part = X[r0:r1]  # a copy in memory (scipy copies row slices)
         columns = part.indices[part.data != 0] if nonzero else part.indices
         counts += np.bincount(columns, minlength=X.shape[1])

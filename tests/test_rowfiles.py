@@ -110,13 +110,14 @@ def test_release_hands_back_the_pages_read(tmp_path: Path) -> None:
     release_pages(sp.csr_matrix((2, 2)))  # a matrix in memory: nothing to do
 
 
-def test_column_counts_and_document_frequencies_by_batches(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(rowfiles, "BATCH_ROWS", 50)
+def test_column_counts_and_document_frequencies_by_batches(tmp_path: Path) -> None:
     X = _matrix(seed=2)
-    X.data[::7] = 0.0  # stored zeros: present for min_df, absent for IDF (as before)
-    np.testing.assert_array_equal(column_counts(X), np.bincount(X.indices, minlength=X.shape[1]))
-    np.testing.assert_array_equal(column_counts(X, nonzero=True),
-                                  np.bincount(X.indices[X.data != 0], minlength=X.shape[1]))
+    X.data[::7] = 0.0  # stored zeros: present for min_df, absent for IDF
+    for batch_rows in (None, 50):
+        np.testing.assert_array_equal(column_counts(X, batch_rows=batch_rows),
+                                      np.bincount(X.indices, minlength=X.shape[1]))
+        np.testing.assert_array_equal(column_counts(X, nonzero=True, batch_rows=batch_rows),
+                                      np.bincount(X.indices[X.data != 0], minlength=X.shape[1]))
     M = _written(X, tmp_path)
     idf = IdfWeights.fit(M)
     from sklearn.feature_extraction.text import TfidfTransformer

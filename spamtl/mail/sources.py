@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-__all__ = ["RawMail", "Unreadable", "iter_mail", "count_mail", "read_mbox", "looks_like_mail", "is_single_message", "MAX_MESSAGE_BYTES", "MAIL_SNIFF_BYTES"]
+__all__ = ["RawMail", "Unreadable", "iter_mail", "count_mail", "read_mbox", "is_single_message", "MAX_MESSAGE_BYTES", "MAIL_SNIFF_BYTES"]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """A single message larger than this is reported unreadable rather than loaded."""
@@ -117,18 +117,6 @@ def _not_mail(head: bytes) -> str | None:
 
     text = head[:MAIL_SNIFF_BYTES].removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     return None if text.startswith(b"From ") else not_mail_reason(text)
-
-
-def looks_like_mail(head: bytes) -> bool:
-    """True when the first non-empty line is an mbox ``From `` line or a header field (``Name: value``).
-
-    ``head`` is the start of the file (``MAIL_SNIFF_BYTES`` are enough).  PNG, ELF,
-    PDF and zip files, and prose such as a README, fail.
-
-    >>> looks_like_mail(b"Return-Path: <a@b>\\nSubject: x\\n\\nbody"), looks_like_mail(b"# README\\n\\nText: here")
-    (True, False)
-    """
-    return _not_mail(head) is None
 
 
 _BLOCK = 1 << 20
@@ -242,14 +230,14 @@ def _finish(content: bytes) -> bytes:
     return content
 
 
-def read_mbox(fh: _Reader, origin: str) -> Iterator[RawMail | Unreadable]:
+def read_mbox(fh: _Reader, origin: str, max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[RawMail | Unreadable]:
     """Split an mbox stream into messages (mboxo/mboxrd; ``>From `` lines unquoted).
 
     A ``From `` line separates messages only at the start of the file, or
     after an empty line when it carries the envelope date (``From sender
     asctime``), which avoids splitting on unquoted body text.  The stream is
     read in 1 MiB blocks; memory is bounded by the largest message kept
-    (``MAX_MESSAGE_BYTES``), not by the file.
+    (``max_bytes``; a larger one is reported, not yielded), not by the file.
 
     If ``fh`` has a true ``cut`` attribute (a damaged gzip stream), the data
     ends inside a message: that last message is reported, not yielded.
@@ -265,14 +253,14 @@ def read_mbox(fh: _Reader, origin: str) -> Iterator[RawMail | Unreadable]:
                 count += 1
                 if not getattr(fh, "cut", False):
                     # A separator with nothing after it (a file of one `From ` line) too.
-                    yield _mbox_entry(f"{origin}#{count}", buf[start:], too_big)
+                    yield _mbox_entry(f"{origin}#{count}", buf[start:], too_big, max_bytes)
                 elif buf[start:].strip():
                     yield Unreadable(f"{origin}#{count}", "cut short by damage to the file; not imported")
                 return
             # Need more data: resume at the unfinished separator, or a few bytes
             # back so that one split across two blocks is still found.
             resume = i if i >= 0 else max(start, len(buf) - 8)
-            if len(buf) - start > MAX_MESSAGE_BYTES:
+            if len(buf) - start > max_bytes:
                 too_big = True
                 start = resume = max(start, len(buf) - 16)
             buf, search, start = buf[start:], resume - start, 0
@@ -285,7 +273,7 @@ def read_mbox(fh: _Reader, origin: str) -> Iterator[RawMail | Unreadable]:
         blank_before = buf[i - 1:i] == b"\n" or buf[i - 2:i] == b"\n\r" or (i == start == 0 and not too_big)
         if blank_before and i >= start and _SEPARATOR_RE.match(line):
             count += 1
-            yield _mbox_entry(f"{origin}#{count}", buf[start:i + 1], too_big)
+            yield _mbox_entry(f"{origin}#{count}", buf[start:i + 1], too_big, max_bytes)
             too_big = False
             start = eol + 1 if eol >= 0 else len(buf)
             buf = buf[start:]
@@ -307,9 +295,9 @@ def _past_envelope(fh: _Reader, buf: bytes, eof: bool) -> tuple[bytes, bool, int
     return buf, eof, len(buf) if eol < 0 else eol + 1
 
 
-def _mbox_entry(name: str, content: bytes, too_big: bool) -> RawMail | Unreadable:
+def _mbox_entry(name: str, content: bytes, too_big: bool, max_bytes: int) -> RawMail | Unreadable:
     if too_big:
-        return Unreadable(name, f"message larger than {MAX_MESSAGE_BYTES // 2**20} MiB; skipped")
+        return Unreadable(name, f"message larger than {max_bytes // 2**20} MiB; skipped")
     if not content.strip():
         return Unreadable(name, _EMPTY_MESSAGE)
     return RawMail(name, _finish(content))

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from spamtl.features import IdfWeights
 from spamtl.model import DEFAULT_MAX_ITER, DEFAULT_TOL
 from spamtl.model.loss import TASK_WEIGHTINGS, ConvergenceWarning, task_weights
-from spamtl.model.refit import refit_task
+from spamtl.model.refit import refit_user
 from spamtl.model.solvers import SOLVERS, Problem, choose_solver
 from spamtl.model.weights import ModelWeights, SparsePart, trained_group
 from spamtl.parallel import return_free_memory
@@ -384,7 +384,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
     # ----------------------------------------------------------- feedback
     def refit_task(self, X: Any, y: Any, task: Any, group: Any = None,
                    sample_weight: Any = None) -> MultiTaskLogisticRegression:
-        """Refit one task's personal part with the shared and group parts fixed (:func:`spamtl.model.refit.refit_task`).
+        """Refit one task's personal part with the shared and group parts fixed (:func:`spamtl.model.refit.refit_user`).
 
         ``X``, ``y`` are all of that task's labelled samples; ``sample_weight`` multiplies the task's weight
         (feedback weighs a user's corrections above their imported labels).  The fit starts from the task's
@@ -392,7 +392,7 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         known group).
         """
         check_is_fitted(self, "coef_shared_")
-        X = self._rows(X)
+        X = sp.csr_matrix(check_array(X, accept_sparse="csr", dtype=np.float64))
         y = np.asarray(y)
         if len(y) != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels")
@@ -400,27 +400,29 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         if unknown:
             raise ValueError(f"y has labels not seen in fit: {sorted(unknown)!r}")
         t = self._task_index(task, group)
-        g = int(self.task_groups_[t])
-        group_row = self.coef_groups_[g] if g >= 0 else None
-
-        def offset(cols: np.ndarray) -> np.ndarray:  # w0 + u_g on the task's columns, no dense copy
-            value = self.coef_shared_[cols]
-            if group_row is not None and group_row.nnz:
-                value = value + _lookup(group_row, np.zeros(len(cols), dtype=np.int64), cols)
-            return value
-
-        omega = float(task_weights(np.array([len(y)]), self.task_weighting, self.weight_scale_)[0])
-        old = self.coef_tasks_[t]
-        cols, values, intercept, _ = refit_task(
-            X, np.where(y == self.classes_[1], 1.0, -1.0), offset,
-            self.intercept_shared_ + (self.intercept_groups_[g] if g >= 0 else 0.0),
-            weight=omega if sample_weight is None else omega * np.asarray(sample_weight, dtype=np.float64),
-            alpha=float(self.alpha), mu=float(self.mu), init_cols=old.indices.astype(np.int64), init_values=old.data,
-            init_intercept=self.intercept_tasks_[t], tol=float(self.tol), max_iter=int(self.max_iter))
-        self.coef_tasks_ = _replace_row(self.coef_tasks_, t, cols, values)
-        self.intercept_tasks_[t] = intercept
-        self.task_weights_[t] = omega
+        part = refit_user(self._task_slice(t), self.tasks_[t], X, y == self.classes_[1],
+                          None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64))
+        self.coef_tasks_ = _replace_row(self.coef_tasks_, t, part.cols, part.values)
+        self.intercept_tasks_[t] = part.intercept
+        self.task_weights_[t] = float(task_weights(np.array([len(y)]), self.task_weighting, self.weight_scale_)[0])
         return self
+
+    def _task_slice(self, t: int) -> ModelWeights:
+        """Task ``t``'s slice of the fitted parts (shared, its group's, its own) with the fit's parameters."""
+        task, g = self.tasks_[t], int(self.task_groups_[t])
+
+        def row(coef: sp.csr_matrix, i: int, intercept: float) -> SparsePart:
+            r = coef[i]
+            r.sort_indices()
+            return SparsePart(r.indices.astype(np.int64), r.data, float(intercept))
+
+        nz = np.flatnonzero(self.coef_shared_)
+        group = self.groups_[g] if g >= 0 else None
+        return ModelWeights(
+            n_features=self.n_features_in_, shared=SparsePart(nz, self.coef_shared_[nz], self.intercept_shared_),
+            groups={group: row(self.coef_groups_, g, self.intercept_groups_[g])} if g >= 0 else {},
+            tasks={task: row(self.coef_tasks_, t, self.intercept_tasks_[t])}, task_groups={task: group},
+            params={**self.get_params(), "weight_scale": self.weight_scale_}, idf=getattr(self, "idf_", None))
 
     def _task_index(self, task: Any, group: Any) -> int:
         """``task``'s row in the fitted parts, added (in ``group`` if it names a known group) if new."""
@@ -435,14 +437,6 @@ class MultiTaskLogisticRegression(ClassifierMixin, BaseEstimator):
         self.intercept_tasks_ = np.append(self.intercept_tasks_, 0.0)
         self.task_weights_ = np.append(self.task_weights_, 1.0)
         return len(self.tasks_) - 1
-
-    def task_part(self, task: Any) -> SparsePart:
-        """``task``'s personal part (v_t on its support, c_t); empty for a task the model does not know."""
-        index = {t: i for i, t in enumerate(self.tasks_)}
-        if task not in index:
-            return SparsePart.empty()
-        row = self.coef_tasks_[index[task]]
-        return SparsePart(row.indices.astype(np.int64), row.data.copy(), float(self.intercept_tasks_[index[task]]))
 
     # ------------------------------------------------------------ persist
     def to_weights(self) -> ModelWeights:

@@ -8,8 +8,9 @@ independent problems, one per task::
 
 This module solves them, and nothing else does:
 
-- :func:`refit_task`: one task by L-BFGS in the primal, warm-started from its previous part (a user's
-  feedback, :meth:`spamtl.model.estimator.MultiTaskLogisticRegression.refit_task`);
+- :func:`refit_user`: one task of a fitted model (:class:`~spamtl.model.weights.ModelWeights`) on its rows, by
+  L-BFGS in the primal, warm-started from its previous part: a user's feedback and
+  :meth:`spamtl.model.estimator.MultiTaskLogisticRegression.refit_task`;
 - :class:`PersonalParts`: many tasks given each row's offset (the shared and group parts' score): tasks of
   at most ``DUAL_MAX_ROWS`` rows batched in dual coordinates (:func:`dual_newton`), the others in the primal
   as above.  It is the inner step of the projected fit (:mod:`spamtl.model.projected`) and, through
@@ -35,14 +36,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
-from sklearn.utils.validation import check_is_fitted
 
 from spamtl.model import DEFAULT_MAX_ITER, DEFAULT_TOL
 from spamtl.model.loss import MultiTaskLogisticLoss, TaskLayout, minimize_lbfgs, task_weights
+from spamtl.model.weights import ModelWeights, SparsePart
 from spamtl.parallel import one_blas_thread, resolve, return_free_memory
 from spamtl.rowfiles import ArrayStore, release_pages
 
-__all__ = ["refit_task", "PersonalParts", "dual_newton", "score_refitted_tasks", "DUAL_MAX_ROWS", "INNER_TOL",
+__all__ = ["refit_user", "PersonalParts", "dual_newton", "score_refitted_tasks", "DUAL_MAX_ROWS", "INNER_TOL",
            "BATCH_BYTES", "GRAM_USERS"]
 
 REFIT_CHUNK_ROWS = 50_000
@@ -158,7 +159,7 @@ class _Batch:
 
 
 class _HeavyUser:
-    """A task with more than ``dual_max_rows`` rows, solved in the primal by its own L-BFGS (as :func:`refit_task`)."""
+    """A task with more than ``dual_max_rows`` rows, solved in the primal by its own L-BFGS (as :func:`refit_user`)."""
 
     def __init__(self, t: int, rows: np.ndarray, keys: tuple[int, int], Xk: sp.csr_matrix, y: np.ndarray,
                  s: np.ndarray, alpha: float, mu: float) -> None:
@@ -312,7 +313,7 @@ class PersonalParts:
 def _task_objective(X: sp.csr_matrix, y: np.ndarray, weight: float | np.ndarray,
                     offset_weights: Callable[[np.ndarray], np.ndarray], offset_intercept: float | np.ndarray, *,
                     alpha: float, mu: float) -> tuple[TaskLayout, MultiTaskLogisticLoss]:
-    """One task's rows as a layout and its personal objective with the offsets fixed (see :func:`refit_task`)."""
+    """One task's rows as a layout and its personal objective with the offsets fixed (see :func:`refit_user`)."""
     m = X.shape[0]
     layout = TaskLayout.build(X, np.zeros(m, np.int64), 1, np.full(1, -1, np.int64), 0)
     objective = MultiTaskLogisticLoss(
@@ -323,59 +324,66 @@ def _task_objective(X: sp.csr_matrix, y: np.ndarray, weight: float | np.ndarray,
     return layout, objective
 
 
-def refit_task(X: sp.csr_matrix, y: np.ndarray, offset_weights: np.ndarray | Callable[[np.ndarray], np.ndarray],
-               offset_intercept: float, *, weight: float | np.ndarray, alpha: float, mu: float,
-               init_cols: np.ndarray | None = None, init_values: np.ndarray | None = None,
-               init_intercept: float = 0.0, tol: float = DEFAULT_TOL,
-               max_iter: int = DEFAULT_MAX_ITER) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Fit one task's personal part (v_t, c_t) with the shared and group parts fixed.
+def refit_user(weights: ModelWeights, task: Any, X: Any, is_spam: np.ndarray,
+               sample_weight: np.ndarray | None = None) -> SparsePart:
+    """``task``'s personal part (v_t, c_t) refitted on all its labelled rows, the shared and group parts fixed.
 
-    It needs no other task's data or weights, so it touches no other task.
+    The one per-user refit of a fitted model, by L-BFGS in the primal from the task's current part: feedback
+    calls it with a user's slice of the stored model (:func:`spamtl.services.models.load_user_slice`), the
+    estimator's ``refit_task`` with its own parts.  It needs no other task's data or weights, so it touches
+    no other task, and it needs numpy and SciPy only.
 
     Parameters
     ----------
-    X : csr_matrix, shape (m, n_features)
-        The task's rows (as the model sees them: after its IDF weighting).
-    y : ndarray, shape (m,)
-        Labels in {-1, +1}.
-    offset_weights : ndarray, shape (n_features,) or callable
-        w0 + u_g, fixed: dense, or a function of the task's columns (sorted int64) returning w0 + u_g on them.
-    offset_intercept : float
-        b0 + cg_g, fixed.
-    weight : float or ndarray of shape (m,)
-        omega_t, the weight of each of this task's samples (an array weighs each sample on its own:
-        feedback weighs a user's corrections above their imported labels).
-    alpha, mu : float
-        As in the joint objective.
-    init_cols, init_values, init_intercept : optional
-        The previous v_t (sparse) and c_t, for a warm start.
-    tol, max_iter : optional
-        As the estimator's.
+    weights : ModelWeights
+        The shared part, ``task``'s group part (its trained group, :func:`~spamtl.model.weights.trained_group`)
+        and its current personal part (the warm start; none for a new task), the idf, and the fit's
+        hyper-parameters in ``params`` (``alpha``, ``mu``, ``task_weighting``, ``weight_scale``, ``tol``,
+        ``max_iter``; the estimator's defaults where missing).
+    X : sparse matrix, shape (m, n_features)
+        The task's rows as featurised (the idf of ``weights`` is applied here).
+    is_spam : ndarray of bool, shape (m,)
+        True for the positive (spam) class.
+    sample_weight : ndarray, shape (m,), optional
+        Multiplies the task weight omega_t (feedback weighs a user's corrections above imported labels).
 
     Returns
     -------
-    cols : ndarray of int64
-        Support of the new v_t (columns occurring in X), sorted.
-    values : ndarray of float64
-        v_t on ``cols``.
-    intercept : float
-        c_t.
-    grad_norm : float
+    SparsePart
+        v_t on the columns that occur in X (sorted), and c_t.
     """
-    dense = None if callable(offset_weights) else np.asarray(offset_weights, np.float64)
-    layout, objective = _task_objective(X, y, weight, offset_weights if dense is None else dense.__getitem__,
-                                        float(offset_intercept), alpha=alpha, mu=mu)
+    p = weights.params
+    X = sp.csr_matrix(X, dtype=np.float64)
+    if X.shape[1] != weights.n_features:
+        raise ValueError(f"X has {X.shape[1]} features, the model has {weights.n_features}")
+    if weights.idf is not None:
+        X = weights.idf.transform(X)
+    parts = [part for kind, _, part in weights.named_parts(task) if kind != "personal"]
+
+    def offset(cols: np.ndarray) -> np.ndarray:  # w0 + u_g on the task's columns, no dense copy
+        value = parts[0].at(cols)
+        for part in parts[1:]:
+            value = value + part.at(cols)
+        return value
+
+    omega = float(task_weights(np.array([X.shape[0]]), p.get("task_weighting", "sample"),
+                               float(p.get("weight_scale", 1.0)))[0])
+    layout, objective = _task_objective(
+        X, np.where(np.asarray(is_spam, dtype=bool), 1.0, -1.0),
+        omega if sample_weight is None else omega * np.asarray(sample_weight, dtype=np.float64), offset,
+        sum(part.intercept for part in parts), alpha=float(p.get("alpha", 1.0)), mu=float(p.get("mu", 1.0)))
+    old = weights.tasks.get(task, SparsePart.empty())
     theta0 = np.zeros(objective.n_params)
-    if init_cols is not None and init_values is not None and len(init_cols):
-        pos = np.searchsorted(init_cols, layout.key_cols)
-        pos = np.minimum(pos, len(init_cols) - 1)
-        hit = init_cols[pos] == layout.key_cols
-        theta0[objective.slices["v"]][hit] = init_values[pos[hit]]
-    theta0[objective.slices["c"]] = init_intercept
+    if len(old.cols):  # warm start: the old part where the task's columns still are
+        pos = np.minimum(np.searchsorted(old.cols, layout.key_cols), len(old.cols) - 1)
+        hit = old.cols[pos] == layout.key_cols
+        theta0[objective.slices["v"]][hit] = old.values[pos[hit]]
+    theta0[objective.slices["c"]] = old.intercept
     with one_blas_thread():  # a refit is small: BLAS threads only spin
-        theta, _, grad_norm = minimize_lbfgs(objective, theta0, tol=tol, max_iter=max_iter)
-    p = objective.unpack(theta)
-    return layout.key_cols.astype(np.int64), p["v"].copy(), float(p["c"][0]), grad_norm
+        theta, _, _ = minimize_lbfgs(objective, theta0, tol=float(p.get("tol", DEFAULT_TOL)),
+                                     max_iter=int(p.get("max_iter", DEFAULT_MAX_ITER)))
+    q = objective.unpack(theta)
+    return SparsePart(layout.key_cols.astype(np.int64), q["v"].copy(), float(q["c"][0]))
 
 
 def score_refitted_tasks(payload: Any, estimator: Any, train: np.ndarray, test: np.ndarray,
@@ -387,13 +395,12 @@ def score_refitted_tasks(payload: Any, estimator: Any, train: np.ndarray, test: 
     parts, tasks are independent problems, so a model fitted on some tasks scores any other task's held-out rows this way: nightly
     training's cross-fitting beyond ``mu_search_users`` users (``spamtl.services.training``).  The tasks are
     solved together, a chunk of about ``chunk_rows`` training rows at a time (memory), by
-    :class:`PersonalParts` (batched dual Newton steps up to ``dual_max_rows`` rows, else :func:`refit_task`'s
+    :class:`PersonalParts` (batched dual Newton steps up to ``dual_max_rows`` rows, else :func:`refit_user`'s
     primal L-BFGS; the same solutions to the tolerance).  A task with no ``train`` rows is scored by the shared and group parts.
     ``payload`` is ``(X, y, tasks, groups)`` or a :func:`spamtl.parallel.share` handle to it.
     """
     X, y, tasks, garr = resolve(payload)
     est = estimator
-    check_is_fitted(est, "coef_shared_")
     d = est.n_features_in_
     out = np.empty(len(test))
     for c0 in range(0, len(test), chunk_rows):  # every held-out row's shared and group parts' score

@@ -22,7 +22,7 @@ from spamtl.serve.supervisor import Supervisor
 from spamtl.serve.worker import HEARTBEAT_SECONDS, ServeOptions, Worker, emit, policy_of, run_worker
 from spamtl.services.classify import open_reader
 from spamtl.settings import Settings
-from spamtl.store.engine import make_engine
+from spamtl.store.engine import store_source
 
 __all__ = ["ServeOptions", "serve", "bind_sockets", "Worker", "emit"]
 
@@ -37,7 +37,7 @@ def serve(settings_factory: Callable[[], Settings], options: ServeOptions,
     """
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s spamtl[%(process)d] %(message)s")
     settings = settings_factory()
-    engine = make_engine(settings.database_url)
+    engine = store_source(settings.database_url)
     try:
         open_reader(engine, settings).store.close()  # fail fast: no database, wrong schema, unknown trusted account
     finally:

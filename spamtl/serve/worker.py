@@ -29,10 +29,9 @@ from spamtl.serve.answers import scored_answer, skipped_answer
 from spamtl.serve.connection import Connection, drain_rest, read_request, refuse
 from spamtl.serve.peers import Peer, Policy, peer_of
 from spamtl.services.classify import Skipped, VerdictWriter, open_reader, prepare, skip_reason
-from spamtl.services.feedback import forget_feedback, record_feedback
 from spamtl.settings import Settings, validate_name
 from spamtl.store import utcnow
-from spamtl.store.engine import make_engine
+from spamtl.store.engine import SqliteFile, make_engine, store_source
 
 log = logging.getLogger("spamtl.serve.daemon")
 
@@ -102,6 +101,7 @@ class Worker:
         self.tell_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spamtl-tell")
         self.reader: Any = None
         self.engine: Any = None
+        self.teaching_engine: Any = None  # SQLAlchemy's, made at the first TELL when ``engine`` is a SqliteFile
         self.writer: Any = None
         self._checked = 0.0
         self.load()
@@ -110,13 +110,14 @@ class Worker:
         """(Re)read the settings and open a fresh reader: every cached model is dropped."""
         settings = self.settings_factory()
         policy = policy_of(settings)
-        engine = make_engine(settings.database_url)
+        engine = store_source(settings.database_url)  # scoring needs no SQLAlchemy on a SQLite file
         try:
             reader = open_reader(engine, settings)  # raises before anything changes
         except BaseException:
             engine.dispose()
             raise
         old_reader, old_engine, old_writer = self.reader, self.engine, self.writer
+        old_teaching, self.teaching_engine = self.teaching_engine, None
         if old_writer is not None:
             old_writer.close()  # what was scored with the old settings goes to the old store, now
         self.writer = VerdictWriter(engine, settings, interval=settings.serve_log_interval, on_error=_verdicts_lost)
@@ -128,8 +129,9 @@ class Worker:
         self._checked = 0.0
         if old_reader is not None:
             old_reader.store.close()
-        if old_engine is not None:
-            old_engine.dispose()
+        for old in (old_engine, old_teaching):
+            if old is not None:
+                old.dispose()
 
     def fresh_reader(self) -> Any:
         now = time.monotonic()
@@ -326,13 +328,19 @@ class Worker:
     def _learn(self, user: str, tell: proto.Tell, body: bytes) -> dict[str, Any]:
         """Store (or remove) the user's label; what was done, with ``label`` (the user's label now, None for
         none) and ``changed`` (Set: local stored a label the user did not have)."""
+        from spamtl.services.feedback import forget_feedback, record_feedback
+
+        if self.teaching_engine is None:
+            is_file = isinstance(self.engine, SqliteFile)
+            self.teaching_engine = make_engine(self.settings.database_url) if is_file else self.engine
+        engine = self.teaching_engine
         out: dict[str, Any] = {"label": None, "changed": False}
         if tell.remove_local:
-            forgot = forget_feedback(self.engine, self.settings, user=user, raw=body, now=utcnow())
+            forgot = forget_feedback(engine, self.settings, user=user, raw=body, now=utcnow())
             out.update(removed=forgot.removed, id=forgot.sha256[:12])
         if tell.set_local:
             assert tell.message_class is not None
-            result = record_feedback(self.engine, self.settings, user=user, label=tell.message_class, raw=body,
+            result = record_feedback(engine, self.settings, user=user, label=tell.message_class, raw=body,
                                      now=utcnow(), create_user=self.settings.auto_create_users)
             out.update(id=result.sha256[:12], version=result.model_version, labels=result.user_labels,
                        label=result.label, previous=result.previous_label or "-",
@@ -345,8 +353,9 @@ class Worker:
             self.writer.close()  # every queued verdict is written before the process exits
         if self.reader is not None:
             self.reader.store.close()
-        if self.engine is not None:
-            self.engine.dispose()
+        for engine in (self.engine, self.teaching_engine):
+            if engine is not None:
+                engine.dispose()
 
 
 def run_worker(settings_factory: Callable[[], Settings], options: ServeOptions, sockets: list[socket.socket],

@@ -13,9 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Any
 
 from spamtl.errors import DatabaseError, NoModelError
 from spamtl.features import FeatureConfig, IdfWeights, MessageTokens, column_tokens, featurize_with_tokens
@@ -25,8 +23,12 @@ from spamtl.mail.sources import RawMail, Unreadable
 from spamtl.model.weights import ModelWeights, RowScore, SparsePart, decode_stored
 from spamtl.settings import Settings, verdict_at
 from spamtl.store import statements
-from spamtl.store.engine import check_schema
 from spamtl.store.statements import Store
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from spamtl.store.engine import SqliteFile
 
 __all__ = ["SHORT_ID_CHARS", "Prepared", "Scored", "Verdict", "Skipped", "UserModel", "ModelReader",
            "VerdictLogger", "VerdictWriter", "prepare", "skip_reason", "classify_messages", "open_reader",
@@ -520,11 +522,11 @@ class VerdictWriter:
             self.on_error(count, exc)
 
 
-def open_reader(engine: Engine, settings: Settings) -> ModelReader:
+def open_reader(engine: Engine | SqliteFile, settings: Settings) -> ModelReader:
     """A reader on its own connection of ``engine``, schema checked."""
     reader = ModelReader(Store(engine), settings)
     try:
-        check_schema(engine)
+        reader.store.check_schema()
     except BaseException:
         reader.store.close()
         raise

@@ -9,15 +9,17 @@ uses it for symbols); :func:`explain_message` is the CLI's use case.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Engine
 
 from spamtl.errors import UsageError
 from spamtl.model.weights import PartScore
 from spamtl.services.classify import SHORT_ID_CHARS, Prepared, Scored, UserModel, Verdict, open_reader, prepare
 from spamtl.settings import Settings, validate_name
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["DEFAULT_TOP", "MAX_TOKEN_CHARS", "MAX_TOKENS_PER_COLUMN", "REPORT_MAX_CHARS", "Evidence",
            "PartExplanation", "Explanation", "explain", "explain_message", "report_header",

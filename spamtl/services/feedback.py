@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.errors import NoModelError, UnknownUserError, UsageError
+from spamtl.errors import NoModelError, UsageError
 from spamtl.features import FeatureConfig, rows_to_csr
 from spamtl.mail.headers import message_identity
 from spamtl.mail.sources import RawMail, Unreadable, count_mail, iter_mail
@@ -21,6 +21,7 @@ from spamtl.model.weights import SparsePart, sigmoid
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.services.importing import label_messages, mail_batches, store_messages
 from spamtl.services.models import load_user_slice
+from spamtl.services.users import unknown_user
 from spamtl.settings import Settings, validate_name
 from spamtl.store import queries
 from spamtl.store.engine import transaction
@@ -130,7 +131,7 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
 
     A user the store does not know is registered when ``create_user`` is set (an
     administrator's ``spamtl feedback``); otherwise (the daemon's TELL, which passes
-    ``settings.auto_create_users``) :class:`UnknownUserError` is raised and nothing is stored.
+    ``settings.auto_create_users``) :func:`~spamtl.services.users.unknown_user` is raised and nothing is stored.
     """
     if label not in LABELS:
         raise UsageError(f"unknown label {label!r}; use one of: {', '.join(LABELS)}")
@@ -140,8 +141,7 @@ def record_feedback(engine: Engine, settings: Settings, *, user: str, label: str
     with transaction(engine) as session:
         known = queries.get_user(session=session, name=user)
         if known is None and not create_user:
-            raise UnknownUserError(f"no user {user!r} in the store, and auto_create_users is off; "
-                                   "nothing learned (`spamtl users` lists them)")
+            raise unknown_user(user, "auto_create_users is off: nothing learned")
         db_user = known or queries.get_or_create_user(session=session, name=user, group=None, now=now)
         user_id, group = db_user.id, db_user.group_name
         pk = _resolve(session, raw, ref, now)
@@ -258,7 +258,7 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
     """
     # The solver and the dataset reader (scipy) are loaded on the first refit, not by every process that
     # may teach: the daemon's workers stay small until a TELL arrives.
-    from spamtl.model.estimator import MultiTaskLogisticRegression
+    from spamtl.model.refit import refit_user
     from spamtl.services.dataset import feature_rows
 
     with transaction(engine, checked=False) as session:
@@ -279,19 +279,16 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
     y = np.array([int(lab.is_spam) for lab in labels], dtype=np.int64)  # the model's classes: 1 = spam
     X = rows_to_csr([rows[lab.message_pk] for lab in labels], config.n_features)
     X = _training_columns(X, weights, np.array([lab.labelled_at > version_trained for lab in labels], dtype=bool))
-    user_group = weights.task_groups.get(user)
-    weights.task_groups[user] = user_group
     if len(y) == 0:  # every label forgotten: the user is scored by the shared (+ group) part again
         part = SparsePart.empty()
         weights.tasks[user] = part
     else:
-        model = MultiTaskLogisticRegression.from_weights(weights)  # its idf: the version's, fixed until training
         sample_weight = np.array([settings.feedback_weight if sources.get(lab.message_pk) == "feedback" else 1.0
                                   for lab in labels])
         target = next((i for i, lab in enumerate(labels) if lab.message_pk == message_pk), None)
         spam_cutoff, ham_cutoff = _user_cutoffs(engine, settings, user) if target is not None else (1.0, 0.0)
         for _ in range(settings.feedback_max_doublings + 1):
-            part = model.refit_task(X, y, user, group=user_group, sample_weight=sample_weight).task_part(user)
+            part = refit_user(weights, user, X, y == 1, sample_weight)  # the version's idf, fixed until training
             weights.tasks[user] = part
             if target is None:
                 break

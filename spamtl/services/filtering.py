@@ -13,9 +13,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from spamtl.errors import SpamtlError, UsageError, redact
 from spamtl.logs import is_shown_on_stderr, log_event, log_verdict
@@ -32,6 +30,9 @@ from spamtl.services.classify import (
     verdict_headers,
 )
 from spamtl.settings import Settings, validate_name
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["EXIT_FILTER_ERROR", "EXIT_FILTER_BUG", "EXIT_CODE_BY_VERDICT", "EXIT_CODE_ERROR", "exit_code_of",
            "filter_stdin", "pass_through", "classify_input"]
@@ -125,9 +126,9 @@ def _filter_headers(settings: Settings, user: str, raw: bytes, *, now: datetime,
     if reason is not None:
         _log_skipped(settings, user, reason)
         return [("X-Spamtl-Status", f"skipped, {reason}")], "skipped"
-    from spamtl.store.engine import make_engine
+    from spamtl.store.engine import store_source
 
-    reader = open_reader(make_engine(settings.database_url), settings)
+    reader = open_reader(store_source(settings.database_url), settings)
     try:
         model = reader.user_model(user)
         if model.user_id is None:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.services.users import IN_STORE, existing_user
+from spamtl.services.users import existing_user
 from spamtl.settings import validate_name
 from spamtl.store import queries
 from spamtl.store.engine import transaction
@@ -103,7 +103,7 @@ def history(engine: Engine, *, user: str | None, since: datetime | None = None, 
     with transaction(engine) as session:
         user_id = None
         if user is not None:
-            user_id = existing_user(session, user, missing=IN_STORE).id
+            user_id = existing_user(session, user).id
         items: list[HistoryEntry] = []
         if user_id is not None and entries and limit:
             items = _entries(session, user_id, since, limit)

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from spamtl.model.weights import PART_KINDS
 from spamtl.services.classify import open_reader
-from spamtl.services.users import IN_STORE, existing_user
+from spamtl.services.users import existing_user
 from spamtl.settings import Settings, validate_name
 from spamtl.store import queries
 from spamtl.store.engine import transaction
@@ -66,7 +66,7 @@ def review_queue(engine: Engine, settings: Settings, *, user: str, n: int = 10, 
     validate_name(user)
     n = max(0, min(int(n), MAX_REVIEW))
     with transaction(engine) as session:
-        row = existing_user(session, user, missing=IN_STORE)
+        row = existing_user(session, user)
         candidates = queries.unlabelled_recent(session=session, user_id=row.id, limit=pool)
         raws = dict(queries.raw_messages(session=session, message_pks=[c.message_id for c in candidates]))
     reader = open_reader(engine, settings)

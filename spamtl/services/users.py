@@ -8,13 +8,13 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from spamtl.errors import UsageError
+from spamtl.errors import UnknownUserError, UsageError
 from spamtl.store import queries
 from spamtl.store.engine import transaction
 from spamtl.store.schema import Classification, Label, Message, ModelPart, ModelVersion, User, UserCutoff
 from spamtl.store.statements import chunks
 
-__all__ = ["UserDeletion", "delete_user", "existing_user", "rename_user"]
+__all__ = ["UserDeletion", "delete_user", "existing_user", "rename_user", "unknown_user"]
 
 
 @dataclass
@@ -32,15 +32,16 @@ class UserDeletion:
         return asdict(self)
 
 
-NO_USER = "no user {name!r}; see `spamtl users`"
-IN_STORE = "no user {name!r} in the store; `spamtl users` lists them"
+def unknown_user(name: str, why: str = "") -> UnknownUserError:
+    """The one error for a user the store does not know (``why``: what it means here, if anything)."""
+    return UnknownUserError(f"no user {name!r} in the store; `spamtl users` lists them{f' ({why})' if why else ''}")
 
 
-def existing_user(session: Session, name: str, *, missing: str = NO_USER) -> User:
-    """The user called ``name``, else a UsageError worded as ``missing`` (formatted with ``name``)."""
+def existing_user(session: Session, name: str) -> User:
+    """The user called ``name``, else :func:`unknown_user`."""
     user = queries.get_user(session=session, name=name)
     if user is None:
-        raise UsageError(missing.format(name=name))
+        raise unknown_user(name)
     return user
 
 

@@ -1,27 +1,33 @@
-"""Engines, schema upgrades and checks, and the one translation of database errors."""
+"""Engines, schema upgrades and checks, and the one translation of database errors.
+
+SQLAlchemy is imported where an engine is made, not with this module: a one-message process opens a
+SQLite store as a :class:`SqliteFile` and never loads it (most of such a process's start-up).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from spamtl.errors import DatabaseError, UsageError, redact
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
     from sqlalchemy.orm import Session  # imported when a transaction opens: a cold classify needs no ORM
 
 __all__ = [
     "SCHEMA_REVISION",
     "BUSY_TIMEOUT_S",
     "make_engine",
+    "SqliteFile",
+    "store_source",
+    "schema_error",
     "permission_warnings",
     "upgrade",
     "downgrade",
@@ -46,6 +52,8 @@ def _busy_timeout() -> float:
 
 
 def _sqlite_path(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
         return None
@@ -78,6 +86,10 @@ def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | Non
     UsageError
         ``group`` is unknown, is not the caller's to give, or the URL is not a SQLite file.
     """
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     if busy_timeout is None:
         busy_timeout = _busy_timeout()
     try:
@@ -91,8 +103,8 @@ def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | Non
         if create_dir:
             folder.mkdir(parents=True, exist_ok=True)
             _create_store_file(Path(path).expanduser(), group)
-        elif not Path(path).expanduser().exists():
-            raise DatabaseError(f"no database at {path}; run `spamtl init` first")
+        else:
+            _require_file(path)
     try:
         engine = create_engine(url, connect_args={"timeout": busy_timeout} if path is not None else {})
     except (ArgumentError, ImportError) as exc:
@@ -103,6 +115,58 @@ def make_engine(url: str, *, create_dir: bool = False, busy_timeout: float | Non
     if path is not None:
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
     return engine
+
+
+def _require_file(path: str) -> None:
+    if not Path(path).expanduser().exists():
+        raise DatabaseError(f"no database at {path}; run `spamtl init` first")
+
+
+_PLAIN_SQLITE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///(?P<path>[^~?#%][^?#%]*)")
+
+
+class SqliteFile:
+    """A SQLite store opened with the standard library's driver, as :func:`make_engine` opens it (the same
+    path, timeout, thread check and pragmas), for :class:`~spamtl.store.statements.Store` alone."""
+
+    dialect = SimpleNamespace(name="sqlite")
+
+    def __init__(self, path: str, busy_timeout: float | None = None) -> None:
+        _require_file(path)
+        self.path = os.path.abspath(path)
+        self.busy_timeout = _busy_timeout() if busy_timeout is None else busy_timeout
+
+    def raw_connection(self) -> _OwnConnection:
+        connection = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+        _sqlite_pragmas(self.busy_timeout)(connection, None)
+        return _OwnConnection(connection)
+
+    def dispose(self) -> None:
+        """Nothing to do (as :meth:`sqlalchemy.engine.Engine.dispose`): each Store closes its own connection."""
+
+
+class _OwnConnection:
+    """A :class:`SqliteFile` connection with the methods Store uses on a pooled one."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.driver_connection = connection
+
+    def rollback(self) -> None:
+        self.driver_connection.rollback()
+
+    def close(self) -> None:
+        self.driver_connection.close()
+
+    invalidate = close
+
+
+def store_source(url: str) -> Engine | SqliteFile:
+    """What a one-message process reads and logs through: a :class:`SqliteFile` for a plain SQLite file URL
+    (no query string, no ``~``), else :func:`make_engine` (PostgreSQL, a URL with driver options)."""
+    plain = _PLAIN_SQLITE_URL.fullmatch(url)
+    if plain is None or plain["path"] == ":memory:":
+        return make_engine(url)
+    return SqliteFile(plain["path"])
 
 
 def _group_id(group: str) -> int:
@@ -236,18 +300,23 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(_alembic_config(connection), revision)
 
 
-def check_schema(engine: Engine) -> None:
+def schema_error(revision: str | None) -> DatabaseError | None:
+    """What is wrong with a store at schema ``revision`` (None: no schema at all), or None."""
+    if revision == SCHEMA_REVISION:
+        return None
+    state = "is empty" if revision is None else f"is at schema {revision}, expected {SCHEMA_REVISION}"
+    return DatabaseError(f"the database {state}; run `spamtl init` to create or upgrade it")
+
+
+def check_schema(engine: Engine | SqliteFile) -> None:
     """Raise a clear error unless the database is at the schema this code expects."""
+    from spamtl.store.statements import Store
+
+    store = Store(engine)
     try:
-        with translate_errors(), engine.connect() as connection:
-            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except DatabaseError as exc:
-        if "no spamtl tables" not in str(exc):
-            raise
-        revision = None
-    if revision != SCHEMA_REVISION:
-        state = "is empty" if revision is None else f"is at schema {revision}, expected {SCHEMA_REVISION}"
-        raise DatabaseError(f"the database {state}; run `spamtl init` to create or upgrade it")
+        store.check_schema()
+    finally:
+        store.close()
 
 
 # How psycopg 3 words a failure to reach or log in to the server (refused, unknown host, bad password).
@@ -263,13 +332,16 @@ def translate(exc: BaseException) -> DatabaseError | None:
     """
     if isinstance(exc, DatabaseError):
         return exc
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    elif isinstance(exc, SQLAlchemyError):
-        text_ = str(exc)
-        if "file is not a database" in text_ or "unable to open" in text_:
-            return DatabaseError(f"cannot open the database: {exc.__class__.__name__}: {exc}")
-        return None
+    if type(exc).__module__.startswith("sqlalchemy"):  # then SQLAlchemy is loaded already
+        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+        if isinstance(exc, DBAPIError) and exc.orig is not None:
+            exc = exc.orig
+        elif isinstance(exc, SQLAlchemyError):
+            text_ = str(exc)
+            if "file is not a database" in text_ or "unable to open" in text_:
+                return DatabaseError(f"cannot open the database: {exc.__class__.__name__}: {exc}")
+            return None
     if not isinstance(exc, sqlite3.Error) and not type(exc).__module__.startswith("psycopg"):
         return None
     message = redact(str(exc)).strip()
@@ -292,6 +364,8 @@ def translate(exc: BaseException) -> DatabaseError | None:
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Raise the database errors users can act on as one-line DatabaseErrors (:func:`translate`)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         yield
     except (SQLAlchemyError, sqlite3.Error) as exc:

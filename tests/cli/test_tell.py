@@ -215,14 +215,12 @@ def test_usage_errors_exit_2(args: list[str], line: str) -> None:
     assert one_error_line(result) == line
 
 
-def test_empty_and_oversized_messages_are_not_sent(  # type: ignore[no-untyped-def]
-        fake, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_and_oversized_messages_are_not_sent(fake) -> None:  # type: ignore[no-untyped-def]
     daemon = fake()  # answers nothing: no connection may be made
     result = tell(*daemon.address, "--user", "alice", "--spam", raw=b"")
     assert result.exit_code == 65 and one_error_line(result) == "Error: no message on standard input; nothing learned"
-    monkeypatch.setattr(proto, "MAX_SENT_BYTES", 40)
-    result = tell(*daemon.address, "--user", "alice", "--spam")
-    assert result.exit_code == 65 and one_error_line(result) == "Error: message larger than 40 bytes; not sent"
+    result = tell(*daemon.address, "--user", "alice", "--spam", raw=MAIL + b"x" * (64 * 2**20 + 1 - len(MAIL)))
+    assert result.exit_code == 65 and one_error_line(result) == f"Error: message larger than {64 * 2**20} bytes; not sent"
     assert daemon.requests == []
 
 

@@ -101,14 +101,13 @@ def test_mbox_separator_split_across_blocks() -> None:
         assert raws[1] == b"Subject: 2\n\nlast\n"
 
 
-def test_oversized_mbox_message_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oversized_mbox_message_is_skipped() -> None:
     from spamtl.mail import sources
 
-    monkeypatch.setattr(sources, "MAX_MESSAGE_BYTES", 3 * sources._BLOCK)
     sep = b"From a Thu Jan  1 00:00:00 2004\n"
     data = sep + b"Subject: small\n\nok\n\n" + sep + b"Subject: huge\n\n" + b"y" * (5 * sources._BLOCK) + b"\n\n"
     data += sep + b"Subject: after\n\nfine\n"
-    items = list(read_mbox(io.BytesIO(data), "m"))
+    items = list(read_mbox(io.BytesIO(data), "m", max_bytes=3 * sources._BLOCK))
     assert isinstance(items[0], RawMail) and isinstance(items[2], RawMail)
     assert isinstance(items[1], Unreadable) and "larger than" in items[1].reason
     assert items[2].raw == b"Subject: after\n\nfine\n"

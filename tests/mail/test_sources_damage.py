@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spamtl.mail.sources import RawMail, Unreadable, iter_mail, looks_like_mail, read_mbox
+from spamtl.mail.sources import RawMail, Unreadable, iter_mail, read_mbox
 
 from ..conftest import corpus, make_mail
 
@@ -238,8 +238,10 @@ def test_non_mail_files_are_reported_not_imported(tmp_path: Path) -> None:
 @pytest.mark.parametrize("head", [b"Return-Path: <a@b>\n", b"Received: from x\r\n", b"\n\nSubject: late\n",
                                   b"\xef\xbb\xbfFrom: bom@x\n", b"X-Foo:bar\n", b"From a@b Mon Jan  1 00:00:00 2001\n",
                                   b"Subject : spaced colon\n", b"  \nTo: x\n"])
-def test_looks_like_mail_accepts_header_starts(head: bytes) -> None:
-    assert looks_like_mail(head)
+def test_files_that_start_like_mail_are_read(tmp_path: Path, head: bytes) -> None:
+    (tmp_path / "m.eml").write_bytes(head + b"\nbody\n")
+    [item] = list(iter_mail([tmp_path / "m.eml"]))
+    assert isinstance(item, RawMail), item
 
 
 def test_every_corpus_message_still_looks_like_mail(tmp_path: Path) -> None:

@@ -205,7 +205,7 @@ def test_refit_new_task_adds_it() -> None:
     est = fit(X, y, tasks, groups)
     m = tasks == "ann"
     est.refit_task(X[m], 1 - y[m], "evelyn", group="south")  # a longer name than any fitted task's
-    assert "evelyn" in list(est.tasks_) and est.task_part("evelyn").cols.size
+    assert "evelyn" in list(est.tasks_) and est.coef_tasks_[list(est.tasks_).index("evelyn")].nnz
     eve = est.decision_function(X[m], tasks=np.full(m.sum(), "evelyn"))
     ann = est.decision_function(X[m], tasks=tasks[m])
     assert np.corrcoef(eve, ann)[0, 1] < 0.5  # eve learned the opposite of ann
@@ -504,7 +504,8 @@ def test_lbfgs_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     a small training fit keeps BLAS's threading (bench_model's figures depend on its summation order)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from spamtl.model import loss as _objective
-    from spamtl.model.refit import refit_task
+    from spamtl.model.refit import refit_user
+    from spamtl.model.weights import ModelWeights, SparsePart
 
     seen: list[set[int]] = []
     solve = _objective.minimize
@@ -518,7 +519,7 @@ def test_lbfgs_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
         rng = np.random.default_rng(0)
         X = sp.random(40, 30, density=0.2, format="csr", random_state=rng)
         y = np.where(rng.random(40) < 0.5, 1.0, -1.0)
-        refit_task(X, y, np.zeros(30), 0.0, weight=1.0, alpha=1.0, mu=1.0)  # feedback
+        refit_user(ModelWeights(30, SparsePart.empty()), "ann", X, y > 0)  # feedback
         X, y, tasks, _ = make_problem(n_per_task=10)
         MultiTaskLogisticRegression(alpha=1.0, mu=1.0).fit(X, y, tasks)  # training
         outside = {p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}

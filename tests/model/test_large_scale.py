@@ -189,7 +189,7 @@ def test_cross_fit_and_fit_gives_every_row_a_score_and_the_candidate_on_all_rows
     fitted on a fold instead of all rows, or the process pool changing any of it.
 
     The reference is built by hand: each fold's model fitted on the sampled users' training rows, then
-    each user's part fitted with ``refit_task`` (its own code path, a dense offset) on that user's training
+    each user's part fitted with ``refit_task`` (``refit_user``: its own code path, one L-BFGS a user) on that user's training
     rows of the fold, and the user's held-out rows scored by ``decision_function``.
 
     With the folds' fits given (the sampled search's, without their users' parts), only the users' parts are

@@ -731,9 +731,37 @@ def test_systemd_socket_activation(store: dict[str, object], tmp_path: Path) -> 
     assert proc.returncode == 0
 
 
+def test_a_worker_on_a_sqlite_file_loads_sqlalchemy_only_when_taught(store: dict[str, object],
+                                                                     tmp_path: Path) -> None:
+    """Scoring and logging run on the standard library's sqlite3 (20 MB less a process); a TELL's refit
+    opens SQLAlchemy's session.  What a process has loaded is read from its memory map (compiled modules)."""
+
+    def loaded(pid: int) -> bool:
+        return "/sqlalchemy/" in Path(f"/proc/{pid}/maps").read_text()
+
+    with sqlite3.connect(str(store["db"]).removeprefix("sqlite:///")) as source, \
+            sqlite3.connect(tmp_path / "copy.sqlite3") as copy:
+        source.backup(copy)  # a copy of its own: the TELL refits carol
+    db = f"sqlite:///{tmp_path / 'copy.sqlite3'}"
+    d = Daemon(db, tmp_path, "--workers", "1", "--allow-tell")
+    try:
+        for user in ("alice", "bob", "nobody"):
+            assert d.request("CHECK", NEWSLETTER, user=user).startswith(b"SPAMD/1.5 0 EX_OK\r\nSpam: ")
+        time.sleep(0.5)  # the verdicts are written (serve_log_interval)
+        assert not loaded(d.proc.pid)
+        assert d.request("TELL", NEWSLETTER, user="carol", Message_class="spam", Set="local").startswith(
+            b"SPAMD/1.5 0 EX_OK")
+        assert loaded(d.proc.pid)
+    finally:
+        code, err = d.stop()
+    assert code == 0, err
+    assert logged(db, "alice", 1)
+
+
 def test_the_daemon_loads_no_solver_until_it_is_taught() -> None:
-    """A worker that only scores keeps scipy and scikit-learn out of memory (tens of MB a process)."""
+    """A worker that only scores keeps scipy, scikit-learn and (on a SQLite file) SQLAlchemy out of memory
+    (tens of MB a process): the refit and its ORM session are imported at the first TELL."""
     code = ("import sys, spamtl.serve.daemon\n"
-            "print(sorted(m for m in ('scipy', 'sklearn', 'spamtl.model.estimator') if m in sys.modules))")
+            "print(sorted(m for m in ('scipy', 'sklearn', 'sqlalchemy', 'spamtl.model.estimator') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout

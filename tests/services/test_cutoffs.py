@@ -55,7 +55,7 @@ def test_cutoffs_list_set_unset_and_users_columns(engine, tmp_path: Path) -> Non
     result = run(db, "cutoffs", "unset", "bob", "--format", "json")
     assert json.loads(result.stdout)[0]["source"] == bob["source"] and _generation(db) == before + 4
 
-    for args, message in ((["set", "zed", "--spam", "0.9"], "Error: no user 'zed'; see `spamtl users`"),
+    for args, message in ((["set", "zed", "--spam", "0.9"], "Error: no user 'zed' in the store; `spamtl users` lists them"),
                           (["set", "bob", "--spam", "1.5"], "Error: --spam must be a probability in (0, 1], got 1.5"),
                           (["set", "bob", "--spam", "0.8", "--ham", "0.9"],
                            "Error: --ham must be between 0 and --spam (0.8), got 0.9"),

@@ -164,7 +164,7 @@ def test_delete_user_needs_yes_then_removes_everything_of_theirs(engine, office)
     from spamtl.services.models import load_weights
 
     assert "bob" not in load_weights(engine)[2].task_groups
-    assert run(url, "users", "delete", "bob", "--yes").stderr.strip() == "Error: no user 'bob'; see `spamtl users`"
+    assert run(url, "users", "delete", "bob", "--yes").stderr.strip() == "Error: no user 'bob' in the store; `spamtl users` lists them"
 
 
 def test_rename_user_moves_labels_and_personal_weights(engine, office) -> None:  # type: ignore[no-untyped-def]

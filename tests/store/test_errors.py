@@ -128,7 +128,7 @@ def test_a_long_running_store_reconnects_once_the_server_is_back(tmp_path: Path,
 
     from spamtl.errors import DatabaseError
     from spamtl.store.engine import make_engine
-    from spamtl.store.statements import GENERATION, Store
+    from spamtl.store.statements import GENERATION, Statement, Store
 
     from ..conftest import migrated_database
 
@@ -152,10 +152,11 @@ def test_a_long_running_store_reconnects_once_the_server_is_back(tmp_path: Path,
                 assert store.one(GENERATION) == (1,)
                 store.finish_read()
             drop_connections(url)
+            bump = Statement("UPDATE store_state SET value = value + 1 WHERE key = 'generation'")
             with pytest.raises(DatabaseError), store.transaction():
-                store.execute(text("UPDATE store_state SET value = value + 1 WHERE key = 'generation'"))
+                store.execute(bump)
             with store.transaction():
-                store.execute(text("UPDATE store_state SET value = value + 1 WHERE key = 'generation'"))
+                store.execute(bump)
             assert store.one(GENERATION) == (2,)
             drop_connections(url)
             with pytest.raises(DatabaseError):
