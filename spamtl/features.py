@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from spamtl.mail.parse import ParsedMessage
+from spamtl.mail.evidence import AUTH_METHODS, AuthResult, is_under, normalize_authserv_id, trusted_results
+from spamtl.mail.parse import ParsedMessage, parse_address
 
 __all__ = [
     "DEFAULT_N_FEATURES",
@@ -31,6 +32,8 @@ __all__ = [
     "MessageTokens",
     "load_npz",
     "TF_MODES",
+    "CHARGRAM_SIZES",
+    "authserv_ids",
     "tokenize",
     "hash_tokens",
     "featurize",
@@ -53,7 +56,16 @@ MAX_HEADER_TOKENS = 40
 MAX_DOMAIN_CHARS = 253
 """Characters of a domain looked at (the longest DNS name); only its last labels make tokens."""
 MAX_TOKENS = 20_000
-"""Tokens per message, whatever the message: a backstop, the caps above add up to about 9,000 (12,000 with bigrams)."""
+"""Tokens per message, whatever the message: a backstop, the caps above add up to about 9,000 (12,000 with bigrams,
+3,000 more with character n-grams)."""
+CHARGRAM_SIZES = (0, 3, 4, 5)
+"""Character n-gram lengths :class:`FeatureConfig` accepts (0: none)."""
+CHARGRAM_CHARS = 3_000
+"""Characters of subject and body text whose n-grams are taken."""
+MAX_AUTHSERV_IDS = 32
+"""Trusted authserv-ids a site may configure."""
+MAX_HOPS = 8
+"""Received fields counted one by one; more are the one bucket ``hops:8+``."""
 
 # A word: from a letter or digit to the last letter or digit of a run of word characters, apostrophes,
 # dots and hyphens.  Spelt as blocks of letters/digits joined by separators: the same matches as
@@ -83,12 +95,50 @@ class FeatureConfig:
         1, or ``1 + log(count)``.  ``'binary'`` (default, with the idf weights)
         ranks better; ``'log'`` stays readable so that models trained with it
         keep working.
+    auth : bool
+        The ``auth:`` family: SPF, DKIM, DMARC and ARC results of the
+        Authentication-Results fields written by one of ``authserv_ids``
+        (:func:`spamtl.mail.evidence.trusted_results`) and the alignment of
+        the From domain with the authenticated domains.  It also drops every
+        authentication header (Authentication-Results, Received-SPF, ARC-*)
+        from the ``hdr:`` family, so a sender's forged results never become
+        tokens.  On by default: with no ``authserv_ids`` it adds no token.
+    authserv_ids : tuple of str
+        The site's trusted authserv-ids (site configuration, the
+        ``trusted_authserv_ids`` setting), stored lower-case and sorted.  The
+        :attr:`key` holds their CRC-32 only (the key is short): see
+        :meth:`from_key`.
+    bulk : bool
+        The ``bulk:`` family: List-Id, List-Unsubscribe (and one-click
+        List-Unsubscribe-Post), Precedence.  Off by default: no better.
+    sender : bool
+        The ``sender:`` family: Return-Path and Sender domains and whether
+        they align with the From domain.  Off by default: no better.
+    hops : bool
+        The ``hops:`` family: how many Received fields (0 to 7, then 8+).
+        On by default (docs/model.md has the ablation).
+    chargrams : int
+        0 (off) or n in 3..5: binary character n-grams (``cN:``) of the first
+        ``CHARGRAM_CHARS`` characters of subject and body text.  Off by
+        default: worse, and three times the featurising CPU.
+
+    Notes
+    -----
+    Each family added after the first release is off when its field is
+    absent from a key, so a model trained before it existed keeps the
+    tokens, rows and scores it was trained with.
     """
 
     n_features: int = DEFAULT_N_FEATURES
     bigrams: bool = False
     headers: bool = True
     tf: str = "binary"
+    auth: bool = True
+    authserv_ids: tuple[str, ...] = ()
+    bulk: bool = False
+    sender: bool = False
+    hops: bool = True
+    chargrams: int = 0
 
     def __post_init__(self) -> None:
         n = self.n_features
@@ -96,31 +146,78 @@ class FeatureConfig:
             raise ValueError(f"n_features must be a power of two in [2**10, 2**24], got {n!r}")
         if self.tf not in TF_MODES:
             raise ValueError(f"tf must be one of {TF_MODES}, got {self.tf!r}")
+        if self.chargrams not in CHARGRAM_SIZES:
+            raise ValueError(f"chargrams must be one of {CHARGRAM_SIZES} (0: off), got {self.chargrams!r}")
+        object.__setattr__(self, "authserv_ids", authserv_ids(self.authserv_ids))
 
     @property
     def key(self) -> str:
         """A short string that identifies this configuration for caches.
 
         >>> FeatureConfig().key
-        'v1:n262144:b0:h1:tbinary'
+        'v1:n262144:b0:h1:tbinary:a1:r1'
         >>> FeatureConfig.from_key('v1:n262144:b0:h1').tf  # written before tf existed
         'log'
+        >>> FeatureConfig.from_key('v1:n262144:b0:h1:tbinary').hops  # written before hops existed
+        False
+        >>> FeatureConfig(authserv_ids=('mx.example.org',), bulk=True).key
+        'v1:n262144:b0:h1:tbinary:a1:i30b5a289:l1:r1'
         """
         key = f"v{FEATURE_VERSION}:n{self.n_features}:b{int(self.bigrams)}:h{int(self.headers)}"
-        # Keys written before ``tf`` existed have no t-part and mean 'log'.
-        return key if self.tf == "log" else f"{key}:t{self.tf}"
+        # Keys written before ``tf`` existed have no t-part and mean 'log'; before the families that follow
+        # existed, none of their parts, and each absent part means "off".
+        key = key if self.tf == "log" else f"{key}:t{self.tf}"
+        if self.auth:
+            key += ":a1"
+            if self.authserv_ids:
+                key += f":i{zlib.crc32(','.join(self.authserv_ids).encode()):08x}"
+        for letter, is_on in (("l", self.bulk), ("s", self.sender), ("r", self.hops)):
+            if is_on:
+                key += f":{letter}1"
+        return key + (f":c{self.chargrams}" if self.chargrams else "")
 
     @classmethod
-    def from_key(cls, key: str) -> FeatureConfig:
-        """The configuration a :attr:`key` was made from (raises ValueError for other versions)."""
+    def from_key(cls, key: str, authserv_ids: Sequence[str] = ()) -> FeatureConfig:
+        """The configuration a :attr:`key` was made from (raises ValueError for other versions).
+
+        The key holds only a checksum of the trusted authserv-ids: they are the site's to say, at scoring
+        time too (an id the site stops trusting must stop counting at once, not after the next training).
+        ``authserv_ids`` are the site's current ones; they are used when the key's ``auth`` family is on,
+        and then the result's key differs from ``key`` when they are not the ids the key was made with.
+        """
         parts = dict((p[0], p[1:]) for p in key.split(":") if p)
-        if parts.get("v") != str(FEATURE_VERSION):
+        if parts.get("v") != str(FEATURE_VERSION) or not set(parts) <= set("vnbhtailsrc"):
             raise ValueError(f"features {key!r} were made by another version of spamtl")
         try:
+            flags = {name: parts.pop(letter, "0") == "1"
+                     for letter, name in (("a", "auth"), ("l", "bulk"), ("s", "sender"), ("r", "hops"))}
             return cls(n_features=int(parts["n"]), bigrams=parts["b"] == "1", headers=parts["h"] == "1",
-                       tf=parts.get("t", "log"))
+                       tf=parts.get("t", "log"), chargrams=int(parts.get("c", "0")),
+                       authserv_ids=tuple(authserv_ids) if flags["auth"] else (), **flags)
         except (KeyError, ValueError):
             raise ValueError(f"features {key!r} were made by another version of spamtl") from None
+
+
+def authserv_ids(values: Iterable[str]) -> tuple[str, ...]:
+    """Trusted authserv-ids as :class:`FeatureConfig` keeps them: lower-case, sorted, each once.
+
+    Raises
+    ------
+    ValueError
+        A value that is not a host or domain name such as ``mx.example.org``, or more than
+        ``MAX_AUTHSERV_IDS`` of them.
+    """
+    if isinstance(values, str):
+        raise ValueError(f"authserv_ids must be a list of names, got the string {values!r}")
+    out = set()
+    for value in values:
+        name = normalize_authserv_id(value) if isinstance(value, str) else None
+        if name is None:
+            raise ValueError(f"authserv-id {value!r} is not a host or domain name such as mx.example.org")
+        out.add(name)
+    if len(out) > MAX_AUTHSERV_IDS:
+        raise ValueError(f"at most {MAX_AUTHSERV_IDS} trusted authserv-ids, got {len(out)}")
+    return tuple(sorted(out))
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +293,7 @@ def tokenize(msg: ParsedMessage, config: FeatureConfig = FeatureConfig()) -> lis
     >>> from spamtl.mail.parse import parse_message
     >>> msg = parse_message(b"From: a@mail.example.org\\nSubject: Cheap pills\\n\\nbuy now")
     >>> [t for t in tokenize(msg) if not t.startswith("hdr:")]
-    ['subj:cheap', 'subj:pills', 'body:buy', 'body:now', 'from:mail.example.org', 'from:example.org', 'fromaddr:a@mail.example.org', 'ct:text/plain', 'bodylen:2']
+    ['subj:cheap', 'subj:pills', 'body:buy', 'body:now', 'from:mail.example.org', 'from:example.org', 'fromaddr:a@mail.example.org', 'ct:text/plain', 'bodylen:2', 'hops:0']
     """
     return MessageTokens(*_token_parts(msg, config)).as_list()
 
@@ -259,8 +356,106 @@ def _token_parts(msg: ParsedMessage, config: FeatureConfig) -> tuple[list[str], 
     tokens.append(f"bodylen:{len(body).bit_length()}")
     if config.headers:
         for name, value in msg.headers:
-            tokens += _header_tokens(name, value)
+            if not (config.auth and _is_auth_header(name)):
+                tokens += _header_tokens(name, value)
+    if config.auth or config.bulk or config.sender or config.hops or config.chargrams:
+        tokens += _evidence_tokens(msg, config)
     return head, body, tokens
+
+
+def _is_auth_header(name: str) -> bool:
+    """Fields holding authentication results or signatures anyone can write (Authentication-Results and its
+    copies, Received-SPF, ARC-*): only the trusted ``auth:`` family speaks for them."""
+    return "authentication-results" in name or "received-spf" in name or name.startswith("arc-")
+
+
+def _evidence_tokens(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
+    """The tokens of the families added after the first release, in a fixed order, each only when on."""
+    tokens: list[str] = []
+    if config.auth:
+        tokens += _auth_tokens(trusted_results(msg.headers, config.authserv_ids), msg.from_domain)
+    if config.bulk:
+        tokens += _bulk_tokens(msg.headers)
+    if config.sender:
+        tokens += _sender_tokens(msg.headers, msg.from_domain)
+    if config.hops:
+        hops = sum(1 for name, _ in msg.headers if name == "received")
+        tokens.append(f"hops:{hops}" if hops < MAX_HOPS else f"hops:{MAX_HOPS}+")
+    if config.chargrams:
+        n = config.chargrams
+        text = (msg.subject + "\n" + msg.text)[:CHARGRAM_CHARS]
+        tokens += [f"c{n}:{gram}" for gram in dict.fromkeys(text[i:i + n] for i in range(len(text) - n + 1))]
+    return tokens
+
+
+def _is_aligned(domain: str, from_domain: str) -> bool:
+    """Relaxed alignment, approximated without a public-suffix list: one domain is the other or under it."""
+    return "." in domain and (is_under(domain, from_domain) or is_under(from_domain, domain))
+
+
+def _auth_tokens(results: list[AuthResult], from_domain: str) -> list[str]:
+    """``auth:METHOD=RESULT`` per trusted result, the domains that passed, and their alignment with From."""
+    tokens: list[str] = []
+    for r in results:
+        if r.method not in AUTH_METHODS:
+            continue
+        tokens.append(f"auth:{r.method}={r.result}")
+        if r.result != "pass":
+            continue
+        if r.method in ("dkim", "spf"):
+            # The domain that passed: DKIM's signing domain (d=, else i='s), SPF's envelope sender domain.
+            prop = r.get("header.d") or r.get("header.i") if r.method == "dkim" else r.get("smtp.mailfrom")
+            domain = prop.rpartition("@")[2].strip(".")[:MAX_DOMAIN_CHARS]
+            if domain:
+                tokens += _domain_tokens(f"auth:{r.method}:d:", domain)
+                aligned = _is_aligned(domain, from_domain)
+                tokens.append(f"auth:{r.method}:{'aligned' if aligned else 'unaligned'}")
+        elif r.method == "dmarc" and _is_aligned(r.get("header.from"), from_domain):
+            tokens.append("auth:dmarc:aligned")
+    if "auth:dkim:aligned" in tokens:  # one aligned signature is what counts, whoever else signed
+        tokens = [t for t in tokens if t != "auth:dkim:unaligned"]
+    return tokens
+
+
+def _bulk_tokens(headers: Sequence[tuple[str, str]]) -> list[str]:
+    """The marks of list and bulk mail: List-Id (and its domain), List-Unsubscribe kinds, Precedence."""
+    tokens: list[str] = []
+    for name, value in headers:
+        lowered = value.lower()
+        if name == "list-id":
+            list_id = lowered.rpartition("<")[2].partition(">")[0].strip() or lowered.strip()
+            tokens += ["bulk:list-id", *_domain_tokens("bulk:list-id:", list_id[:MAX_DOMAIN_CHARS])]
+        elif name == "list-unsubscribe":
+            tokens.append("bulk:list-unsubscribe")
+            if "mailto:" in lowered:
+                tokens.append("bulk:unsub:mailto")
+            if "http:" in lowered or "https:" in lowered:
+                tokens.append("bulk:unsub:http")
+        elif name == "list-unsubscribe-post" and "list-unsubscribe=one-click" in lowered.replace(" ", ""):
+            tokens.append("bulk:unsub:one-click")
+        elif name == "precedence":
+            word = lowered.strip().split(" ", 1)[0]
+            tokens.append(f"bulk:precedence={word if word in ('bulk', 'list', 'junk') else 'other'}")
+    return tokens
+
+
+def _sender_tokens(headers: Sequence[tuple[str, str]], from_domain: str) -> list[str]:
+    """The envelope sender (the topmost Return-Path, written at delivery) and Sender domains against From."""
+    tokens: list[str] = []
+    for field in ("return-path", "sender"):
+        value = next((v for name, v in headers if name == field), None)
+        short = "rp" if field == "return-path" else "sender"
+        if value is None:
+            if field == "return-path":  # (a Sender field is rare, its absence says nothing)
+                tokens.append("sender:rp:absent")
+            continue
+        _, domain = parse_address(value)
+        if not domain:
+            tokens.append(f"sender:{short}:null")  # "<>": a bounce or an auto-reply
+            continue
+        tokens += _domain_tokens(f"sender:{short}:", domain)
+        tokens.append(f"sender:{short}:aligned" if _is_aligned(domain, from_domain) else f"sender:{short}:other")
+    return tokens
 
 
 def hash_tokens(tokens: Iterable[str], n_features: int = DEFAULT_N_FEATURES, tf: str = "binary") -> FeatureRow:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from spamtl.errors import SpamtlError, UsageError, redact
-from spamtl.features import FeatureConfig
+from spamtl.features import FeatureConfig, authserv_ids
 from spamtl.model import DEFAULT_MAX_ITER, DEFAULT_TOL
 
 __all__ = ["Settings", "LoadedSettings", "ConfigError", "load_settings", "verdict_at", "validate_name",
@@ -84,6 +84,14 @@ def _bad_user(cutoffs: Mapping[str, tuple[float, float]]) -> str | None:
     return None
 
 
+def _bad_authserv_ids(ids: tuple[str, ...]) -> str | None:
+    try:
+        authserv_ids(ids)
+    except ValueError as exc:
+        return f"trusted_authserv_ids: {exc}"
+    return None
+
+
 def _is_octal_mode(mode: Any) -> bool:
     return isinstance(mode, str) and re.fullmatch(r"0?[0-7]{3}", mode) is not None
 
@@ -102,6 +110,9 @@ class Settings:
     spam_cutoff: float = _setting(0.90, ge=0.0, le=1.0, in_type=True, message=_CUTOFFS)
     ham_cutoff: float = _setting(0.5, ge=0.0, le=1.0, in_type=True, message=_CUTOFFS)
     features: FeatureConfig = _setting(factory=FeatureConfig)
+    # The authserv-ids of the site's own MTAs: their Authentication-Results fields, where the trust rule
+    # accepts them, feed the features' auth family (docs/model.md).  None by default: nothing is trusted.
+    trusted_authserv_ids: tuple[str, ...] = _setting((), message=_bad_authserv_ids)
     # Hyper-parameter grid searched at training time: overall strength and task relatedness.
     alphas: tuple[float, ...] = _setting((0.01,), gt=0.0, lt=math.inf, in_type=True, check=bool, message=_GRID)
     mus: tuple[float, ...] = _setting((100.0, 10.0, 3.0, 1.0), gt=0.0, lt=math.inf, in_type=True, check=bool,
@@ -214,6 +225,10 @@ class Settings:
             problem = _problem(f, getattr(self, f.name))
             if problem is not None:
                 raise ValueError(problem)
+        if self.features.authserv_ids != authserv_ids(self.trusted_authserv_ids):
+            # The feature configuration carries them, so training, scoring and the feature cache all see them.
+            object.__setattr__(self, "features",
+                               dataclasses.replace(self.features, authserv_ids=self.trusted_authserv_ids))
 
     def autolearn_window(self, now: datetime) -> tuple[datetime, datetime] | None:
         """When the verdicts learned as labels were logged (None: autolearn is off)."""

@@ -53,7 +53,7 @@ def test_feature_keys_round_trip_and_old_keys_still_mean_log_tf() -> None:
                                                                            headers=False, tf="binary")):
         assert FeatureConfig.from_key(config.key) == config
     # Models stored by the first release carry keys without a t-part; they must keep scoring as they were trained.
-    assert FeatureConfig.from_key("v1:n262144:b0:h1") == FeatureConfig(tf="log")
+    assert FeatureConfig.from_key("v1:n262144:b0:h1") == FeatureConfig(tf="log", auth=False, hops=False)
     assert FeatureConfig().key != FeatureConfig(tf="log").key  # so cached rows of the other kind are not reused
     for bad in ("v9:n262144:b0:h1", "v1:n262144:b0:h1:tcubic", "v1:b0:h1"):
         with pytest.raises(ValueError, match="another version"):
@@ -172,7 +172,7 @@ def test_feature_config_validates(n: int) -> None:
 
 
 def test_feature_config_key_round_trip() -> None:
-    for config in (FeatureConfig(), FeatureConfig(2**20, bigrams=True, headers=False)):
+    for config in (FeatureConfig(), FeatureConfig(2**20, bigrams=True, headers=False, auth=False, hops=False)):
         assert FeatureConfig.from_key(config.key) == config
     with pytest.raises(ValueError, match="another version"):
         FeatureConfig.from_key("v999:n1024:b0:h1")
@@ -209,10 +209,11 @@ def _reference_row(msg, config: FeatureConfig) -> FeatureRow:  # type: ignore[no
     return FeatureRow(uniq.astype(np.int32), values.astype(np.float32))
 
 
-CONFIGS = [FeatureConfig(), FeatureConfig(tf="log", bigrams=True), FeatureConfig(headers=False, n_features=2**10)]
+CONFIGS = [FeatureConfig(), FeatureConfig(tf="log", bigrams=True), FeatureConfig(headers=False, n_features=2**10),
+           FeatureConfig(auth=True, authserv_ids=("mx.example.org",), bulk=True, sender=True, hops=True, chargrams=4)]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["default", "log-bigrams", "small-no-headers"])
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "log-bigrams", "small-no-headers", "families"])
 def test_featurize_equals_hashing_the_token_list_exactly(config: FeatureConfig) -> None:
     import dataclasses
 
@@ -230,7 +231,7 @@ def test_featurize_equals_hashing_the_token_list_exactly(config: FeatureConfig) 
         assert row.values.tobytes() == expected.values.tobytes()  # bit for bit
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["default", "log-bigrams", "small-no-headers"])
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "log-bigrams", "small-no-headers", "families"])
 def test_featurize_with_tokens_is_featurize_and_tokenize_in_one_pass(config: FeatureConfig) -> None:
     """The scorer's one pass gives featurize's row and tokenize's tokens, bit for bit."""
     from spamtl.features import featurize_with_tokens
@@ -244,3 +245,174 @@ def test_featurize_with_tokens_is_featurize_and_tokenize_in_one_pass(config: Fea
         assert row.indices.tolist() == expected.indices.tolist()
         assert row.values.tobytes() == expected.values.tobytes()
         assert tokens.as_list() == tokenize(msg, config)
+
+
+# ------------------------------------------------------------------ the MTA's evidence (issue 27)
+SITE = ("mx.example.org",)
+EVIDENCE = (b"From: Ann <ann@shop.example>\nSubject: Big sale\n"
+            b"Authentication-Results: mx.example.org; spf=pass\nList-Id: <news.shop.example>\n"
+            b"Received: from a by mx.example.org; Tue, 1 Jan 2002 00:00:00 +0000\n\nbuy now")
+# Written by hand from the token rules of the first release (not from the code): what every model trained
+# before the new families existed was trained on, so it must stay exactly this.
+EVIDENCE_OLD_TOKENS = [
+    "subj:big", "subj:sale", "body:buy", "body:now", "from:shop.example", "fromaddr:ann@shop.example",
+    "ct:text/plain", "bodylen:2", "hdr:from", "hdr:from:ann", "hdr:from:ann", "hdr:from:shop.example",
+    "hdr:authentication-results", "hdr:authentication-results:mx.example.org", "hdr:authentication-results:spf",
+    "hdr:authentication-results:pass", "hdr:list-id", "hdr:list-id:news.shop.example",
+    "hdr:received", "hdr:received:from", "hdr:received:by", "hdr:received:mx.example.org"]
+
+
+@pytest.mark.parametrize("key", ["v1:n262144:b0:h1", "v1:n262144:b0:h1:tbinary"])
+def test_old_keys_give_the_tokens_and_rows_they_were_trained_with(key: str) -> None:
+    config = FeatureConfig.from_key(key, authserv_ids=SITE)  # a site's ids change nothing for an old model
+    assert (config.auth, config.bulk, config.sender, config.hops, config.chargrams, config.authserv_ids) == \
+        (False, False, False, False, 0, ())
+    assert config.key == key
+    msg = parse_message(EVIDENCE)
+    assert tokenize(msg, config) == EVIDENCE_OLD_TOKENS
+    row, expected = featurize(msg, config), _reference_row(msg, config)
+    assert row.indices.tolist() == expected.indices.tolist()
+    assert row.values.tobytes() == expected.values.tobytes()
+    cols = sorted({zlib.crc32(t.encode()) % 2**18 for t in EVIDENCE_OLD_TOKENS})
+    assert row.indices.tolist() == cols
+
+
+def test_new_family_keys_round_trip_and_absent_parts_mean_off() -> None:
+    every = FeatureConfig(auth=True, authserv_ids=("MX.example.org", "b.example", "mx.example.org"), bulk=True,
+                          sender=True, hops=True, chargrams=4)
+    assert every.authserv_ids == ("b.example", "mx.example.org")  # lower-cased, sorted, once
+    assert every.key == f"v1:n262144:b0:h1:tbinary:a1:i{zlib.crc32(b'b.example,mx.example.org'):08x}:l1:s1:r1:c4"
+    assert len(every.key) <= 64  # the store's column
+    assert FeatureConfig.from_key(every.key, authserv_ids=every.authserv_ids) == every
+    for config in (FeatureConfig(auth=False), FeatureConfig(bulk=True, hops=False), FeatureConfig(tf="log"),
+                   FeatureConfig(sender=True, chargrams=3), FeatureConfig(auth=False, hops=False)):
+        assert FeatureConfig.from_key(config.key) == config
+    # The key changes with the trusted ids (cached rows of another trust set are never reused) ...
+    assert FeatureConfig(auth=True, authserv_ids=SITE).key != FeatureConfig(auth=True, authserv_ids=("b.example",)).key
+    # ... and the ids used are always the site's current ones, whatever the key was made with.
+    assert FeatureConfig.from_key(every.key, authserv_ids=SITE).authserv_ids == SITE
+    assert FeatureConfig.from_key(every.key).authserv_ids == ()
+    for bad in ("v1:n262144:b0:h1:tbinary:x1", "v1:n262144:b0:h1:tbinary:c7"):  # a family this version lacks
+        with pytest.raises(ValueError, match="another version"):
+            FeatureConfig.from_key(bad)
+
+
+@pytest.mark.parametrize("ids", [("mx example.org",), ("",), ("mx.example.org;",), ("a" * 254,), "mx.example.org",
+                                 tuple(f"mx{i}.example.org" for i in range(33)), (7,)])
+def test_bad_authserv_ids_are_refused(ids: object) -> None:
+    with pytest.raises(ValueError, match="authserv"):
+        FeatureConfig(auth=True, authserv_ids=ids)  # type: ignore[arg-type]
+
+
+def _family(raw: bytes, prefix: str, config: FeatureConfig) -> list[str]:
+    return [t for t in tokenize(parse_message(raw), config) if t.startswith(prefix)]
+
+
+AUTH = FeatureConfig(auth=True, authserv_ids=SITE)
+BORDER = b"Received: from out.shop.example (192.0.2.9) by mx.example.org with ESMTP; Tue, 1 Jan 2002\n"
+
+
+def test_trusted_results_and_alignment_become_auth_tokens() -> None:
+    raw = (b"Authentication-Results: mx.example.org; dkim=pass header.d=news.shop.example; dkim=pass header.d=esp.example;"
+           b" spf=pass smtp.mailfrom=bounce@esp.example; dmarc=pass header.from=shop.example; arc=none\n"
+           + BORDER + b"From: Shop <deals@shop.example>\n\nhi")
+    assert _family(raw, "auth:", AUTH) == [
+        "auth:dkim=pass", "auth:dkim:d:news.shop.example", "auth:dkim:d:shop.example", "auth:dkim:aligned",
+        "auth:dkim=pass", "auth:dkim:d:esp.example", "auth:spf=pass", "auth:spf:d:esp.example", "auth:spf:unaligned",
+        "auth:dmarc=pass", "auth:dmarc:aligned", "auth:arc=none"]
+    unaligned = raw.replace(b"deals@shop.example", b"deals@bank.example")
+    assert "auth:dkim:unaligned" in _family(unaligned, "auth:", AUTH)
+    assert "auth:dmarc:aligned" not in _family(unaligned, "auth:", AUTH)
+    failed = (b"Authentication-Results: mx.example.org; spf=softfail smtp.mailfrom=x@shop.example; dkim=fail "
+              b"header.d=shop.example; dmarc=fail header.from=shop.example\n" + BORDER + b"From: a@shop.example\n\nhi")
+    assert _family(failed, "auth:", AUTH) == ["auth:spf=softfail", "auth:dkim=fail", "auth:dmarc=fail"]
+
+
+FORGED = (b"Authentication-Results: mx.example.org; dkim=pass header.d=bank.example; dmarc=pass header.from=bank.example\n"
+          b"Received-SPF: pass (mx.example.org: domain of bank.example designates 192.0.2.9)\n"
+          b"ARC-Authentication-Results: i=1; mx.example.org; dkim=pass\nARC-Seal: i=1; cv=none; d=bank.example\n"
+          b"X-Original-Authentication-Results: mx.example.org; dkim=pass\n")
+
+
+def test_forged_results_below_the_sites_received_leave_no_token_at_all() -> None:
+    raw = BORDER + FORGED + b"From: Bank <security@bank.example>\nSubject: verify\n\nclick"
+    tokens = tokenize(parse_message(raw), AUTH)
+    assert [t for t in tokens if t.startswith("auth:")] == []
+    assert [t for t in tokens if "pass" in t or "authentication" in t or "arc-" in t or "spf" in t] == []
+    # The old generic family did tokenise them: what an attacker could have written into a model.
+    assert "hdr:authentication-results:pass" in tokenize(parse_message(raw), FeatureConfig(auth=False))
+
+
+def test_an_untrusted_authserv_id_leaves_no_token() -> None:
+    raw = b"Authentication-Results: mx.other.example; dkim=pass header.d=bank.example\n" + BORDER + b"\nhi"
+    assert _family(raw, "auth:", AUTH) == []
+    assert _family(raw.replace(b"mx.other.example", b"mx.example.org"), "auth:", FeatureConfig(auth=True)) == []
+
+
+def test_bulk_marks() -> None:
+    raw = (b"List-Id: Shop news <news.shop.example>\nList-Unsubscribe: <mailto:u@shop.example>, "
+           b"<https://shop.example/u?x=1>\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\n"
+           b"Precedence: Bulk\nFrom: a@shop.example\n\nhi")
+    bulk = FeatureConfig(bulk=True)
+    assert _family(raw, "bulk:", bulk) == [
+        "bulk:list-id", "bulk:list-id:news.shop.example", "bulk:list-id:shop.example", "bulk:list-unsubscribe",
+        "bulk:unsub:mailto", "bulk:unsub:http", "bulk:unsub:one-click", "bulk:precedence=bulk"]
+    assert _family(b"Precedence: first-class\nList-Id: mylist\n\nhi", "bulk:", bulk) == [
+        "bulk:precedence=other", "bulk:list-id", "bulk:list-id:mylist"]
+    assert _family(b"From: a@b.example\n\nhi", "bulk:", bulk) == []
+
+
+def test_sender_domains_against_from() -> None:
+    sender = FeatureConfig(sender=True)
+    raw = b"Return-Path: <bounce-7@mail.shop.example>\nSender: x@esp.example\nFrom: a@shop.example\n\nhi"
+    assert _family(raw, "sender:", sender) == [
+        "sender:rp:mail.shop.example", "sender:rp:shop.example", "sender:rp:aligned",
+        "sender:sender:esp.example", "sender:sender:other"]
+    assert _family(b"Return-Path: <>\nFrom: a@shop.example\n\nhi", "sender:", sender) == ["sender:rp:null"]
+    assert _family(b"From: a@shop.example\n\nhi", "sender:", sender) == ["sender:rp:absent"]
+
+
+@pytest.mark.parametrize(("n", "token"), [(0, "hops:0"), (3, "hops:3"), (7, "hops:7"), (8, "hops:8+"), (40, "hops:8+")])
+def test_hop_buckets(n: int, token: str) -> None:
+    raw = b"".join(b"Received: from h%d by h%d.example; x\n" % (i, i + 1) for i in range(n)) + b"From: a@b.c\n\nhi"
+    assert _family(raw, "hops:", FeatureConfig(hops=True)) == [token]
+
+
+def test_character_ngrams_are_binary_and_capped() -> None:
+    four = FeatureConfig(chargrams=4)
+    assert _family(b"Subject: ab\n\ncdcdcd", "c4:", four) == [
+        "c4:ab\nc", "c4:b\ncd", "c4:\ncdc", "c4:cdcd", "c4:dcdc"]  # each n-gram once
+    distinct = "".join(chr(0x4E00 + (i * 7919) % 20_000) for i in range(10_000))  # every 4-gram differs
+    grams = _family(("Subject: s\nContent-Type: text/plain; charset=utf-8\n\n" + distinct).encode(), "c4:", four)
+    assert len(grams) == 3_000 - 3  # "s\n" and the first 2,998 characters of the body
+    with pytest.raises(ValueError, match="chargrams"):
+        FeatureConfig(chargrams=8)
+
+
+def test_a_family_that_is_off_costs_no_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import spamtl.features as features
+
+    def fail(*args: object) -> None:
+        raise AssertionError("parsed evidence for a family that is off")
+
+    monkeypatch.setattr(features, "trusted_results", fail)
+    monkeypatch.setattr(features, "parse_address", fail)
+    tokenize(parse_message(BORDER + FORGED + b"Return-Path: <a@b.example>\n\nhi"), FeatureConfig(auth=False))
+
+
+_FIELD = st.sampled_from(["Authentication-Results", "Received", "List-Id", "List-Unsubscribe", "Precedence",
+                          "Return-Path", "Sender", "From", "List-Unsubscribe-Post", "ARC-Seal"])
+
+
+@given(st.lists(st.tuples(_FIELD, st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=120)),
+                max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_every_family_survives_any_header_values(fields: list[tuple[str, str]]) -> None:
+    import dataclasses
+
+    msg = dataclasses.replace(parse_message(b"From: a@b.example\n\nhi"),
+                              headers=tuple((name.lower(), value) for name, value in fields))
+    config = CONFIGS[-1]  # every family on, a trusted id
+    tokens = tokenize(msg, config)  # never raises, whatever the values
+    assert len(featurize(msg, config).indices) == len({zlib.crc32(t.encode("utf-8", "surrogatepass")) % config.n_features
+                                                        for t in tokens})

@@ -112,6 +112,7 @@ keep_promoted_versions = 2
 mu_search_users = 50
 mu_search_days = 3
 train_workers = 1
+trusted_authserv_ids = ["MX.example.org"]
 [features]
 n_features = 1024
 bigrams = true
@@ -128,6 +129,7 @@ ham_cutoff = 0.3
         assert loaded.sources[f.name] == str(tmp_path / "all.toml")
     assert s.alphas == (0.1, 1.0) and s.features.n_features == 1024 and s.features.tf == "log"
     assert s.user_cutoffs == {"alice": (0.8, 0.3)}
+    assert s.features.authserv_ids == ("mx.example.org",)  # the features carry the site's trusted ids
 
 
 def test_a_new_field_is_picked_up_without_code_changes(env: dict[str, str], tmp_path: Path,
@@ -246,3 +248,20 @@ def test_package_version_matches_pyproject() -> None:
 
     meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["version"] == __version__
+
+
+def test_trusted_authserv_ids_reach_the_features_and_bad_ones_are_one_line(env: dict[str, str],
+                                                                          tmp_path: Path) -> None:
+    loaded = load_settings(env={**env, "SPAMTL_TRUSTED_AUTHSERV_IDS": "mx2.example.org, MX.example.org"},
+                           system_path=None)
+    assert loaded.settings.features.authserv_ids == ("mx.example.org", "mx2.example.org")
+    assert Settings(database_url="").features.authserv_ids == ()  # none by default: nothing is trusted
+    path = write(tmp_path / "bad.toml", 'trusted_authserv_ids = ["mx example.org"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(config=path, env=env, system_path=None)
+    assert str(err.value) == (f"{path}: trusted_authserv_ids: authserv-id 'mx example.org' is not a host or "
+                              "domain name such as mx.example.org")
+    with pytest.raises(ConfigError) as err:
+        load_settings(config=write(tmp_path / "worse.toml", "trusted_authserv_ids = 5\n"), env=env, system_path=None)
+    assert str(err.value).startswith(f"{tmp_path / 'worse.toml'}: trusted_authserv_ids must be a list of ")
+    assert str(err.value).endswith("got 5")

@@ -31,6 +31,7 @@ __all__ = [
     "ParsedMessage",
     "parse_message",
     "decode_header_value",
+    "parse_address",
     "parse_date",
 ]
 
@@ -302,8 +303,8 @@ def _from_message(msg: Message, defects: list[str]) -> ParsedMessage:
     if not msg.keys():
         defects.append("no headers found; not an RFC 5322 message")
     subject = _header(msg, "subject")
-    from_address, from_domain = _address(_header(msg, "from"))
-    reply_to_address, reply_to_domain = _address(_header(msg, "reply-to"))
+    from_address, from_domain = parse_address(_header(msg, "from"))
+    reply_to_address, reply_to_domain = parse_address(_header(msg, "reply-to"))
     message_id = _header(msg, "message-id").strip().strip("<>").strip()
     date = parse_date(_header(msg, "date"))
     headers = _header_facts(msg)
@@ -552,7 +553,8 @@ def _header(msg: Message, name: str) -> str:
     return "" if value is None else decode_header_value(value)[:MAX_HEADER_CHARS]
 
 
-def _address(value: str) -> tuple[str, str]:
+def parse_address(value: str) -> tuple[str, str]:
+    """(address, domain) of a header value such as ``Ann <ann@Example.org>``, lower-cased ('' where none)."""
     if not value:
         return "", ""
     try:

@@ -260,7 +260,7 @@ class ModelReader:
             version, feature_key, n_features, params = row
             params = json.loads(params) if isinstance(params, str) else dict(params or {})
             try:
-                config = FeatureConfig.from_key(feature_key)
+                config = FeatureConfig.from_key(feature_key, self.settings.features.authserv_ids)
             except ValueError as exc:
                 raise DatabaseError(f"{exc}; run `spamtl train` to retrain") from None
             n_features = int(n_features)

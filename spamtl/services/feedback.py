@@ -266,7 +266,7 @@ def _refit_user(engine: Engine, settings: Settings, result: Any, *, user: str, u
         version_id, feature_key, version_trained = version.id, version.feature_key, version.created_at
         labels, _ = queries.labels_to_learn(session=session, users=[user], window=settings.autolearn_window(now))
         sources = queries.label_sources(session=session, user_id=user_id)
-    config = FeatureConfig.from_key(feature_key)
+    config = FeatureConfig.from_key(feature_key, settings.features.authserv_ids)
     extra = [message_pk] if message_pk is not None else []
     rows = feature_rows(engine, [lab.message_pk for lab in labels] + extra, config)
     if message_pk is not None and message_pk not in rows:
