@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -147,16 +148,17 @@ class Settings:
     promote_tolerance: float = _setting(0.0, ge=0.0)
     promote_margin_se: float = _setting(3.0, ge=0.0)
     promote_relative_margin: float = _setting(0.5, ge=0, message="promote_relative_margin must be >= 0")
-    # Per-user spam cutoffs are set at training for this ham false-positive rate (0: every user keeps
-    # spam_cutoff and ham_cutoff).
+    # Trained spam cutoffs aim at this ham false-positive rate (0: every user keeps spam_cutoff and
+    # ham_cutoff).
     target_ham_fpr: float = _setting(0.001, ge=0.0, lt=1.0, in_type=True, message="target_ham_fpr must be in [0, 1)")
-    # A user's own cutoff weighs n_ham / (n_ham + cutoff_shrinkage) against the shared one, in log-odds.
-    cutoff_shrinkage: float = _setting(100.0, ge=0.0)
-    # The lowest a trained spam cutoff goes, with much ham: never spam what is more likely ham.
+    # A user's trained cutoffs move from the shared ones only as far as the user's own labels show at this
+    # one-sided confidence (exact binomial bounds; docs/training.md).
+    cutoff_confidence: float = _setting(0.9, ge=0.5, lt=1.0, message="cutoff_confidence must be in [0.5, 1)")
+    # Trained spam cutoffs stay above this (and above ham_cutoff): never spam what is more likely ham.
     min_spam_cutoff: float = _setting(0.5, gt=0.0, lt=1.0, message="min_spam_cutoff must be between 0 and 1 "
                                                                    "(exclusive)")
-    # Per-user ham cutoffs: the highest at which at most this share of the user's spam (scored out of
-    # sample) would be called ham, shrunk like the spam cutoff, never below ham_cutoff (0: ham_cutoff).
+    # Trained ham cutoffs aim at calling at most this share of spam (scored out of sample) ham, never
+    # below ham_cutoff (0: ham_cutoff for everyone).
     target_spam_as_ham: float = _setting(0.05, ge=0.0, lt=1.0, message="target_spam_as_ham must be in [0, 1)")
     # A feedback refit weighs the user's feedback labels this many times an imported one, and doubles the
     # corrected message's weight (at most feedback_max_doublings times) until it lands on the user's side.
@@ -421,6 +423,11 @@ def _converted(tp: Any, name: str, value: Any, where: str, *, from_text: bool) -
         raise ConfigError(f"{where}: {name} must be {exc}, got {_shown(value)}") from None
 
 
+RETIRED = {"cutoff_shrinkage": "trained cutoffs follow cutoff_confidence, docs/training.md"}
+"""Settings of earlier versions that a configuration file may still name: a warning, not an error, so an
+upgrade never stops the filter."""
+
+
 def _read_file(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
     import tomllib
 
@@ -440,6 +447,8 @@ def _read_file(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
     for key, value in data.items():
         if key == USERS_TABLE and "user_cutoffs" in fields:
             values["user_cutoffs"] = _user_cutoffs(where, value)
+        elif key in RETIRED:
+            sys.stderr.write(f"spamtl: {where}: setting {key!r} is no longer used ({RETIRED[key]}); ignored\n")
         elif key not in fields or key == "user_cutoffs":
             import difflib
 

@@ -86,7 +86,7 @@ log_level = "info"
 filter_report = true
 cv_folds = 5
 promote_margin_se = 1.0
-cutoff_shrinkage = 50.0
+cutoff_confidence = 0.95
 min_spam_cutoff = 0.6
 feedback_weight = 2.0
 feedback_max_doublings = 3
@@ -148,6 +148,18 @@ def test_a_new_field_is_picked_up_without_code_changes(env: dict[str, str], tmp_
     with pytest.raises(ConfigError) as err:
         load_settings(config=write(tmp_path / "d.toml", "retention_days = -1\n"), env=env, system_path=None)
     assert str(err.value) == f"{tmp_path / 'd.toml'}: retention_days must be an integer >= 0, got -1"
+
+
+def test_a_retired_setting_in_a_file_is_a_warning_not_an_error(env: dict[str, str], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """An upgrade must not stop the filter over a setting the new version no longer has."""
+    path = write(tmp_path / "old.toml", "cutoff_shrinkage = 100.0\nseed = 3\n")
+    loaded = load_settings(config=path, env=env, system_path=None)
+    assert loaded.settings.seed == 3
+    assert capsys.readouterr().err == (f"spamtl: {path}: setting 'cutoff_shrinkage' is no longer used (trained "
+                                       "cutoffs follow cutoff_confidence, docs/training.md); ignored\n")
+    with pytest.raises(ConfigError):  # any other unknown name is still an error
+        load_settings(config=write(tmp_path / "typo.toml", "cutof_confidence = 0.9\n"), env=env, system_path=None)
 
 
 def test_environment_values_are_parsed_by_type(env: dict[str, str]) -> None:

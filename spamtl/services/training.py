@@ -24,33 +24,28 @@ from sqlalchemy import Engine
 
 from spamtl import parallel
 from spamtl.errors import DamagedModelError, NoModelError, UsageError
-from spamtl.metrics import macro_auc_error, macro_weights, paired_gap, rows_by_task
+from spamtl.metrics import macro_auc_error, macro_weights, paired_gap
 from spamtl.model.folds import chronological_split, grouped_folds
 from spamtl.parallel import SerialExecutor, release, return_free_memory, share
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.rowfiles import column_counts, map_rows, remove_rows, scratch_directory
-from spamtl.services.cutoffs import ham_for
+from spamtl.services.cutoffs import Cutoff, choose_cutoffs
 from spamtl.services.dataset import TrainingData, load_training_data
 from spamtl.services.models import load_weights, save_weights, version_info
 from spamtl.settings import Settings
 from spamtl.store import queries
 from spamtl.store.engine import check_schema, transaction
 
-__all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "Cutoff", "train", "load_labels",
+__all__ = ["TrainResult", "ActiveModel", "Choice", "GateDecision", "train", "load_labels",
            "prepare_features", "cross_fit_folds", "choose_mu", "search_sample", "reused_choice",
            "one_se_for_all_users", "cross_fit_and_fit", "mean_shared_part", "choose_and_fit", "fit_candidate",
-           "load_active", "active_scores", "gate", "choose_cutoffs", "save_version", "fit_model", "min_df_mask",
+           "load_active", "active_scores", "gate", "save_version", "fit_model", "min_df_mask",
            "choose_params", "base_params", "EXIT_REFUSED"]
 
 EXIT_REFUSED = 3
 """`spamtl train` exit code when the gate refuses the candidate (the active model stays), for cron alerts."""
 _PROB_CLIP = 1e-6  # log loss of a logged probability of exactly 0 or 1 would be infinite
 _TIE = 1e-9  # nats: differences this small are rounding (probability <-> log-odds), i.e. a tie
-MIN_UNSURE_LOG_ODDS = 1.0
-"""A trained ham cutoff stays this far (log-odds) below the user's spam cutoff: every user keeps an unsure
-band at least as wide as a factor e in the odds (0.875-0.95 under a 0.95 spam cutoff), so mail the model
-rates just under the spam cutoff is never called ham, even where the model separates the user's mail
-perfectly."""
 
 
 @dataclass
@@ -479,113 +474,6 @@ def _compare(data: TrainingData, both: np.ndarray, cand_p: np.ndarray, active_p:
         return GateDecision(False, f"{said}: worse by {gap:.4f} > margin {margin:.4f}; keeping v{active.version}",
                             metrics)
     return GateDecision(True, f"{said}: not worse (difference {gap:+.4f}, margin {margin:.4f})", metrics)
-
-
-# ----------------------------------------------------------------- step 6: cutoffs
-@dataclass(frozen=True)
-class Cutoff:
-    spam: float
-    ham: float
-    source: str
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-12), 1 - 1e-12)
-    return math.log(p / (1 - p))
-
-
-def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
-
-
-def _shrunk_quantile(scores: np.ndarray, q: float, shrinkage: float, method: str,
-                     z_shared: float) -> tuple[float, int, float]:
-    """The ``q`` quantile of ``scores`` shrunk toward ``z_shared``: ``w z_u + (1 - w) z_shared`` with
-    ``w = n / (n + shrinkage)`` for ``n`` scores; returns it, n and w (no scores: ``z_shared``, 0, 0)."""
-    n = len(scores)
-    if n == 0:
-        return z_shared, 0, 0.0
-    w = n / (n + shrinkage)
-    return w * float(np.quantile(scores, q, method=method)) + (1 - w) * z_shared, n, w
-
-
-def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Settings) -> tuple[dict[str, Cutoff],
-                                                                                                 Cutoff | None]:
-    """Each user's spam and ham cutoffs from out-of-sample scores (docs/training.md, "Verdicts and cutoffs").
-
-    The spam cutoff (for ``settings.target_ham_fpr``, labels only) shrinks the user's ham quantile toward the
-    shared one by ``w = n_ham / (n_ham + cutoff_shrinkage)``, above a floor between ``spam_cutoff`` and
-    ``min_spam_cutoff``; the ham cutoff (for ``settings.target_spam_as_ham``, labels and uncorrected verdicts)
-    shrinks the same way, at least the global ``ham_cutoff`` and ``MIN_UNSURE_LOG_ODDS`` under the spam cutoff.
-    Returns ({}, None) when disabled (``target_ham_fpr`` 0) or without out-of-fold ham.
-    """
-    target = settings.target_ham_fpr
-    scored = np.isfinite(oof_scores)
-    ham = (data.y == 0) & scored & data.learned
-    if target <= 0 or not ham.any():
-        return {}, None
-    spam = (data.y == 1) & scored
-    levels = _Levels.of(oof_scores, ham, spam, settings)
-    shared = levels.cutoff(max(levels.z_shared, levels.z_global), levels.z_ham_shared,
-                           f"shared: target {100 * target:g}% ham FPR on {int(ham.sum())} ham of all users")
-    out = {str(user): _user_cutoff(oof_scores[rows[ham[rows]]], oof_scores[rows[spam[rows]]], levels)
-           for user, rows in rows_by_task(data.users)}
-    return out, shared
-
-
-@dataclass(frozen=True)
-class _Levels:
-    """The log-odds that every user's cutoffs are shrunk toward or bounded by (:func:`choose_cutoffs`)."""
-
-    settings: Settings
-    z_min: float  # the lowest spam cutoff (a user with lots of ham)
-    z_global: float  # the configured spam cutoff
-    z_shared: float  # the target quantile of every user's ham
-    z_ham_global: float  # the configured ham cutoff
-    z_ham_shared: float  # the target quantile of every user's spam
-
-    @classmethod
-    def of(cls, oof_scores: np.ndarray, ham: np.ndarray, spam: np.ndarray, settings: Settings) -> _Levels:
-        z_min = _logit(max(settings.min_spam_cutoff, settings.ham_cutoff))  # spam never at or below the ham cutoff
-        z_ham_global = _logit(settings.ham_cutoff)
-        z_ham_shared = z_ham_global
-        if settings.target_spam_as_ham > 0 and spam.any():
-            z_ham_shared = float(np.quantile(oof_scores[spam], settings.target_spam_as_ham, method="lower"))
-        return cls(settings, z_min, max(_logit(settings.spam_cutoff), z_min),
-                   float(np.quantile(oof_scores[ham], 1.0 - settings.target_ham_fpr, method="higher")),
-                   z_ham_global, z_ham_shared)
-
-    def cutoff(self, z: float, z_ham: float, source: str, ham_sample: str = "") -> Cutoff:
-        """Spam cutoff ``z`` and ham cutoff ``z_ham`` (log-odds), the ham one kept ``MIN_UNSURE_LOG_ODDS`` under
-        the spam one and never below the configured ham cutoff."""
-        spam_p = round(_sigmoid(z), 6)
-        held = z_ham > z - MIN_UNSURE_LOG_ODDS
-        z_ham = min(z_ham, z - MIN_UNSURE_LOG_ODDS)
-        if z_ham <= self.z_ham_global:
-            return Cutoff(spam_p, ham_for(spam_p, self.settings), source)
-        held_note = f", held {MIN_UNSURE_LOG_ODDS:g} log-odds under spam" if held else ""
-        return Cutoff(spam_p, round(_sigmoid(z_ham), 6),
-                      f"{source}; ham: {100 * self.settings.target_spam_as_ham:g}% of spam below{ham_sample}"
-                      f"{held_note}")
-
-
-def _user_cutoff(ham_scores: np.ndarray, spam_scores: np.ndarray, levels: _Levels) -> Cutoff:
-    """One user's cutoffs from the out-of-fold scores of their ham labels and of their spam."""
-    settings, k = levels.settings, levels.settings.cutoff_shrinkage
-    z_ham, ham_sample = levels.z_ham_global, ""
-    if settings.target_spam_as_ham > 0:
-        z_ham, n_spam, w_spam = _shrunk_quantile(spam_scores, settings.target_spam_as_ham, k, "lower",
-                                                 levels.z_ham_shared)
-        ham_sample = (f" on {n_spam} spam, shrunk {100 * (1 - w_spam):.0f}% to shared" if n_spam
-                      else ", shared (no spam)")
-    z, n_ham, w = _shrunk_quantile(ham_scores, 1.0 - settings.target_ham_fpr, k, "higher", levels.z_shared)
-    if n_ham == 0:
-        return levels.cutoff(max(levels.z_shared, levels.z_global), z_ham, "shared (no ham)", ham_sample)
-    floor = w * levels.z_min + (1 - w) * levels.z_global
-    source = f"target {100 * settings.target_ham_fpr:g}% ham FPR on {n_ham} ham, shrunk {100 * (1 - w):.0f}% to shared"
-    if z < floor:
-        z, source = floor, source + f", raised to the floor {_sigmoid(floor):.4f}"
-    return levels.cutoff(z, z_ham, source, ham_sample)
 
 
 # ----------------------------------------------------------------- step 7: promote

@@ -30,7 +30,8 @@ def test_cutoffs_must_be_ordered() -> None:
     ("tol", 0.0, "tol must be > 0.0, got 0.0"),
     ("feedback_weight", 0.0, "feedback_weight must be > 0.0, got 0.0"),
     ("feedback_max_doublings", -1, "feedback_max_doublings must be >= 0, got -1"),
-    ("cutoff_shrinkage", -5.0, "cutoff_shrinkage must be >= 0.0, got -5.0"),
+    ("cutoff_confidence", 1.0, "cutoff_confidence must be in [0.5, 1)"),
+    ("cutoff_confidence", 0.3, "cutoff_confidence must be in [0.5, 1)"),
     ("serve_workers", 0, "serve_workers must be >= 1, got 0"),
     ("serve_read_timeout", 0.0, "serve_read_timeout must be > 0.0, got 0.0"),
     ("autolearn_days", float("nan"), "autolearn_days must be >= 0.0, got nan"),
@@ -38,7 +39,7 @@ def test_cutoffs_must_be_ordered() -> None:
 ])
 def test_training_and_serving_settings_are_checked_up_front(field: str, value: object, message: str) -> None:
     """Catches: a value that a night's training would reject minutes in (an empty grid, mu 0, one fold)
-    or misuse silently (feedback weighed 0, a negative shrinkage) accepted when the settings are read."""
+    or misuse silently (feedback weighed 0, a confidence of 1) accepted when the settings are read."""
     with pytest.raises(ValueError) as excinfo:
         Settings(database_url="", **{field: value})  # type: ignore[arg-type]
     assert str(excinfo.value) == message
@@ -46,6 +47,6 @@ def test_training_and_serving_settings_are_checked_up_front(field: str, value: o
 
 def test_the_edges_of_the_checked_ranges_are_accepted() -> None:
     settings = Settings(database_url="", alphas=(1e-9,), mus=(1e-6, 1e6), cv_folds=2, min_spam_cutoff=0.99,
-                        feedback_max_doublings=0, cutoff_shrinkage=0.0, serve_refresh_interval=0.0,
+                        feedback_max_doublings=0, cutoff_confidence=0.5, serve_refresh_interval=0.0,
                         autolearn_after_hours=0.0, user_cutoffs={"bob": (0.5, 0.5)})
     assert settings.cv_folds == 2

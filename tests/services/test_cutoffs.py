@@ -27,7 +27,10 @@ def test_cutoffs_list_set_unset_and_users_columns(engine, tmp_path: Path) -> Non
     db = _build(engine, tmp_path).database_url
     listed = json.loads(run(db, "cutoffs", "--format", "json").stdout)
     assert [r["user"] for r in listed] == ["ann", "bob", "cat"]
-    assert all(r["source"].startswith("model v1: target 0.1% ham FPR on ") for r in listed)
+    # Each says how much of the cutoff is the user's own (30 ham prove nothing at 0.1 %: the shared one).
+    assert all(r["source"].startswith("model v1: target 0.1% ham FPR: shared, 0 of ")
+               and "ham at or above it (own 0%); ham: 5% of spam below on " in r["source"] for r in listed)
+    assert all("ham at or above it (own 0%)" in line for line in run(db, "cutoffs").stdout.splitlines()[1:])
     bob = listed[1]
     assert 0.5 <= bob["spam_cutoff"] < 1 and 0.5 <= bob["ham_cutoff"] <= bob["spam_cutoff"]
 
