@@ -28,6 +28,7 @@ __all__ = [
     "SqliteFile",
     "store_source",
     "schema_error",
+    "schema_revision",
     "permission_warnings",
     "upgrade",
     "downgrade",
@@ -308,15 +309,32 @@ def schema_error(revision: str | None) -> DatabaseError | None:
     return DatabaseError(f"the database {state}; run `spamtl init` to create or upgrade it")
 
 
+def schema_revision(connection: Any) -> str | None:
+    """The schema revision of the store behind a driver (DB-API) ``connection``; None without spamtl tables."""
+    try:
+        with translate_errors():
+            cursor = connection.cursor()
+            cursor.execute("SELECT version_num FROM alembic_version")
+            row = cursor.fetchone()
+    except DatabaseError as exc:
+        if "no spamtl tables" not in str(exc):
+            raise
+        return None
+    return None if row is None else str(row[0])
+
+
 def check_schema(engine: Engine | SqliteFile) -> None:
     """Raise a clear error unless the database is at the schema this code expects."""
-    from spamtl.store.statements import Store
-
-    store = Store(engine)
+    with translate_errors():  # connecting runs the pragmas: a file that is not a database fails here
+        pooled = engine.raw_connection()
     try:
-        store.check_schema()
+        revision = schema_revision(pooled.driver_connection)
+        pooled.rollback()
     finally:
-        store.close()
+        pooled.close()
+    problem = schema_error(revision)
+    if problem is not None:
+        raise problem
 
 
 # How psycopg 3 words a failure to reach or log in to the server (refused, unknown host, bad password).
@@ -363,12 +381,13 @@ def translate(exc: BaseException) -> DatabaseError | None:
 
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
-    """Raise the database errors users can act on as one-line DatabaseErrors (:func:`translate`)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
+    """Raise the database errors users can act on as one-line DatabaseErrors (:func:`translate`; it knows
+    the drivers' and SQLAlchemy's errors without importing SQLAlchemy, which a one-message process lacks)."""
     try:
         yield
-    except (SQLAlchemyError, sqlite3.Error) as exc:
+    except DatabaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translate() picks the database errors, the rest go on as they are
         problem = translate(exc)
         if problem is None:
             raise

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from spamtl.errors import DatabaseError
-from spamtl.store.engine import SqliteFile, schema_error, translate
+from spamtl.store.engine import SqliteFile, schema_error, schema_revision, translate
 
 __all__ = ["Statement", "Store", "store_messages", "create_user", "compress", "decompress", "naive_utc"]
 
@@ -47,7 +47,6 @@ class Statement:
 GENERATION = Statement("SELECT value FROM store_state WHERE key = 'generation'")
 # The generation at which a user was last deleted or renamed (queries.mark_users_changed).
 USERS_CHANGED = Statement("SELECT value FROM store_state WHERE key = 'users_changed'")
-SCHEMA = Statement("SELECT version_num FROM alembic_version")
 ACTIVE_VERSION = Statement("SELECT id, feature_key, n_features, params FROM model_versions WHERE status = 'active'")
 USER = Statement("SELECT id, group_name, spam_cutoff, ham_cutoff FROM users WHERE name = :name")
 USER_NAMES = Statement("SELECT name FROM users ORDER BY name")
@@ -211,14 +210,9 @@ class Store:
 
     def check_schema(self) -> None:
         """Raise a clear :class:`~spamtl.errors.DatabaseError` unless the store is at this code's schema."""
-        try:
-            row = self.one(SCHEMA)
-        except DatabaseError as exc:
-            if "no spamtl tables" not in str(exc):
-                raise
-            row = None
+        revision = schema_revision(self._connection())
         self.finish_read()
-        problem = schema_error(None if row is None else row[0])
+        problem = schema_error(revision)
         if problem is not None:
             raise problem
 
