@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CORPUS = Path(os.environ.get("SPAMTL_CORPORA", "/work/shared/corpora")) / "enron-spam"
+CORPUS = Path(os.environ.get("SPAMTL_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora")) / "enron-spam"
 PY = sys.executable
 TRAIN_PER_CLASS = 1000
 TARGET_BYTES = 10 * 1024

@@ -10,7 +10,7 @@ refit path); classify all again and explain "sa" again.  Keys are "<user>/<label
 Left out: timestamps, durations, free text (cutoff sources, notes), the short "id".
 
   build:      record_scores.py --python .venv/bin/python --out benchmarks/results/scores_after.json
-  score-only: record_scores.py --score-only sqlite:////work/baseline_store/spamtl.sqlite3 --out s.json
+  score-only: record_scores.py --score-only sqlite:////path/to/trained-store.sqlite3 --out s.json
               (classify/explain the held-out mail with a copy of that store, after `init` on the copy)
   compare:    record_scores.py --compare before.json after.json [--tol 1e-9]
               max abs difference per field; exit 1 if a number differs beyond tol, a string differs,
