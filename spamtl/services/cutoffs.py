@@ -4,7 +4,7 @@ overridden by an administrator."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,7 +56,7 @@ def errors_within(n: int, rate: float, confidence: float) -> tuple[int, int]:
     cdf = bdtr(np.arange(top + 1), n, rate)
     proven = int(np.count_nonzero(cdf <= 1 - confidence)) - 1
     plausible = int(np.count_nonzero(cdf[:n] <= confidence))
-    return min(proven, n - 1), plausible
+    return proven, plausible
 
 
 def _logit(p: float) -> float:
@@ -77,11 +77,10 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
                                                                                                  Cutoff | None]:
     """Each user's spam and ham cutoffs from out-of-sample scores (docs/training.md, "Verdicts and cutoffs").
 
-    Two levels, one rule (:func:`_moved`): the shared cutoffs start from the configured ``spam_cutoff`` and
-    ``ham_cutoff`` and move as far as every user's labels together prove at ``cutoff_confidence``; each
-    user's start from the shared ones and move as far as that user's labels prove.  Spam cutoffs answer to
-    ham labels (``target_ham_fpr``; uncorrected verdicts are easy mail by construction and left out), ham
-    cutoffs to spam labels and uncorrected spam verdicts (``target_spam_as_ham``).
+    The shared cutoffs are the plain quantiles of every user's scores (:meth:`_Levels.of`); each user's start
+    there and move only as far as that user's labels show at ``cutoff_confidence`` (:func:`_moved`).  Spam
+    cutoffs answer to ham labels (``target_ham_fpr``; uncorrected verdicts are easy mail by construction and
+    left out), ham cutoffs to spam labels and uncorrected spam verdicts (``target_spam_as_ham``).
     Returns ({}, None) when disabled (``target_ham_fpr`` 0) or without out-of-sample ham.
     """
     scored = np.isfinite(oof_scores)
@@ -89,10 +88,10 @@ def choose_cutoffs(data: TrainingData, oof_scores: np.ndarray, settings: Setting
     if settings.target_ham_fpr <= 0 or not ham.any():
         return {}, None
     spam = (data.y == 1) & scored
-    levels = _Levels.of(oof_scores[ham], oof_scores[spam], settings)
+    levels, shared = _Levels.of(oof_scores[ham], oof_scores[spam], settings)
     out = {str(user): levels.user(oof_scores[rows[ham[rows]]], oof_scores[rows[spam[rows]]])
            for user, rows in rows_by_task(data.users)}
-    return out, levels.shared
+    return out, shared
 
 
 @dataclass(frozen=True)
@@ -143,14 +142,14 @@ class _Levels:
     settings: Settings
     z_min: float  # trained spam cutoffs stay above this (min_spam_cutoff, and the ham cutoff)
     z_ham_global: float  # the configured ham cutoff: the lowest ham cutoff
-    spam: _Move  # the shared spam cutoff
-    ham: _Move  # the shared ham cutoff
-    shared: Cutoff
+    z_spam: float  # the shared spam cutoff
+    z_ham: float  # the shared ham cutoff
 
     @classmethod
-    def of(cls, ham: np.ndarray, spam: np.ndarray, settings: Settings) -> _Levels:
+    def of(cls, ham: np.ndarray, spam: np.ndarray, settings: Settings) -> tuple[_Levels, Cutoff]:
         """From every user's ham labels and spam: the plain quantiles (thousands of labels in a store that
-        has users), the spam one never under ``spam_cutoff``, the ham one never under ``ham_cutoff``."""
+        has users), the spam one never under ``spam_cutoff``, the ham one never under ``ham_cutoff``; and the
+        shared cutoff they make."""
         z_min = _logit(max(settings.min_spam_cutoff, settings.ham_cutoff))  # spam never at or below the ham cutoff
         z_ham_global = _logit(settings.ham_cutoff)
         z_spam = float(np.quantile(ham, 1.0 - settings.target_ham_fpr, method="higher"))
@@ -159,22 +158,21 @@ class _Levels:
         if settings.target_spam_as_ham > 0 and len(spam):
             z_ham = max(float(np.quantile(spam, settings.target_spam_as_ham, method="lower")), z_ham_global)
             ham_note = f" on {len(spam)} spam of all users"
-        levels = cls(settings, z_min, z_ham_global, _Move(z_spam, "kept", 0, len(ham), 0.0),
-                     _Move(z_ham, "kept", 0, len(spam), 0.0), Cutoff(0.0, 0.0, ""))
+        levels = cls(settings, z_min, z_ham_global, z_spam, z_ham)
         source = f"shared: target {100 * settings.target_ham_fpr:g}% ham FPR on {len(ham)} ham of all users"
-        return replace(levels, shared=levels.cutoff(z_spam, z_ham, source, ham_note))
+        return levels, levels.cutoff(z_spam, z_ham, source, ham_note)
 
     def user(self, ham: np.ndarray, spam: np.ndarray) -> Cutoff:
         """One user's cutoffs from the out-of-sample scores of their ham labels and of their spam."""
         settings = self.settings
-        z_ham, ham_note = self.ham.z, ", shared (no spam)"
+        z_ham, ham_note = self.z_ham, ", shared (no spam)"
         if settings.target_spam_as_ham > 0 and len(spam):
-            ham_move = _negated(_moved(-spam, -self.ham.z, -math.inf, settings.target_spam_as_ham,
+            ham_move = _negated(_moved(-spam, -self.z_ham, -math.inf, settings.target_spam_as_ham,
                                        settings.cutoff_confidence))
             z_ham, ham_note = ham_move.z, _ham_note(ham_move)
         if len(ham) == 0:
-            return self.cutoff(self.spam.z, z_ham, "shared (no ham)", ham_note)
-        move = _moved(ham, self.spam.z, _just_above(self.z_min), settings.target_ham_fpr, settings.cutoff_confidence)
+            return self.cutoff(self.z_spam, z_ham, "shared (no ham)", ham_note)
+        move = _moved(ham, self.z_spam, _just_above(self.z_min), settings.target_ham_fpr, settings.cutoff_confidence)
         return self.cutoff(move.z, z_ham, f"target {100 * settings.target_ham_fpr:g}% ham FPR: "
                                           f"{_spam_note(move)}", ham_note)
 

@@ -224,14 +224,10 @@ def _refit_if_model(engine: Engine, settings: Settings, result: Any, *, user: st
 
 def _user_cutoffs(engine: Engine, settings: Settings, user: str) -> tuple[float, float]:
     """The user's effective cutoffs, by the classify path's own precedence."""
-    from spamtl.services.classify import open_reader
+    from spamtl.services.cutoffs import list_cutoffs
 
-    reader = open_reader(engine, settings)
-    try:
-        spam, ham, _ = reader.cutoffs(user)
-    finally:
-        reader.store.close()
-    return spam, ham
+    effective = list_cutoffs(engine, settings, [user])[0]
+    return effective.spam_cutoff, effective.ham_cutoff
 
 
 def _training_columns(X: Any, weights: Any, new: np.ndarray) -> Any:
