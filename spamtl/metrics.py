@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["roc_auc", "macro_auc_error", "macro_weights", "macro_log_loss", "paired_gap", "rows_by_task", "roc_curve_points",
+__all__ = ["roc_auc", "task_auc_errors", "macro_auc_error", "macro_weights", "macro_log_loss", "paired_gap", "rows_by_task", "roc_curve_points",
            "spam_caught_at_fpr", "binary_metrics"]
 
 
@@ -51,16 +51,22 @@ def roc_auc(is_spam: Any, scores: Any) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def macro_auc_error(is_spam: Any, scores: Any, tasks: Any) -> float:
-    """Mean over tasks of 100 * (1 - ROC AUC), skipping tasks with one class (NaN if none)."""
+def task_auc_errors(is_spam: Any, scores: Any, tasks: Any) -> dict[Any, float]:
+    """Each task's 100 * (1 - ROC AUC) (NaN for a task with one class), tasks sorted.
+
+    Examples
+    --------
+    >>> task_auc_errors([1, 0, 1, 0, 0], [0.9, 0.2, 0.1, 0.3, 0.5], ["a", "a", "b", "b", "c"])
+    {'a': 0.0, 'b': 100.0, 'c': nan}
+    """
     y = np.asarray(is_spam, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
-    t = np.asarray(tasks)
-    errors = []
-    for _, rows in rows_by_task(t):
-        auc = roc_auc(y[rows], s[rows])
-        if not np.isnan(auc):
-            errors.append(100.0 * (1.0 - auc))
+    return {task: 100.0 * (1.0 - roc_auc(y[rows], s[rows])) for task, rows in rows_by_task(np.asarray(tasks))}
+
+
+def macro_auc_error(is_spam: Any, scores: Any, tasks: Any) -> float:
+    """Mean over tasks of 100 * (1 - ROC AUC), skipping tasks with one class (NaN if none)."""
+    errors = [e for e in task_auc_errors(is_spam, scores, tasks).values() if not np.isnan(e)]
     return float(np.mean(errors)) if errors else float("nan")
 
 

@@ -30,7 +30,7 @@ from spamtl.model import DEFAULT_MAX_ITER, DEFAULT_TOL
 
 __all__ = ["Settings", "LoadedSettings", "ConfigError", "load_settings", "verdict_at", "validate_name",
            "default_database_url", "user_config_path", "ENV_DATABASE_URL", "ENV_CONFIG", "ENV_PREFIX",
-           "SYSTEM_CONFIG", "LOG_LEVELS", "NAME_MAX_CHARS"]
+           "SYSTEM_CONFIG", "LOG_LEVELS", "NAME_MAX_CHARS", "check_listen_host"]
 
 ENV_DATABASE_URL = "SPAMTL_DATABASE_URL"
 ENV_CONFIG = "SPAMTL_CONFIG"
@@ -66,14 +66,14 @@ _HOLDOUT = "holdout_fraction must be between 0 and 1 (exclusive) and holdout_min
 _KEEP_FOREVER = "{name} must be >= 0 or None (keep forever)"
 
 
-def _bad_network(networks: tuple[str, ...]) -> str | None:
+def _bad_network(networks: tuple[str, ...], name: str = "serve_trusted_networks") -> str | None:
     for network in networks:
         import ipaddress  # only when configured: the classify path starts without it
 
         try:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
-            return (f"serve_trusted_networks: {network!r} is not an address or network "
+            return (f"{name}: {network!r} is not an address or network "
                     "such as 192.0.2.10 or 192.0.2.0/24")
     return None
 
@@ -91,6 +91,29 @@ def _bad_authserv_ids(ids: tuple[str, ...]) -> str | None:
     except ValueError as exc:
         return f"trusted_authserv_ids: {exc}"
     return None
+
+
+def _is_host_port(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536)
+
+
+def check_listen_host(host: str, allow_remote: bool) -> None:
+    """Refuse (UsageError) to listen on a non-loopback ``host`` unless ``allow_remote``: the daemon, the web
+    pages and the metrics endpoints listen on loopback by default."""
+    if allow_remote:
+        return
+    import ipaddress
+
+    try:
+        is_loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        is_loopback = False
+    if not is_loopback:
+        raise UsageError(f"refusing to listen on {host} (not a loopback address); "
+                         "add --allow-remote to accept connections from other hosts")
 
 
 def _is_octal_mode(mode: Any) -> bool:
@@ -203,6 +226,22 @@ class Settings:
     serve_refresh_interval: float = _setting(0.25, ge=0.0)
     # spamtl serve: seconds a verdict may wait to be logged (one transaction per batch).
     serve_log_interval: float = _setting(0.05, ge=0.0)
+    # spamtl serve: HOST:PORT of its Prometheus endpoint (GET /metrics); None serves none.
+    serve_metrics: str | None = _setting(None, check=_is_host_port,
+                                         message="{name} must be HOST:PORT such as 127.0.0.1:9783, got {value!r}")
+    # spamtl web: HOST:PORT the pages (and /metrics) listen on; loopback unless a proxy is in front.
+    web_listen: str = _setting("127.0.0.1:8783", check=_is_host_port,
+                               message="{name} must be HOST:PORT such as 127.0.0.1:8783, got {value!r}")
+    # spamtl web: the header a trusted reverse proxy puts the logged-in user's name in (e.g.
+    # "X-Remote-User"); None (the default) accepts only tokens from `spamtl users token`.
+    web_user_header: str | None = None
+    # spamtl web: client addresses or networks whose web_user_header is believed (the proxy's).
+    web_trusted_proxies: tuple[str, ...] = _setting(("127.0.0.1", "::1"),
+                                                    message=lambda v: _bad_network(v, "web_trusted_proxies"))
+    # spamtl web: names with the admin role when they log in through web_user_header.
+    web_admins: tuple[str, ...] = ()
+    # spamtl web: send the login cookie only over HTTPS (set it when the proxy in front speaks HTTPS).
+    web_secure_cookie: bool = False
     # Per-user cutoffs from the configuration: user -> (spam_cutoff, ham_cutoff).
     user_cutoffs: dict[str, tuple[float, float]] = _setting(factory=dict, message=_bad_user)
     # One line per verdict, feedback and training (spamtl.logs): "stderr", "syslog", "none" or a file

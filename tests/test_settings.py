@@ -113,6 +113,12 @@ mu_search_users = 50
 mu_search_days = 3
 train_workers = 1
 trusted_authserv_ids = ["MX.example.org"]
+serve_metrics = "127.0.0.1:9783"
+web_listen = "[::1]:8080"
+web_user_header = "X-Remote-User"
+web_trusted_proxies = ["10.0.0.0/8"]
+web_admins = ["root"]
+web_secure_cookie = true
 [features]
 n_features = 1024
 bigrams = true

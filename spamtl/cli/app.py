@@ -11,7 +11,21 @@ from typing import Annotated
 
 import typer
 
-from spamtl.cli import classify, config, cutoffs, demo, explain, labels, models, serve, store, tell, training, users
+from spamtl.cli import (
+    classify,
+    config,
+    cutoffs,
+    demo,
+    explain,
+    labels,
+    models,
+    serve,
+    store,
+    tell,
+    training,
+    users,
+    web,
+)
 from spamtl.cli.options import CONFIG_PATH
 
 __all__ = ["app"]
@@ -46,5 +60,5 @@ def _main(
     CONFIG_PATH.set(config)  # set on every invocation, so one run's --config never leaks into the next
 
 
-for _group in (store, labels, training, demo, classify, config, explain, serve, tell, users, models, cutoffs):
+for _group in (store, labels, training, demo, classify, config, explain, serve, web, tell, users, models, cutoffs):
     app.add_typer(_group.app)

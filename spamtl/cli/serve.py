@@ -60,6 +60,10 @@ _HeaderTimeout = Annotated[float | None, typer.Option("--header-timeout", min=0.
 _MaxPerClient = Annotated[int | None, typer.Option("--max-per-client", min=1,
                                                    help="Connections one untrusted client (account or address) "
                                                         f"may hold open. {_default('serve_max_per_client')}.")]
+_Metrics = Annotated[str | None, typer.Option("--metrics", metavar="HOST:PORT",
+                                             help="Serve Prometheus metrics at http://HOST:PORT/metrics "
+                                                  "(loopback unless --allow-remote). Default: serve_metrics "
+                                                  "(none).")]
 
 
 @app.command()
@@ -67,7 +71,8 @@ def serve(socket_path: _Socket = None, port: _Port = None, host: _Host = "127.0.
           workers: _Workers = None, max_connections: _MaxConnections = None, timeout: _Timeout = None,
           default_user: _DefaultUser = None, allow_tell: _AllowTell = None, trust: _Trust = None,
           trust_network: _TrustNetwork = None, socket_mode: _SocketMode = None, socket_group: _SocketGroup = None,
-          header_timeout: _HeaderTimeout = None, max_per_client: _MaxPerClient = None, db: DbOption = None) -> None:
+          header_timeout: _HeaderTimeout = None, max_per_client: _MaxPerClient = None, metrics: _Metrics = None,
+          db: DbOption = None) -> None:
     """Run the spamd-protocol daemon: spamc, milters and MTA recipes for SpamAssassin work unchanged.
 
     Keeps each user's model loaded, sees new models and feedback within a
@@ -76,7 +81,7 @@ def serve(socket_path: _Socket = None, port: _Port = None, host: _Host = "127.0.
     a loopback TCP connection): it may store verdicts and teach only for the
     user of its own login name, unless it is trusted (--trust).  SIGTERM stops
     after the requests in flight; SIGHUP drops cached models and rereads the
-    settings.
+    settings.  --metrics 127.0.0.1:9783 serves Prometheus metrics (docs/serving.md).
 
     Example: spamtl serve --socket /run/spamtl/spamd.sock --socket-group mail --allow-tell --trust mail
     """
@@ -98,6 +103,7 @@ def serve(socket_path: _Socket = None, port: _Port = None, host: _Host = "127.0.
             "serve_socket_group": ("--socket-group", socket_group),
             "serve_header_timeout": ("--header-timeout", header_timeout),
             "serve_max_per_client": ("--max-per-client", max_per_client),
+            "serve_metrics": ("--metrics", metrics),
         }
         settings_from(db, given)  # a bad option or setting is one line now, not in every worker
         options = ServeOptions(socket_path=socket_path, host=host, port=port, allow_remote=allow_remote,

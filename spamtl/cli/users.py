@@ -1,4 +1,4 @@
-"""``spamtl users``: list users; ``users delete`` and ``users rename``."""
+"""``spamtl users``: list users; ``users delete``, ``users rename`` and ``users token`` (web logins)."""
 
 from __future__ import annotations
 
@@ -89,3 +89,28 @@ def users_rename(
 
         versions = rename_user(engine_for(settings_from(db)), old, new)
         typer.echo(f"Renamed {old!r} to {new!r} (personal weights in {versions} model versions).")
+
+
+@users_app.command("token")
+def users_token(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The user the token logs in as (any name with --admin).")],
+    admin: Annotated[bool, typer.Option("--admin", help="The token has the admin role (the admin pages).")] = False,
+    revoke: Annotated[bool, typer.Option("--revoke", help="Delete every token of NAME instead.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Print a new token that logs in to `spamtl web` as NAME; only its digest is stored, so it is shown
+    once.  A user's token sees that user's mail only.
+
+    Example: spamtl users token alice
+    """
+    with exit_on_errors():
+        from datetime import datetime
+
+        from spamtl.services.access import create_token, revoke_tokens
+
+        engine = engine_for(settings_from(db))
+        if revoke:
+            n = revoke_tokens(engine, name)
+            typer.echo(f"Revoked {n} token{'s' if n != 1 else ''} of {name!r}.")
+            return
+        typer.echo(create_token(engine, name, admin=admin, now=datetime.now()))

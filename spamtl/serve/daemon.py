@@ -3,25 +3,28 @@
 A few pre-forked worker processes (:mod:`spamtl.serve.worker`), each one asyncio loop, share the
 listening sockets opened here (or passed by systemd); with more than one, this process supervises
 them (:mod:`spamtl.serve.supervisor`).  SIGTERM/SIGINT finish the requests in flight and exit;
-SIGHUP drops every cached model and rereads the settings.
+SIGHUP drops every cached model and rereads the settings.  With ``serve_metrics`` (``--metrics``) this
+process also serves Prometheus metrics (:mod:`spamtl.serve.exporter`, :mod:`spamtl.services.telemetry`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 
 from spamtl.errors import UsageError
 from spamtl.serve import systemd
 from spamtl.serve.supervisor import Supervisor
 from spamtl.serve.worker import HEARTBEAT_SECONDS, ServeOptions, Worker, emit, policy_of, run_worker
+from spamtl.services import telemetry
 from spamtl.services.classify import open_reader
-from spamtl.settings import Settings
+from spamtl.settings import Settings, check_listen_host
 from spamtl.store.engine import store_source
 
 __all__ = ["ServeOptions", "serve", "bind_sockets", "Worker", "emit"]
@@ -48,23 +51,58 @@ def serve(settings_factory: Callable[[], Settings], options: ServeOptions,
     unix_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX and options.socket_path]
     workers = max(1, settings.serve_workers)
 
+    metrics: _Metrics | None = None  # serve_metrics: the endpoint, started before the workers
+
     def ready() -> None:
         if announce is not None:
-            announce(f"spamtl serve: listening on {where} ({workers} worker(s))")
+            announce(f"spamtl serve: listening on {where} ({workers} worker(s))"
+                     + (f"; metrics on {metrics.exporter.url}" if metrics is not None else ""))
         systemd.notify("READY=1", f"STATUS=serving on {where}, {workers} worker(s)")
 
     try:
+        if settings.serve_metrics is not None:
+            metrics = _Metrics(settings, options, multiprocess=workers > 1)
         if workers == 1:
             _serve_here(settings_factory, options, sockets, ready)
             return 0
-        return Supervisor(settings_factory, options, sockets, workers, settings.serve_hung_timeout, ready).run()
+        return Supervisor(settings_factory, options, sockets, workers, settings.serve_hung_timeout, ready,
+                          exporter=None if metrics is None else metrics.exporter).run()
     finally:
+        if metrics is not None:
+            metrics.close()
         systemd.notify("STOPPING=1")
         for sock in sockets:
             sock.close()
         for path in unix_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+class _Metrics:
+    """``serve_metrics``: the endpoint, serving from now on, and (with workers) the directory of their counts."""
+
+    def __init__(self, settings: Settings, options: ServeOptions, *, multiprocess: bool) -> None:
+        from spamtl.serve.exporter import Exporter  # http.server: only a daemon with metrics loads it
+
+        assert settings.serve_metrics is not None
+        self.exporter = Exporter(settings.serve_metrics, settings.database_url, options.allow_remote)
+        self.directory: str | None = None
+        try:
+            # Private (0700) and new: the workers' counter files, summed at each scrape; removed at exit.
+            try:
+                self.directory = tempfile.mkdtemp(prefix="spamtl-metrics-") if multiprocess else None
+            except OSError as exc:
+                raise UsageError(f"cannot create a directory for the workers' metrics: {exc}") from None
+            telemetry.enable(self.directory)
+            self.exporter.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.exporter.stop()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _serve_here(settings_factory: Callable[[], Settings], options: ServeOptions, sockets: list[socket.socket],
@@ -154,16 +192,7 @@ def _tcp_socket(host: str, port: int, allow_remote: bool) -> socket.socket:
     return sock
 
 
-def _check_host(host: str, allow_remote: bool) -> None:
-    if allow_remote:
-        return
-    try:
-        is_loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        is_loopback = False
-    if not is_loopback:
-        raise UsageError(f"refusing to listen on {host} (not a loopback address); "
-                         "add --allow-remote to accept connections from other hosts")
+_check_host = check_listen_host
 
 
 def _group_id(group: str | None) -> int | None:

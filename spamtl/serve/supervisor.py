@@ -12,11 +12,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spamtl.serve import systemd
 from spamtl.serve.worker import HEARTBEAT_SECONDS, ServeOptions, emit, run_worker
+from spamtl.services import telemetry
 from spamtl.settings import Settings
+
+if TYPE_CHECKING:
+    from spamtl.serve.exporter import Exporter
 
 YOUNG_SECONDS = 10.0
 """A worker that dies younger than this counts towards a crash loop; one that lived longer resets it."""
@@ -47,12 +51,16 @@ class Supervisor:
     - systemd hears READY=1 once every first worker serves (or has died trying), STATUS=N of M
       workers serving, and WATCHDOG=1 only while at least one worker serves: a daemon in which no
       worker serves is restarted by systemd instead of quietly answering nothing.
+    - ``exporter`` (``serve_metrics``) serves from this process, whatever happens to the workers; they count
+      into the multiprocess directory of :mod:`spamtl.services.telemetry`, and a dead one's counts stay.
     """
 
     def __init__(self, settings_factory: Callable[[], Settings], options: ServeOptions,
-                 sockets: list[socket.socket], workers: int, hung_timeout: float, ready: Callable[[], None]) -> None:
+                 sockets: list[socket.socket], workers: int, hung_timeout: float, ready: Callable[[], None],
+                 exporter: Exporter | None = None) -> None:
         self.settings_factory, self.options, self.sockets = settings_factory, options, sockets
         self.workers, self.hung_timeout, self.ready = workers, hung_timeout, ready
+        self.exporter = exporter
         self.children: dict[int, _Child] = {}
         self.starts: list[float] = []  # when each missing worker is due to start
         self.young_deaths = 0
@@ -141,6 +149,8 @@ class Supervisor:
             for child in self.children.values():
                 os.close(child.beats)
             self.selector.close()
+            if self.exporter is not None:
+                self.exporter.close_in_child()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it: nothing cached yet
@@ -182,6 +192,7 @@ class Supervisor:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(child.beats)
             os.close(child.beats)
+            telemetry.note_process_gone(pid)
             if self.stopping is None:
                 self._replace(pid, status, time.monotonic() - child.started)
 

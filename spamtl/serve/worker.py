@@ -28,6 +28,7 @@ from spamtl.serve import protocol as proto
 from spamtl.serve.answers import scored_answer, skipped_answer
 from spamtl.serve.connection import Connection, drain_rest, read_request, refuse
 from spamtl.serve.peers import Peer, Policy, peer_of
+from spamtl.services import telemetry
 from spamtl.services.classify import Skipped, VerdictWriter, open_reader, prepare, skip_reason
 from spamtl.settings import Settings, validate_name
 from spamtl.store import utcnow
@@ -146,9 +147,11 @@ class Worker:
         is served even while slow clients hold every slot."""
         if (self.per_client[conn.peer.key] >= self.settings.serve_max_per_client
                 and not self.policy.is_trusted(conn.peer)):
+            telemetry.note_unscanned("refused")
             return "too many connections from this client; try again later"
         if len(self.connections) >= self.limit:
             slowest = min((c for c in self.connections if c.is_reading), key=lambda c: c.opened, default=None)
+            telemetry.note_unscanned("overloaded")  # this connection, or the slowest one that makes room
             if slowest is None:
                 return "too many connections; try again later"
             slowest.evict()
@@ -177,6 +180,7 @@ class Worker:
             finally:
                 self._forget(conn)
         except Exception as exc:  # noqa: BLE001 - one bad connection never takes the worker down
+            telemetry.note_unscanned("error")
             emit("error", reason=f"{exc.__class__.__name__}: {exc}")
         finally:
             with contextlib.suppress(Exception):
@@ -222,9 +226,11 @@ class Worker:
     @staticmethod
     def _read_failed(writer: asyncio.StreamWriter, conn: Connection, exc: Exception) -> None:
         if isinstance(exc, proto.ProtocolError):
+            telemetry.note_unscanned("bad_request")
             emit("error", code=exc.code, reason=exc.reason)
             writer.write(proto.response(exc.code, exc.reason))
         elif isinstance(exc, TimeoutError):
+            telemetry.note_unscanned("timeout")
             emit("error", reason="read timeout", client=conn.peer.describe())
             writer.write(proto.response(proto.EX_TEMPFAIL, "timed out reading the request"))
         else:
@@ -232,6 +238,8 @@ class Worker:
 
     def _too_big(self, request: proto.Request) -> bytes:
         limit = self.settings.max_message_bytes
+        if request.command != "TELL":  # a TELL too big is a lesson refused, not mail passed through
+            telemetry.note_unscanned("too_big")
         emit("skipped", command=request.command, user=request.user or "-", reason=f"larger than {limit} bytes")
         return proto.response(proto.EX_DATAERR, f"message larger than {limit} bytes; not scanned")
 
@@ -249,12 +257,15 @@ class Worker:
         try:
             return self._answer(request, body, peer)
         except proto.ProtocolError as exc:
+            telemetry.note_unscanned("bad_request")
             emit("error", command=request.command, code=exc.code, reason=exc.reason)
             return proto.response(exc.code, exc.reason), None
         except NoModelError as exc:
+            telemetry.note_unscanned("no_model")
             emit("error", command=request.command, reason=str(exc))
             return proto.response(proto.EX_UNAVAILABLE, str(exc)), None
         except SpamtlError as exc:
+            telemetry.note_unscanned("error")
             emit("error", command=request.command, reason=str(exc))
             return proto.response(proto.EX_TEMPFAIL, str(exc)), None
 
@@ -265,6 +276,7 @@ class Worker:
         user = self._user(request)
         skipped = skip_reason(body)
         if skipped is not None:  # empty or not mail: passed through, never scored (nor logged as a verdict)
+            telemetry.note_unscanned("not_mail")
             emit("skipped", command=request.command, user=user or "-", reason=skipped)
             return skipped_answer(request.command, body, Skipped(user, "spamd", skipped)), None
         reader = self.fresh_reader()
@@ -277,12 +289,15 @@ class Worker:
         is_stored = user != _SHARED and self.policy.may_act_for(peer, user)
         if is_stored:
             log_verdict = functools.partial(self.writer.submit, model, message, verdict, utcnow())
+        answer = scored_answer(request.command, body, model, message, verdict)
+        seconds = time.perf_counter() - started
+        telemetry.note_verdict(verdict.verdict, seconds)
         emit("verdict", command=request.command, user=user or "-", verdict=verdict.verdict,
              probability=f"{verdict.probability:.4f}", cutoff=f"{verdict.spam_cutoff:.4f}",
              ham_cutoff=f"{verdict.ham_cutoff:.4f}", version=verdict.model_version, id=verdict.short_id,
-             reason=verdict.reason, ms=f"{(time.perf_counter() - started) * 1000:.1f}",
+             reason=verdict.reason, ms=f"{seconds * 1000:.1f}",
              **({} if is_stored or user == _SHARED else {"stored": "no", "client": peer.describe()}))
-        return scored_answer(request.command, body, model, message, verdict), log_verdict
+        return answer, log_verdict
 
     def _tell_target(self, request: proto.Request, body: bytes, peer: Peer) -> tuple[str, proto.Tell]:
         """The user and what to learn; raises ProtocolError when TELL is off, not allowed or not mail."""
@@ -319,6 +334,10 @@ class Worker:
             return proto.response(proto.EX_TEMPFAIL, str(exc))
         self._checked = 0.0  # the refit bumped the generation: reload before the next request
         label, is_changed = result.pop("label"), result.pop("changed")
+        if result.get("removed", 0) > 0:
+            telemetry.note_feedback("forget", "tell")
+        if is_changed and label is not None:  # a label the user already had is not learnt again
+            telemetry.note_feedback(label, "tell")
         headers = proto.tell_answer_headers(tell, label=label, is_changed=is_changed,
                                             is_removed=result.get("removed", 0) > 0)
         emit("tell", user=user, message_class=tell.message_class or "-", set=tell.set_local,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,7 @@ class VersionInfo:
     metrics: dict[str, Any]
     note: str | None
     pinned: bool = False
+    has_weights: bool | None = None  # None: not looked up (only list_versions does)
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "status": self.status, "created_at": self.created_at.isoformat(),
@@ -140,8 +142,11 @@ def version_info(engine: Engine, version: int) -> VersionInfo:
 
 
 def list_versions(engine: Engine) -> list[VersionInfo]:
+    """Every model version, oldest first, each saying whether it still has weights (can be activated)."""
     with transaction(engine) as session:
-        return [_info(v) for v in queries.model_versions(session=session)]
+        kept = queries.versions_with_weights(session=session)
+        return [dataclasses.replace(_info(v), has_weights=v.id in kept)
+                for v in queries.model_versions(session=session)]
 
 
 def activate(engine: Engine, version: int) -> VersionInfo:

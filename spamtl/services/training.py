@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 
 from spamtl import parallel
 from spamtl.errors import DamagedModelError, NoModelError, UsageError
-from spamtl.metrics import macro_auc_error, macro_weights, paired_gap
+from spamtl.metrics import macro_auc_error, macro_weights, paired_gap, task_auc_errors
 from spamtl.model.folds import chronological_split, grouped_folds
 from spamtl.parallel import SerialExecutor, release, return_free_memory, share
 from spamtl.progress import NO_PROGRESS, Progress
@@ -558,7 +558,11 @@ def _fit_and_judge(engine: Engine, settings: Settings, data: TrainingData, *, no
                                "searched_at": choice.searched_at or now.isoformat(),
                                "search_reused_from": choice.reused_from, **decision.metrics,
                                "shared_cutoff": None if shared is None else shared.__dict__,
-                               "cutoffs": {u: c.__dict__ for u, c in sorted(cutoffs.items())}}
+                               "cutoffs": {u: c.__dict__ for u, c in sorted(cutoffs.items())},
+                               "user_auc_error_pct": _user_auc_errors(data, choice.oof_scores)}
+    # Seconds from the start of loading to the decision (the save is not counted): the metrics endpoint's
+    # last training duration; it ended at created_at (the start) plus this.
+    metrics["train_seconds"] = round(time.monotonic() - started, 3)
     progress.stage("save")
     version = save_version(engine, candidate, decision, cutoffs, settings=settings, now=now, metrics=metrics,
                            n_messages=len(data.y))
@@ -569,6 +573,13 @@ def _fit_and_judge(engine: Engine, settings: Settings, data: TrainingData, *, no
     log_training(settings, version=version, promoted=result.promoted, reason=result.reason, users=result.users,
                  messages=result.messages, seconds=result.seconds)
     return result
+
+
+def _user_auc_errors(data: TrainingData, oof: np.ndarray) -> dict[str, float | None]:
+    """Each user's cross-fitted 1-AUC (%) of the candidate, None for a user with one class scored."""
+    fitted = np.isfinite(oof)
+    errors = task_auc_errors(data.y[fitted] == 1, oof[fitted], data.users[fitted])
+    return {str(u): None if math.isnan(e) else round(e, 4) for u, e in errors.items()}
 
 
 # ------------------------------------------------- used by `spamtl evaluate` (not by train)

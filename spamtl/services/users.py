@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 from spamtl.errors import UnknownUserError, UsageError
 from spamtl.store import queries
 from spamtl.store.engine import transaction
-from spamtl.store.schema import Classification, Label, Message, ModelPart, ModelVersion, User, UserCutoff
+from spamtl.store.schema import AccessToken, Classification, Label, Message, ModelPart, ModelVersion, User, UserCutoff
 from spamtl.store.statements import chunks
 
-__all__ = ["UserDeletion", "delete_user", "existing_user", "rename_user", "unknown_user"]
+__all__ = ["UserDeletion", "delete_user", "existing_user", "rename_user", "unknown_user", "user_exists"]
 
 
 @dataclass
@@ -37,6 +37,12 @@ def unknown_user(name: str, why: str = "") -> UnknownUserError:
     return UnknownUserError(f"no user {name!r} in the store; `spamtl users` lists them{f' ({why})' if why else ''}")
 
 
+def user_exists(engine: Engine, name: str) -> bool:
+    """Whether the store knows a user called ``name``."""
+    with transaction(engine) as session:
+        return queries.get_user(session=session, name=name) is not None
+
+
 def existing_user(session: Session, name: str) -> User:
     """The user called ``name``, else :func:`unknown_user`."""
     user = queries.get_user(session=session, name=name)
@@ -45,9 +51,10 @@ def existing_user(session: Session, name: str) -> User:
     return user
 
 
-# The maps by user name inside each version's JSON: its group, its task weight (params) and the cutoffs that
-# training set (metrics, as `spamtl models` shows them).
-_BY_USER = (("params", "task_groups"), ("params", "task_weights"), ("metrics", "cutoffs"))
+# The maps by user name inside each version's JSON: its group, its task weight (params), the cutoffs that
+# training set and its cross-fitted 1-AUC (metrics, as `spamtl models` and the admin page show them).
+_BY_USER = (("params", "task_groups"), ("params", "task_weights"), ("metrics", "cutoffs"),
+            ("metrics", "user_auc_error_pct"))
 
 
 def _rekey_versions(session: Session, old: str, new: str | None) -> None:
@@ -70,8 +77,8 @@ def _count(session: Session, stmt: Any) -> int:
 
 
 def delete_user(engine: Engine, name: str, *, dry_run: bool = False) -> UserDeletion:
-    """Delete ``name`` with their labels, verdicts, personal weights and trained cutoffs in every version
-    and the mail only they received or labelled (mail another user has is kept).
+    """Delete ``name`` with their labels, verdicts, web tokens, personal weights and trained cutoffs in every
+    version and the mail only they received or labelled (mail another user has is kept).
 
     A running ``spamtl serve`` forgets the user at its next generation check: it
     scores the name as unknown from then on.
@@ -97,6 +104,7 @@ def delete_user(engine: Engine, name: str, *, dry_run: bool = False) -> UserDele
         session.execute(delete(Classification).where(Classification.user_id == user.id))
         session.execute(delete(ModelPart).where(ModelPart.kind == "user", ModelPart.name == name))
         session.execute(delete(UserCutoff).where(UserCutoff.user_name == name))
+        session.execute(delete(AccessToken).where(AccessToken.name == name))
         _rekey_versions(session, name, None)
         session.delete(user)
         queries.mark_users_changed(session=session)
@@ -106,8 +114,8 @@ def delete_user(engine: Engine, name: str, *, dry_run: bool = False) -> UserDele
 
 
 def rename_user(engine: Engine, old: str, new: str) -> int:
-    """Rename ``old`` to ``new``: labels, verdicts and cutoffs follow, and so do the personal weights
-    and trained cutoffs in every version.
+    """Rename ``old`` to ``new``: labels, verdicts, cutoffs and web tokens follow, and so do the personal
+    weights and trained cutoffs in every version.
 
     Returns the number of model versions whose weights were renamed.
     """
@@ -120,8 +128,9 @@ def rename_user(engine: Engine, old: str, new: str) -> int:
         user.name = new
         renamed = session.execute(update(ModelPart).where(ModelPart.kind == "user", ModelPart.name == old)
                                   .values(name=new).execution_options(synchronize_session=False))
-        session.execute(update(UserCutoff).where(UserCutoff.user_name == old).values(user_name=new)
-                        .execution_options(synchronize_session=False))
+        for table, column in ((UserCutoff, UserCutoff.user_name), (AccessToken, AccessToken.name)):
+            session.execute(update(table).where(column == old).values({column: new})
+                            .execution_options(synchronize_session=False))
         _rekey_versions(session, old, new)
         queries.mark_users_changed(session=session)
         return int(renamed.rowcount)  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, and_, delete, exists, func, insert, select, update
+from sqlalchemy import Insert, and_, delete, exists, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from spamtl.store.schema import (
@@ -346,8 +346,11 @@ def drop_model_parts(*, session: Session, version_ids: Sequence[int]) -> int:
 # ------------------------------------------------------- classification log
 
 def recent_classifications(*, session: Session, user_id: int, since: datetime | None,
-                           limit: int) -> list[Any]:
-    """The user's latest classifications, newest first, with their message's id, sha256 and subject."""
+                           limit: int, before: tuple[datetime, int] | None = None) -> list[Any]:
+    """The user's latest classifications, newest first, with their message's id, sha256 and subject.
+
+    ``before``: (created_at, id) of a classification; only older ones are listed (the next page).
+    """
     stmt = (select(Classification.id, Classification.message_id, Classification.created_at,
                    Classification.verdict, Classification.probability, Classification.model_version_id,
                    Message.sha256, Message.message_id.label("mid"), Message.subject)
@@ -355,6 +358,11 @@ def recent_classifications(*, session: Session, user_id: int, since: datetime | 
             .where(Classification.user_id == user_id))
     if since is not None:
         stmt = stmt.where(Classification.created_at >= since)
+    if before is not None:
+        at, pk = before
+        # A row-value comparison: the index (user_id, created_at) then bounds the scan, so a deep page reads
+        # about one page of index entries (an OR of the two cases scans every newer verdict of the user).
+        stmt = stmt.where(tuple_(Classification.created_at, Classification.id) <= tuple_(at, pk))  # PLANT-bench_web
     stmt = stmt.order_by(Classification.created_at.desc(), Classification.id.desc()).limit(limit)
     return list(session.execute(stmt))
 
@@ -369,6 +377,54 @@ def labels_of(*, session: Session, user_id: int, message_pks: Sequence[int]) -> 
             .where(Label.user_id == user_id, Label.message_id.in_(chunk))
             .order_by(Label.created_at, Label.id)).all()
     return out
+
+
+def recent_feedback(*, session: Session, user_id: int, limit: int) -> list[Any]:
+    """The user's corrections (labels from feedback), newest first: label, created_at, message sha256,
+    Message-ID and subject."""
+    stmt = (select(Label.id, Label.label, Label.created_at, Label.message_id, Message.sha256,
+                   Message.message_id.label("mid"), Message.subject)
+            .join(Message, Message.id == Label.message_id)
+            .where(Label.user_id == user_id, Label.source == "feedback")
+            .order_by(Label.created_at.desc(), Label.id.desc()).limit(limit))
+    return list(session.execute(stmt))
+
+
+def classifications_of(*, session: Session, user_id: int, message_pks: Sequence[int]) -> dict[int, list[Any]]:
+    """Per message: the user's classifications of it (verdict, probability, created_at), oldest first."""
+    out: dict[int, list[Any]] = {}
+    for chunk in chunks(sorted(set(message_pks))):
+        for row in session.execute(
+                select(Classification.message_id, Classification.verdict, Classification.probability,
+                       Classification.created_at)
+                .where(Classification.user_id == user_id, Classification.message_id.in_(chunk))
+                .order_by(Classification.created_at, Classification.id)):
+            out.setdefault(row.message_id, []).append(row)
+    return out
+
+
+def user_has_message(*, session: Session, user_id: int, message_pk: int) -> bool:
+    """Whether the message was classified for or labelled by the user (theirs to see)."""
+    for table in (Classification, Label):
+        found = session.scalar(select(table.id).where(table.user_id == user_id, table.message_id == message_pk)
+                               .limit(1))
+        if found is not None:
+            return True
+    return False
+
+
+def daily_counts(*, session: Session, since: datetime) -> tuple[list[Any], list[Any]]:
+    """Since ``since``, per day: (day, verdict, n) of classifications and (day, label, n) of corrections
+    (labels from feedback); ``day`` as the database gives ``date()`` (a date or an ISO string)."""
+    cday = func.date(Classification.created_at).label("day")
+    verdicts = session.execute(select(cday, Classification.verdict, func.count())
+                               .where(Classification.created_at >= since)
+                               .group_by(cday, Classification.verdict)).all()
+    lday = func.date(Label.created_at).label("day")
+    feedback = session.execute(select(lday, Label.label, func.count())
+                               .where(Label.created_at >= since, Label.source == "feedback")
+                               .group_by(lday, Label.label)).all()
+    return list(verdicts), list(feedback)
 
 
 def labelled_classifications(*, session: Session, user_id: int | None, since: datetime | None) -> list[Any]:

@@ -175,6 +175,7 @@ class Classification(Base):
     __table_args__ = (
         CheckConstraint(_in("verdict", VERDICTS), name="verdict"),
         Index("ix_classifications_user_message", "user_id", "message_id"),
+        Index("ix_classifications_user_created", "user_id", "created_at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -204,3 +205,15 @@ class Lock(Base):
     pid: Mapped[int] = mapped_column(Integer)
     acquired_at: Mapped[datetime] = mapped_column(DateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class AccessToken(Base):
+    """A token that logs in to ``spamtl web`` as ``name`` (``spamtl users token``); only its sha256 is kept."""
+
+    __tablename__ = "access_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -48,6 +48,10 @@ GENERATION = Statement("SELECT value FROM store_state WHERE key = 'generation'")
 # The generation at which a user was last deleted or renamed (queries.mark_users_changed).
 USERS_CHANGED = Statement("SELECT value FROM store_state WHERE key = 'users_changed'")
 ACTIVE_VERSION = Statement("SELECT id, feature_key, n_features, params FROM model_versions WHERE status = 'active'")
+# The metrics endpoint's model gauges: the active version and the newest one (the last training's outcome).
+VERSION_STATES = Statement("SELECT id, status, created_at FROM model_versions "
+                           "WHERE status = 'active' OR id = (SELECT max(id) FROM model_versions)")
+VERSION_METRICS = Statement("SELECT metrics FROM model_versions WHERE id = :version")
 USER = Statement("SELECT id, group_name, spam_cutoff, ham_cutoff FROM users WHERE name = :name")
 USER_NAMES = Statement("SELECT name FROM users ORDER BY name")
 PART = Statement("SELECT data FROM model_parts WHERE model_version_id = :version AND kind = :kind AND name = :name")

@@ -180,4 +180,4 @@ def test_a_store_at_another_schema_is_refused_by_every_service(db_url: str, comm
     engine.dispose()
     result = run(db_url, *command)
     assert (result.exit_code, result.stderr.strip()) == (
-        1, "Error: the database is at schema 0005, expected 0006; run `spamtl init` to create or upgrade it")
+        1, "Error: the database is at schema 0005, expected 0007; run `spamtl init` to create or upgrade it")

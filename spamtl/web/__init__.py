@@ -1,0 +1,1 @@
+"""`spamtl web`: the pages for users and admins, and their /metrics."""
