@@ -35,6 +35,10 @@ class UnknownUserError(UsageError):
     """A user the store does not know, where one is not created on demand (``auto_create_users``)."""
 
 
+class NotFoundError(UsageError):
+    """A message (or page) that does not exist for the one asking, whether it exists for someone else or not."""
+
+
 class DatabaseError(SpamtlError):
     """The database cannot be opened, is locked, or needs ``spamtl init``."""
 

@@ -29,13 +29,13 @@ def web(listen: _Listen = None, allow_remote: _AllowRemote = False, db: DbOption
     Example: spamtl web --listen 127.0.0.1:8783
     """
     with exit_on_errors():
-        from spamtl.errors import UsageError
+        from spamtl.errors import OptionalDependencyError
 
         settings = settings_from(db, {"web_listen": ("--listen", listen)})
         try:
             from spamtl.web.server import run
         except ImportError as exc:
-            raise UsageError(f"spamtl web needs the web extra ({exc.name} is missing): "
+            raise OptionalDependencyError(f"spamtl web needs the web extra ({exc.name} is missing): "
                              "pip install 'spamtl[web]'") from None
         from spamtl.store.engine import check_schema
 

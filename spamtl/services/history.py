@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from spamtl.errors import UsageError
+from spamtl.errors import NotFoundError
 from spamtl.services.users import existing_user
 from spamtl.settings import validate_name
 from spamtl.store import queries
@@ -248,9 +248,9 @@ def daily_activity(engine: Engine, *, days: int, now: datetime) -> DailyActivity
 
 def user_message(engine: Engine, *, user: str, sha256: str) -> int:
     """The stored message ``sha256`` if it is ``user``'s (classified for or labelled by them), else the
-    same UsageError as for a message that does not exist: nobody learns what another user received."""
+    same NotFoundError as for a message that does not exist: nobody learns what another user received."""
     validate_name(user)
-    missing = UsageError(f"no message {sha256[:12]!r} for {user}")
+    missing = NotFoundError(f"no message {sha256[:12]!r} for {user}")
     with transaction(engine) as session:
         user_id = existing_user(session, user).id
         found = queries.message_ids_by_sha(session=session, shas=[sha256.lower()])

@@ -362,7 +362,7 @@ def recent_classifications(*, session: Session, user_id: int, since: datetime | 
         at, pk = before
         # A row-value comparison: the index (user_id, created_at) then bounds the scan, so a deep page reads
         # about one page of index entries (an OR of the two cases scans every newer verdict of the user).
-        stmt = stmt.where(tuple_(Classification.created_at, Classification.id) <= tuple_(at, pk))  # PLANT-bench_web
+        stmt = stmt.where(tuple_(Classification.created_at, Classification.id) < tuple_(at, pk))
     stmt = stmt.order_by(Classification.created_at.desc(), Classification.id.desc()).limit(limit)
     return list(session.execute(stmt))
 

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from spamtl.errors import NoModelError, SpamtlError, UnknownUserError, UsageError
+from spamtl.errors import NoModelError, NotFoundError, SpamtlError, UnknownUserError, UsageError
 from spamtl.services.access import Principal, token_holder
 from spamtl.settings import Settings
 from spamtl.web import guard
@@ -115,10 +115,10 @@ def _answer(web: Web, view: View, request: Request, form: Any, admin: bool) -> R
         return view(web, request, who, form) if form is not None else view(web, request, who)
     except guard.Forbidden as exc:
         return web.render(request, who, "error.html", 403, message=str(exc))
-    except (UnknownUserError, NoModelError) as exc:
+    except (NotFoundError, UnknownUserError, NoModelError) as exc:
         return web.render(request, who, "error.html", 404, message=str(exc))
     except UsageError as exc:
-        return web.render(request, who, "error.html", 404, message=str(exc))
+        return web.render(request, who, "error.html", 400, message=str(exc))
     except SpamtlError as exc:
         return web.render(request, who, "error.html", 503, message=str(exc))
 
@@ -248,7 +248,7 @@ def label(web: Web, request: Request, who: Principal, form: Any) -> Response:
     sha256 = request.path_params["sha256"]
     choice = str(form.get("label") or "")
     if choice not in ("spam", "ham"):
-        raise UsageError(f"unknown label {choice[:10]!r}; use spam or ham")
+        raise UsageError(f"unknown label {choice[:10]!r}; use spam or ham")  # 400: nothing stored
     user_message(web.engine, user=who.name, sha256=sha256)
     result = record_feedback(web.engine, web.settings, user=who.name, label=choice, now=_now(), ref=sha256,
                              create_user=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from spamtl.errors import UsageError
+from spamtl.errors import NotFoundError
 from spamtl.metrics import task_auc_errors
 from spamtl.services.history import corrections, daily_activity, history, user_message
 from spamtl.store.engine import transaction
@@ -74,9 +74,9 @@ def test_daily_activity_counts_each_day(log) -> None:  # type: ignore[no-untyped
 
 def test_a_message_is_only_its_users(log) -> None:  # type: ignore[no-untyped-def]
     assert user_message(log, user="bob", sha256=f"{0:064x}") > 0
-    with pytest.raises(UsageError) as theirs:
+    with pytest.raises(NotFoundError) as theirs:
         user_message(log, user="bob", sha256=f"{1:064x}")
-    with pytest.raises(UsageError) as nobodys:
+    with pytest.raises(NotFoundError) as nobodys:
         user_message(log, user="bob", sha256=f"{99:064x}")
     assert str(theirs.value).replace(f"{1:012x}", "x") == str(nobodys.value).replace(f"{99:012x}", "x")
 

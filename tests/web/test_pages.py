@@ -245,3 +245,13 @@ def test_without_the_web_extra_one_line_says_what_to_install(site: Site, monkeyp
     result = run(site.db, "web", "--listen", "127.0.0.1:1")
     assert result.exit_code != 0
     assert "spamtl web needs the web extra (uvicorn is missing): pip install 'spamtl[web]'" in result.output
+
+
+def test_bad_input_is_a_400_page_and_stores_nothing(site: Site) -> None:
+    alice = Client(site.url).login(site.tokens["alice"])
+    labels = count_rows(site.db, "labels")
+    status, _, page = alice.post(f"/mail/{site.messages['alice'][5]}/label", {"label": "eggs"})
+    assert status == 400 and "unknown label" in page
+    status, _, page = alice.request("/mail?before=yesterday")
+    assert status == 400 and "bad page position" in page
+    assert count_rows(site.db, "labels") == labels
