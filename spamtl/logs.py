@@ -9,7 +9,6 @@ fails a verdict.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import re
 import sys
@@ -75,9 +74,10 @@ def _handler(destination: str) -> logging.Handler | None:
         handler.setFormatter(_Formatter(with_time=True))
         return handler
     if destination == "syslog":
+        from logging.handlers import SysLogHandler  # sockets only where syslog is the destination
+
         address: Any = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
-        handler = logging.handlers.SysLogHandler(address=address,
-                                                 facility=logging.handlers.SysLogHandler.LOG_MAIL)
+        handler = SysLogHandler(address=address, facility=SysLogHandler.LOG_MAIL)
         handler.setFormatter(_Formatter(with_time=False))  # syslog stamps lines itself
         return handler
     handler = logging.FileHandler(os.path.expanduser(destination), encoding="utf-8", delay=True)

@@ -28,9 +28,9 @@ from spamtl.errors import SpamtlError, UsageError, redact
 from spamtl.features import FeatureConfig, authserv_ids
 from spamtl.model import DEFAULT_MAX_ITER, DEFAULT_TOL
 
-__all__ = ["Settings", "LoadedSettings", "ConfigError", "load_settings", "verdict_at", "validate_name",
-           "default_database_url", "user_config_path", "ENV_DATABASE_URL", "ENV_CONFIG", "ENV_PREFIX",
-           "SYSTEM_CONFIG", "LOG_LEVELS", "NAME_MAX_CHARS", "check_listen_host"]
+__all__ = ["Settings", "LoadedSettings", "ConfigError", "load_settings", "load_command_line", "verdict_at",
+           "validate_name", "default_database_url", "user_config_path", "ENV_DATABASE_URL", "ENV_CONFIG",
+           "ENV_PREFIX", "SYSTEM_CONFIG", "LOG_LEVELS", "NAME_MAX_CHARS", "check_listen_host"]
 
 ENV_DATABASE_URL = "SPAMTL_DATABASE_URL"
 ENV_CONFIG = "SPAMTL_CONFIG"
@@ -437,6 +437,20 @@ def load_settings(options: Mapping[str, Any] | None = None, *, config: str | os.
         where = ", ".join(sorted({sources[k] for k in named if k in sources})) or "default"
         raise ConfigError(f"{where}: {exc}") from None
     return LoadedSettings(settings=settings, sources=sources, files=tuple(str(p) for p in files))
+
+
+def load_command_line(db: str | None, options: Mapping[str, tuple[str, Any]] | None = None, *,
+                      config: str | None = None) -> LoadedSettings:
+    """:func:`load_settings` for one command line: its ``--db`` and ``--config`` and other ``options``.
+
+    ``options`` maps a field to (the option's spelling, its value or None when not given).  A ``--db``
+    equal to ``$SPAMTL_DATABASE_URL`` counts as the environment's (the parser fills the option from it).
+    """
+    if db is not None and db == os.environ.get(ENV_DATABASE_URL):
+        db = None
+    given = {"database_url": ("--db", db), **(options or {})}
+    return load_settings({name: value for name, (_, value) in given.items()}, config=config,
+                         option_names={name: spelling for name, (spelling, _) in given.items()})
 
 
 def _fields() -> dict[str, Any]:

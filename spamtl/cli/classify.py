@@ -48,12 +48,12 @@ def classify(
     Example: spamtl classify --filter -- alice < message.eml > tagged.eml
              spamtl classify --exit-code alice message.eml; echo $?
     """
-    from spamtl.services.filtering import EXIT_CODE_ERROR, classify_input, exit_code_of, filter_stdin
+    from spamtl.services.filtering import EXIT_CODE_ERROR, classify_input, exit_code_of, filter_stdin, to_stderr
 
-    if filter_mode:
+    if filter_mode:  # also run without this parser for a piped line (spamtl.cli.entry): the same call
         raise typer.Exit(filter_stdin(lambda: settings_from(db), user, paths=paths or [], report=report,
                                       verdict_codes=exit_code, source=sys.stdin.buffer, sink=sys.stdout.buffer,
-                                      now=now(), warn=_warn))
+                                      now=now(), warn=to_stderr))
     code = EXIT_CODE_ERROR
     with exit_on_errors(EXIT_CODE_ERROR if exit_code else None):
         settings = settings_from(db)

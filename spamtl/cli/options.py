@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
-import os
 import sys
 from collections.abc import Iterator
 from enum import Enum
@@ -96,14 +95,9 @@ def loaded_settings(db: str | None, options: dict[str, tuple[str, Any]] | None =
 
     ``options`` maps a Settings field to (the option's spelling, its value or None when not given).
     """
-    from spamtl.settings import load_settings
+    from spamtl.settings import load_command_line
 
-    config = CONFIG_PATH.get()
-    if db is not None and db == os.environ.get(ENV_DATABASE_URL):
-        db = None  # Typer filled --db from the environment: say so in `spamtl config`
-    given = {"database_url": ("--db", db), **(options or {})}
-    return load_settings({name: value for name, (_, value) in given.items()}, config=config,
-                         option_names={name: spelling for name, (spelling, _) in given.items()})
+    return load_command_line(db, options, config=CONFIG_PATH.get())
 
 
 def settings_from(db: str | None, options: dict[str, tuple[str, Any]] | None = None) -> Settings:

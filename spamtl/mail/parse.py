@@ -17,11 +17,10 @@ import html
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email._policybase import Compat32  # as email.policy has it, without the header registry it loads
 from email.message import Message
-from email.policy import Compat32
 
 import re2
-from selectolax.lexbor import LexborHTMLParser
 
 __all__ = [
     "MAX_PARSE_BYTES",
@@ -650,6 +649,8 @@ def _strip_html(text: str, defects: list[str] | None = None) -> str:
             rest = " " + html.unescape(rest)
         except Exception:  # noqa: BLE001 - absurd numeric entities
             rest = " " + rest
+    from selectolax.lexbor import LexborHTMLParser  # its C library loads for mail with HTML only
+
     tree = LexborHTMLParser(text)
     tree.strip_tags(_INVISIBLE_TAGS)
     root = tree.root

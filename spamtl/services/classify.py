@@ -19,7 +19,6 @@ from spamtl.errors import DatabaseError, NoModelError
 from spamtl.features import FeatureConfig, IdfWeights, MessageTokens, column_tokens, featurize_with_tokens
 from spamtl.mail.headers import message_identity, not_mail_reason
 from spamtl.mail.parse import ParsedMessage, parse_message
-from spamtl.mail.sources import RawMail, Unreadable
 from spamtl.model.weights import ModelWeights, RowScore, SparsePart, decode_stored
 from spamtl.settings import Settings, verdict_at
 from spamtl.store import statements
@@ -28,6 +27,7 @@ from spamtl.store.statements import Store
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from spamtl.mail.sources import RawMail, Unreadable
     from spamtl.store.engine import SqliteFile
 
 __all__ = ["SHORT_ID_CHARS", "Prepared", "Scored", "Verdict", "Skipped", "UserModel", "ModelReader",
@@ -541,6 +541,8 @@ def classify_messages(reader: ModelReader, *, user: str, mails: Iterable[RawMail
     A user the model has never seen is scored by the shared (and group) part.  Input that is not
     mail (:func:`skip_reason`) comes out as :class:`Skipped`: not scored, not logged.
     """
+    from spamtl.mail.sources import Unreadable  # not on the one-message path (filter mode, the daemon)
+
     scorer = model if model is not None else reader.user_model(user)
     verdicts = logger if logger is not None else VerdictLogger(reader.store,
                                                                create_users=reader.settings.auto_create_users)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from spamtl.errors import SpamtlError, UsageError, redact
 from spamtl.logs import is_shown_on_stderr, log_event, log_verdict
 from spamtl.mail.headers import add_headers
-from spamtl.mail.sources import RawMail, Unreadable, iter_mail
 from spamtl.services.classify import (
     Skipped,
     Verdict,
@@ -34,8 +34,10 @@ from spamtl.settings import Settings, validate_name
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from spamtl.mail.sources import Unreadable
+
 __all__ = ["EXIT_FILTER_ERROR", "EXIT_FILTER_BUG", "EXIT_CODE_BY_VERDICT", "EXIT_CODE_ERROR", "exit_code_of",
-           "filter_stdin", "pass_through", "classify_input"]
+           "filter_stdin", "pass_through", "classify_input", "to_stderr"]
 
 EXIT_FILTER_ERROR = 1
 EXIT_FILTER_BUG = 70  # EX_SOFTWARE
@@ -49,6 +51,11 @@ STREAM_CHUNK = 1 << 16
 
 Warn = Callable[[str], None]
 """Where a command's notes and error lines go (stderr)."""
+
+
+def to_stderr(line: str) -> None:
+    """The :data:`Warn` of filter mode: ``line`` on stderr at once (the mail system's log)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def filter_stdin(load_settings: Callable[[], Settings], user: str, *, paths: Sequence[str], report: bool,
@@ -174,12 +181,16 @@ def classify_input(engine: Engine, settings: Settings, user: str, paths: Sequenc
 
 def exit_code_of(item: Verdict | Skipped | Unreadable) -> int:
     """The ``--exit-code`` status of one classified item."""
+    from spamtl.mail.sources import Unreadable
+
     if isinstance(item, Unreadable):
         return EXIT_CODE_ERROR
     return EXIT_CODE_BY_VERDICT["skipped" if isinstance(item, Skipped) else item.verdict]
 
 
 def _mails(paths: Sequence[str], stdin: BinaryIO, *, is_one: bool) -> Any:
+    from spamtl.mail.sources import RawMail, iter_mail  # files and folders: not filter mode's
+
     if not paths or list(paths) == ["-"]:
         return [RawMail("<stdin>", stdin.read())]
     missing = [p for p in paths if p != "-" and not Path(p).exists()]
