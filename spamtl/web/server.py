@@ -24,6 +24,9 @@ def bind(listen: str, allow_remote: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: a response's last segment must not wait for the browser's
+        # delayed ACK on a kept-alive connection (asyncio sets it only on sockets it creates itself).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, int(port)))
         sock.listen(128)
     except OSError as exc:
