@@ -90,8 +90,12 @@ def _page(*, admin: bool = False, post: bool = False) -> Callable[[View], Callab
         @functools.wraps(view)
         async def endpoint(request: Request) -> Response:
             web: Web = request.app.state.web
-            form = await request.form() if post else None
-            response = await run_in_threadpool(_answer, web, view, request, form, admin)
+            try:
+                form = await guard.read_form(request) if post else None
+            except guard.BadForm as exc:
+                response: Response = web.render(request, None, "error.html", 400, message=str(exc))
+            else:
+                response = await run_in_threadpool(_answer, web, view, request, form, admin)
             guard.set_cookies(request, response, web.settings)
             response.headers.update(_SECURITY_HEADERS)
             return response
@@ -134,21 +138,27 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     web: Web = request.app.state.web
-    form = await request.form()
-    token = str(form.get("token") or "").strip()
-    if not guard.csrf_ok(request, form):
-        response = web.render(request, None, "login.html", 403, error="The form was stale; try again.",
-                              next="/")
+    try:
+        form = await guard.read_form(request)
+    except guard.BadForm as exc:
+        response: Response = web.render(request, None, "error.html", 400, message=str(exc))
     else:
-        holder = await run_in_threadpool(token_holder, web.engine, token, now=_now())
-        if holder is None:
-            response = web.render(request, None, "login.html", 403, error="Unknown token.",
-                                  next=_safe_next(str(form.get("next") or "/")))
-        else:
-            response = RedirectResponse(_safe_next(str(form.get("next") or "/")), status_code=303)
-            guard.login_cookie(response, token, web.settings)
+        response = await _login_answer(web, request, form)
     guard.set_cookies(request, response, web.settings)
     response.headers.update(_SECURITY_HEADERS)
+    return response
+
+
+async def _login_answer(web: Web, request: Request, form: dict[str, str]) -> Response:
+    target = _safe_next(form.get("next"))
+    if not guard.csrf_ok(request, form):
+        return web.render(request, None, "login.html", 403, error="The form was stale; try again.", next=target)
+    token = form.get("token", "").strip()
+    holder = await run_in_threadpool(token_holder, web.engine, token, now=_now())
+    if holder is None:
+        return web.render(request, None, "login.html", 403, error="Unknown token.", next=target)
+    response = RedirectResponse(target, status_code=303)
+    guard.login_cookie(response, token, web.settings)
     return response
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import urllib.parse
 from datetime import datetime
 from typing import Any
 
@@ -22,13 +23,20 @@ from spamtl.services.access import Principal, proxy_holder, token_holder
 from spamtl.settings import Settings
 
 __all__ = ["TOKEN_COOKIE", "CSRF_COOKIE", "CSRF_FIELD", "principal_of", "csrf_token", "csrf_ok", "set_cookies",
-           "Forbidden"]
+           "Forbidden", "BadForm", "read_form"]
 
 TOKEN_COOKIE = "spamtl_token"
 CSRF_COOKIE = "spamtl_csrf"
 CSRF_FIELD = "csrf"
 TOKEN_COOKIE_SECONDS = 30 * 86400
 """How long a browser keeps the login (the token itself lasts until revoked)."""
+MAX_FORM_BYTES = 16_384
+"""Largest form body read: every form of the pages is a few short fields (anyone may POST to /login)."""
+MAX_FORM_FIELDS = 20
+
+
+class BadForm(Exception):
+    """A POST body that is not one of our forms: too large, too many fields, or not URL-encoded (400)."""
 
 
 class Forbidden(Exception):
@@ -44,6 +52,28 @@ def principal_of(request: Request, engine: Any, settings: Settings, now: datetim
             return holder
     token = request.cookies.get(TOKEN_COOKIE)
     return token_holder(engine, token, now=now) if token else None
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The fields of a POSTed page form (``application/x-www-form-urlencoded``), reading at most
+    :data:`MAX_FORM_BYTES`; a repeated field keeps its first value."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind not in ("application/x-www-form-urlencoded", ""):
+        raise BadForm(f"expected a form, got {kind[:40]!r}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise BadForm(f"the form is larger than {MAX_FORM_BYTES} bytes")
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True,
+                                       max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise BadForm(f"the form has more than {MAX_FORM_FIELDS} fields") from None
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        form.setdefault(key, value)
+    return form
 
 
 def csrf_token(request: Request) -> str:

@@ -4,6 +4,7 @@ path, the admin's rollback, message text shown as text.  A real server process o
 from __future__ import annotations
 
 import html
+import urllib.error
 import re
 
 import pytest
@@ -254,4 +255,32 @@ def test_bad_input_is_a_400_page_and_stores_nothing(site: Site) -> None:
     assert status == 400 and "unknown label" in page
     status, _, page = alice.request("/mail?before=yesterday")
     assert status == 400 and "bad page position" in page
+    assert count_rows(site.db, "labels") == labels
+
+
+def test_a_form_that_is_not_ours_is_refused_before_it_is_read_whole(site: Site) -> None:
+    anonymous = Client(site.url)
+    csrf = anonymous.csrf()
+    big = {"csrf": csrf, "token": "x" * 20_000}
+    status, _, page = anonymous.request("/login", big)
+    assert status == 400 and "larger than 16384 bytes" in page
+    many = {"csrf": csrf, **{f"f{i}": "1" for i in range(30)}}
+    assert anonymous.request("/login", many)[0] == 400
+    status, _, page = anonymous.request("/login", {"csrf": csrf})  # no token at all: an unknown token
+    assert status == 403 and "Unknown token" in page
+    alice = Client(site.url).login(site.tokens["alice"])
+    labels = count_rows(site.db, "labels")
+    status, _, _ = alice.request(f"/mail/{site.messages['alice'][5]}/label", None)  # not a POST body at all
+    assert status == 405
+    import urllib.request
+
+    req = urllib.request.Request(site.url + f"/mail/{site.messages['alice'][5]}/label", method="POST",
+                                 data=b'{"label": "spam"}', headers={"Content-Type": "application/json"})
+    req.add_header("Cookie", "; ".join(f"{c.name}={c.value}" for c in alice.jar))
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        status = 200
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    assert status == 400
     assert count_rows(site.db, "labels") == labels
