@@ -106,7 +106,10 @@ def _page(*, admin: bool = False, post: bool = False) -> Callable[[View], Callab
 
 
 def _answer(web: Web, view: View, request: Request, form: Any, admin: bool) -> Response:
-    who = guard.principal_of(request, web.engine, web.settings, _now())
+    try:
+        who = guard.principal_of(request, web.engine, web.settings, _now())
+    except SpamtlError as exc:  # the store is down or locked: say so, as for any page
+        return web.render(request, None, "error.html", 503, message=str(exc))
     if who is None:
         if form is not None:
             return web.render(request, None, "error.html", 401, message="Log in first.")
