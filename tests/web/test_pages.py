@@ -4,7 +4,6 @@ path, the admin's rollback, message text shown as text.  A real server process o
 from __future__ import annotations
 
 import html
-import urllib.error
 import re
 
 import pytest
