@@ -19,6 +19,10 @@ error (every wrong or unsure verdict), like the spamtl user's corrections.
     .venv/bin/python benchmarks/bench_replay.py            # ~15-25 min
     .venv/bin/python benchmarks/bench_replay.py --per-user 300 --days 8   # a quick look
 
+``--store URL`` replays an existing store instead (all its users and messages; nothing is imported), e.g.
+the two-user Enron store of issue 30; ``--no-bogofilter`` times spamtl alone (wall time, CPU and the
+replay process's peak RSS are in the JSON).
+
 Prints a table and writes benchmarks/results/replay.json.
 """
 
@@ -186,6 +190,37 @@ def _row(user: str, system: str, m: dict[str, Any], extra: str = "") -> str:
             f"{_f(m['auc_error_pct'], digits=3):>7}  {trend:>16}  {extra}")
 
 
+def _build_store(args: argparse.Namespace, work: Path) -> tuple[str, float]:
+    """A fresh store of the subsampled corpora; its URL and the import's wall seconds."""
+    files = prepare_corpora(args.corpora, work, args.per_user, args.seed)
+    db = f"sqlite:///{work / 'store.sqlite3'}"
+    _spamtl("init", db=db)
+    started = time.monotonic()
+    for user, classes in files.items():
+        for label, path in classes.items():
+            _spamtl("import", user, str(path), "--label", label, db=db)
+    import_seconds = time.monotonic() - started
+    print(f"imported {len(files)} users in {import_seconds:.0f} s", file=sys.stderr)
+    return db, import_seconds
+
+
+def _write_spamtl_only(args: argparse.Namespace, commit: str, spamtl: dict[str, Any], systems: list[str],
+                       seconds: float, cpu: float, rss_mb: float) -> None:
+    """--no-bogofilter: spamtl's table, wall time, CPU and peak RSS."""
+    for user, entry in [*spamtl["users"].items(), ("macro", spamtl["macro"])]:
+        for system in systems:
+            print(_row(user, f"spamtl {system}", entry[system], entry.get("ordering", "")))
+    print(f"spamtl replay: {seconds:.0f} s wall ({len(systems)} system(s); {cpu:.0f} CPU s; "
+          f"peak RSS {rss_mb:.0f} MB); per system: {spamtl['seconds']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "commit": commit, "store": args.store, "per_user": None if args.store else args.per_user,
+        "days": args.days, "bootstrap": args.bootstrap, "spamtl": spamtl,
+        "seconds": {"spamtl": seconds}, "cpu_seconds": {"spamtl": cpu}, "peak_rss_mb": {"spamtl": rss_mb},
+        "load_average": os.getloadavg()}, indent=2, default=str))
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
@@ -196,29 +231,29 @@ def main() -> None:
     parser.add_argument("--system", action="append", default=None,
                         help="spamtl systems to replay (mtl, pooled, per_user; default mtl)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "replay.json")
+    parser.add_argument("--store", default=None, help="replay this store (a database URL) instead of building one")
+    parser.add_argument("--no-bogofilter", action="store_true", help="time spamtl alone")
     args = parser.parse_args()
     # SIGTERM as an exception: subprocess.run then kills the `spamtl evaluate` child instead of orphaning it.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     systems = args.system or ["mtl"]
-    if shutil.which("bogofilter") is None:
+    if not args.no_bogofilter and shutil.which("bogofilter") is None:
         raise SystemExit("bogofilter is not installed (Debian: apt-get install -y bogofilter)")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=HERE, check=False).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         work = Path(tmp)
-        files = prepare_corpora(args.corpora, work, args.per_user, args.seed)
-        db = f"sqlite:///{work / 'store.sqlite3'}"
-        _spamtl("init", db=db)
-        started = time.monotonic()
-        for user, classes in files.items():
-            for label, path in classes.items():
-                _spamtl("import", user, str(path), "--label", label, db=db)
-        import_seconds = time.monotonic() - started
-        print(f"imported {len(files)} users in {import_seconds:.0f} s; replaying spamtl ({', '.join(systems)})...",
-              file=sys.stderr)
+        db, import_seconds = args.store, 0.0
+        if db is None:
+            db, import_seconds = _build_store(args, work)
+        print(f"replaying spamtl ({', '.join(systems)})...", file=sys.stderr)
         cpu = _cpu()
         spamtl, spamtl_seconds = run_spamtl(db, args.days, args.bootstrap, systems)
         spamtl_cpu, cpu = _cpu() - cpu, _cpu()
+        spamtl_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child's peak
+        if args.no_bogofilter:
+            _write_spamtl_only(args, commit, spamtl, systems, spamtl_seconds, spamtl_cpu, spamtl_rss_mb)
+            return
         print(f"spamtl: {spamtl_seconds:.0f} s; replaying bogofilter...", file=sys.stderr)
         bogo_users, bogo_seconds = run_bogofilter(db, args.days, args.bootstrap, work)
         bogo_cpu = _cpu() - cpu

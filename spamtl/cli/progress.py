@@ -91,6 +91,7 @@ class StageBar:
         self._bar = RichProgress(SpinnerColumn(finished_text="✓"), TextColumn("{task.description}", markup=False), BarColumn(),
                                  _count_column(), TimeElapsedColumn(), _eta_column(), console=console,
                                  auto_refresh=False, transient=transient, redirect_stdout=False)
+        self._transient = transient
         self._task: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,6 +146,12 @@ class StageBar:
         end = task.completed if task.fields.get("unit") else 1
         self._bar.update(self._task, total=end, completed=end)
         self._bar.stop_task(self._task)
+        if not self._transient:
+            # A finished stage is printed above the live bar and leaves it: with many stages (a replay's days)
+            # the live area would outgrow the screen, and rich crops it from the bottom, the running bar first.
+            with _DRAW:
+                self._bar.console.print(self._bar.make_tasks_table([task]))
+                self._bar.remove_task(self._task)
         self._task = None
 
 

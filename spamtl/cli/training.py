@@ -86,7 +86,8 @@ def evaluate(
     the active model is not touched.  Lower 1-AUC % is better.  With --replay,
     the labelled mail is replayed in delivery order in a temporary copy of the
     store: classified day by day, every wrong or unsure verdict corrected,
-    retrained every night.
+    retrained every night.  Its progress goes to stderr: on a terminal a bar
+    per system and day, otherwise one line per system and day.
 
     Example: spamtl evaluate --chronological --format json
     Example: spamtl evaluate --replay --days 20 --bootstrap 20

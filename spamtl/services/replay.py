@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from spamtl.errors import UsageError
 from spamtl.metrics import roc_auc
+from spamtl.parallel import one_blas_thread
 from spamtl.progress import NO_PROGRESS, Progress
 from spamtl.settings import Settings
 from spamtl.store import queries
@@ -237,8 +238,10 @@ def _night(engine: Engine, settings: Settings, now: datetime, night: int) -> dic
 
 
 def _user_day(source: Engine, engine: Engine, settings: Settings, reader: Any, logger: Any, plan: UserPlan,
-              day: int, morning: datetime, tick: int, records: list[_Record], *, label_all: bool) -> int:
-    """Classify one user's mail of one day, correcting each wrong or unsure verdict at once; the next tick."""
+              day: int, morning: datetime, tick: int, records: list[_Record], *, label_all: bool,
+              progress: Progress = NO_PROGRESS) -> int:
+    """Classify one user's mail of one day, correcting each wrong or unsure verdict at once; the next tick.
+    ``progress`` counts each message as its verdict (and correction) is done."""
     from spamtl.services.classify import prepare
     from spamtl.services.feedback import record_feedback
 
@@ -267,6 +270,7 @@ def _user_day(source: Engine, engine: Engine, settings: Settings, reader: Any, l
             model = reader.user_model(plan.user)
         elif label_all:
             correct.append((raw, truth))
+        progress.advance(1)
     logger.log(model, pending, morning + timedelta(seconds=tick))
     if correct:
         _file_correct(engine, plan.user, correct, morning + timedelta(hours=12))
@@ -290,15 +294,15 @@ def _run_system(source: Engine, plans: dict[str, UserPlan], settings: Settings, 
         reader = open_reader(engine, settings)
         try:
             logger = VerdictLogger(reader.store, create_users=True)
-            progress.stage("days", sum(p.n_messages for p in plans.values()), unit="messages", system=system,
-                           days=days, users=len(plans))
             for day in range(days):
+                # One stage per day (its mail, then its night's training): a line per day off a terminal.
+                progress.stage("day", sum(len(p.days[day]) for p in plans.values()), unit="messages",
+                               system=system, day=f"{day + 1}/{days}", users=len(plans))
                 morning = start + timedelta(days=day + 1, hours=8)
                 tick = 0
                 for plan in plans.values():
                     tick = _user_day(source, engine, settings, reader, logger, plan, day, morning, tick, records,
-                                     label_all=label_all)
-                    progress.advance(len(plan.days[day]))
+                                     label_all=label_all, progress=progress)
                 nights.append(_night(engine, settings, start + timedelta(days=day + 1, hours=23), day + 1))
         finally:
             reader.store.close()
@@ -400,11 +404,19 @@ def replay(engine: Engine, settings: Settings, *, now: datetime, users: Sequence
     """Replay the store's labelled mail day by day for each system; the real store is only read.
 
     Every user is replayed (they all train together, as in real life);
-    ``users`` restricts the report.  ``progress`` hears two stages per system: bootstrap (copying the
-    first labels, the first training) and days (messages classified, nights included).
+    ``users`` restricts the report.  ``progress`` hears per system a stage bootstrap (copying the
+    first labels, the first training), then one stage per day (its messages classified and corrected,
+    then that night's training).
+
+    BLAS runs on one thread throughout (:func:`~spamtl.parallel.one_blas_thread`): training's workers are
+    the replay's parallelism, and BLAS threads beside them only spin on a small machine.  Set in this
+    thread before any worker is forked (and after the solver's BLAS library is loaded), the limit holds
+    in the workers too.
     """
     for system in systems:
         system_settings(settings, system)  # unknown names fail before any work
+    # The solver's modules load SciPy's own BLAS library; threadpoolctl limits only loaded ones.
+    import spamtl.model.estimator  # noqa: F401
     plans = plan_replay(engine, days=days, bootstrap=bootstrap)
     wanted = list(users) if users else list(plans)
     unknown = [u for u in wanted if u not in plans]
@@ -421,7 +433,7 @@ def replay(engine: Engine, settings: Settings, *, now: datetime, users: Sequence
         began = time.monotonic()
         progress.stage("bootstrap", system=system, users=len(plans),
                        labels=sum(len(p.bootstrap) for p in plans.values()))
-        with tempfile.TemporaryDirectory(prefix="spamtl-replay-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="spamtl-replay-") as tmp, one_blas_thread():
             records, nights[system] = _run_system(engine, plans, system_settings(settings, system), days=days,
                                                   label_all=label_all, start=start, workdir=Path(tmp),
                                                   progress=progress, system=system)

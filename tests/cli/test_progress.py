@@ -114,7 +114,8 @@ def test_replay_logs_bootstrap_and_days_per_system(store: str) -> None:
     assert replayed == 80 - 2 * 4
     assert without_times(stage_lines(result.stderr, "replay")) == [
         {"stage": "bootstrap", "system": "mtl", "users": "2", "labels": "8"},
-        {"stage": "days", "system": "mtl", "days": "2", "users": "2", "messages": str(replayed)}]
+        {"stage": "day", "system": "mtl", "day": "1/2", "users": "2", "messages": str(replayed // 2)},
+        {"stage": "day", "system": "mtl", "day": "2/2", "users": "2", "messages": str(replayed // 2)}]
 
 
 def test_a_failed_job_prints_only_its_error(db_url: str) -> None:
@@ -141,6 +142,25 @@ def test_bar_on_a_terminal_has_a_count_and_an_eta() -> None:
     shown = screen.getvalue()
     assert "40/40 messages" in shown and "import: fit (labels=40)" in shown
     assert "event=stage" not in shown  # a terminal gets the bar, not the lines
+
+
+def test_more_stages_than_the_screen_has_rows_keep_the_running_bar_in_view() -> None:
+    from rich.console import Console
+
+    from spamtl.cli.progress import show_progress
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120, height=6, color_system=None)
+    with show_progress("replay", console=console) as progress:
+        for day in range(1, 13):  # twice the screen's rows
+            progress.stage("day", 10, unit="messages", day=f"{day}/12")
+            progress.advance(4)
+            time.sleep(0.3)  # a redraw by the bar's own thread
+            assert f"replay: day (day={day}/12)" in screen.getvalue()[-300:] and "4/10 messages" in screen.getvalue()[-300:]
+            progress.advance(6)
+    shown = screen.getvalue()
+    assert "..." not in shown  # rich crops a live area taller than the screen from the bottom
+    assert all(f"day={day}/12) " in shown for day in range(1, 13))
 
 
 def test_the_bar_leaves_training_free_to_fork_workers() -> None:

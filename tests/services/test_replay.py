@@ -221,3 +221,80 @@ def test_cli_errors(source: dict[str, Any], args: list[str], message: str) -> No
     result = runner.invoke(app, ["evaluate", "--replay", *args, "--db", source["db"]])
     assert result.exit_code == 1
     assert result.stderr.strip() == message
+
+
+# ---------------------------------------------------------------- progress and speed
+class _Recorder:
+    """A Progress that keeps every stage with what was advanced in it, call by call."""
+
+    def __init__(self) -> None:
+        self.stages: list[dict[str, Any]] = []
+
+    def stage(self, name: str, total: int | None = None, *, unit: str = "", **fields: object) -> None:
+        self.stages.append({"name": name, "total": total, "unit": unit, **fields, "advances": []})
+
+    def set_total(self, total: int) -> None:
+        self.stages[-1]["total"] = total
+
+    def advance(self, n: int = 1) -> None:
+        self.stages[-1]["advances"].append(n)
+
+    def done(self) -> None:
+        pass
+
+
+def test_progress_has_a_stage_per_day_and_system_counting_each_message(source: dict[str, Any]) -> None:
+    from spamtl.store.engine import make_engine
+
+    engine = make_engine(source["db"])
+    plans = plan_replay(engine, days=3, bootstrap=6)
+    recorder = _Recorder()
+    replay(engine, Settings(database_url=source["db"], mus=(1.0,)), now=NOW, days=3, bootstrap=6,
+           systems=["mtl", "pooled"], progress=recorder)
+    engine.dispose()
+    per_day = [sum(len(p.days[d]) for p in plans.values()) for d in range(3)]
+    assert per_day == [22, 24, 22]  # 34 per user, split at round(34 / 3) = 11 and round(68 / 3) = 23
+    expected = []
+    for system in ("mtl", "pooled"):
+        expected.append(("bootstrap", None, system, None))
+        expected += [("day", per_day[d], system, f"{d + 1}/3") for d in range(3)]
+    assert [(s["name"], s["total"], s["system"], s.get("day")) for s in recorder.stages] == expected
+    for s in recorder.stages:
+        # every message is counted as it is done (a bar moves within a day), and the counts add up
+        assert s["advances"] == ([1] * s["total"] if s["name"] == "day" else [])
+
+
+def test_nightly_training_runs_blas_on_one_thread(source: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import spamtl.services.training as training
+    from spamtl.store.engine import make_engine
+
+    seen: list[list[int]] = []
+    real_train = training.train
+
+    def train(*args: Any, **kwargs: Any) -> Any:
+        seen.append([lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", train)
+    engine = make_engine(source["db"])
+    with threadpool_limits(limits=2, user_api="blas"):  # as on a 2-core machine, whatever this one has
+        replay(engine, Settings(database_url=source["db"], mus=(1.0,)), now=NOW, days=2, bootstrap=6,
+               systems=["mtl"])
+        after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    engine.dispose()
+    assert len(seen) == 3  # night 0 (bootstrap) and one per day
+    assert all(threads and set(threads) == {1} for threads in seen), seen
+    assert set(after) == {2}  # the caller's setting is back afterwards
+
+
+def test_the_baselines_replay_under_the_same_feedback_protocol() -> None:
+    from spamtl.services.replay import system_settings
+
+    settings = Settings(database_url="sqlite:///unused.sqlite3", feedback_max_doublings=5, mus=(10.0, 1.0),
+                        alphas=(0.01,))
+    pooled, mtl, per_user = (system_settings(settings, s) for s in ("pooled", "mtl", "per_user"))
+    assert pooled.mus == (1e6,)
+    assert mtl.feedback_max_doublings == pooled.feedback_max_doublings == per_user.feedback_max_doublings == 5
+    assert (per_user.mus, per_user.alphas) == ((1e-3,), (10.0,))
