@@ -21,6 +21,8 @@ from spamtl.settings import Settings, validate_name
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from spamtl.mail.parse import ParsedMessage
+
 __all__ = ["DEFAULT_TOP", "MAX_TOKEN_CHARS", "MAX_TOKENS_PER_COLUMN", "REPORT_MAX_CHARS", "Evidence",
            "PartExplanation", "Explanation", "explain", "explain_message", "report_header",
            "symbol_names"]
@@ -94,6 +96,7 @@ class Explanation:
     parts: tuple[PartExplanation, ...]
     reason: str = "model"  # "label": the user labelled this message, and the label decides
     notes: tuple[str, ...] = field(default_factory=tuple)
+    parsed: ParsedMessage | None = field(default=None, repr=False, compare=False)  # the message as scored
 
     @property
     def short_id(self) -> str:
@@ -177,7 +180,7 @@ def explain(model: UserModel, message: Prepared, *, top: int = DEFAULT_TOP,
                        model_version=model.version, logit=scored.logit, probability=probability,
                        verdict=model.verdict(probability), spam_cutoff=model.spam_cutoff,
                        ham_cutoff=model.ham_cutoff, cutoff_source=model.cutoff_source, parts=tuple(parts),
-                       notes=tuple(notes))
+                       notes=tuple(notes), parsed=parsed)
 
 
 def symbol_names(verdict: Verdict) -> list[str]:

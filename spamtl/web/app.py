@@ -82,6 +82,13 @@ class Web:
         return user_exists(self.engine, name)
 
 
+def _finish(web: Web, request: Request, response: Response) -> Response:
+    """What every answer carries: a CSRF cookie the page made up, and the security headers."""
+    guard.set_cookies(request, response, web.settings)
+    response.headers.update(_SECURITY_HEADERS)
+    return response
+
+
 def _page(*, admin: bool = False, post: bool = False) -> Callable[[View], Callable[..., Any]]:
     """Wrap a view: who is asking (else the login page), CSRF on a POST, the admin role where needed,
     the view run in a worker thread, expected errors as a page with the right status, security headers."""
@@ -96,9 +103,7 @@ def _page(*, admin: bool = False, post: bool = False) -> Callable[[View], Callab
                 response: Response = web.render(request, None, "error.html", 400, message=str(exc))
             else:
                 response = await run_in_threadpool(_answer, web, view, request, form, admin)
-            guard.set_cookies(request, response, web.settings)
-            response.headers.update(_SECURITY_HEADERS)
-            return response
+            return _finish(web, request, response)
 
         return endpoint
 
@@ -133,10 +138,8 @@ def _answer(web: Web, view: View, request: Request, form: Any, admin: bool) -> R
 # ------------------------------------------------------------------------------------------- logging in
 async def login_form(request: Request) -> Response:
     web: Web = request.app.state.web
-    response = web.render(request, None, "login.html", next=_safe_next(request.query_params.get("next")))
-    guard.set_cookies(request, response, web.settings)
-    response.headers.update(_SECURITY_HEADERS)
-    return response
+    return _finish(web, request,
+                   web.render(request, None, "login.html", next=_safe_next(request.query_params.get("next"))))
 
 
 async def login(request: Request) -> Response:
@@ -147,9 +150,7 @@ async def login(request: Request) -> Response:
         response: Response = web.render(request, None, "error.html", 400, message=str(exc))
     else:
         response = await _login_answer(web, request, form)
-    guard.set_cookies(request, response, web.settings)
-    response.headers.update(_SECURITY_HEADERS)
-    return response
+    return _finish(web, request, response)
 
 
 async def _login_answer(web: Web, request: Request, form: dict[str, str]) -> Response:
@@ -226,14 +227,12 @@ def review(web: Web, request: Request, who: Principal) -> Response:
 
 
 def _message_context(web: Web, who: Principal, sha256: str) -> dict[str, Any]:
-    from spamtl.mail.parse import parse_message
-    from spamtl.services.explain import explain_message, stored_raw
+    from spamtl.services.explain import explain_message
     from spamtl.services.history import user_message
 
     user_message(web.engine, user=who.name, sha256=sha256)  # 404 unless it is theirs
-    raw = stored_raw(web.engine, sha256)
-    explanation = explain_message(web.engine, web.settings, user=who.name, raw=raw, top=8)
-    parsed = parse_message(raw)
+    explanation = explain_message(web.engine, web.settings, user=who.name, ref=sha256, top=8)
+    parsed = explanation.parsed  # the message as the scorer parsed it: shown, not parsed twice
     text = parsed.text
     return {"x": explanation, "parsed": parsed, "text": text[:TEXT_CHARS], "cut": len(text) > TEXT_CHARS,
             "sha256": sha256}
@@ -297,7 +296,7 @@ def admin(web: Web, request: Request, who: Principal) -> Response:
     versions = list_versions(web.engine)
     active = next((v for v in versions if v.status == "active"), None)
     quality = (active.metrics.get("user_auc_error_pct") or {}) if active else {}
-    users = list_users(web.engine, web.settings) if versions else list_users(web.engine)
+    users = list_users(web.engine, web.settings)
     activity = daily_activity(web.engine, days=PLOT_DAYS, now=_now())
     trainings = {"promoted": [0] * PLOT_DAYS, "rejected": [0] * PLOT_DAYS}
     index = {d: i for i, d in enumerate(activity.days)}
