@@ -33,6 +33,60 @@ def is_postgres() -> bool:
     return POSTGRES_SERVER is not None
 
 
+# --- Which tests touch a database -------------------------------------------------------------
+# CI runs the suite on SQLite, then again on PostgreSQL. A test that never had a database open
+# (none of its own, no fixture's) cannot behave differently on the second run, so the SQLite run
+# lists the tests that passed without one (--record-storeless=FILE) and the PostgreSQL run leaves
+# those out (--deselect-storeless=FILE). Anything else runs again: a test that opened a database,
+# ran while a fixture's database was open, was skipped, failed, or is not in the list.
+# (Options a conftest adds need the "=": with a space, pytest takes FILE for a test path.)
+
+_open_databases = 0
+_touched_database = False
+_storeless: dict[str, bool] = {}
+"""Test id -> True while every phase so far passed with no database open."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("spamtl")
+    group.addoption("--record-storeless", metavar="FILE",
+                    help="write the ids of the tests that passed without any database open to FILE")
+    group.addoption("--deselect-storeless", metavar="FILE",
+                    help="leave out the tests FILE lists (written by --record-storeless on another run)")
+
+
+def pytest_runtest_logstart(nodeid: str, location: object) -> None:
+    global _touched_database
+    _touched_database = False
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # A fixture's database may be opened in setup and closed in teardown: every phase counts.
+    clean = report.passed and not _touched_database and _open_databases == 0
+    _storeless[report.nodeid] = _storeless.get(report.nodeid, True) and clean
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("record_storeless")
+    if path:
+        ids = sorted(i for i, clean in _storeless.items() if clean)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("".join(f"{i}\n" for i in ids))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    path = config.getoption("deselect_storeless")
+    if not path:
+        return
+    try:
+        listed = set(Path(path).read_text().splitlines())
+    except OSError as e:
+        raise pytest.UsageError(f"--deselect-storeless: cannot read {path}: {e.strerror}") from None
+    keep = [i for i in items if i.nodeid not in listed]
+    config.hook.pytest_deselected(items=[i for i in items if i.nodeid in listed])
+    items[:] = keep
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     marker = item.get_closest_marker("sqlite_only")
     if marker is None:
@@ -48,6 +102,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def blank_database(folder: Path, name: str = "spamtl") -> Iterator[str]:
     """URL of a new, empty database: a not-yet-created SQLite file in ``folder``, or a new
     PostgreSQL database (CREATE DATABASE with a unique name) on ``$SPAMTL_TEST_POSTGRES``, dropped afterwards."""
+    global _open_databases, _touched_database
+    _open_databases += 1
+    _touched_database = True
+    try:
+        with _new_database(folder, name) as url:
+            yield url
+    finally:
+        _open_databases -= 1
+
+
+@contextlib.contextmanager
+def _new_database(folder: Path, name: str) -> Iterator[str]:
     if POSTGRES_SERVER is None:
         yield f"sqlite:///{folder / (name + '.sqlite3')}"
         return

@@ -3,7 +3,7 @@
     python tests/pgserver.py start          # prints the URL, then the data directory
     python tests/pgserver.py stop DATADIR   # stops the server and deletes DATADIR
 
-``.ci/run`` uses it to run the whole suite a second time with
+``.ci/run`` uses it to run the tests that use a database a second time with
 ``SPAMTL_TEST_POSTGRES`` set.  The server listens on 127.0.0.1 only, on a free
 non-default port, with its Unix socket inside the data directory; the data
 directory lives under the temporary directory and is deleted by ``stop``.

@@ -24,12 +24,11 @@ from tests.web.conftest import Site
 if os.environ.get("CI") != "true":  # on CI the test extra is installed: a missing selenium fails collection
     pytest.importorskip("selenium", reason="selenium (the test extra) is not installed")
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package `chromium`
@@ -102,12 +101,15 @@ def by_id(driver: WebDriver, element_id: str) -> WebElement:
 
 def click_through(driver: WebDriver, element: WebElement) -> None:
     """Click a link or a form's button and wait until the next page has loaded (a click returns
-    before the navigation it starts has finished)."""
-    page = driver.find_element(By.TAG_NAME, "html")
+    before the navigation it starts has finished).
+
+    The old page is told apart from the new one by a mark on its ``window``: every document gets a
+    window of its own. (Selenium's ``staleness_of`` asks about an element of the old page, and
+    chromedriver can answer that with an error while the page is being replaced.)"""
+    driver.execute_script("window.spamtlOldPage = true")
     element.click()
-    WebDriverWait(driver, PAGE_SECONDS).until(staleness_of(page))
-    WebDriverWait(driver, PAGE_SECONDS).until(
-        lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, PAGE_SECONDS, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script("return !window.spamtlOldPage && document.readyState === 'complete'"))
 
 
 def log_in(driver: WebDriver, site: Site, name: str, folder: Path | None = None) -> None:
