@@ -22,6 +22,8 @@ import sys
 _OPTIONS_WITH_VALUE = ("--db", "--format")
 _FLAGS = ("--filter", "--report", "--exit-code")
 _FORMATS = ("text", "json")
+EXIT_INTERRUPTED = 130
+"""Ctrl-C, silently, as Typer ends every command it interrupts (the shell's code for SIGINT)."""
 _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """One message has no work for a BLAS thread pool, whose threads would spin up (CPU time) as numpy loads."""
 
@@ -120,8 +122,8 @@ def main() -> None:
         if given is not None:
             try:
                 code = _run_filter(given, short[2])
-            except KeyboardInterrupt as exc:
-                code = _usage_error_code(exc, verdict_codes=verdict_codes, guarded=True)
+            except KeyboardInterrupt:
+                code = EXIT_INTERRUPTED
             sys.exit(code)
     from spamtl.cli.app import app
 
@@ -139,11 +141,11 @@ def main() -> None:
 def _usage_error_code(exc: BaseException, *, verdict_codes: bool, guarded: bool) -> int:
     """The exit code of the argument parser's usage error (click's ClickException: a bad option or value),
     shown on stderr; in piped filter mode the message is passed through first.  Anything else is re-raised.
-    With ``verdict_codes``, Ctrl-C (click's Abort, or the interrupt itself where no parser ran) exits 3."""
+    With ``verdict_codes``, click's Abort exits 3."""
     from spamtl.services.filtering import EXIT_CODE_ERROR, pass_through
 
     show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-    if verdict_codes and (isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Abort"):
+    if verdict_codes and type(exc).__name__ == "Abort":
         print("Aborted!", file=sys.stderr)  # click's words (typer vendors its own click)
         return EXIT_CODE_ERROR
     if show is None or not isinstance(code, int):

@@ -184,3 +184,39 @@ def test_which_lines_take_the_short_way(argv: list[str], expected: dict[str, str
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
     short = entry._short_line(argv)
     assert (None if short is None else entry._plain_filter(*short)) == expected
+
+
+def _blocked_on_stdin(pid: int) -> bool:
+    """The process waits in a read of its (empty) stdin pipe."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()  # pipe_read, anon_pipe_read (6.x), pipe_wait (old)
+    except OSError:
+        return False
+    return wchan.endswith("pipe_read") or wchan == "pipe_wait"
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["short-way", "full-parser"])
+@pytest.mark.parametrize("exit_code", [False, True], ids=["plain", "exit-code"])
+def test_ctrl_c_while_waiting_for_the_message_is_aborted_not_a_traceback(
+        store: dict[str, object], tmp_path: Path, full: bool, exit_code: bool) -> None:  # noqa: F811
+    """Ctrl-C at a filter line typed by hand ends it as Typer ends every other command: exit 130 (the
+    shell's code for SIGINT, never a verdict's), no traceback, the short way and the full parser alike."""
+    import signal
+    import time
+
+    args = ["classify", "--filter", "ann", "--db", str(store["db"]), *(["--exit-code"] if exit_code else [])]
+    environment = dict(os.environ, FILTER_ENTRY_FULL="1" if full else "0",
+                       FILTER_ENTRY_REPORT=str(tmp_path / "report"))
+    process = subprocess.Popen([sys.executable, "-c", RUNNER, *args], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
+    try:
+        deadline = time.monotonic() + 60
+        while not _blocked_on_stdin(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _blocked_on_stdin(process.pid), "the filter never waited for its message"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, out, err.decode()) == (130, b"", "")
