@@ -6,9 +6,10 @@ exact rules); :func:`message_identity` says which stored message a copy is,
 whatever its delivery did to it; :func:`parse_envelope` reads Message-ID and
 Date cheaply; :func:`not_mail_reason` says why bytes are not mail at all.
 
-The work is bounded: at most ``MAX_HEADER_SCAN_BYTES`` of the header block and
-``MAX_HEADER_SCAN_FIELDS`` fields are looked at, each with a few RE2 calls
-(linear, no backtracking).
+The work is bounded and linear: at most ``MAX_HEADER_SCAN_BYTES`` of the header
+block and ``MAX_HEADER_SCAN_FIELDS`` fields are looked at; line ends are found
+with ``bytes.find`` (each byte searched once), a field's name with a regular
+expression that cannot backtrack, and runs of lines led by blanks with RE2.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ MAX_HEADER_SCAN_BYTES = 256 * 1024
 MAX_HEADER_SCAN_FIELDS = MAX_HEADER_FIELDS
 """Fields of the top-level header block they look at: as many as the parser keeps.
 
-Each field costs a few RE2 calls, so the work is in fields, and 256 KB holds
-64,000 fields of ``X:v``.  Filters add their headers at the top.
+Each field costs a few calls, so the work is in fields as much as in bytes, and
+256 KB holds 64,000 fields of ``X:v``.  Filters add their headers at the top.
 """
 MAX_STATUS_CHECKS = 3
 """``X-Spamtl-Status`` fields whose ``id=`` :func:`message_identity` checks against the bytes below them.
@@ -50,18 +51,18 @@ more is not one spamtl wrote, and its further fields are not looked at.
 """
 
 
-# The header block is read line by line.  A line ends at
-# CRLF, CR or LF, as the stdlib parser reads it.  Byte patterns run in RE2's Latin-1 mode, where
-# every byte is a character (in UTF-8 mode invalid bytes match nothing).
+# The header block is read line by line.  A line ends at CRLF, CR or LF, as the stdlib parser reads it.
+# A header field line: a name of printable characters but the colon, optional blanks, a colon (RFC 5322
+# section 3.6.8).  The name's class holds neither a blank nor the colon, so a failed match gives back one
+# byte at a time and fails at once each time: linear in the name in Python's engine too.
+_FIELD_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+# Lines that begin with a blank before any field: a parser ignores them, or folds them into the
+# field above them.  RE2 (in its Latin-1 mode every byte is a character) so that a message of 10 MB of
+# such lines is one linear pass.  The same pattern reads a field's continuation lines.
 _LATIN1 = re2.Options()
 _LATIN1.encoding = re2.Options.Encoding.LATIN1
-_EOL_RE = re2.compile(rb"\r\n|\r|\n", _LATIN1)
-# A header field line: a name of printable characters but the colon, optional blanks, a colon.
-_FIELD_RE = re2.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:", _LATIN1)
-# Lines that begin with a blank before any field: a parser ignores them, or folds them into the
-# field above them.  RE2 so that a message of 10 MB of such lines is one linear pass.  The same pattern
-# reads a field's continuation lines.
 _LEADING_WS_RE = re2.compile(rb"(?:[ \t][^\r\n]*(?:\r\n|\r|\n))*", _LATIN1)
+_BLANKS = (b" ", b"\t")
 _OWN_PREFIXES = (b"x-spamtl-", b"x-spam-", b"x-spamd-", b"x-rspamd-")
 _OWN_NAMES = frozenset({b"x-bogosity"})
 
@@ -71,20 +72,62 @@ def _is_own(name: bytes) -> bool:
     return lname in _OWN_NAMES or lname.startswith(_OWN_PREFIXES)
 
 
-def _line_end(raw: bytes, pos: int, endpos: int) -> tuple[int, int]:
-    """(end of the line's content, start of the next line); (-1, -1) if no line end before ``endpos``."""
-    match = _EOL_RE.search(raw, pos, endpos)
-    if match is None:
-        return -1, -1
-    return match.start(), match.end()
+class _LineEnds:
+    """Where the lines of ``raw[:endpos]`` end, asked at increasing positions.
+
+    The next LF and the next CR are remembered, so each byte is searched at most once for each: linear
+    over any number of lines (input of bare CRs is searched for an LF once, not once per line).
+    """
+
+    __slots__ = ("raw", "endpos", "lf", "cr")
+
+    def __init__(self, raw: bytes, endpos: int) -> None:
+        self.raw, self.endpos = raw, endpos
+        self.lf = self.cr = -2  # -2: not searched yet; -1: none before endpos
+
+    def after(self, pos: int) -> tuple[int, int]:
+        """(End of the content of the line at ``pos``, start of the next line); (-1, -1) when the line does
+        not end before ``endpos``.  CR LF is one line end when both are before ``endpos``."""
+        if self.lf == -2 or -1 < self.lf < pos:
+            self.lf = self.raw.find(b"\n", pos, self.endpos)
+        if self.cr == -2 or -1 < self.cr < pos:
+            self.cr = self.raw.find(b"\r", pos, self.endpos)
+        lf, cr = self.lf, self.cr
+        if cr >= 0 and (lf < 0 or cr < lf):
+            return cr, cr + 2 if lf == cr + 1 else cr + 1
+        return (lf, lf + 1) if lf >= 0 else (-1, -1)
 
 
 def _envelope_end(raw: bytes) -> int:
     """Length of an mbox ``From `` envelope line (with its line end) at the start, else 0."""
     if not raw.startswith(b"From "):
         return 0
-    _, nxt = _line_end(raw, 0, len(raw))
+    _, nxt = _LineEnds(raw, len(raw)).after(0)
     return len(raw) if nxt < 0 else nxt
+
+
+def _skip_blank_led(raw: bytes, pos: int, endpos: int | None = None, line_ends: _LineEnds | None = None) -> int:
+    """``pos`` moved past the lines led by a blank that start there (each with its line end).
+
+    With ``line_ends`` (of the same ``endpos``) the first few lines are stepped over with it, which is
+    cheaper than a call into RE2 for the one or two continuation lines a field usually has; RE2 takes
+    any longer run in one linear pass.
+    """
+    if line_ends is not None:
+        for _ in range(_FEW_LINES):
+            if raw[pos:pos + 1] not in _BLANKS:
+                return pos
+            _, nxt = line_ends.after(pos)
+            if nxt < 0:  # a line that does not end before endpos is not a whole line to skip
+                return pos
+            pos = nxt
+    if raw[pos:pos + 1] not in _BLANKS:
+        return pos
+    match = _LEADING_WS_RE.match(raw, pos, len(raw) if endpos is None else endpos)
+    return match.end() if match is not None else pos
+
+
+_FEW_LINES = 4
 
 
 def _header_fields(raw: bytes, until: Callable[[bytes], bool] | None = None,
@@ -99,13 +142,11 @@ def _header_fields(raw: bytes, until: Callable[[bytes], bool] | None = None,
     A field's span includes its continuation lines and line end; ``whole`` is
     False for a last field cut by the scan limit.
     """
-    pos = _envelope_end(raw)
-    ws = _LEADING_WS_RE.match(raw, pos)
-    if ws is not None:
-        pos = ws.end()
+    pos = _skip_blank_led(raw, _envelope_end(raw))
     first = pos
     fields: list[tuple[int, int, bytes, bool]] = []
     limit = min(len(raw), pos + MAX_HEADER_SCAN_BYTES)
+    line_ends = _LineEnds(raw, limit)
     while pos < limit and len(fields) < MAX_HEADER_SCAN_FIELDS:
         if raw.startswith(b"From ", pos):
             # A misplaced envelope line: the stdlib parser skips it and reads on, so do we
@@ -119,11 +160,10 @@ def _header_fields(raw: bytes, until: Callable[[bytes], bool] | None = None,
         if until is not None and until(name):
             break
         start = pos
-        _, pos = _line_end(raw, pos, limit)
+        _, pos = line_ends.after(pos)
         if pos >= 0:  # its continuation lines that end before the limit, in one match (not one call per line)
-            more = _LEADING_WS_RE.match(raw, pos, limit)
-            pos = more.end() if more is not None else pos
-            if raw[pos:pos + 1] in (b" ", b"\t"):
+            pos = _skip_blank_led(raw, pos, limit, line_ends)
+            if raw[pos:pos + 1] in _BLANKS:
                 # A continuation line without a line end before the limit, or one that starts at the limit
                 # (the field goes on past it: cut, not whole).
                 pos = -1
@@ -341,13 +381,10 @@ def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
     b'From a@b Thu Jan  1 00:00:00 2004\nX-Spamtl-Status: ham\n'
     """
     raw = bytes(raw)
-    match = _EOL_RE.search(raw, 0, min(len(raw), MAX_HEADER_SCAN_BYTES))
-    eol = match.group(0) if match is not None else b"\n"
+    end, nxt = _LineEnds(raw, min(len(raw), MAX_HEADER_SCAN_BYTES)).after(0)
+    eol = raw[end:nxt] if end >= 0 else b"\n"
     block = b"".join(_header_line(name, value) + eol for name, value in headers)
-    pos = _envelope_end(raw)
-    ws = _LEADING_WS_RE.match(raw, pos)
-    if ws is not None:
-        pos = ws.end()
+    pos = _skip_blank_led(raw, _envelope_end(raw))
     if eol == b"\r" and raw[pos:pos + 1] == b"\n":
         # Mixed endings: a bare CR before the input's LF would read as one CRLF, and a whitespace
         # line after it would fold into our last header; end our lines with CRLF there instead.
@@ -355,7 +392,7 @@ def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
     prefix = raw[:pos]
     if pos == len(raw) and pos > 0 and raw[pos - 1:pos] not in (b"\n", b"\r"):
         prefix += eol  # an unterminated From or whitespace line: the one added line ending
-    elif pos < len(raw) and raw[pos:pos + 1] in (b" ", b"\t"):
+    elif pos < len(raw) and raw[pos:pos + 1] in _BLANKS:
         # An unterminated whitespace line after the envelope (the regex needs a line end).
         prefix, raw, pos = raw + eol, b"", 0
     return prefix + block + raw[pos:]
@@ -395,10 +432,7 @@ def not_mail_reason(raw: bytes) -> str | None:
     ('empty message', 'not mail: binary data', 'not mail: no header fields')
     """
     raw = bytes(raw)
-    pos = _envelope_end(raw)
-    ws = _LEADING_WS_RE.match(raw, pos)
-    if ws is not None:
-        pos = ws.end()
+    pos = _skip_blank_led(raw, _envelope_end(raw))
     match = _FIELD_RE.match(raw, pos, min(len(raw), pos + MAX_HEADER_BYTES))
     if match is not None and match.group(1)[:1].isalpha():
         return None
