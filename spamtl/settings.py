@@ -116,6 +116,11 @@ def check_listen_host(host: str, allow_remote: bool) -> None:
                          "add --allow-remote to accept connections from other hosts")
 
 
+def _is_delimiter_set(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 8 and all(
+        c.isprintable() and not c.isalnum() and not c.isspace() and c != "@" for c in value)
+
+
 def _is_octal_mode(mode: Any) -> bool:
     return isinstance(mode, str) and re.fullmatch(r"0?[0-7]{3}", mode) is not None
 
@@ -198,6 +203,13 @@ class Settings:
     max_message_bytes: int = _setting(512_000, ge=1, in_type=True)
     # classify registers a user it does not know (and logs their verdicts) only when this is set.
     auto_create_users: bool = False
+    # Postfix's recipient_delimiter ("+", or several characters such as "+-"): filter mode and the daemon
+    # take a recipient the store does not know, alice+lists@example.org, as alice@example.org
+    # (address_without_extension).  Empty: every name as it comes.
+    recipient_delimiter: str = _setting("", check=_is_delimiter_set,
+                                        message="{name} must be at most 8 characters that are neither letters, "
+                                                "digits, blanks nor '@' (Postfix's recipient_delimiter), "
+                                                "got {value!r}")
     # spamtl serve: worker processes (scoring is CPU-bound under the GIL: one per core).
     serve_workers: int = _setting(2, ge=1)
     # spamtl serve: connections served at once over all workers; more get EX_TEMPFAIL and spamc passes
@@ -336,6 +348,35 @@ def validate_name(name: str, what: str = "user") -> str:
     if name.startswith("-"):
         raise UsageError(f"the {what} name {shown} starts with '-'; names must not look like options")
     return name
+
+
+def address_without_extension(name: str, delimiters: str) -> str:
+    """``name`` without its address extension: what Postfix delivers ``user+ext@domain`` to.
+
+    Postfix's rule (``recipient_delimiter``): the local part (before the last ``@``, or the whole name)
+    ends at its first character in ``delimiters``, unless that is its first character; with ``-``
+    among them, ``owner-*`` and ``*-request`` keep theirs (mailing-list addresses).  No delimiters:
+    ``name`` unchanged.
+
+    Examples
+    --------
+    >>> address_without_extension("alice+lists@example.org", "+")
+    'alice@example.org'
+    >>> address_without_extension("bob-news", "+-"), address_without_extension("+x@example.org", "+")
+    ('bob', '+x@example.org')
+    >>> address_without_extension("owner-list@example.org", "-"), address_without_extension("a+b", "")
+    ('owner-list@example.org', 'a+b')
+    """
+    if not delimiters:
+        return name
+    local, at, domain = name.rpartition("@")
+    if not at:
+        local, domain = name, ""
+    lowered = local.lower()
+    if "-" in delimiters and (lowered.startswith("owner-") or (len(local) > 8 and lowered.endswith("-request"))):
+        return name
+    cut = next((i for i, c in enumerate(local) if c in delimiters), 0)
+    return local[:cut] + at + domain if cut > 0 else name
 
 
 def default_database_url(env: Mapping[str, str] | None = None) -> str:

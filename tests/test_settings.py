@@ -78,6 +78,7 @@ chunk_size = 10
 seed = 42
 max_message_bytes = 1000
 auto_create_users = true
+recipient_delimiter = "+-"
 target_ham_fpr = 0.01
 target_spam_as_ham = 0.1
 promote_relative_margin = 0.25

@@ -244,13 +244,15 @@ class Worker:
         return proto.response(proto.EX_DATAERR, f"message larger than {limit} bytes; not scanned")
 
     def _user(self, request: proto.Request) -> str:
+        """The user a request names (the recipient, as the store knows it: ``ModelReader.recipient``)."""
         user = request.user or self.options.default_user
         if user is None:
             return _SHARED
         try:
-            return validate_name(user)
+            validate_name(user)
         except UsageError as exc:
             raise proto.ProtocolError(proto.EX_NOUSER, str(exc)) from None
+        return self.fresh_reader().recipient(user)
 
     def _score(self, request: proto.Request, body: bytes, peer: Peer) -> tuple[bytes, Callable[[], object] | None]:
         """The answer to a scoring request, and the call that stores its verdict (None: nothing to store)."""
@@ -323,6 +325,9 @@ class Worker:
             emit("refused" if exc.code == proto.EX_NOPERM else "error", command="TELL", code=exc.code,
                  reason=exc.reason, client=peer.describe())
             return proto.response(exc.code, exc.reason)
+        except SpamtlError as exc:  # the store, asked which user a recipient is
+            emit("error", command="TELL", reason=str(exc))
+            return proto.response(proto.EX_TEMPFAIL, str(exc))
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self.tell_pool, self._learn, user, tell, body)

@@ -20,7 +20,7 @@ from spamtl.features import FeatureConfig, IdfWeights, MessageTokens, column_tok
 from spamtl.mail.headers import message_identity, not_mail_reason
 from spamtl.mail.parse import ParsedMessage, parse_message
 from spamtl.model.weights import ModelWeights, RowScore, SparsePart, decode_stored
-from spamtl.settings import Settings, verdict_at
+from spamtl.settings import Settings, address_without_extension, verdict_at
 from spamtl.store import statements
 from spamtl.store.statements import Store
 
@@ -336,6 +336,16 @@ class ModelReader:
         result = self._cutoffs(user, int(active[0]) if active else None, spam_override, ham_override)
         self.store.finish_read()
         return result
+
+    def recipient(self, name: str) -> str:
+        """The user a recipient address names: the address itself when the store knows it, else the
+        address without its extension (``recipient_delimiter``), as Postfix looks a recipient up."""
+        base = address_without_extension(name, self.settings.recipient_delimiter)
+        if base == name:
+            return name
+        is_known = self.store.one(statements.USER, {"name": name}) is not None
+        self.store.finish_read()
+        return name if is_known else base
 
     def user_names(self) -> list[str]:
         names = [str(r[0]) for r in self.store.all(statements.USER_NAMES)]

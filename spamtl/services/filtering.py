@@ -137,9 +137,9 @@ def _filter_headers(settings: Settings, user: str, raw: bytes, *, now: datetime,
 
     reader = open_reader(store_source(settings.database_url), settings)
     try:
-        model = reader.user_model(user)
+        model = reader.user_model(reader.recipient(user))
         if model.user_id is None:
-            _note_unknown_user(settings, user, warn)
+            _note_unknown_user(settings, model.user, warn)
         message = prepare(raw)
         verdict = reader.classify(model, message, "<stdin>")
         VerdictLogger(reader.store, create_users=settings.auto_create_users).log(model, [(message, verdict)], now)

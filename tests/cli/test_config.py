@@ -36,6 +36,8 @@ def test_cutoffs_must_be_ordered() -> None:
     ("serve_read_timeout", 0.0, "serve_read_timeout must be > 0.0, got 0.0"),
     ("autolearn_days", float("nan"), "autolearn_days must be >= 0.0, got nan"),
     ("user_cutoffs", {"bob": (0.3, 0.6)}, "users.bob: cutoffs must satisfy 0 <= ham_cutoff <= spam_cutoff <= 1"),
+    *[("recipient_delimiter", bad, "recipient_delimiter must be at most 8 characters that are neither letters, "
+       f"digits, blanks nor '@' (Postfix's recipient_delimiter), got {bad!r}") for bad in ("@", "+a", "+ ", "+" * 9)],
 ])
 def test_training_and_serving_settings_are_checked_up_front(field: str, value: object, message: str) -> None:
     """Catches: a value that a night's training would reject minutes in (an empty grid, mu 0, one fold)

@@ -168,6 +168,41 @@ def test_default_user_scores_requests_without_a_user_header_only(store: dict[str
     assert code == 0, err
 
 
+def test_a_recipient_with_an_address_extension_is_scored_logged_and_taught_as_its_user(
+        store: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """recipient_delimiter: bob+lists is bob (Postfix delivers it to bob), unless the store knows bob+lists;
+    even with auto_create_users no user bob+lists appears."""
+    monkeypatch.setenv("SPAMTL_RECIPIENT_DELIMITER", "+")
+    monkeypatch.setenv("SPAMTL_AUTO_CREATE_USERS", "true")
+    db = str(store["db"])
+    d = Daemon(db, Path(str(store["tmp"])), "--workers", "1", "--allow-tell")
+    try:
+        subject = "address extension probe"
+        probe = SPAM.replace(b"win the lottery now 99", subject.encode())
+        d.request("CHECK", probe, user="bob+lists")
+        d.request("CHECK", probe, user="bob")
+        assert len(logged(db, "bob", 2, subject=subject)) == 2
+        taught = len(labels(db, "bob"))
+        assert d.request("TELL", probe, user="bob+lists", Message_class="ham", Set="local").startswith(b"SPAMD/1.5 0")
+        assert len(labels(db, "bob")) == taught + 1
+        assert users_named(db, "bob+lists") == 0
+    finally:
+        code, err = d.stop()
+    assert code == 0, err
+    logged_values = probabilities(db, "bob", subject=subject)
+    assert logged_values[0] == logged_values[1]  # the same slice scored both
+
+
+def users_named(db: str, name: str) -> int:
+    import sqlite3
+
+    con = sqlite3.connect(db.removeprefix("sqlite:///"))
+    try:
+        return int(con.execute("SELECT count(*) FROM users WHERE name = ?", (name,)).fetchone()[0])
+    finally:
+        con.close()
+
+
 # ------------------------------------------------------------------ per-client limits
 @needs_accounts
 def test_an_untrusted_client_may_hold_only_so_many_connections(store: dict[str, object]) -> None:  # noqa: F811

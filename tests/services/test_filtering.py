@@ -102,3 +102,57 @@ def test_cold_classify_imports_no_orm_no_migrations_no_solvers(store) -> None:  
                           capture_output=True, timeout=120)
     assert done.stdout.startswith(b"X-Spamtl-Status: ")
     assert done.stderr.decode().strip().splitlines()[-1] == "[]"
+
+
+def _probability(out: bytes) -> str:
+    status = out.split(b"\n", 1)[0].decode()
+    assert status.startswith("X-Spamtl-Status: "), status
+    return next(v for v in status.split(", ") if v.startswith("probability="))
+
+
+def test_an_address_extension_is_the_users_own_mail(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """recipient_delimiter: mail for ann+news is scored with ann's part and logged under ann, and no user
+    ann+news appears even with auto_create_users; without the setting ann+news is a stranger."""
+    from ..conftest import count_rows
+
+    db = str(store["db"])
+    raw = Path(store["test_mail"]).read_bytes()
+    home = {"XDG_CONFIG_HOME": str(tmp_path / "config")}  # never the real user's configuration
+    ann = _spamtl("classify", "--filter", "ann", "--db", db, stdin=raw, env=home)
+    stranger = _spamtl("classify", "--filter", "ann+news", "--db", db, stdin=raw, env=home)
+    assert _probability(ann.stdout) != _probability(stranger.stdout)  # ann calls this newsletter spam
+
+    before = count_rows(db, "classifications", "WHERE user_id = (SELECT id FROM users WHERE name = 'ann')")
+    extended = _spamtl("classify", "--filter", "ann+news", "--db", db, stdin=raw,
+                       env={**home, "SPAMTL_RECIPIENT_DELIMITER": "+", "SPAMTL_AUTO_CREATE_USERS": "true"})
+    assert extended.returncode == 0 and extended.stderr == b"", extended.stderr
+    assert _probability(extended.stdout) == _probability(ann.stdout)
+    assert count_rows(db, "classifications", "WHERE user_id = (SELECT id FROM users WHERE name = 'ann')") == before + 1
+    assert count_rows(db, "users", "WHERE name = 'ann+news'") == 0
+
+
+def test_a_user_named_with_the_delimiter_keeps_their_name(db_url: str, tmp_path: Path) -> None:
+    """Postfix looks the whole address up first: a user really named eve+lists@ stays theirs; any other
+    extension of eve's address is eve's."""
+    from spamtl.services.classify import open_reader
+    from spamtl.settings import Settings
+    from spamtl.store.engine import make_engine
+
+    from ..conftest import run, write_mbox
+
+    mbox = write_mbox(tmp_path / "ham.mbox", [make_mail("hello", "a letter")])
+    assert run(db_url, "import", "eve+lists@example.org", str(mbox), "-l", "ham").exit_code == 0
+    engine = make_engine(db_url)
+    try:
+        for delimiters, asked, meant in [
+                ("+", "eve+lists@example.org", "eve+lists@example.org"),
+                ("+", "eve+shop@example.org", "eve@example.org"),
+                ("+-", "eve-shop@example.org", "eve@example.org"),
+                ("", "eve+shop@example.org", "eve+shop@example.org")]:
+            reader = open_reader(engine, Settings(database_url=db_url, recipient_delimiter=delimiters))
+            try:
+                assert reader.recipient(asked) == meant, (delimiters, asked)
+            finally:
+                reader.store.close()
+    finally:
+        engine.dispose()
