@@ -169,3 +169,42 @@ def test_priority_prefers_unsure_and_disagreeing_messages() -> None:
     disagree, why = review_priority(1.0, 4.0, -3.0)
     assert disagree == pytest.approx(1.0 - 3.0) and why == "shared +4.00 vs personal -3.00"
     assert review_priority(1.0, 4.0, 3.0) == (1.0, "the model is unsure")
+
+
+def test_the_candidates_are_each_unlabelled_message_with_text_by_its_latest_verdict(db_url: str) -> None:
+    """Each message once, newest latest-verdict first, across many pages of verdicts; the user's labelled
+    messages and those whose text retention dropped are left out; another user's label and verdicts change
+    nothing."""
+    from spamtl.services.importing import store_messages
+    from spamtl.store import queries
+    from spamtl.store.engine import transaction
+    from spamtl.store.schema import Classification, Message
+
+    engine = make_engine(db_url)
+    try:
+        with transaction(engine) as session:
+            ann = queries.get_or_create_user(session=session, name="ann", group=None, now=NOW).id
+            bob = queries.get_or_create_user(session=session, name="bob", group=None, now=NOW).id
+            pks = store_messages(session=session, raws=[make_mail(f"m{i}", f"body {i}") for i in range(13)],
+                                 now=NOW)
+
+            def verdict(user: int, k: int, second: int) -> Classification:
+                return Classification(user_id=user, message_id=pks[k], probability=0.5, verdict="unsure",
+                                      created_at=NOW + timedelta(seconds=second))
+
+            session.add_all([verdict(ann, t % 12, t) for t in range(6, 600)])  # 0-11 over and over
+            session.add_all([verdict(ann, 0, 1000), verdict(ann, 12, 5), verdict(bob, 3, 2000)])
+            queries.add_labels(session=session, rows=[
+                {"user_id": ann, "message_id": pks[5], "label": "ham", "source": "feedback", "created_at": NOW},
+                {"user_id": bob, "message_id": pks[6], "label": "spam", "source": "feedback", "created_at": NOW}])
+            session.get(Message, pks[7]).raw = None  # type: ignore[union-attr]
+
+        def candidates(limit: int) -> list[int]:
+            with transaction(engine) as session:
+                found = queries.unlabelled_recent(session=session, user_id=ann, limit=limit)
+            return [pks.index(row.message_id) for row in found]
+
+        assert candidates(20) == [0, 11, 10, 9, 8, 6, 4, 3, 2, 1, 12]
+        assert candidates(3) == [0, 11, 10]
+    finally:
+        engine.dispose()
