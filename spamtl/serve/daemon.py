@@ -78,6 +78,27 @@ def serve(settings_factory: Callable[[], Settings], options: ServeOptions,
                 os.unlink(path)
 
 
+_METRICS_PREFIX = "spamtl-metrics-"
+
+
+def _remove_orphaned_metrics(parent: str) -> None:
+    """Remove the metrics directories that daemons killed before their cleanup (SIGKILL, a crash) left
+    in ``parent``: this account's, named for a process that no longer runs."""
+    with os.scandir(parent) as entries:
+        for entry in entries:
+            pid = entry.name.removeprefix(_METRICS_PREFIX).split("-", 1)[0]
+            if not entry.name.startswith(_METRICS_PREFIX) or not pid.isdigit():
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue
+                os.kill(int(pid), 0)
+            except ProcessLookupError:  # the daemon that made it is gone
+                shutil.rmtree(entry.path, ignore_errors=True)
+            except OSError:  # alive under another account (EPERM), or gone from under us
+                continue
+
+
 class _Metrics:
     """``serve_metrics``: the endpoint, serving from now on, and (with workers) the directory of their counts."""
 
@@ -89,8 +110,11 @@ class _Metrics:
         self.directory: str | None = None
         try:
             # Private (0700) and new: the workers' counter files, summed at each scrape; removed at exit.
+            # Named for this process, so that the next daemon removes it if this one is killed first.
             try:
-                self.directory = tempfile.mkdtemp(prefix="spamtl-metrics-") if multiprocess else None
+                if multiprocess:
+                    _remove_orphaned_metrics(tempfile.gettempdir())
+                    self.directory = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
             except OSError as exc:
                 raise UsageError(f"cannot create a directory for the workers' metrics: {exc}") from None
             telemetry.enable(self.directory)

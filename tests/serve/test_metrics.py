@@ -40,7 +40,7 @@ class MetricsDaemon:
         self.db = str(store["db"])
         self.log = tmp / "events.log"
         self.tmpdir = tmp / "tmpdir"
-        self.tmpdir.mkdir()
+        self.tmpdir.mkdir(exist_ok=True)
         self.url = f"http://127.0.0.1:{free_port()}/metrics"
         with pytest.MonkeyPatch.context() as env:
             env.setenv("SPAMTL_LOG_DESTINATION", str(self.log))
@@ -244,6 +244,33 @@ def test_one_worker_counts_in_its_own_process(store: dict[str, object], tmp_path
         assert delta(after, before, "spamtl_verdicts_total", verdict=verdict) == said[verdict]
     assert delta(after, before, "spamtl_scan_seconds_count") == 3
     assert value(after, "spamtl_model_active_version") > 0
+
+
+def test_the_next_daemon_removes_what_a_killed_one_left(store: dict[str, object], tmp_path: Path) -> None:  # noqa: F811
+    """A daemon killed with SIGKILL cannot remove its workers' counter files; the next one does, and leaves
+    alone a directory of a daemon that still runs, and anything not named as spamtl names them."""
+    first = MetricsDaemon(store, tmp_path, "--workers", "2")
+    pid = first.daemon.proc.pid
+    workers = wait_for(lambda: serving_workers(pid), 30)
+    assert workers, "the first daemon's workers did not start"
+    [left] = list(first.tmpdir.iterdir())
+    assert left.name.startswith(f"spamtl-metrics-{pid}-")
+    first.daemon.proc.kill()
+    first.daemon.proc.communicate()
+    assert wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 30), "workers outlived it"
+    running = first.tmpdir / f"spamtl-metrics-{os.getpid()}-running"  # this test's process: alive
+    other = first.tmpdir / "spamtl-metrics-notes"
+    for folder in (running, other):
+        folder.mkdir()
+    second = MetricsDaemon(store, tmp_path, "--workers", "2")
+    try:
+        names = sorted(p.name for p in second.tmpdir.iterdir())
+        assert left.name not in names and running.name in names and other.name in names, names
+        assert any(n.startswith(f"spamtl-metrics-{second.daemon.proc.pid}-") for n in names), names
+    finally:
+        code, err = second.daemon.stop()
+    assert code == 0, err
+    assert sorted(p.name for p in second.tmpdir.iterdir()) == sorted([running.name, other.name])
 
 
 def test_a_non_loopback_metrics_host_is_refused(store: dict[str, object]) -> None:  # noqa: F811
