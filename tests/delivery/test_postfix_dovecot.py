@@ -166,6 +166,7 @@ maillog_file = {tmp}/maillog
 maillog_file_prefixes = {tmp}
 myhostname = mx.{DOMAIN}
 mydomain = {DOMAIN}
+recipient_delimiter = +
 myorigin = $mydomain
 mydestination =
 inet_interfaces = loopback-only
@@ -500,7 +501,8 @@ def mailsystem() -> Iterator[MailSystem]:
         # runs) trusted as contrib/postfix/spamass-milter.default says; a log line per verdict (whom it was for).
         daemon = SocketDaemon(db, socket_path, "--socket-group", "mail", "--allow-tell", "--trust", "mail",
                               *(["--trust", MILTER_ACCOUNT] if why_no_milter is None else []),
-                              env={"SPAMTL_AUTO_CREATE_USERS": "true", "SPAMTL_LOG_LEVEL": "info"})
+                              env={"SPAMTL_AUTO_CREATE_USERS": "true", "SPAMTL_LOG_LEVEL": "info",
+                                   "SPAMTL_RECIPIENT_DELIMITER": "+"})  # as Postfix's main.cf here
         filter_script = tmp / "bin" / "spamtl-filter.sh"
         install(CONTRIB / "postfix" / "spamtl-filter.sh", filter_script,
                 {f"SOCKET={INSTALLED_SOCKET}\n": f"SOCKET={socket_path}\n", "SPAMC=/usr/bin/spamc\n": f"SPAMC={SPAMC}\n",
@@ -610,6 +612,21 @@ def test_each_recipient_gets_their_own_verdict(mailsystem: MailSystem, path: str
         short_id = _assert_filed(user, folder, copy, verdict)
         assert _all(copy, "Return-Path") == [f"<{SENDER}>"], f"{user}: {_headers(copy)[:6]}"
         assert [v for v, _ in mailsystem.verdicts(user, short_id)] == [verdict], user
+    _no_delivery_problems(mailsystem, since)
+
+
+def test_mail_to_an_address_extension_is_the_users(mailsystem: MailSystem) -> None:
+    """recipient_delimiter = + in Postfix and in spamtl: mail to bob+lists@ reaches bob's mailbox with bob's
+    verdict (he calls the newsletter spam), logged under him, and registers no user of its own although
+    the daemon registers new mailboxes (auto_create_users)."""
+    since = mailsystem.mark()
+    _, refuses = USERS["spamc"]
+    raw, message_id = _newsletter("extension")
+    mailsystem.send("spamc", raw, [f"{refuses}+lists@{DOMAIN}"])
+    folder, copy = mailsystem.delivered(refuses, message_id)
+    short_id = _assert_filed(refuses, folder, copy, "spam")
+    assert [v for v, _ in mailsystem.verdicts(refuses, short_id)] == ["spam"]
+    assert mailsystem.sql("SELECT name FROM users WHERE name LIKE ?", f"{refuses}+%") == []
     _no_delivery_problems(mailsystem, since)
 
 
