@@ -143,12 +143,13 @@ def stack_rows(batches: Iterable[Any], n_features: int, directory: str | None = 
     return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, n_features))
 
 
-def map_rows(X: sp.csr_matrix, change: Any, directory: str | None = None, name: str = "rows") -> sp.csr_matrix:
-    """``change`` applied to ``X`` a batch of rows at a time (each batch a CSR copy it may modify), into a
-    new mapped matrix in ``directory``, or in memory without one."""
+def map_rows(X: sp.csr_matrix, change: Any, directory: str | None = None, name: str = "rows",
+             batch_rows: int | None = None) -> sp.csr_matrix:
+    """``change`` applied to ``X`` ``batch_rows`` rows (default ``BATCH_ROWS``) at a time (each batch a CSR
+    copy it may modify), into a new mapped matrix in ``directory``, or in memory without one."""
 
     def changed() -> Iterator[sp.csr_matrix]:
-        for r0, r1 in row_batches(X.shape[0]):
+        for r0, r1 in row_batches(X.shape[0], batch_rows):
             part = change(X[r0:r1])
             release_pages(X)
             yield part

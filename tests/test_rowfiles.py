@@ -16,7 +16,7 @@ import spamtl.rowfiles as rowfiles
 from spamtl.features import IdfWeights
 from spamtl.model.estimator import MultiTaskLogisticRegression
 from spamtl.rowfiles import RowWriter, _mapping, column_counts, map_rows, release_pages, row_batches
-from spamtl.services import training
+from spamtl.services import dataset, training
 from spamtl.services.training import fit_candidate, load_labels, min_df_mask, prepare_features, train
 
 from .conftest import NOW
@@ -127,13 +127,17 @@ def test_column_counts_and_document_frequencies_by_batches(tmp_path: Path) -> No
 
 
 def test_min_df_mask_in_files_equals_in_memory_and_leaves_its_input(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(rowfiles, "BATCH_ROWS", 40)
     X = _matrix(n=120, d=400, seed=3)  # many columns seen once
     copy = X.copy()
     df = np.bincount(X.indices, minlength=X.shape[1])
     expected = X.multiply((df >= 2)[None, :]).tocsr()
     in_memory = min_df_mask(X)
-    on_disk = min_df_mask(_written(X, tmp_path), directory=str(tmp_path))
+    written = _written(X, tmp_path)
+    batches: list[tuple[int, int]] = []
+    real = rowfiles.row_batches
+    monkeypatch.setattr(rowfiles, "row_batches", lambda n, size=None: batches.extend(real(n, size)) or real(n, size))  # spy
+    on_disk = min_df_mask(written, directory=str(tmp_path), batch_rows=40)
+    assert batches == [(0, 40), (40, 80), (80, 120)] * 2  # counting the columns, then masking
     assert is_mapped(on_disk) and not is_mapped(in_memory)
     for got in (in_memory, on_disk):
         np.testing.assert_array_equal(got.toarray(), expected.toarray())
@@ -145,13 +149,21 @@ def test_min_df_mask_in_files_equals_in_memory_and_leaves_its_input(tmp_path: Pa
 @pytest.mark.parametrize("solver", ["joint", "projected"])
 def test_training_rows_in_files_give_the_model_fitted_in_memory(engine, tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
                                                                 solver: str) -> None:
-    monkeypatch.setattr(rowfiles, "BATCH_ROWS", 37)  # several batches when reading and masking
     settings = _build(engine, tmp_path)
     params = {**training.base_params(settings), "alpha": 0.01, "mu": 10.0, "solver": solver}
     in_memory = prepare_features(load_labels(engine, settings))
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    on_disk = prepare_features(load_labels(engine, settings, directory=str(scratch)), str(scratch))
+    # Several batches when reading and when masking.
+    read: list[int] = []
+    masked: list[int | None] = []
+    real, real_batches = dataset.feature_rows, rowfiles.row_batches
+    monkeypatch.setattr(dataset, "feature_rows", lambda e, pks, *a: read.append(len(pks)) or real(e, pks, *a))  # spy
+    monkeypatch.setattr(rowfiles, "row_batches", lambda n, size=None: masked.append(size) or real_batches(n, size))
+    on_disk = prepare_features(load_labels(engine, settings, directory=str(scratch), batch_rows=37), str(scratch),
+                               batch_rows=37)
+    assert len(read) > 1 and max(read) <= 37, read
+    assert masked == [37, 37], masked  # counting the columns, then masking
     assert is_mapped(on_disk.X) and not is_mapped(in_memory.X)
     np.testing.assert_array_equal(on_disk.X.toarray(), in_memory.X.toarray())
     np.testing.assert_array_equal(on_disk.users, in_memory.users)

@@ -121,14 +121,14 @@ def _timestamp(value: datetime | None, fallback: datetime) -> float:
 def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence[str] | None = None,
                        progress: Progress = NO_PROGRESS,
                        uncorrected: tuple[datetime, datetime] | None = None,
-                       directory: str | None = None) -> TrainingData:
+                       directory: str | None = None, batch_rows: int | None = None) -> TrainingData:
     """Every current label (optionally of some users) with its message's features.
 
     With ``uncorrected=(since, until)`` the verdicts logged in that window
     that their user never corrected are added as labels too, marked in
     ``TrainingData.uncorrected`` (see :func:`spamtl.store.queries.uncorrected_verdicts`).
 
-    The features are read ``BATCH_ROWS`` labels at a time; with ``directory`` each batch's rows go to a file
+    The features are read ``batch_rows`` labels (default ``BATCH_ROWS``) at a time; with ``directory`` each batch's rows go to a file
     there and ``X`` maps them (:mod:`spamtl.rowfiles`), so memory holds a batch, not every label's rows.
     ``progress`` (its current stage counts messages) gets the total once the labels are read, then the
     messages whose features are ready, a chunk at a time.
@@ -139,10 +139,10 @@ def load_training_data(engine: Engine, config: FeatureConfig, *, users: Sequence
     given = np.arange(len(labels)) < n_given
     kept: list[int] = []
     # What feature_rows will count: each batch's distinct messages.
-    progress.set_total(sum(len({lab.message_pk for lab in labels[b0:b1]}) for b0, b1 in row_batches(len(labels))))
+    progress.set_total(sum(len({lab.message_pk for lab in labels[b0:b1]}) for b0, b1 in row_batches(len(labels), batch_rows)))
 
     def batches() -> Iterator[sp.csr_matrix]:
-        for b0, b1 in row_batches(len(labels)):
+        for b0, b1 in row_batches(len(labels), batch_rows):
             batch = labels[b0:b1]
             rows = feature_rows(engine, [lab.message_pk for lab in batch], config, progress.advance)
             # A label given by id after retention dropped the body has no features: it waits until the message

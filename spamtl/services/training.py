@@ -67,17 +67,20 @@ class TrainResult:
 
 # ------------------------------------------------------------------ step 1: labels
 def load_labels(engine: Engine, settings: Settings, progress: Progress = NO_PROGRESS, *,
-                now: datetime | None = None, directory: str | None = None) -> TrainingData:
+                now: datetime | None = None, directory: str | None = None,
+                batch_rows: int | None = None) -> TrainingData:
     """Every current label with its message's features (the one place training reads labelled mail).
 
     With ``now`` and ``settings.autolearn`` on, the verdicts of the last
     ``autolearn_days`` that are at least ``autolearn_after_hours`` old and
     that nobody corrected are learned too (README, "Learning from uncorrected
     verdicts"); they are marked so the gate and the cutoffs leave them out.
-    With ``directory`` the rows are kept in files there (:mod:`spamtl.rowfiles`).
+    With ``directory`` the rows are kept in files there (:mod:`spamtl.rowfiles`), read ``batch_rows`` labels
+    at a time (default ``rowfiles.BATCH_ROWS``).
     """
     window = settings.autolearn_window(now) if now is not None else None
-    data = load_training_data(engine, settings.features, progress=progress, uncorrected=window, directory=directory)
+    data = load_training_data(engine, settings.features, progress=progress, uncorrected=window, directory=directory,
+                              batch_rows=batch_rows)
     if len(data.y) == 0:
         raise UsageError("no labelled mail yet; add some with `spamtl import USER PATH --label spam|ham`")
     if len(np.unique(data.y)) < 2:
@@ -86,27 +89,28 @@ def load_labels(engine: Engine, settings: Settings, progress: Progress = NO_PROG
 
 
 # ------------------------------------------------------- step 2: feature preparation
-def min_df_mask(X: sp.csr_matrix, min_df: int = 2, directory: str | None = None) -> sp.csr_matrix:
+def min_df_mask(X: sp.csr_matrix, min_df: int = 2, directory: str | None = None,
+                batch_rows: int | None = None) -> sp.csr_matrix:
     """X with columns that occur in fewer than ``min_df`` rows removed (a new matrix; with ``directory``, its
-    rows in a file there, mapped: :mod:`spamtl.rowfiles`).
+    rows in a file there, mapped: :mod:`spamtl.rowfiles`), ``batch_rows`` rows at a time.
 
     Features seen once carry no evidence that generalises and make the model
     bigger and slower; dropping them is a data-preparation step, so the
     estimator itself stays exactly the objective of DESIGN §2.
     """
-    rare = column_counts(X) < min_df
+    rare = column_counts(X, batch_rows=batch_rows) < min_df
 
     def drop(part: sp.csr_matrix) -> sp.csr_matrix:
         part.data[rare[part.indices]] = 0.0
         part.eliminate_zeros()
         return part
 
-    return map_rows(X, drop, directory, "prepared")
+    return map_rows(X, drop, directory, "prepared", batch_rows)
 
 
-def prepare_features(data: TrainingData, directory: str | None = None) -> TrainingData:
+def prepare_features(data: TrainingData, directory: str | None = None, batch_rows: int | None = None) -> TrainingData:
     """The rows the estimator sees: rare columns dropped (the estimator learns its IDF from these rows)."""
-    return TrainingData(min_df_mask(data.X, directory=directory), data.y, data.users, data.groups, data.message_pks,
+    return TrainingData(min_df_mask(data.X, directory=directory, batch_rows=batch_rows), data.y, data.users, data.groups, data.message_pks,
                         data.recency, data.uncorrected)
 
 
