@@ -35,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from tests.test_serve_abuse import Slowloris  # noqa: E402 - the repository root first
+from tests.serve.test_abuse import Slowloris  # noqa: E402 - the repository root first
 
 DEMO = HERE.parent / "data" / "demo"
 SPAM = (b"From: x@cheap.example\nTo: ann@example.org\nSubject: win the lottery now\n\n"

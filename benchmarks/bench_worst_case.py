@@ -98,8 +98,8 @@ def parse_table(args: argparse.Namespace) -> None:
 
 def _trained_store(folder: Path) -> str:
     """A small store (ann: 20 spam, 20 ham) trained by the CLI, as the tests build theirs."""
-    from tests.conftest import write_mbox
-    from tests.test_cli_loop import _mails, run
+    from tests.cli.test_loop import _mails
+    from tests.conftest import run, write_mbox
 
     url = f"sqlite:///{folder / 'bench.sqlite3'}"
     assert run(url, "init").exit_code == 0

@@ -113,7 +113,7 @@ def main() -> None:
         tell(argv[1:])
         return
     short = _short_line(argv)
-    # `classify --exit-code`: 2 means unsure there, so the parser's usage errors (and Ctrl-C) exit 3.
+    # `classify --exit-code`: 2 means unsure there, so the parser's usage errors exit 3 (Ctrl-C: 130, as anywhere).
     verdict_codes = _is_exit_code(argv)
     if short is not None:
         for name in _BLAS_THREADS:

@@ -106,28 +106,29 @@ def _envelope_end(raw: bytes) -> int:
     return len(raw) if nxt < 0 else nxt
 
 
-def _skip_blank_led(raw: bytes, pos: int, endpos: int | None = None, line_ends: _LineEnds | None = None) -> int:
-    """``pos`` moved past the lines led by a blank that start there (each with its line end).
+_FEW_LINES = 4
+"""Lines led by a blank that :func:`_skip_blank_led` steps over itself before it hands the rest to RE2."""
 
-    With ``line_ends`` (of the same ``endpos``) the first few lines are stepped over with it, which is
-    cheaper than a call into RE2 for the one or two continuation lines a field usually has; RE2 takes
-    any longer run in one linear pass.
+
+def _skip_blank_led(line_ends: _LineEnds, pos: int) -> int:
+    """``pos`` moved past the lines led by a blank that start there (each with its line end, before
+    ``line_ends.endpos``).
+
+    The first few are stepped over with ``line_ends``, cheaper than a call into RE2 for the one or two
+    continuation lines a field usually has; RE2 takes any longer run in one linear pass.
     """
-    if line_ends is not None:
-        for _ in range(_FEW_LINES):
-            if raw[pos:pos + 1] not in _BLANKS:
-                return pos
-            _, nxt = line_ends.after(pos)
-            if nxt < 0:  # a line that does not end before endpos is not a whole line to skip
-                return pos
-            pos = nxt
+    raw = line_ends.raw
+    for _ in range(_FEW_LINES):
+        if raw[pos:pos + 1] not in _BLANKS:
+            return pos
+        _, nxt = line_ends.after(pos)
+        if nxt < 0:  # a line that does not end before endpos is not a whole line to skip
+            return pos
+        pos = nxt
     if raw[pos:pos + 1] not in _BLANKS:
         return pos
-    match = _LEADING_WS_RE.match(raw, pos, len(raw) if endpos is None else endpos)
+    match = _LEADING_WS_RE.match(raw, pos, line_ends.endpos)
     return match.end() if match is not None else pos
-
-
-_FEW_LINES = 4
 
 
 def _header_fields(raw: bytes, until: Callable[[bytes], bool] | None = None,
@@ -142,7 +143,7 @@ def _header_fields(raw: bytes, until: Callable[[bytes], bool] | None = None,
     A field's span includes its continuation lines and line end; ``whole`` is
     False for a last field cut by the scan limit.
     """
-    pos = _skip_blank_led(raw, _envelope_end(raw))
+    pos = _skip_blank_led(_LineEnds(raw, len(raw)), _envelope_end(raw))
     first = pos
     fields: list[tuple[int, int, bytes, bool]] = []
     limit = min(len(raw), pos + MAX_HEADER_SCAN_BYTES)
@@ -162,7 +163,7 @@ def _header_fields(raw: bytes, until: Callable[[bytes], bool] | None = None,
         start = pos
         _, pos = line_ends.after(pos)
         if pos >= 0:  # its continuation lines that end before the limit, in one match (not one call per line)
-            pos = _skip_blank_led(raw, pos, limit, line_ends)
+            pos = _skip_blank_led(line_ends, pos)
             if raw[pos:pos + 1] in _BLANKS:
                 # A continuation line without a line end before the limit, or one that starts at the limit
                 # (the field goes on past it: cut, not whole).
@@ -384,7 +385,7 @@ def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
     end, nxt = _LineEnds(raw, min(len(raw), MAX_HEADER_SCAN_BYTES)).after(0)
     eol = raw[end:nxt] if end >= 0 else b"\n"
     block = b"".join(_header_line(name, value) + eol for name, value in headers)
-    pos = _skip_blank_led(raw, _envelope_end(raw))
+    pos = _skip_blank_led(_LineEnds(raw, len(raw)), _envelope_end(raw))
     if eol == b"\r" and raw[pos:pos + 1] == b"\n":
         # Mixed endings: a bare CR before the input's LF would read as one CRLF, and a whitespace
         # line after it would fold into our last header; end our lines with CRLF there instead.
@@ -432,7 +433,7 @@ def not_mail_reason(raw: bytes) -> str | None:
     ('empty message', 'not mail: binary data', 'not mail: no header fields')
     """
     raw = bytes(raw)
-    pos = _skip_blank_led(raw, _envelope_end(raw))
+    pos = _skip_blank_led(_LineEnds(raw, len(raw)), _envelope_end(raw))
     match = _FIELD_RE.match(raw, pos, min(len(raw), pos + MAX_HEADER_BYTES))
     if match is not None and match.group(1)[:1].isalpha():
         return None

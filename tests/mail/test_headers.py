@@ -171,6 +171,16 @@ def test_strip_looks_at_a_bounded_header_block() -> None:
     assert strip_own_headers(huge) == huge[len(b"X-Spam-Flag: YES\n"):]
 
 
+def test_a_filter_field_cut_by_the_scan_limit_inside_a_continuation_line_is_kept() -> None:
+    """Only whole fields are removed: a continuation line that does not end before the scan limit leaves its
+    field cut, kept as it is (a line end past the limit is not looked for); within the limit it goes."""
+    for eol in (b"\n", b"\r\n", b"\r"):
+        cut = b"Subject: a" + eol + b"X-Spam-Flag: YES" + eol + b" " + b"x" * MAX_HEADER_SCAN_BYTES + eol + eol + b"body"
+        assert strip_own_headers(cut) == cut, eol
+        whole = b"Subject: a" + eol + b"X-Spam-Flag: YES" + eol + b" more" + eol + b"\tmore" + eol + eol + b"body"
+        assert strip_own_headers(whole) == b"Subject: a" + eol + eol + b"body", eol
+
+
 def test_parse_envelope_reads_a_bounded_value() -> None:
     date_line = b"\nDate: Tue, 12 Jun 2001 00:00:00 +0000\n\nbody"
     message_id, date = parse_envelope(b"Message-ID: <" + b"a" * 100_000 + b">" + date_line)
